@@ -1,0 +1,1 @@
+"""SavedModel export, serving signatures and the retrieval index."""

@@ -1,0 +1,319 @@
+"""Typed, frozen experiment configuration.
+
+Every library function takes one of these dataclasses; only `main.py` knows
+about flags. Each `__post_init__` validates its fields and names the field,
+the value received and the valid range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
+BAD_RECORD_POLICIES = ("error", "skip")
+MODELS = ("mmf", "ncf", "gmf", "mlp")
+GATINGS = ("gradient", "gradient_aux", "none")
+LOSSES = ("bpr", "logloss")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+MODES = ("train", "evaluate", "train_and_evaluate")
+
+
+def _check(condition: bool, field: str, value: Any, valid: str) -> None:
+    if not condition:
+        raise ValueError(f"{field}={value!r} is invalid: expected {valid}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the interaction log is and how to read and split it.
+
+    Attributes:
+      data_path: a file, a glob of shards (plain or .gz), or "" for the
+        built-in synthetic log.
+      data_format: `userbehavior` (Taobao UserBehavior CSV, no header),
+        `tsv` (the `user item behavior timestamp split` layout with a
+        header), `csv` (any delimited file through `columns`), or
+        `synthetic`.
+      columns: for `csv`, a mapping of the fields `user`, `item`,
+        `behavior`, and optionally `timestamp` and `split` to column names
+        (when `has_header`) or 0-based column positions.
+      delimiter: field separator for `csv`.
+      has_header: whether `csv` files start with a header line.
+      target_behavior: the behavior to recommend (the paper's purchase).
+      supportive_behaviors: supportive behaviors in branch order; empty
+        means every other behavior found in the data, in sorted order.
+      ignore_behaviors: behaviors whose records are excluded on purpose
+        (counted in the data report), e.g. `pv` to train without views.
+      on_bad_record: `error` stops at the first bad record, naming file and
+        line; `skip` skips and counts bad records in the data report.
+      validation: carve a validation case per test user from training data.
+      seed: seed for splits, validation cases and evaluation negatives.
+      synthetic_users: users in the synthetic log.
+      synthetic_items: items in the synthetic log.
+      synthetic_records_per_user: mean records per synthetic user.
+    """
+
+    data_path: str = ""
+    data_format: str = "synthetic"
+    columns: tuple[tuple[str, str], ...] = ()
+    delimiter: str = ","
+    has_header: bool = True
+    target_behavior: str = "buy"
+    supportive_behaviors: tuple[str, ...] = ()
+    ignore_behaviors: tuple[str, ...] = ()
+    on_bad_record: str = "error"
+    validation: bool = True
+    seed: int = 0
+    synthetic_users: int = 2000
+    synthetic_items: int = 3000
+    synthetic_records_per_user: float = 40.0
+
+    def __post_init__(self):
+        _check(
+            self.data_format in DATA_FORMATS,
+            "data_format",
+            self.data_format,
+            f"one of {DATA_FORMATS}",
+        )
+        _check(
+            self.on_bad_record in BAD_RECORD_POLICIES,
+            "on_bad_record",
+            self.on_bad_record,
+            f"one of {BAD_RECORD_POLICIES}",
+        )
+        _check(
+            bool(self.target_behavior),
+            "target_behavior",
+            self.target_behavior,
+            "a non-empty behavior name such as 'buy'",
+        )
+        _check(
+            self.target_behavior not in self.supportive_behaviors,
+            "supportive_behaviors",
+            self.supportive_behaviors,
+            f"behaviors other than the target {self.target_behavior!r}",
+        )
+        _check(
+            not set(self.ignore_behaviors)
+            & (set(self.supportive_behaviors) | {self.target_behavior}),
+            "ignore_behaviors",
+            self.ignore_behaviors,
+            "behaviors not used as target or supportive",
+        )
+        _check(
+            len(set(self.supportive_behaviors)) == len(self.supportive_behaviors),
+            "supportive_behaviors",
+            self.supportive_behaviors,
+            "no repeated behavior",
+        )
+        if self.data_format == "synthetic":
+            _check(self.synthetic_users >= 2, "synthetic_users", self.synthetic_users, ">= 2")
+            _check(self.synthetic_items >= 10, "synthetic_items", self.synthetic_items, ">= 10")
+            _check(
+                self.synthetic_records_per_user >= 4,
+                "synthetic_records_per_user",
+                self.synthetic_records_per_user,
+                ">= 4",
+            )
+        elif not self.data_path:
+            raise ValueError(
+                f"data_path is empty but data_format={self.data_format!r} reads files: "
+                "pass --data_path=FILE_OR_GLOB, or --data_format=synthetic."
+            )
+        if self.data_format == "csv":
+            names = dict(self.columns)
+            missing = {"user", "item", "behavior"} - set(names)
+            _check(
+                not missing,
+                "columns",
+                self.columns,
+                f"a mapping that names the fields {sorted(missing)} (e.g. user=uid,item=iid,"
+                "behavior=action)",
+            )
+            unknown = set(names) - {"user", "item", "behavior", "timestamp", "split"}
+            _check(
+                not unknown,
+                "columns",
+                self.columns,
+                "only the fields user, item, behavior, timestamp, split",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model's architecture.
+
+    Attributes:
+      model: `mmf` (the multi-feedback model), `ncf` (NeuMF on the target
+        behavior only), `gmf` (MF part only) or `mlp` (target MLP only).
+      mf_dim: size of the MF user and item factors.
+      mlp_dim: size of each branch's user and item embeddings.
+      mlp_layers: ReLU layers per branch; layer k of L has
+        `mlp_dim * 2**(L-1-k)` units (a tower, as in NCF).
+      fusion_dim: units of the fusion layer; 0 means `mlp_dim`.
+      gating: `gradient` (supportive branch t learns only from examples
+        with feedback t), `gradient_aux` (also an auxiliary score head per
+        supportive branch), `none` (ablation).
+      branch_loss_weight: weight of each auxiliary branch loss.
+      init_stddev: standard deviation of the N(0, s) weight initializer.
+      l2: L2 penalty on the embeddings a batch looks up.
+    """
+
+    model: str = "mmf"
+    mf_dim: int = 8
+    mlp_dim: int = 8
+    mlp_layers: int = 2
+    fusion_dim: int = 0
+    gating: str = "gradient"
+    branch_loss_weight: float = 0.1
+    init_stddev: float = 0.01
+    l2: float = 0.0
+
+    def __post_init__(self):
+        _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
+        _check(self.gating in GATINGS, "gating", self.gating, f"one of {GATINGS}")
+        _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
+        _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
+        _check(0 <= self.mlp_layers <= 8, "mlp_layers", self.mlp_layers, "0 to 8")
+        _check(self.fusion_dim >= 0, "fusion_dim", self.fusion_dim, ">= 0")
+        _check(self.branch_loss_weight >= 0, "branch_loss_weight", self.branch_loss_weight, ">= 0")
+        _check(self.init_stddev > 0, "init_stddev", self.init_stddev, "> 0")
+        _check(self.l2 >= 0, "l2", self.l2, ">= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How the model is trained.
+
+    Attributes:
+      epochs: maximum training epochs.
+      batch_size: global batch size (positives per step).
+      learning_rate: Adam learning rate (the paper uses 0.001).
+      loss: `bpr` (pairwise, the paper's) or `logloss` (pointwise).
+      num_negatives: negatives per positive (the paper's ng-x).
+      supportive_negative_ratio: fraction of negatives drawn from items the
+        user touched only through supportive feedback (1.0 is the paper's
+        sampler); the rest are uniform over items the user never touched.
+      optimizer: `lazy_adam` (sparse embedding updates) or `adam` (plain
+        Keras Adam, dense table updates; for comparison only).
+      early_stopping_patience: epochs without a better validation HR@10
+        before training stops; 0 disables early stopping.
+      steps_per_epoch: cap on steps per epoch; 0 means one pass over the
+        training positives.
+      steps_per_execution: steps run per `tf.function` call.
+      distribution_strategy: `default`, `one_device`, `mirrored` or
+        `multi_worker`.
+      seed: seed for initialisation, shuffling and negative sampling.
+      verbose: Keras progress output (0 silent, 1 progress bar, 2 a line
+        per epoch).
+    """
+
+    epochs: int = 20
+    batch_size: int = 256
+    learning_rate: float = 0.001
+    loss: str = "bpr"
+    num_negatives: int = 3
+    supportive_negative_ratio: float = 1.0
+    optimizer: str = "lazy_adam"
+    early_stopping_patience: int = 3
+    steps_per_epoch: int = 0
+    steps_per_execution: int = 1
+    distribution_strategy: str = "default"
+    seed: int = 0
+    verbose: int = 2
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        _check(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
+        _check(self.num_negatives >= 1, "num_negatives", self.num_negatives, ">= 1")
+        _check(
+            0.0 <= self.supportive_negative_ratio <= 1.0,
+            "supportive_negative_ratio",
+            self.supportive_negative_ratio,
+            "a fraction in [0, 1]",
+        )
+        _check(
+            self.optimizer in ("lazy_adam", "adam"),
+            "optimizer",
+            self.optimizer,
+            "'lazy_adam' or 'adam'",
+        )
+        _check(
+            self.early_stopping_patience >= 0,
+            "early_stopping_patience",
+            self.early_stopping_patience,
+            ">= 0",
+        )
+        _check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, ">= 0")
+        _check(
+            self.steps_per_execution >= 1, "steps_per_execution", self.steps_per_execution, ">= 1"
+        )
+        _check(
+            self.distribution_strategy in STRATEGIES,
+            "distribution_strategy",
+            self.distribution_strategy,
+            f"one of {STRATEGIES}",
+        )
+        _check(self.verbose in (0, 1, 2), "verbose", self.verbose, "0, 1 or 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How accuracy is measured (see PROTOCOL: sampled and full ranking).
+
+    Attributes:
+      sampled_negatives: negatives per test case in the sampled protocol.
+      ks: cut-offs reported for full ranking (10 is always reported).
+      retrieval_ks: cut-offs of the TFRS FactorizedTopK retrieval metric.
+      batch_size: pairs scored per call.
+      full_ranking: also run the full-ranking protocol.
+      seed: seed of the sampled protocol's negatives.
+    """
+
+    sampled_negatives: int = 99
+    ks: tuple[int, ...] = (10, 20, 50)
+    retrieval_ks: tuple[int, ...] = (10, 50, 100)
+    batch_size: int = 65536
+    full_ranking: bool = True
+    seed: int = 1234
+
+    def __post_init__(self):
+        _check(self.sampled_negatives >= 1, "sampled_negatives", self.sampled_negatives, ">= 1")
+        _check(10 in self.ks, "ks", self.ks, "cut-offs that include 10")
+        _check(all(k >= 1 for k in self.ks + self.retrieval_ks), "ks", self.ks, "positive cut-offs")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One run: data, model, training and evaluation.
+
+    Attributes:
+      data: the DataConfig.
+      model: the ModelConfig.
+      train: the TrainConfig.
+      eval: the EvalConfig.
+      model_dir: where checkpoints, logs, the vocabularies, the resolved
+        config and results.json are written.
+      mode: `train`, `evaluate` or `train_and_evaluate`.
+    """
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    model_dir: str = ""
+    mode: str = "train_and_evaluate"
+
+    def __post_init__(self):
+        _check(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,1 @@
+"""Flagfiles: the quickstart (synthetic data) and one per real dataset."""

@@ -1,0 +1,225 @@
+"""Accuracy per the evaluation protocol: sampled and full ranking, and TFRS retrieval.
+
+All scoring is batched through one `tf.function`; there is no Python loop of
+model calls per user. Ties count against the held-out item: its rank is the
+number of other candidates scoring greater than or equal to it, so a model
+that scores everything equal gets HR@10 = 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+
+from mmrec_tf import config as config_lib
+from mmrec_tf import models
+from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import splits as splits_lib
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks=(10,)) -> dict:
+    """HR@K and NDCG@K from 0-based ranks, with standard errors.
+
+    Args:
+      ranks: [cases] 0-based ranks of the held-out items (0 is best).
+      ks: cut-offs.
+
+    Returns:
+      {"HR@K", "HR@K_se", "NDCG@K", "NDCG@K_se" for each K, "cases"}.
+    """
+    ranks = np.asarray(ranks)
+    n = len(ranks)
+    result = {"cases": int(n)}
+    for k in ks:
+        hit = (ranks < k).astype(np.float64)
+        gain = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+        for name, values in ((f"HR@{k}", hit), (f"NDCG@{k}", gain)):
+            result[name] = float(values.mean()) if n else 0.0
+            result[f"{name}_se"] = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return result
+
+
+class Scorer:
+    """Batched logits of (user, item) pairs from a functional scorer."""
+
+    def __init__(self, scorer: tf_keras.Model, num_behaviors: int, batch_size: int = 65536):
+        self.batch_size = batch_size
+        ones = tf.ones([1, num_behaviors])
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)],
+            reduce_retracing=True,
+        )
+        def logits(users, items):
+            gate = tf.tile(ones, [tf.shape(users)[0], 1])
+            return scorer(
+                {schema.USER: users, schema.ITEM: items, schema.GATE: gate}, training=False
+            )[schema.LOGIT]
+
+        self._logits = logits
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[n] float32 logits of the pairs (users[k], items[k])."""
+        out = np.empty(len(users), np.float32)
+        for start in range(0, len(users), self.batch_size):
+            stop = start + self.batch_size
+            out[start:stop] = self._logits(
+                users[start:stop].astype(np.int32), items[start:stop].astype(np.int32)
+            ).numpy()
+        return out
+
+
+def sampled_ranks(score: Scorer, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Ranks of column 0 of `candidates` among its row (ties count against it).
+
+    Args:
+      score: the batched scorer.
+      users: [cases] users.
+      candidates: [cases, 1 + negatives] items, the held-out item first.
+
+    Returns:
+      [cases] ranks.
+    """
+    width = candidates.shape[1]
+    logits = score(np.repeat(users, width), candidates.reshape(-1)).reshape(-1, width)
+    return (logits[:, 1:] >= logits[:, :1]).sum(axis=1)
+
+
+def full_ranks(
+    score: Scorer, users: np.ndarray, items: np.ndarray, exclude_keys: np.ndarray, num_items: int
+) -> np.ndarray:
+    """Ranks of each held-out item among the whole catalog, excluded items left out.
+
+    Args:
+      score: the batched scorer.
+      users: [cases] users.
+      items: [cases] held-out items.
+      exclude_keys: sorted pair keys never ranked (the users' training target
+        items).
+      num_items: catalog size.
+
+    Returns:
+      [cases] ranks among the items that are neither excluded nor the
+      held-out item itself.
+    """
+    ranks = np.empty(len(users), np.int64)
+    rows = max(1, score.batch_size // num_items)
+    catalog = np.arange(num_items, dtype=np.int32)
+    for start in range(0, len(users), rows):
+        u = users[start : start + rows]
+        i = items[start : start + rows]
+        logits = score(np.repeat(u, num_items), np.tile(catalog, len(u))).reshape(len(u), -1)
+        target = logits[np.arange(len(u)), i]
+        keys = u.astype(np.int64)[:, None] * num_items + catalog[None, :]
+        excluded = samplers.contains(exclude_keys, keys)
+        excluded[np.arange(len(u)), i] = True
+        ranks[start : start + len(u)] = ((logits >= target[:, None]) & ~excluded).sum(axis=1)
+    return ranks
+
+
+@dataclasses.dataclass
+class EvalCases:
+    """Held-out cases with everything both protocols need, drawn once.
+
+    Attributes:
+      users: [cases] users.
+      items: [cases] held-out items.
+      candidates: [cases, 1 + negatives] sampled-protocol candidates.
+      exclude_keys: sorted keys of the training target pairs (full ranking).
+      num_items: catalog size.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    candidates: np.ndarray
+    exclude_keys: np.ndarray
+    num_items: int
+
+    @classmethod
+    def build(cls, split: splits_lib.Split, which: str, config: config_lib.EvalConfig) -> EvalCases:
+        users = split.valid_users if which == "valid" else split.test_users
+        items = split.valid_items if which == "valid" else split.test_items
+        candidates = samplers.sampled_candidates(
+            users,
+            items,
+            split.all_pair_keys,
+            split.num_items,
+            num_negatives=config.sampled_negatives,
+            seed=config.seed + (1 if which == "valid" else 0),
+        )
+        target = split.train_branches == 0
+        exclude = np.unique(
+            splits_lib.pair_keys(
+                split.train_users[target], split.train_items[target], split.num_items
+            )
+        )
+        return cls(users, items, candidates, exclude, split.num_items)
+
+
+def evaluate(
+    score: Scorer,
+    cases: EvalCases,
+    *,
+    config: config_lib.EvalConfig,
+    full_ranking: bool | None = None,
+) -> dict:
+    """Both protocols on `cases`.
+
+    Args:
+      score: the batched scorer (build it once: each one traces a function).
+      cases: the held-out cases.
+      config: negatives, cut-offs, whether to rank the full catalog.
+      full_ranking: overrides `config.full_ranking` when not None.
+
+    Returns:
+      {"sampled": metrics at K=10, "full": metrics at `config.ks`} (full
+      omitted when disabled).
+    """
+    result = {
+        "sampled": metrics_from_ranks(sampled_ranks(score, cases.users, cases.candidates), ks=(10,))
+    }
+    result["sampled"]["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
+    if config.full_ranking if full_ranking is None else full_ranking:
+        ranks = full_ranks(score, cases.users, cases.items, cases.exclude_keys, cases.num_items)
+        result["full"] = metrics_from_ranks(ranks, ks=config.ks)
+        result["full"]["protocol"] = "whole catalog, training target items excluded"
+    return result
+
+
+def retrieval_metrics(
+    scorer: tf_keras.Model, cases: EvalCases, *, config: config_lib.EvalConfig
+) -> dict | None:
+    """TFRS FactorizedTopK accuracy of the MF retrieval stage over the whole catalog.
+
+    The query tower is the user's MF factors weighted by the head, the
+    candidate tower the item's MF factors (see `models.retrieval_towers`).
+    Nothing is excluded: this measures the retrieval stage as served.
+
+    Returns:
+      {"top_K_categorical_accuracy": value, ..., "cases": n}, or None for a
+      model without an MF part.
+    """
+    try:
+        query, candidate = models.retrieval_towers(scorer)
+    except ValueError:
+        return None
+    items = tf.range(cases.num_items, dtype=tf.int32)
+    index = tfrs.layers.factorized_top_k.BruteForce(k=max(config.retrieval_ks))
+    index.index(candidate(items), identifiers=items)
+    metric = tfrs.metrics.FactorizedTopK(candidates=index, ks=config.retrieval_ks)
+    for start in range(0, len(cases.users), 4096):
+        u = tf.constant(cases.users[start : start + 4096], tf.int32)
+        i = tf.constant(cases.items[start : start + 4096], tf.int32)
+        metric.update_state(query(u), candidate(i), true_candidate_ids=i)
+    result = {
+        f"top_{k}_categorical_accuracy": float(v)
+        for k, v in zip(config.retrieval_ks, metric.result())
+    }
+    result["cases"] = int(len(cases.users))
+    return result

@@ -1,0 +1,258 @@
+"""The model's parts: feedback towers, the MF part, the gradient gate, fusion and head.
+
+Every layer is Keras-serializable (`get_config` / `from_config`).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+
+def _normal(stddev: float, seed: int | None):
+    return tf_keras.initializers.RandomNormal(mean=0.0, stddev=stddev, seed=seed)
+
+
+def tower_units(embedding_dim: int, num_layers: int) -> list[int]:
+    """Units of a branch's ReLU layers: a tower halving down to `embedding_dim`.
+
+    For embedding_dim 4 and 3 layers: [16, 8, 4] (the input is 2 * 4 = 8).
+    """
+    return [embedding_dim * 2 ** (num_layers - 1 - k) for k in range(num_layers)]
+
+
+class _EmbeddingPair(tf_keras.layers.Layer):
+    """User and item embedding tables with an optional L2 on the looked-up rows.
+
+    The penalty is on the rows a batch looks up, not on the whole tables, so
+    a step touches only those rows (a table-wide regularizer would make every
+    update dense).
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int,
+        *,
+        init_stddev: float = 0.01,
+        l2: float = 0.0,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_users = num_users
+        self.num_items = num_items
+        self.embedding_dim = embedding_dim
+        self.init_stddev = init_stddev
+        self.l2 = l2
+        self.seed = seed
+        self.user_embedding = tf_keras.layers.Embedding(
+            num_users,
+            embedding_dim,
+            embeddings_initializer=_normal(init_stddev, seed),
+            name="user_embedding",
+        )
+        self.item_embedding = tf_keras.layers.Embedding(
+            num_items,
+            embedding_dim,
+            embeddings_initializer=_normal(init_stddev, None if seed is None else seed + 1),
+            name="item_embedding",
+        )
+
+    def lookup(self, user: tf.Tensor, item: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        u = self.user_embedding(user)
+        i = self.item_embedding(item)
+        if self.l2:
+            self.add_loss(
+                self.l2
+                * (tf.reduce_sum(tf.square(u)) + tf.reduce_sum(tf.square(i)))
+                / tf.cast(tf.maximum(tf.shape(u)[0], 1), u.dtype)
+            )
+        return u, i
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_users=self.num_users,
+            num_items=self.num_items,
+            embedding_dim=self.embedding_dim,
+            init_stddev=self.init_stddev,
+            l2=self.l2,
+            seed=self.seed,
+        )
+        return config
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class MatrixFactorization(_EmbeddingPair):
+    """The MF part: element-wise product of user and item factors.
+
+    Call args:
+      inputs: (user [batch_size] int32, item [batch_size] int32).
+
+    Returns:
+      [batch_size, embedding_dim] products p_u * q_i.
+    """
+
+    def call(self, inputs):
+        user, item = inputs
+        u, i = self.lookup(user, item)
+        return u * i
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class FeedbackTower(_EmbeddingPair):
+    """One behavior's M-MLP branch: its own user and item embeddings and a ReLU tower.
+
+    Call args:
+      inputs: (user [batch_size] int32, item [batch_size] int32).
+
+    Returns:
+      [batch_size, output_dim]: the last ReLU layer, or the concatenated
+      embeddings when `num_layers` is 0.
+    """
+
+    def __init__(
+        self, num_users: int, num_items: int, embedding_dim: int, *, num_layers: int = 2, **kwargs
+    ):
+        super().__init__(num_users, num_items, embedding_dim, **kwargs)
+        self.num_layers = num_layers
+        self.dense_layers = [
+            tf_keras.layers.Dense(
+                units,
+                activation="relu",
+                kernel_initializer=_normal(self.init_stddev, None),
+                name=f"relu_{k}",
+            )
+            for k, units in enumerate(tower_units(embedding_dim, num_layers))
+        ]
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding_dim if self.num_layers else 2 * self.embedding_dim
+
+    def call(self, inputs):
+        user, item = inputs
+        u, i = self.lookup(user, item)
+        x = tf.concat([u, i], axis=-1)
+        for layer in self.dense_layers:
+            x = layer(x)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_layers=self.num_layers)
+        return config
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class GradientGate(tf_keras.layers.Layer):
+    """Identity forward; scales the gradient of each example by its gate.
+
+    A supportive branch passed through this gate learns only from the
+    examples whose gate is 1: the backward pass multiplies its gradient by
+    the mask, the forward pass is unchanged, so serving needs no mask.
+
+    Call args:
+      inputs: (x [batch_size, d], mask [batch_size] in {0, 1}).
+
+    Returns:
+      x, with d(output)/dx = mask.
+    """
+
+    def call(self, inputs):
+        x, mask = inputs
+        mask = tf.cast(mask, x.dtype)[:, None]
+        return tf.stop_gradient(x) + mask * (x - tf.stop_gradient(x))
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class Fusion(tf_keras.layers.Layer):
+    """The fusion layer: a fully connected ReLU layer over the concatenated branches.
+
+    Call args:
+      inputs: a list of [batch_size, d_t] branch outputs.
+
+    Returns:
+      [batch_size, units].
+    """
+
+    def __init__(self, units: int, *, init_stddev: float = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.init_stddev = init_stddev
+        self.dense = tf_keras.layers.Dense(
+            units, activation="relu", kernel_initializer=_normal(init_stddev, None), name="dense"
+        )
+
+    def call(self, inputs):
+        return self.dense(tf.concat(list(inputs), axis=-1))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, init_stddev=self.init_stddev)
+        return config
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class ScoreHead(tf_keras.layers.Layer):
+    """The head: one fully connected layer over [MF output, M-MLP output] to a logit.
+
+    The sigmoid of the logit is the score. The kernel's first `mf_dim` rows
+    weight the MF part, which keeps the MF contribution factorized:
+    `sum_k w_k p_uk q_ik = <p_u * w, q_i>` (the retrieval towers use this).
+
+    Call args:
+      inputs: a list of [batch_size, d] parts (MF first when present).
+
+    Returns:
+      [batch_size] logits.
+    """
+
+    def __init__(self, *, init_stddev: float = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.init_stddev = init_stddev
+        self.dense = tf_keras.layers.Dense(
+            1, kernel_initializer=_normal(init_stddev, None), name="dense"
+        )
+
+    def call(self, inputs):
+        x = tf.concat(list(inputs), axis=-1) if len(inputs) > 1 else inputs[0]
+        return tf.squeeze(self.dense(x), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(init_stddev=self.init_stddev)
+        return config
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class BranchScores(tf_keras.layers.Layer):
+    """Auxiliary score heads, one linear unit per supportive branch.
+
+    Call args:
+      inputs: a list of S [batch_size, d_t] supportive branch outputs.
+
+    Returns:
+      [batch_size, S] logits.
+    """
+
+    def __init__(self, num_branches: int, *, init_stddev: float = 0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.num_branches = num_branches
+        self.init_stddev = init_stddev
+        self.heads = [
+            tf_keras.layers.Dense(
+                1, kernel_initializer=_normal(init_stddev, None), name=f"head_{t}"
+            )
+            for t in range(num_branches)
+        ]
+
+    def call(self, inputs):
+        return tf.concat([head(x) for head, x in zip(self.heads, inputs)], axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_branches=self.num_branches, init_stddev=self.init_stddev)
+        return config

@@ -1,0 +1,410 @@
+"""Command line: train, evaluate, or both.
+
+    python -m mmrec_tf.main --flagfile=mmrec_tf/configs/quickstart.flags
+
+This is the only module that defines absl flags. It maps them to an
+`ExperimentConfig`, writes the resolved config as `config.json` into
+`--model_dir`, and writes `results.json` (dataset, model, seed, validation and
+test metrics of both protocols, TFRS retrieval metrics, training summary).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import tensorflow as tf
+import tf_keras
+from absl import app
+from absl import flags
+from absl import logging
+
+from mmrec_tf import config as config_lib  # noqa: I001  (sets TF_USE_LEGACY_KERAS first)
+from mmrec_tf import evaluate
+from mmrec_tf import models
+from mmrec_tf import train as train_lib
+from mmrec_tf.pipelines import loading
+from mmrec_tf.pipelines import samplers
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines every flag of the command line in `fv`."""
+    d_data, d_model = config_lib.DataConfig(), config_lib.ModelConfig()
+    d_train, d_eval = config_lib.TrainConfig(), config_lib.EvalConfig()
+    f = dict(flag_values=fv)
+    flags.DEFINE_enum("mode", "train_and_evaluate", config_lib.MODES, "What to run.", **f)
+    flags.DEFINE_string(
+        "model_dir",
+        None,
+        "Checkpoints, logs, vocabularies, config.json and "
+        "results.json go here; a run with the same model_dir resumes.",
+        **f,
+    )
+    flags.DEFINE_string(
+        "dataset_name",
+        "",
+        "Name recorded in results.json (default: the data folder's name, or 'synthetic').",
+        **f,
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of splits, initialisation, sampling.", **f)
+    # Data.
+    flags.DEFINE_string(
+        "data_path",
+        d_data.data_path,
+        "A file or glob of shards (plain or .gz); empty with --data_format=synthetic.",
+        **f,
+    )
+    flags.DEFINE_enum(
+        "data_format", d_data.data_format, config_lib.DATA_FORMATS, "Layout of the files.", **f
+    )
+    flags.DEFINE_list(
+        "columns",
+        [],
+        "For csv: field=column pairs, e.g. user=uid,item=iid,behavior=action,timestamp=ts.",
+        **f,
+    )
+    flags.DEFINE_string(
+        "delimiter", d_data.delimiter, "For csv: the field separator (\\t for tab).", **f
+    )
+    flags.DEFINE_boolean(
+        "has_header", d_data.has_header, "For csv: files start with a header.", **f
+    )
+    flags.DEFINE_string(
+        "target_behavior", d_data.target_behavior, "The behavior to recommend.", **f
+    )
+    flags.DEFINE_list(
+        "supportive_behaviors",
+        [],
+        "Supportive behaviors in branch order; empty: every other behavior found.",
+        **f,
+    )
+    flags.DEFINE_list("ignore_behaviors", [], "Behaviors excluded on purpose (counted).", **f)
+    flags.DEFINE_enum(
+        "on_bad_record",
+        d_data.on_bad_record,
+        config_lib.BAD_RECORD_POLICIES,
+        "Stop at the first bad record, or skip and count them.",
+        **f,
+    )
+    flags.DEFINE_boolean(
+        "validation",
+        d_data.validation,
+        "Carve validation cases from training data when the data has none.",
+        **f,
+    )
+    flags.DEFINE_integer("synthetic_users", d_data.synthetic_users, "Synthetic users.", **f)
+    flags.DEFINE_integer("synthetic_items", d_data.synthetic_items, "Synthetic items.", **f)
+    flags.DEFINE_float(
+        "synthetic_records_per_user",
+        d_data.synthetic_records_per_user,
+        "Mean records per synthetic user.",
+        **f,
+    )
+    # Model.
+    flags.DEFINE_enum("model", d_model.model, config_lib.MODELS, "Model to train.", **f)
+    flags.DEFINE_integer("mf_dim", d_model.mf_dim, "MF factors.", **f)
+    flags.DEFINE_integer("mlp_dim", d_model.mlp_dim, "Per-branch embedding size.", **f)
+    flags.DEFINE_integer("mlp_layers", d_model.mlp_layers, "ReLU layers per branch.", **f)
+    flags.DEFINE_integer("fusion_dim", d_model.fusion_dim, "Fusion units (0: mlp_dim).", **f)
+    flags.DEFINE_enum(
+        "gating", d_model.gating, config_lib.GATINGS, "Supportive-branch gating.", **f
+    )
+    flags.DEFINE_float(
+        "branch_loss_weight",
+        d_model.branch_loss_weight,
+        "Weight of each auxiliary branch loss (gradient_aux).",
+        **f,
+    )
+    flags.DEFINE_float("init_stddev", d_model.init_stddev, "Stddev of N(0, s) init.", **f)
+    flags.DEFINE_float("l2", d_model.l2, "L2 on looked-up embedding rows.", **f)
+    # Training.
+    flags.DEFINE_integer("epochs", d_train.epochs, "Maximum epochs.", **f)
+    flags.DEFINE_integer("batch_size", d_train.batch_size, "Global batch size.", **f)
+    flags.DEFINE_float("learning_rate", d_train.learning_rate, "Adam learning rate.", **f)
+    flags.DEFINE_enum("loss", d_train.loss, config_lib.LOSSES, "Training loss.", **f)
+    flags.DEFINE_integer("num_negatives", d_train.num_negatives, "Negatives per positive.", **f)
+    flags.DEFINE_float(
+        "supportive_negative_ratio",
+        d_train.supportive_negative_ratio,
+        "Fraction of negatives from supportive-only items.",
+        **f,
+    )
+    flags.DEFINE_enum("optimizer", d_train.optimizer, ("lazy_adam", "adam"), "Optimizer.", **f)
+    flags.DEFINE_integer(
+        "early_stopping_patience",
+        d_train.early_stopping_patience,
+        "Epochs without validation gain before stopping (0: off).",
+        **f,
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch", d_train.steps_per_epoch, "Cap on steps per epoch (0: a full pass).", **f
+    )
+    flags.DEFINE_integer(
+        "steps_per_execution", d_train.steps_per_execution, "Steps per tf.function call.", **f
+    )
+    flags.DEFINE_enum(
+        "distribution_strategy",
+        d_train.distribution_strategy,
+        config_lib.STRATEGIES,
+        "tf.distribute strategy.",
+        **f,
+    )
+    flags.DEFINE_integer("verbose", d_train.verbose, "Keras verbosity (0, 1, 2).", **f)
+    # Evaluation.
+    flags.DEFINE_integer(
+        "sampled_negatives",
+        d_eval.sampled_negatives,
+        "Negatives per case in the sampled protocol.",
+        **f,
+    )
+    flags.DEFINE_list("eval_ks", [str(k) for k in d_eval.ks], "Full-ranking cut-offs.", **f)
+    flags.DEFINE_integer("eval_batch_size", d_eval.batch_size, "Pairs scored per call.", **f)
+    flags.DEFINE_boolean("full_ranking", d_eval.full_ranking, "Also run full ranking.", **f)
+    flags.DEFINE_integer("eval_seed", d_eval.seed, "Seed of the sampled protocol.", **f)
+
+
+def _pairs(values: list[str]) -> tuple[tuple[str, str], ...]:
+    result = []
+    for value in values:
+        if "=" not in value:
+            raise ValueError(f"--columns entry {value!r} is not field=column, e.g. user=uid.")
+        field, column = value.split("=", 1)
+        result.append((field.strip(), column.strip()))
+    return tuple(result)
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.ExperimentConfig:
+    """Maps parsed flags to an ExperimentConfig (validated by its dataclasses)."""
+    if not fv.model_dir:
+        raise ValueError("--model_dir is required: checkpoints and results.json go there.")
+    delimiter = "\t" if fv.delimiter in ("\\t", "tab") else fv.delimiter
+    data = config_lib.DataConfig(
+        data_path=fv.data_path,
+        data_format=fv.data_format,
+        columns=_pairs(fv.columns),
+        delimiter=delimiter,
+        has_header=fv.has_header,
+        target_behavior=fv.target_behavior,
+        supportive_behaviors=tuple(fv.supportive_behaviors),
+        ignore_behaviors=tuple(fv.ignore_behaviors),
+        on_bad_record=fv.on_bad_record,
+        validation=fv.validation,
+        seed=fv.seed,
+        synthetic_users=fv.synthetic_users,
+        synthetic_items=fv.synthetic_items,
+        synthetic_records_per_user=fv.synthetic_records_per_user,
+    )
+    model = config_lib.ModelConfig(
+        model=fv.model,
+        mf_dim=fv.mf_dim,
+        mlp_dim=fv.mlp_dim,
+        mlp_layers=fv.mlp_layers,
+        fusion_dim=fv.fusion_dim,
+        gating=fv.gating,
+        branch_loss_weight=fv.branch_loss_weight,
+        init_stddev=fv.init_stddev,
+        l2=fv.l2,
+    )
+    train = config_lib.TrainConfig(
+        epochs=fv.epochs,
+        batch_size=fv.batch_size,
+        learning_rate=fv.learning_rate,
+        loss=fv.loss,
+        num_negatives=fv.num_negatives,
+        supportive_negative_ratio=fv.supportive_negative_ratio,
+        optimizer=fv.optimizer,
+        early_stopping_patience=fv.early_stopping_patience,
+        steps_per_epoch=fv.steps_per_epoch,
+        steps_per_execution=fv.steps_per_execution,
+        distribution_strategy=fv.distribution_strategy,
+        seed=fv.seed,
+        verbose=fv.verbose,
+    )
+    evaluation = config_lib.EvalConfig(
+        sampled_negatives=fv.sampled_negatives,
+        ks=tuple(int(k) for k in fv.eval_ks),
+        batch_size=fv.eval_batch_size,
+        full_ranking=fv.full_ranking,
+        seed=fv.eval_seed,
+    )
+    return config_lib.ExperimentConfig(
+        data=data, model=model, train=train, eval=evaluation, model_dir=fv.model_dir, mode=fv.mode
+    )
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy called `name`.
+
+    `mirrored` uses every GPU, or, on a machine without one, every logical
+    CPU device when there are several (this is how it is tested).
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        cpus = tf.config.list_logical_devices("CPU")
+        if not gpus and len(cpus) > 1:
+            return tf.distribute.MirroredStrategy([d.name for d in cpus])
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def dataset_name(config: config_lib.ExperimentConfig, given: str = "") -> str:
+    if given:
+        return given
+    if config.data.data_format == "synthetic":
+        return "synthetic"
+    first = config.data.data_path.split(",")[0]
+    return os.path.basename(os.path.dirname(os.path.abspath(first))) or first
+
+
+def _write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> dict:
+    """Loads data, trains and/or evaluates, and writes results.json.
+
+    Args:
+      config: the experiment.
+      name: the dataset name for results.json (derived when empty).
+
+    Returns:
+      The results dict that was written to `<model_dir>/results.json`.
+    """
+    model_dir = config.model_dir
+    os.makedirs(model_dir, exist_ok=True)
+    tf_keras.utils.set_random_seed(config.train.seed)
+    _write_json(os.path.join(model_dir, "config.json"), config.to_dict())
+    started = time.perf_counter()
+    data, split = loading.load(config.data, work_dir=model_dir)
+    load_seconds = time.perf_counter() - started
+    report = data.report.to_dict()
+    print(f"data: {data.report.summary()}")
+    if data.report.skipped or data.report.empty_files:
+        for example in data.report.examples[:5]:
+            print(f"  skipped {example[0]}:{example[1]}: {example[2]}: {example[3]!r}")
+    print(f"split: {split.info}")
+    _write_json(
+        os.path.join(model_dir, "data_report.json"), {"report": report, "split": split.info}
+    )
+    data.user_vocab.save(os.path.join(model_dir, "vocab", "users.txt"))
+    data.item_vocab.save(os.path.join(model_dir, "vocab", "items.txt"))
+    with open(os.path.join(model_dir, "vocab", "behaviors.txt"), "w") as f:
+        f.write("\n".join(split.behaviors.behaviors) + "\n")
+
+    strategy = make_strategy(config.train.distribution_strategy)
+    with strategy.scope():
+        ranker = models.build_ranker(
+            config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+        )
+    num_behaviors = split.behaviors.num_behaviors
+    valid_cases = (
+        evaluate.EvalCases.build(split, "valid", config.eval) if len(split.valid_users) else None
+    )
+
+    score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size)
+
+    def validation():
+        return evaluate.evaluate(score, valid_cases, config=config.eval, full_ranking=False)[
+            "sampled"
+        ]
+
+    results = {
+        "dataset": name or dataset_name(config),
+        "model": config.model.model,
+        "seed": config.train.seed,
+        "behaviors": list(split.behaviors.behaviors),
+        "num_users": split.num_users,
+        "num_items": split.num_items,
+        "data_report": {
+            k: report[k]
+            for k in ("lines", "records", "skipped", "bad_records", "excluded_behaviors")
+        },
+        "split": split.info,
+        "seconds": {"load": round(load_seconds, 2)},
+    }
+    if config.mode in ("train", "train_and_evaluate"):
+        index = samplers.TrainingIndex.from_split(split)
+        started = time.perf_counter()
+        result = train_lib.train(
+            ranker=ranker,
+            index=index,
+            config=config.train,
+            model_dir=model_dir,
+            validation=validation if valid_cases is not None else None,
+        )
+        results["seconds"]["train"] = round(time.perf_counter() - started, 2)
+        results["train"] = {k: v for k, v in result.to_dict().items() if k != "history"}
+    else:
+        _restore_for_evaluation(ranker, model_dir)
+    if config.mode in ("evaluate", "train_and_evaluate"):
+        started = time.perf_counter()
+        test_cases = evaluate.EvalCases.build(split, "test", config.eval)
+        results["test"] = evaluate.evaluate(score, test_cases, config=config.eval)
+        if valid_cases is not None:
+            results["validation"] = evaluate.evaluate(score, valid_cases, config=config.eval)
+        retrieval = evaluate.retrieval_metrics(ranker.scorer, test_cases, config=config.eval)
+        if retrieval is not None:
+            results["test"]["retrieval"] = retrieval
+        results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
+        _print_metrics(results)
+    _write_json(os.path.join(model_dir, "results.json"), results)
+    return results
+
+
+def _restore_for_evaluation(ranker: models.Ranker, model_dir: str) -> None:
+    """Loads the best validation weights, else the latest checkpoint."""
+    best = os.path.join(model_dir, "best", "weights")
+    if tf.train.latest_checkpoint(os.path.dirname(best)) or os.path.exists(best + ".index"):
+        ranker.scorer.load_weights(best).expect_partial()
+        return
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(
+            f"--mode=evaluate found no checkpoint in {model_dir}: train "
+            "first (--mode=train) or point --model_dir at a trained run."
+        )
+    tf.train.Checkpoint(model=ranker).restore(latest).expect_partial()
+
+
+def _print_metrics(results: dict) -> None:
+    test = results["test"]
+    s = test["sampled"]
+    print(
+        f"test sampled ({s['protocol']}): HR@10 {s['HR@10']:.4f} ± {s['HR@10_se']:.4f}  "
+        f"NDCG@10 {s['NDCG@10']:.4f} ± {s['NDCG@10_se']:.4f}  cases {s['cases']}"
+    )
+    if "full" in test:
+        f = test["full"]
+        print(
+            f"test full ranking ({f['protocol']}): HR@10 {f['HR@10']:.4f} ± "
+            f"{f['HR@10_se']:.4f}  NDCG@10 {f['NDCG@10']:.4f} ± {f['NDCG@10_se']:.4f}  "
+            f"cases {f['cases']}"
+        )
+    if "retrieval" in test:
+        print(f"test retrieval (TFRS FactorizedTopK, MF stage): {test['retrieval']}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    config = config_from_flags(flags.FLAGS)
+    run_experiment(config, name=flags.FLAGS.dataset_name)
+
+
+def run():
+    define_flags(flags.FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,258 @@
+"""The multi-feedback model, its comparison models, and the ranking trainer.
+
+`build_model` assembles a Keras functional *scorer* from the parts in
+`layers.py`: inputs `user`, `item` (indices) and `gate` (the per-behavior
+mask, used only by the backward pass), outputs `logit`, `score` and, with
+`gating="gradient_aux"`, `branch_logits`. `Ranker` wraps a scorer with the
+paper's pairwise training (or a pointwise log loss).
+
+Models (`ModelConfig.model`):
+  mmf: MF part + one M-MLP branch per behavior + fusion + head (the paper).
+  ncf: NeuMF: MF part + the target branch alone (no supportive branches).
+  gmf: the MF part alone.
+  mlp: the target MLP branch alone.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+from mmrec_tf import config as config_lib
+from mmrec_tf import layers
+from mmrec_tf import losses
+from mmrec_tf.pipelines import schema
+
+_PARTS = {
+    "mmf": (True, "all"),
+    "ncf": (True, "target"),
+    "gmf": (True, "none"),
+    "mlp": (False, "target"),
+}
+
+
+def build_model(
+    config: config_lib.ModelConfig,
+    *,
+    num_users: int,
+    num_items: int,
+    behaviors: schema.BehaviorSchema,
+) -> tf_keras.Model:
+    """Builds the functional scorer for `config.model`.
+
+    Args:
+      config: the model configuration.
+      num_users: rows of the user tables.
+      num_items: rows of the item tables.
+      behaviors: the behavior schema; branch t serves `behaviors.behaviors[t]`.
+
+    Returns:
+      A functional tf_keras.Model from {user, item, gate} to {logit, score
+      [, branch_logits]}.
+
+    Raises:
+      ValueError: for an unknown model name.
+    """
+    if config.model not in _PARTS:
+        raise ValueError(f"model={config.model!r} is unknown: use one of {sorted(_PARTS)}.")
+    use_mf, branch_set = _PARTS[config.model]
+    names = {"all": behaviors.behaviors, "target": behaviors.behaviors[:1], "none": ()}[branch_set]
+    inputs = {
+        name: tf_keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=name)
+        for name, spec in schema.model_input_spec(behaviors.num_behaviors).items()
+    }
+    user, item, gate = inputs[schema.USER], inputs[schema.ITEM], inputs[schema.GATE]
+    common = dict(
+        num_users=num_users, num_items=num_items, init_stddev=config.init_stddev, l2=config.l2
+    )
+
+    parts = []
+    if use_mf:
+        parts.append(
+            layers.MatrixFactorization(embedding_dim=config.mf_dim, name="mf", **common)(
+                (user, item)
+            )
+        )
+    branch_outputs = []
+    for t, name in enumerate(names):
+        tower = layers.FeedbackTower(
+            embedding_dim=config.mlp_dim,
+            num_layers=config.mlp_layers,
+            name=f"tower_{name}",
+            **common,
+        )
+        x = tower((user, item))
+        if t > 0 and config.gating != "none":
+            x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))
+        branch_outputs.append(x)
+    if len(branch_outputs) > 1:
+        parts.append(
+            layers.Fusion(
+                config.fusion_dim or config.mlp_dim, init_stddev=config.init_stddev, name="fusion"
+            )(branch_outputs)
+        )
+    elif branch_outputs:
+        parts.append(branch_outputs[0])
+    logit = layers.ScoreHead(init_stddev=config.init_stddev, name="head")(parts)
+    outputs = {
+        schema.LOGIT: logit,
+        schema.SCORE: tf_keras.layers.Activation("sigmoid", name="score")(logit),
+    }
+    if config.gating == "gradient_aux" and len(branch_outputs) > 1:
+        outputs[schema.BRANCH_LOGITS] = layers.BranchScores(
+            len(branch_outputs) - 1, init_stddev=config.init_stddev, name="branch_scores"
+        )(branch_outputs[1:])
+    return tf_keras.Model(inputs=inputs, outputs=outputs, name=config.model)
+
+
+def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.Model]:
+    """Query and candidate towers of the factorized MF part of the score.
+
+    The head weights the MF output by w (its first mf_dim kernel rows), so
+    the MF contribution to the logit is <p_u * w, q_i>: the query tower maps
+    a user to p_u * w, the candidate tower an item to q_i.
+
+    Args:
+      scorer: a model from `build_model` with an MF part.
+
+    Returns:
+      (query model: user [batch] -> [batch, mf_dim],
+       candidate model: item [batch] -> [batch, mf_dim]).
+
+    Raises:
+      ValueError: if the scorer has no MF part (`model="mlp"`).
+    """
+    names = [layer.name for layer in scorer.layers]
+    if "mf" not in names:
+        raise ValueError(f"model {scorer.name!r} has no MF part to factorize for retrieval.")
+    mf = scorer.get_layer("mf")
+    head = scorer.get_layer("head")
+    user = tf_keras.Input(shape=(), dtype=tf.int32, name=schema.USER)
+    item = tf_keras.Input(shape=(), dtype=tf.int32, name=schema.ITEM)
+    weights = head.dense.kernel[: mf.embedding_dim, 0]
+    query = tf_keras.Model(user, mf.user_embedding(user) * weights, name="query_tower")
+    candidate = tf_keras.Model(item, mf.item_embedding(item), name="candidate_tower")
+    return query, candidate
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class Ranker(tf_keras.Model):
+    """Trains a scorer on (user, positive, negatives) examples.
+
+    Each batch holds `schema.example_spec` fields. The positive and its
+    negatives are scored in one call; the loss is BPR (pairwise) or log
+    loss (pointwise), plus, with auxiliary branch heads, the gated branch
+    losses weighted by `branch_loss_weight`. Losses are averaged over the
+    global batch, so mirrored replicas add up to the right gradient.
+    """
+
+    def __init__(
+        self,
+        scorer: tf_keras.Model,
+        *,
+        loss: str = "bpr",
+        branch_loss_weight: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if loss not in config_lib.LOSSES:
+            raise ValueError(f"loss={loss!r} is unknown: use one of {config_lib.LOSSES}.")
+        self.scorer = scorer
+        self.loss_name = loss
+        self.branch_loss_weight = branch_loss_weight
+        self.loss_tracker = tf_keras.metrics.Mean(name="loss")
+        self.pair_accuracy = tf_keras.metrics.Mean(name="pair_accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.pair_accuracy]
+
+    def call(self, inputs, training=False):
+        return self.scorer(inputs, training=training)
+
+    def _compute_losses(self, batch, training):
+        user = batch[schema.USER]
+        neg = batch[schema.NEG_ITEM]
+        batch_size = tf.shape(user)[0]
+        num_neg = tf.shape(neg)[1]
+        num_behaviors = tf.shape(batch[schema.POS_GATE])[-1]
+        users = tf.concat([user, tf.reshape(tf.repeat(user[:, None], num_neg, axis=1), [-1])], 0)
+        items = tf.concat([batch[schema.POS_ITEM], tf.reshape(neg, [-1])], 0)
+        gates = tf.concat(
+            [batch[schema.POS_GATE], tf.reshape(batch[schema.NEG_GATE], [-1, num_behaviors])], 0
+        )
+        outputs = self.scorer(
+            {schema.USER: users, schema.ITEM: items, schema.GATE: gates}, training=training
+        )
+        logits = outputs[schema.LOGIT]
+        pos_logits = logits[:batch_size]
+        neg_logits = tf.reshape(logits[batch_size:], [batch_size, num_neg])
+        if self.loss_name == "bpr":
+            per_example = losses.bpr(pos_logits, neg_logits)
+        else:
+            per_example = losses.log_loss(pos_logits, neg_logits)
+        if schema.BRANCH_LOGITS in outputs and self.branch_loss_weight:
+            branch = outputs[schema.BRANCH_LOGITS]
+            # [batch, 1 + num_neg, S]: the positive first, then its negatives.
+            branch = tf.concat(
+                [
+                    branch[:batch_size, None],
+                    tf.reshape(branch[batch_size:], [batch_size, num_neg, -1]),
+                ],
+                1,
+            )
+            branch_gates = tf.concat(
+                [batch[schema.POS_GATE][:, None, 1:], batch[schema.NEG_GATE][:, :, 1:]], 1
+            )
+            labels = tf.concat([tf.ones([batch_size, 1]), tf.zeros([batch_size, num_neg])], 1)
+            per_example += self.branch_loss_weight * losses.masked_branch_loss(
+                branch, labels, branch_gates
+            )
+        loss = tf.nn.compute_average_loss(per_example)
+        if self.scorer.losses:
+            loss += tf.nn.scale_regularization_loss(tf.add_n(self.scorer.losses))
+        correct = tf.reduce_mean(tf.cast(pos_logits[:, None] > neg_logits, tf.float32), axis=-1)
+        return loss, per_example, correct
+
+    def train_step(self, batch):
+        with tf.GradientTape() as tape:
+            loss, per_example, correct = self._compute_losses(batch, training=True)
+        gradients = tape.gradient(loss, self.scorer.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.scorer.trainable_variables))
+        self.loss_tracker.update_state(per_example)
+        self.pair_accuracy.update_state(correct)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, batch):
+        _, per_example, correct = self._compute_losses(batch, training=False)
+        self.loss_tracker.update_state(per_example)
+        self.pair_accuracy.update_state(correct)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        return {
+            "scorer": tf_keras.utils.serialize_keras_object(self.scorer),
+            "loss": self.loss_name,
+            "branch_loss_weight": self.branch_loss_weight,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        scorer = tf_keras.layers.deserialize(config.pop("scorer"), custom_objects=custom_objects)
+        return cls(scorer, **config)
+
+
+def build_ranker(
+    config: config_lib.ExperimentConfig,
+    *,
+    num_users: int,
+    num_items: int,
+    behaviors: schema.BehaviorSchema,
+) -> Ranker:
+    """The scorer for `config.model` wrapped in a Ranker for `config.train.loss`."""
+    scorer = build_model(
+        config.model, num_users=num_users, num_items=num_items, behaviors=behaviors
+    )
+    weight = config.model.branch_loss_weight if config.model.gating == "gradient_aux" else 0.0
+    return Ranker(scorer, loss=config.train.loss, branch_loss_weight=weight, name="ranker")

@@ -1,0 +1,241 @@
+"""Keras training with checkpoints, resume, TensorBoard and early stopping.
+
+State that a restarted run needs lives in one `tf.train.Checkpoint` per epoch
+under `<model_dir>/checkpoints`: the model, the optimizer (moments included),
+the epochs done, and the early-stopping state. A run started again with the
+same `model_dir` resumes after the last completed epoch; negatives are drawn
+per (seed, epoch), so the resumed run sees the examples an uninterrupted run
+would. The weights of the best validation epoch are kept under
+`<model_dir>/best` and restored when training ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+
+import tensorflow as tf
+import tf_keras
+
+from mmrec_tf import config as config_lib
+from mmrec_tf import models
+from mmrec_tf import optimizers
+from mmrec_tf.pipelines import datasets
+from mmrec_tf.pipelines import samplers
+
+VALIDATION_METRIC = "HR@10"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What training did.
+
+    Attributes:
+      epochs_completed: epochs trained, across resumes.
+      resumed_from_epoch: the epoch this run started at (0 when fresh).
+      best_epoch: the epoch whose weights were kept (1-based; 0 if none).
+      best_validation: the validation metrics of that epoch.
+      stopped_early: whether early stopping ended training.
+      history: one dict per epoch: loss, pair_accuracy, validation metrics,
+        seconds and examples per second.
+    """
+
+    epochs_completed: int
+    resumed_from_epoch: int
+    best_epoch: int
+    best_validation: dict | None
+    stopped_early: bool
+    history: list
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _State(tf.Module):
+    """Training progress saved with each checkpoint."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+        self.stopped = tf.Variable(False, trainable=False, name="stopped")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this task writes checkpoints and exports (always, off a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+class _EpochEnd(tf_keras.callbacks.Callback):
+    """Validation, early stopping, history and the per-epoch checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        state,
+        manager,
+        validation,
+        patience,
+        best_path,
+        history,
+        history_path,
+        examples_per_epoch,
+        chief,
+    ):
+        super().__init__()
+        self.state = state
+        self.manager = manager
+        self.validation = validation
+        self.patience = patience
+        self.best_path = best_path
+        self.history = history
+        self.history_path = history_path
+        self.examples_per_epoch = examples_per_epoch
+        self.chief = chief
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        seconds = time.perf_counter() - self._start
+        record = {
+            "epoch": epoch + 1,
+            **{k: float(v) for k, v in logs.items()},
+            "seconds": round(seconds, 3),
+            "examples_per_second": round(self.examples_per_epoch / max(seconds, 1e-9), 1),
+        }
+        if self.validation is not None:
+            metrics = self.validation()
+            for name, value in metrics.items():
+                if not isinstance(value, (int, float)):
+                    continue
+                logs[f"val_{name}"] = value
+                record[f"val_{name}"] = value
+            value = metrics[VALIDATION_METRIC]
+            if value > float(self.state.best.numpy()):
+                self.state.best.assign(value)
+                self.state.best_epoch.assign(epoch + 1)
+                self.state.wait.assign(0)
+                if self.chief:
+                    self.model.scorer.save_weights(self.best_path)
+            else:
+                self.state.wait.assign_add(1)
+            if self.patience and int(self.state.wait.numpy()) >= self.patience:
+                self.state.stopped.assign(True)
+                self.model.stop_training = True
+        self.state.epoch.assign(epoch + 1)
+        self.history.append(record)
+        if self.chief:
+            self.manager.save(checkpoint_number=epoch + 1)
+            with open(self.history_path, "w") as f:
+                json.dump(self.history, f, indent=1)
+
+
+def train(
+    *,
+    ranker: models.Ranker,
+    index: samplers.TrainingIndex,
+    config: config_lib.TrainConfig,
+    model_dir: str,
+    validation: Callable[[], dict] | None = None,
+) -> TrainResult:
+    """Trains `ranker` on examples sampled from `index`, resuming from `model_dir`.
+
+    Args:
+      ranker: a Ranker built under the strategy that should train it.
+      index: the training index (positives, gates, supportive-only items).
+      config: epochs, batch size, optimizer, sampler, patience.
+      model_dir: checkpoints, TensorBoard logs and history go here.
+      validation: returns validation metrics including "HR@10"; called
+        after each epoch for early stopping and best-epoch selection.
+
+    Returns:
+      A TrainResult. The ranker holds the best validation epoch's weights
+      (or the last epoch's when there is no validation).
+    """
+    strategy = ranker.distribute_strategy
+    chief = is_chief(strategy)
+    os.makedirs(model_dir, exist_ok=True)
+    with strategy.scope():
+        optimizer = optimizers.build_optimizer(config)
+        optimizer.build(ranker.scorer.trainable_variables)
+        ranker.compile(optimizer=optimizer, steps_per_execution=config.steps_per_execution)
+        state = _State()
+    checkpoint = tf.train.Checkpoint(model=ranker, optimizer=optimizer, state=state)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=3
+    )
+    history_path = os.path.join(model_dir, "history.json")
+    history: list = []
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if os.path.exists(history_path):
+            with open(history_path) as f:
+                history = json.load(f)
+    start = int(state.epoch.numpy())
+    best_path = os.path.join(model_dir, "best", "weights")
+    steps = datasets.steps_per_epoch(index, config)
+    if start < config.epochs and not bool(state.stopped.numpy()):
+        if config.distribution_strategy == "multi_worker":
+            dataset = strategy.distribute_datasets_from_function(
+                lambda context: datasets.training_dataset(
+                    index, config, start_epoch=start, input_context=context
+                )
+            )
+        else:
+            dataset = datasets.training_dataset(index, config, start_epoch=start)
+        callbacks = [
+            _EpochEnd(
+                state=state,
+                manager=manager,
+                validation=validation,
+                patience=config.early_stopping_patience,
+                best_path=best_path,
+                history=history,
+                history_path=history_path,
+                examples_per_epoch=steps * config.batch_size,
+                chief=chief,
+            ),
+            tf_keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), profile_batch=0),
+        ]
+        ranker.fit(
+            dataset,
+            epochs=config.epochs,
+            initial_epoch=start,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+    best_epoch = int(state.best_epoch.numpy())
+    best_validation = None
+    if validation is not None and best_epoch:
+        ranker.scorer.load_weights(best_path).expect_partial()
+        best_validation = next(
+            (
+                {k[4:]: v for k, v in h.items() if k.startswith("val_")}
+                for h in history
+                if h["epoch"] == best_epoch
+            ),
+            None,
+        )
+    return TrainResult(
+        epochs_completed=int(state.epoch.numpy()),
+        resumed_from_epoch=start,
+        best_epoch=best_epoch,
+        best_validation=best_validation,
+        stopped_early=bool(state.stopped.numpy()),
+        history=history,
+    )

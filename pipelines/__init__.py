@@ -1,0 +1,1 @@
+"""tf.data pipelines: readers, schema, vocabularies, splits, samplers, synthetic data."""

@@ -1,0 +1,411 @@
+"""Streams interaction records from delimited files with tf.data.
+
+Three layouts are read: the Taobao UserBehavior CSV (no header;
+`user_id,item_id,category_id,behavior_type,timestamp`), the tab-separated
+`user item behavior timestamp split` layout with a header, and any CSV/TSV
+through a column mapping. Files are read line by line with
+`tf.data.TextLineDataset` (plain or gzip, one file or a glob of shards), in
+chunks that are parsed and validated with vectorized `tf.strings` ops, so a
+log far larger than memory for its text streams through.
+
+Every bad record is either an error that names the file, the line and the fix
+(`on_bad_record="error"`), or skipped and counted in a `DataReport`
+(`on_bad_record="skip"`). Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as glob_lib
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from mmrec_tf import config as config_lib
+from mmrec_tf.pipelines import schema
+
+CHUNK_LINES = 1 << 18
+_MAX_EXAMPLES = 20
+
+_INT_PATTERN = r"\s*-?[0-9]+\s*"
+_BEHAVIOR_PATTERN = r"[A-Za-z_][A-Za-z0-9_.\-]*"
+
+# Reasons a record is rejected, with the fix each error message names.
+_REASONS = {
+    1: ("wrong number of fields", "every line needs {n} fields separated by {sep!r}"),
+    2: ("empty user or item id", "give every record a user id and an item id"),
+    3: (
+        "non-numeric user id",
+        "this layout needs integer ids; use --data_format=csv for string ids",
+    ),
+    4: (
+        "non-numeric item id",
+        "this layout needs integer ids; use --data_format=csv for string ids",
+    ),
+    5: (
+        "unknown behavior",
+        "use one of the behaviors {known}, or add it to "
+        "--supportive_behaviors / --ignore_behaviors",
+    ),
+    6: ("non-numeric timestamp", "timestamps must be integer Unix seconds{empty_ok}"),
+    7: ("unknown split", "the split column takes train, valid or test"),
+}
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the line and the fix."""
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What the readers read, kept, skipped and excluded.
+
+    Attributes:
+      files: the files read, in order.
+      lines: data lines read (headers excluded).
+      records: records kept.
+      bad_records: skipped records by reason (only with on_bad_record=skip).
+      examples: the first skipped records as (file, line, reason, text).
+      excluded_behaviors: records of behaviors excluded on purpose.
+      empty_files: files that held no records (only with skip).
+    """
+
+    files: list = dataclasses.field(default_factory=list)
+    lines: int = 0
+    records: int = 0
+    bad_records: dict = dataclasses.field(default_factory=dict)
+    examples: list = dataclasses.field(default_factory=list)
+    excluded_behaviors: dict = dataclasses.field(default_factory=dict)
+    empty_files: list = dataclasses.field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return int(sum(self.bad_records.values()))
+
+    def to_dict(self) -> dict:
+        result = dataclasses.asdict(self)
+        result["skipped"] = self.skipped
+        return result
+
+    def summary(self) -> str:
+        parts = [
+            f"read {self.lines} lines from {len(self.files)} file(s), kept {self.records} records"
+        ]
+        if self.bad_records:
+            parts.append(f"skipped {self.skipped} bad records {dict(self.bad_records)}")
+        if self.excluded_behaviors:
+            parts.append(f"excluded behaviors {dict(self.excluded_behaviors)}")
+        if self.empty_files:
+            parts.append(f"empty files {self.empty_files}")
+        return "; ".join(parts)
+
+
+@dataclasses.dataclass
+class RawLog:
+    """Interaction records with raw ids.
+
+    Attributes:
+      users: [n] raw user ids (int64, or object strings for string ids).
+      items: [n] raw item ids, like `users`.
+      behaviors: [n] int16 codes into `behavior_names`.
+      behavior_names: behavior name of each code.
+      timestamps: [n] int64 Unix seconds, -1 where missing.
+      splits: [n] int8 split codes (schema.SPLIT_*), -1 where not given.
+      report: what was read and skipped.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    behaviors: np.ndarray
+    behavior_names: list
+    timestamps: np.ndarray
+    splits: np.ndarray
+    report: DataReport
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    delimiter: str
+    has_header: bool
+    columns: dict  # field -> column name or position
+    num_fields: int  # exact field count, or 0 when the header decides
+    int_ids: bool
+    timestamp_required: bool
+    known_behaviors: tuple | None
+
+
+def _layout(config: config_lib.DataConfig) -> _Layout:
+    fmt = config.data_format
+    if fmt == "userbehavior":
+        return _Layout(
+            ",",
+            False,
+            {"user": 0, "item": 1, "behavior": 3, "timestamp": 4},
+            5,
+            True,
+            True,
+            schema.USERBEHAVIOR_BEHAVIORS,
+        )
+    if fmt == "tsv":
+        cols = {f: f for f in ("user", "item", "behavior", "timestamp", "split")}
+        return _Layout("\t", True, cols, 0, True, False, None)
+    columns = {}
+    for field, column in config.columns:
+        columns[field] = int(column) if str(column).isdigit() else column
+    if not config.has_header and any(isinstance(c, str) for c in columns.values()):
+        raise ValueError(
+            f"columns={config.columns!r} names columns, but has_header=False: "
+            "give 0-based positions, or set --has_header."
+        )
+    return _Layout(config.delimiter, config.has_header, columns, 0, False, False, None)
+
+
+def list_files(data_path: str) -> list[str]:
+    """Expands a file, a comma-separated list or a glob into sorted files.
+
+    Raises:
+      DataError: if nothing matches.
+    """
+    files = []
+    for pattern in [p for p in data_path.split(",") if p]:
+        matched = sorted(glob_lib.glob(pattern)) if glob_lib.has_magic(pattern) else [pattern]
+        files.extend(matched)
+    missing = [f for f in files if not os.path.isfile(f)]
+    if not files or missing:
+        raise DataError(
+            f"data_path={data_path!r}: no such file {missing or [data_path]}. "
+            "Pass an existing file or a glob such as 'logs/part-*.csv.gz'."
+        )
+    return files
+
+
+def _text_lines(path: str) -> tf.data.Dataset:
+    compression = "GZIP" if path.endswith(".gz") else ""
+    return tf.data.TextLineDataset(path, compression_type=compression, buffer_size=1 << 20)
+
+
+def _resolve_columns(layout: _Layout, path: str, header: str | None) -> tuple[dict, int]:
+    """Maps each field to a 0-based position; returns positions and field count."""
+    if header is None:
+        positions = dict(layout.columns)
+        width = layout.num_fields or (max(positions.values()) + 1)
+        return positions, width
+    names = [h.strip() for h in header.rstrip("\r").split(layout.delimiter)]
+    positions = {}
+    for field, column in layout.columns.items():
+        if isinstance(column, int):
+            positions[field] = column
+        elif column in names:
+            positions[field] = names.index(column)
+        elif field in ("timestamp", "split") and layout.num_fields == 0 and not layout.int_ids:
+            continue  # optional in a column-mapped CSV
+        else:
+            raise DataError(
+                f"{path}:1: missing column {column!r} (for field {field!r}) in the "
+                f"header {names}. Fix the header, or map the field with "
+                "--columns=field=column."
+            )
+    return positions, len(names)
+
+
+def _check_chunk(
+    lines: tf.Tensor, layout: _Layout, positions: dict, width: int, known_behaviors: tuple | None
+):
+    """Parses one chunk of lines. Returns (fields, reason codes)."""
+    lines = tf.strings.regex_replace(lines, "\r$", "")
+    parts = tf.strings.split(lines, sep=layout.delimiter)
+    lengths = parts.row_lengths().numpy()
+    dense = parts.to_tensor(default_value="", shape=[None, max(width, 1)])
+    n = len(lengths)
+    reason = np.zeros(n, np.int8)
+    if layout.num_fields:
+        reason[lengths != layout.num_fields] = 1
+    else:
+        reason[lengths != width] = 1
+
+    def column(field):
+        return tf.strings.strip(dense[:, positions[field]])
+
+    users, items = column("user"), column("item")
+    empty = (tf.strings.length(users) == 0) | (tf.strings.length(items) == 0)
+    _mark(reason, empty.numpy(), 2)
+    if layout.int_ids:
+        user_ok = tf.strings.regex_full_match(users, _INT_PATTERN).numpy()
+        item_ok = tf.strings.regex_full_match(items, _INT_PATTERN).numpy()
+        _mark(reason, ~user_ok, 3)
+        _mark(reason, ~item_ok, 4)
+        users = tf.strings.to_number(tf.where(user_ok, users, "0"), tf.int64).numpy()
+        items = tf.strings.to_number(tf.where(item_ok, items, "0"), tf.int64).numpy()
+    else:
+        users = users.numpy().astype(object)
+        items = items.numpy().astype(object)
+
+    behaviors = column("behavior")
+    behavior_ok = tf.strings.regex_full_match(behaviors, _BEHAVIOR_PATTERN).numpy()
+    behaviors = behaviors.numpy()
+    if known_behaviors is not None:
+        behavior_ok &= np.isin(behaviors, np.array([b.encode() for b in known_behaviors]))
+    _mark(reason, ~behavior_ok, 5)
+
+    if "timestamp" in positions:
+        stamps = column("timestamp")
+        present = tf.strings.length(stamps) > 0
+        stamp_ok = tf.strings.regex_full_match(stamps, _INT_PATTERN)
+        ok = (stamp_ok | ~present) if not layout.timestamp_required else stamp_ok
+        _mark(reason, ~ok.numpy(), 6)
+        values = tf.strings.to_number(tf.where(stamp_ok, stamps, "-1"), tf.int64).numpy()
+    else:
+        values = np.full(n, -1, np.int64)
+
+    if "split" in positions:
+        split_text = column("split").numpy()
+        splits = np.full(n, schema.SPLIT_NONE, np.int8)
+        known = split_text == b""
+        for name, code in schema.SPLIT_NAMES.items():
+            match = split_text == name.encode()
+            splits[match] = code
+            known |= match
+        _mark(reason, ~known, 7)
+    else:
+        splits = np.full(n, schema.SPLIT_NONE, np.int8)
+    return (users, items, behaviors, values, splits), reason
+
+
+def _mark(reason: np.ndarray, bad: np.ndarray, code: int) -> None:
+    reason[(reason == 0) & bad] = code
+
+
+def _error_text(code: int, layout: _Layout, width: int, known: tuple | None) -> tuple[str, str]:
+    what, fix = _REASONS[code]
+    fix = fix.format(
+        n=width,
+        sep=layout.delimiter,
+        known=list(known) if known else "found",
+        empty_ok="" if layout.timestamp_required else ", or empty",
+    )
+    return what, fix
+
+
+def read_interactions(config: config_lib.DataConfig) -> RawLog:
+    """Reads every record of `config.data_path` into a RawLog.
+
+    Args:
+      config: the data configuration (layout, behaviors, bad-record policy).
+        Records of `config.ignore_behaviors` are excluded and counted.
+
+    Returns:
+      The records, in file order, and a DataReport.
+
+    Raises:
+      DataError: on a missing or empty file, a bad record (unless
+        `on_bad_record="skip"`), or a target behavior that never occurs.
+    """
+    layout = _layout(config)
+    ignore_behaviors = tuple(config.ignore_behaviors)
+    files = list_files(config.data_path)
+    known = layout.known_behaviors
+    if config.supportive_behaviors:
+        closed = (config.target_behavior,) + config.supportive_behaviors + ignore_behaviors
+        known = tuple(b for b in closed if known is None or b in known)
+    skip = config.on_bad_record == "skip"
+    report = DataReport()
+    behavior_codes: dict[bytes, int] = {}
+    chunks = []
+    for path in files:
+        report.files.append(path)
+        lines = _text_lines(path)
+        header = None
+        first_line = 1
+        if layout.has_header:
+            head = list(lines.take(1).as_numpy_iterator())
+            if not head:
+                _empty_file(path, skip, report)
+                continue
+            header = head[0].decode("utf-8", "replace")
+            lines = lines.skip(1)
+            first_line = 2
+        positions, width = _resolve_columns(layout, path, header)
+        offset = 0
+        for chunk in lines.batch(CHUNK_LINES).prefetch(1):
+            fields, reason = _check_chunk(chunk, layout, positions, width, known)
+            bad = np.flatnonzero(reason)
+            if len(bad):
+                first = bad[0]
+                what, fix = _error_text(int(reason[first]), layout, width, known)
+                line_no = first_line + offset + int(first)
+                text = chunk[int(first)].numpy().decode("utf-8", "replace")
+                if not skip:
+                    raise DataError(
+                        f"{path}:{line_no}: {what} in {text!r}. Fix: {fix}; or pass "
+                        "--on_bad_record=skip to skip and count bad records."
+                    )
+                for index in bad:
+                    what, _ = _error_text(int(reason[index]), layout, width, known)
+                    report.bad_records[what] = report.bad_records.get(what, 0) + 1
+                    if len(report.examples) < _MAX_EXAMPLES:
+                        report.examples.append(
+                            (
+                                path,
+                                first_line + offset + int(index),
+                                what,
+                                chunk[int(index)].numpy().decode("utf-8", "replace"),
+                            )
+                        )
+            offset += len(reason)
+            keep = reason == 0
+            users, items, behaviors, stamps, splits = (f[keep] for f in fields)
+            names, inverse = np.unique(behaviors, return_inverse=True)
+            codes = np.array(
+                [behavior_codes.setdefault(n, len(behavior_codes)) for n in names], np.int16
+            )
+            chunks.append((users, items, codes[inverse].astype(np.int16), stamps, splits))
+        report.lines += offset
+        if offset == 0:
+            _empty_file(path, skip, report)
+
+    names = [b.decode() for b in behavior_codes]
+    if chunks:
+        users, items, behaviors, stamps, splits = (np.concatenate(c) for c in zip(*chunks))
+    else:
+        users = items = np.zeros(0, np.int64)
+        behaviors, stamps, splits = (
+            np.zeros(0, np.int16),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int8),
+        )
+    if len(users) == 0:
+        raise DataError(
+            f"{config.data_path}: no valid records in {files}. Check the path, the "
+            f"--data_format ({config.data_format}) and the delimiter."
+        )
+    if config.target_behavior not in names:
+        raise DataError(
+            f"{config.data_path}: the target behavior {config.target_behavior!r} "
+            f"never occurs; the behaviors found are {sorted(names)}. Pass "
+            "--target_behavior with one of them."
+        )
+    keep = np.ones(len(users), bool)
+    for name in ignore_behaviors:
+        if name in names:
+            drop = behaviors == names.index(name)
+            report.excluded_behaviors[name] = int(drop.sum())
+            keep &= ~drop
+    if not keep.all():
+        users, items, behaviors, stamps, splits = (
+            a[keep] for a in (users, items, behaviors, stamps, splits)
+        )
+    report.records = len(users)
+    return RawLog(users, items, behaviors, names, stamps, splits, report)
+
+
+def _empty_file(path: str, skip: bool, report: DataReport) -> None:
+    if not skip:
+        raise DataError(
+            f"{path}: the file is empty (no records). Remove it from --data_path, "
+            "or pass --on_bad_record=skip to skip it."
+        )
+    report.empty_files.append(path)

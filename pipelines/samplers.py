@@ -1,0 +1,213 @@
+"""Negative sampling for training and for the sampled evaluation protocol.
+
+Training negatives are drawn fresh each epoch from a generator seeded by
+(seed, epoch), so a resumed run draws what an uninterrupted one would. A
+fraction `supportive_ratio` of them comes from the items the user touched only
+through supportive feedback (the paper's sampler; users with none fall back
+to uniform), the rest uniformly from items the user never touched. Every
+example carries its gate mask: which behaviors the training data holds for
+its (user, item).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import splits as splits_lib
+
+_MAX_REDRAWS = 200
+
+
+def contains(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Elementwise membership of `query` in a sorted unique key array."""
+    if len(sorted_keys) == 0:
+        return np.zeros(np.shape(query), bool)
+    pos = np.searchsorted(sorted_keys, query)
+    np.minimum(pos, len(sorted_keys) - 1, out=pos)
+    return sorted_keys[pos] == query
+
+
+@dataclasses.dataclass
+class TrainingIndex:
+    """Per-pair behavior masks and per-user item sets of the training data.
+
+    Attributes:
+      keys: sorted unique pair keys of training interactions.
+      bits: [len(keys)] uint32 bitmask of the branches each pair has.
+      pos_users: [p] int32 users of the target (positive) pairs.
+      pos_items: [p] int32 items of the target pairs.
+      supportive_indptr: [num_users + 1] CSR offsets into `supportive_items`.
+      supportive_items: items each user touched only through supportive
+        feedback.
+      num_users: users.
+      num_items: items.
+      num_behaviors: branches.
+    """
+
+    keys: np.ndarray
+    bits: np.ndarray
+    pos_users: np.ndarray
+    pos_items: np.ndarray
+    supportive_indptr: np.ndarray
+    supportive_items: np.ndarray
+    num_users: int
+    num_items: int
+    num_behaviors: int
+
+    @classmethod
+    def from_split(cls, split: splits_lib.Split) -> TrainingIndex:
+        keys = splits_lib.pair_keys(split.train_users, split.train_items, split.num_items)
+        unique, inverse = np.unique(keys, return_inverse=True)
+        bits = np.zeros(len(unique), np.uint32)
+        np.bitwise_or.at(bits, inverse, (np.uint32(1) << split.train_branches.astype(np.uint32)))
+        is_pos = (bits & 1) == 1
+        pos = unique[is_pos]
+        support_only = unique[~is_pos]  # sorted, so grouped by user
+        s_users = support_only // split.num_items
+        indptr = np.zeros(split.num_users + 1, np.int64)
+        np.cumsum(np.bincount(s_users, minlength=split.num_users), out=indptr[1:])
+        return cls(
+            keys=unique,
+            bits=bits,
+            pos_users=(pos // split.num_items).astype(np.int32),
+            pos_items=(pos % split.num_items).astype(np.int32),
+            supportive_indptr=indptr,
+            supportive_items=(support_only % split.num_items).astype(np.int32),
+            num_users=split.num_users,
+            num_items=split.num_items,
+            num_behaviors=split.behaviors.num_behaviors,
+        )
+
+    def gates(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[..., num_behaviors] float32 gate masks of (user, item) pairs."""
+        query = users.astype(np.int64) * self.num_items + items
+        pos = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
+        bits = np.where(self.keys[pos] == query, self.bits[pos], 0)
+        shifts = np.arange(self.num_behaviors, dtype=np.uint32)
+        return ((bits[..., None] >> shifts) & 1).astype(np.float32)
+
+
+def uniform_untouched(
+    users: np.ndarray,
+    exclude_keys: np.ndarray,
+    num_items: int,
+    rng: np.random.Generator,
+    *,
+    distinct_rows: bool = False,
+) -> np.ndarray:
+    """Items drawn uniformly among those each user never touched.
+
+    Args:
+      users: [n] or [n, k] users, one draw per entry.
+      exclude_keys: sorted unique pair keys that must not be drawn.
+      num_items: catalog size.
+      rng: the generator.
+      distinct_rows: for 2-D `users`, also make each row's items distinct.
+
+    Returns:
+      Items with the shape of `users`.
+
+    Raises:
+      ValueError: if some user has touched (nearly) every item.
+    """
+    users = users.astype(np.int64)
+    items = rng.integers(0, num_items, size=users.shape, dtype=np.int64)
+    for _ in range(_MAX_REDRAWS):
+        bad = contains(exclude_keys, users * num_items + items)
+        if distinct_rows and items.ndim == 2:
+            order = np.argsort(items, axis=1, kind="stable")
+            sorted_items = np.take_along_axis(items, order, axis=1)
+            repeat = np.zeros_like(bad)
+            repeat_sorted = np.zeros(items.shape, bool)
+            repeat_sorted[:, 1:] = sorted_items[:, 1:] == sorted_items[:, :-1]
+            np.put_along_axis(repeat, order, repeat_sorted, axis=1)
+            bad |= repeat
+        if not bad.any():
+            return items.astype(np.int32)
+        items[bad] = rng.integers(0, num_items, size=int(bad.sum()))
+    stuck = np.unique(users[bad])[:10]
+    raise ValueError(
+        f"users {stuck.tolist()} have touched (nearly) every one of the "
+        f"{num_items} items, so no untouched item can be drawn for them. Remove "
+        "such users, or lower the number of negatives."
+    )
+
+
+def sample_epoch(
+    index: TrainingIndex,
+    *,
+    num_negatives: int,
+    supportive_ratio: float,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+) -> dict[str, np.ndarray]:
+    """One epoch of training examples: every positive with fresh negatives.
+
+    Args:
+      index: the training index.
+      num_negatives: negatives per positive.
+      supportive_ratio: probability that a negative is drawn from the
+        user's supportive-only items (when the user has any).
+      seed: the run's seed.
+      epoch: the epoch number; (seed, epoch) seeds the draw.
+      shuffle: shuffle the positives.
+
+    Returns:
+      A dict with schema.USER [p], POS_ITEM [p], POS_GATE [p, T],
+      NEG_ITEM [p, N] and NEG_GATE [p, N, T].
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(index.pos_users)) if shuffle else np.arange(len(index.pos_users))
+    users = index.pos_users[order]
+    items = index.pos_items[order]
+    shape = (len(users), num_negatives)
+    user_grid = np.broadcast_to(users[:, None], shape)
+    negatives = uniform_untouched(user_grid, index.keys, index.num_items, rng)
+    if supportive_ratio > 0:
+        start = index.supportive_indptr[user_grid]
+        count = index.supportive_indptr[user_grid + 1] - start
+        use = (rng.random(shape) < supportive_ratio) & (count > 0)
+        offset = np.floor(rng.random(shape) * count).astype(np.int64)
+        picked = index.supportive_items[
+            np.minimum(start + offset, max(len(index.supportive_items) - 1, 0))
+        ]
+        negatives = np.where(use, picked, negatives).astype(np.int32)
+    return {
+        schema.USER: users.astype(np.int32),
+        schema.POS_ITEM: items.astype(np.int32),
+        schema.POS_GATE: index.gates(users, items),
+        schema.NEG_ITEM: negatives,
+        schema.NEG_GATE: index.gates(user_grid, negatives),
+    }
+
+
+def sampled_candidates(
+    users: np.ndarray,
+    items: np.ndarray,
+    all_pair_keys: np.ndarray,
+    num_items: int,
+    *,
+    num_negatives: int,
+    seed: int,
+) -> np.ndarray:
+    """Candidates of the sampled protocol: the test item then distinct negatives.
+
+    Args:
+      users: [c] users of the test cases.
+      items: [c] held-out items.
+      all_pair_keys: sorted keys of every interaction (any split, behavior).
+      num_items: catalog size.
+      num_negatives: negatives per case (99 in the protocol).
+      seed: the protocol's fixed seed.
+
+    Returns:
+      [c, 1 + num_negatives] int32 items; column 0 is the held-out item.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.broadcast_to(users[:, None], (len(users), num_negatives))
+    negatives = uniform_untouched(grid, all_pair_keys, num_items, rng, distinct_rows=True)
+    return np.concatenate([items[:, None].astype(np.int32), negatives], axis=1)

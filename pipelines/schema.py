@@ -1,0 +1,105 @@
+"""Names and specs shared by the training pipelines, the model and serving.
+
+Feature names live here once, so the readers, the model's inputs and the
+serving signatures cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+# Model inputs (indices after vocabulary lookup).
+USER = "user"
+ITEM = "item"
+GATE = "gate"
+
+# Training example fields produced by the samplers.
+POS_ITEM = "pos_item"
+POS_GATE = "pos_gate"
+NEG_ITEM = "neg_item"
+NEG_GATE = "neg_gate"
+
+# Model outputs.
+LOGIT = "logit"
+SCORE = "score"
+BRANCH_LOGITS = "branch_logits"
+
+# Raw string ids at the serving boundary.
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+
+# Split codes of interaction records.
+SPLIT_NONE = -1
+SPLIT_TRAIN = 0
+SPLIT_VALID = 1
+SPLIT_TEST = 2
+SPLIT_NAMES = {
+    "train": SPLIT_TRAIN,
+    "valid": SPLIT_VALID,
+    "validation": SPLIT_VALID,
+    "test": SPLIT_TEST,
+}
+
+# Behavior names of the Taobao UserBehavior log.
+USERBEHAVIOR_BEHAVIORS = ("pv", "buy", "cart", "fav")
+
+
+@dataclasses.dataclass(frozen=True)
+class BehaviorSchema:
+    """The target behavior and the supportive ones, in branch order.
+
+    Branch 0 is always the target; branch t >= 1 is `supportive[t - 1]`. A
+    gate mask has one entry per branch.
+    """
+
+    target: str
+    supportive: tuple[str, ...]
+
+    @property
+    def behaviors(self) -> tuple[str, ...]:
+        return (self.target,) + tuple(self.supportive)
+
+    @property
+    def num_behaviors(self) -> int:
+        return 1 + len(self.supportive)
+
+    def index(self, name: str) -> int:
+        return self.behaviors.index(name)
+
+
+def example_spec(num_behaviors: int, num_negatives: int) -> dict[str, tf.TensorSpec]:
+    """The element spec of a batched training example.
+
+    Args:
+      num_behaviors: branches (target + supportive).
+      num_negatives: negatives per positive.
+
+    Returns:
+      A dict of TensorSpecs with a leading batch dimension of None.
+    """
+    return {
+        USER: tf.TensorSpec([None], tf.int32, name=USER),
+        POS_ITEM: tf.TensorSpec([None], tf.int32, name=POS_ITEM),
+        POS_GATE: tf.TensorSpec([None, num_behaviors], tf.float32, name=POS_GATE),
+        NEG_ITEM: tf.TensorSpec([None, num_negatives], tf.int32, name=NEG_ITEM),
+        NEG_GATE: tf.TensorSpec([None, num_negatives, num_behaviors], tf.float32, name=NEG_GATE),
+    }
+
+
+def model_input_spec(num_behaviors: int) -> dict[str, tf.TensorSpec]:
+    """The scoring model's inputs: user and item indices and the gate mask."""
+    return {
+        USER: tf.TensorSpec([None], tf.int32, name=USER),
+        ITEM: tf.TensorSpec([None], tf.int32, name=ITEM),
+        GATE: tf.TensorSpec([None, num_behaviors], tf.float32, name=GATE),
+    }
+
+
+def serving_input_spec() -> dict[str, tf.TensorSpec]:
+    """Raw string ids, as TensorFlow Serving receives them."""
+    return {
+        USER_ID: tf.TensorSpec([None], tf.string, name=USER_ID),
+        ITEM_ID: tf.TensorSpec([None], tf.string, name=ITEM_ID),
+    }
