@@ -167,14 +167,12 @@ def sample_epoch(
     shape = (len(users), num_negatives)
     user_grid = np.broadcast_to(users[:, None], shape)
     negatives = uniform_untouched(user_grid, index.keys, index.num_items, rng)
-    if supportive_ratio > 0:
+    if supportive_ratio > 0 and len(index.supportive_items):
         start = index.supportive_indptr[user_grid]
         count = index.supportive_indptr[user_grid + 1] - start
         use = (rng.random(shape) < supportive_ratio) & (count > 0)
         offset = np.floor(rng.random(shape) * count).astype(np.int64)
-        picked = index.supportive_items[
-            np.minimum(start + offset, max(len(index.supportive_items) - 1, 0))
-        ]
+        picked = index.supportive_items[np.minimum(start + offset, len(index.supportive_items) - 1)]
         negatives = np.where(use, picked, negatives).astype(np.int32)
     return {
         schema.USER: users.astype(np.int32),

@@ -1,0 +1,127 @@
+"""Models: structure per model name, the gate during training, retrieval towers."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from mmrec_tf import config as config_lib
+from mmrec_tf import models
+from mmrec_tf import optimizers
+from mmrec_tf.pipelines import schema
+
+BEHAVIORS = schema.BehaviorSchema("buy", ("cart", "fav"))
+
+
+def _scorer(**kwargs):
+    config = config_lib.ModelConfig(mf_dim=4, mlp_dim=4, init_stddev=0.1, **kwargs)
+    return models.build_model(config, num_users=6, num_items=8, behaviors=BEHAVIORS)
+
+
+def _batch(cart_gate: float):
+    # 4 users, one positive and two negatives each; "fav" gate always off.
+    pos_gate = np.zeros((4, 3), np.float32)
+    pos_gate[:, 0] = 1.0
+    pos_gate[:, 1] = cart_gate
+    neg_gate = np.zeros((4, 2, 3), np.float32)
+    neg_gate[:, :, 1] = cart_gate
+    return {
+        schema.USER: tf.constant([0, 1, 2, 3]),
+        schema.POS_ITEM: tf.constant([0, 1, 2, 3]),
+        schema.POS_GATE: tf.constant(pos_gate),
+        schema.NEG_ITEM: tf.constant([[4, 5], [5, 6], [6, 7], [7, 4]]),
+        schema.NEG_GATE: tf.constant(neg_gate),
+    }
+
+
+def _tower_change_after_step(gating, cart_gate, tower):
+    tf_keras.utils.set_random_seed(0)
+    ranker = models.Ranker(_scorer(gating=gating), loss="bpr")
+    ranker.compile(optimizer=optimizers.LazyAdam(learning_rate=0.01))
+    before = [w.numpy().copy() for w in ranker.scorer.get_layer(tower).weights]
+    ranker.fit(tf.data.Dataset.from_tensors(_batch(cart_gate)), epochs=1, verbose=0)
+    after = [w.numpy() for w in ranker.scorer.get_layer(tower).weights]
+    return max(float(np.abs(a - b).max()) for a, b in zip(after, before))
+
+
+def test_gated_off_supportive_branch_does_not_change():
+    assert _tower_change_after_step("gradient", 0.0, "tower_cart") == 0.0
+    assert _tower_change_after_step("gradient", 0.0, "tower_fav") == 0.0
+    assert _tower_change_after_step("gradient", 0.0, "tower_buy") > 0.0
+
+
+def test_gated_on_supportive_branch_changes():
+    assert _tower_change_after_step("gradient", 1.0, "tower_cart") > 0.0
+    assert _tower_change_after_step("gradient", 1.0, "tower_fav") == 0.0
+
+
+def test_without_gating_every_branch_learns():
+    assert _tower_change_after_step("none", 0.0, "tower_cart") > 0.0
+
+
+def test_gate_leaves_the_forward_pass_unchanged():
+    scorer = _scorer()
+    inputs = {schema.USER: tf.constant([0, 5]), schema.ITEM: tf.constant([1, 7])}
+    on = scorer({**inputs, schema.GATE: tf.ones([2, 3])})[schema.LOGIT]
+    off = scorer({**inputs, schema.GATE: tf.zeros([2, 3])})[schema.LOGIT]
+    np.testing.assert_array_equal(on.numpy(), off.numpy())
+
+
+def test_aux_heads_add_a_gated_branch_loss():
+    tf_keras.utils.set_random_seed(0)
+    scorer = _scorer(gating="gradient_aux")
+    assert scorer.output[schema.BRANCH_LOGITS].shape[-1] == 2
+    with_aux = models.Ranker(scorer, branch_loss_weight=1.0)
+    without = models.Ranker(scorer, branch_loss_weight=0.0)
+    loss_aux = with_aux._compute_losses(_batch(1.0), training=False)[0]
+    loss = without._compute_losses(_batch(1.0), training=False)[0]
+    assert float(loss_aux) > float(loss)
+    # with every supportive gate off the auxiliary loss is zero
+    np.testing.assert_allclose(
+        with_aux._compute_losses(_batch(0.0), training=False)[0],
+        without._compute_losses(_batch(0.0), training=False)[0],
+    )
+
+
+@pytest.mark.parametrize(
+    "name,towers,has_mf", [("mmf", 3, True), ("ncf", 1, True), ("gmf", 0, True), ("mlp", 1, False)]
+)
+def test_model_names_select_their_parts(name, towers, has_mf):
+    scorer = _scorer(model=name)
+    names = [layer.name for layer in scorer.layers]
+    assert sum(n.startswith("tower_") for n in names) == towers
+    assert ("mf" in names) == has_mf
+    assert ("fusion" in names) == (towers > 1)
+
+
+def test_unknown_model_raises_value_error():
+    config = config_lib.ModelConfig()
+    object.__setattr__(config, "model", "bogus")
+    with pytest.raises(ValueError, match="model='bogus' is unknown"):
+        models.build_model(config, num_users=2, num_items=2, behaviors=BEHAVIORS)
+
+
+def test_retrieval_towers_factorize_the_mf_logit():
+    scorer = _scorer(model="gmf")
+    query, candidate = models.retrieval_towers(scorer)
+    users, items = tf.constant([0, 3, 5]), tf.constant([7, 2, 2])
+    logits = scorer({schema.USER: users, schema.ITEM: items, schema.GATE: tf.ones([3, 3])})[
+        schema.LOGIT
+    ]
+    bias = scorer.get_layer("head").dense.bias[0]
+    dots = tf.reduce_sum(query(users) * candidate(items), axis=-1) + bias
+    np.testing.assert_allclose(dots.numpy(), logits.numpy(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="no MF part"):
+        models.retrieval_towers(_scorer(model="mlp"))
+
+
+def test_functional_scorer_round_trips_through_config():
+    scorer = _scorer()
+    clone = tf_keras.Model.from_config(scorer.get_config())
+    clone.set_weights(scorer.get_weights())
+    inputs = {
+        schema.USER: tf.constant([1]),
+        schema.ITEM: tf.constant([2]),
+        schema.GATE: tf.ones([1, 3]),
+    }
+    np.testing.assert_allclose(clone(inputs)[schema.SCORE], scorer(inputs)[schema.SCORE])

@@ -1,0 +1,143 @@
+"""Samplers: negatives are untouched or supportive-only, gates, reproducibility."""
+
+import numpy as np
+import pytest
+
+from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import splits
+
+
+def _split(num_users=30, num_items=40, seed=0):
+    rng = np.random.default_rng(seed)
+    users, items, branches = [], [], []
+    for u in range(num_users):
+        touched = rng.choice(num_items, 12, replace=False)
+        for k, i in enumerate(touched):
+            # items 0-3 of the draw are bought, 2-7 carted, 6-9 faved
+            for b, (lo, hi) in enumerate(((0, 4), (2, 8), (6, 10))):
+                if lo <= k < hi:
+                    users.append(u), items.append(i), branches.append(b)
+    n = len(users)
+    return splits.Split(
+        train_users=np.array(users, np.int32),
+        train_items=np.array(items, np.int32),
+        train_branches=np.array(branches, np.int8),
+        valid_users=np.zeros(0, np.int32),
+        valid_items=np.zeros(0, np.int32),
+        test_users=np.zeros(0, np.int32),
+        test_items=np.zeros(0, np.int32),
+        all_pair_keys=np.unique(splits.pair_keys(np.array(users), np.array(items), num_items)),
+        num_users=num_users,
+        num_items=num_items,
+        behaviors=schema.BehaviorSchema("buy", ("cart", "fav")),
+        info={"records": n},
+    )
+
+
+def _sets(split):
+    keys = splits.pair_keys(split.train_users, split.train_items, split.num_items)
+    touched = set(keys.tolist())
+    bought = set(keys[split.train_branches == 0].tolist())
+    return touched, bought
+
+
+def test_uniform_negatives_are_never_touched_items():
+    split = _split()
+    index = samplers.TrainingIndex.from_split(split)
+    examples = samplers.sample_epoch(index, num_negatives=4, supportive_ratio=0.0, seed=1, epoch=0)
+    touched, _ = _sets(split)
+    keys = examples[schema.USER][:, None].astype(np.int64) * 40 + examples[schema.NEG_ITEM]
+    assert not set(keys.ravel().tolist()) & touched
+    assert not examples[schema.NEG_GATE].any()
+
+
+def test_supportive_negatives_are_supportive_only_items():
+    split = _split()
+    index = samplers.TrainingIndex.from_split(split)
+    examples = samplers.sample_epoch(index, num_negatives=4, supportive_ratio=1.0, seed=1, epoch=0)
+    touched, bought = _sets(split)
+    keys = examples[schema.USER][:, None].astype(np.int64) * 40 + examples[schema.NEG_ITEM]
+    keys = set(keys.ravel().tolist())
+    assert keys <= touched - bought  # touched, never bought
+    gates = examples[schema.NEG_GATE]
+    assert not gates[..., 0].any() and gates[..., 1:].max(axis=-1).all()
+
+
+def test_mixed_ratio_draws_both_kinds():
+    split = _split()
+    index = samplers.TrainingIndex.from_split(split)
+    examples = samplers.sample_epoch(index, num_negatives=20, supportive_ratio=0.5, seed=1, epoch=0)
+    supportive = examples[schema.NEG_GATE][..., 1:].max(axis=-1).mean()
+    assert 0.4 < supportive < 0.6
+
+
+def test_users_without_supportive_only_items_fall_back_to_uniform():
+    split = _split()
+    only_buys = split.train_branches == 0
+    split.train_users, split.train_items, split.train_branches = (
+        split.train_users[only_buys],
+        split.train_items[only_buys],
+        split.train_branches[only_buys],
+    )
+    index = samplers.TrainingIndex.from_split(split)
+    examples = samplers.sample_epoch(index, num_negatives=3, supportive_ratio=1.0, seed=0, epoch=0)
+    touched, _ = _sets(split)
+    keys = examples[schema.USER][:, None].astype(np.int64) * 40 + examples[schema.NEG_ITEM]
+    assert not set(keys.ravel().tolist()) & touched
+
+
+def test_gates_mark_each_behavior_of_the_pair():
+    split = _split()
+    index = samplers.TrainingIndex.from_split(split)
+    keys = splits.pair_keys(split.train_users, split.train_items, split.num_items)
+    for user, item in [(split.train_users[k], split.train_items[k]) for k in range(0, 60, 7)]:
+        expected = [
+            float(((keys == user * 40 + item) & (split.train_branches == b)).any())
+            for b in range(3)
+        ]
+        np.testing.assert_array_equal(index.gates(np.array([user]), np.array([item]))[0], expected)
+
+
+def test_epochs_are_fresh_and_reproducible():
+    index = samplers.TrainingIndex.from_split(_split())
+
+    def draw(epoch):
+        return samplers.sample_epoch(
+            index,
+            num_negatives=3,
+            supportive_ratio=0.5,
+            seed=7,
+            epoch=epoch,
+        )
+
+    a, b, c = draw(0), draw(0), draw(1)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a[schema.NEG_ITEM], c[schema.NEG_ITEM])
+
+
+def test_sampled_candidates_are_distinct_and_never_interacted():
+    split = _split()
+    users = np.arange(30, dtype=np.int32)
+    held_out = np.full(30, 39, np.int32)
+    candidates = samplers.sampled_candidates(
+        users, held_out, split.all_pair_keys, 40, num_negatives=20, seed=0
+    )
+    assert candidates.shape == (30, 21) and (candidates[:, 0] == 39).all()
+    for row, user in zip(candidates, users):
+        assert len(set(row[1:].tolist())) == 20
+        assert not np.isin(user * 40 + row[1:], split.all_pair_keys).any()
+
+
+def test_too_few_untouched_items_raises_naming_the_users():
+    split = _split()
+    with pytest.raises(ValueError, match="touched \\(nearly\\) every one"):
+        samplers.sampled_candidates(
+            np.arange(3, dtype=np.int32),
+            np.zeros(3, np.int32),
+            split.all_pair_keys,
+            40,
+            num_negatives=35,
+            seed=0,
+        )
