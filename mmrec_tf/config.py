@@ -196,6 +196,9 @@ class TrainConfig:
       supportive_negative_ratio: fraction of negatives drawn from items the
         user touched only through supportive feedback (1.0 is the paper's
         sampler); the rest are uniform over items the user never touched.
+      supportive_positive_weight: when > 0, pairs the user touched only
+        through supportive feedback are also positives, with this loss
+        weight (an extension beyond the paper, which uses 0).
       optimizer: `lazy_adam` (sparse embedding updates) or `adam` (plain
         Keras Adam, dense table updates; for comparison only).
       early_stopping_patience: epochs without a better validation HR@10
@@ -216,6 +219,7 @@ class TrainConfig:
     loss: str = "bpr"
     num_negatives: int = 3
     supportive_negative_ratio: float = 1.0
+    supportive_positive_weight: float = 0.0
     optimizer: str = "lazy_adam"
     early_stopping_patience: int = 3
     steps_per_epoch: int = 0
@@ -235,6 +239,12 @@ class TrainConfig:
             "supportive_negative_ratio",
             self.supportive_negative_ratio,
             "a fraction in [0, 1]",
+        )
+        _check(
+            0.0 <= self.supportive_positive_weight <= 1.0,
+            "supportive_positive_weight",
+            self.supportive_positive_weight,
+            "a weight in [0, 1]",
         )
         _check(
             self.optimizer in ("lazy_adam", "adam"),

@@ -131,6 +131,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "Fraction of negatives from supportive-only items.",
         **f,
     )
+    flags.DEFINE_float(
+        "supportive_positive_weight",
+        d_train.supportive_positive_weight,
+        "Loss weight of supportive-only pairs as extra positives (0: the paper's training, "
+        "target positives only).",
+        **f,
+    )
     flags.DEFINE_enum("optimizer", d_train.optimizer, ("lazy_adam", "adam"), "Optimizer.", **f)
     flags.DEFINE_integer(
         "early_stopping_patience",
@@ -214,6 +221,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         loss=fv.loss,
         num_negatives=fv.num_negatives,
         supportive_negative_ratio=fv.supportive_negative_ratio,
+        supportive_positive_weight=fv.supportive_positive_weight,
         optimizer=fv.optimizer,
         early_stopping_patience=fv.early_stopping_patience,
         steps_per_epoch=fv.steps_per_epoch,

@@ -208,6 +208,8 @@ class Ranker(tf_keras.Model):
             per_example += self.branch_loss_weight * losses.masked_branch_loss(
                 branch, labels, branch_gates
             )
+        if schema.POS_WEIGHT in batch:
+            per_example *= batch[schema.POS_WEIGHT]
         loss = tf.nn.compute_average_loss(per_example)
         if self.scorer.losses:
             loss += tf.nn.scale_regularization_loss(tf.add_n(self.scorer.losses))

@@ -17,13 +17,21 @@ from mmrec_tf import config as config_lib
 from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
 
-_FIELDS = (schema.USER, schema.POS_ITEM, schema.POS_GATE, schema.NEG_ITEM, schema.NEG_GATE)
-_DTYPES = (tf.int32, tf.int32, tf.float32, tf.int32, tf.float32)
+_FIELDS = (
+    schema.USER,
+    schema.POS_ITEM,
+    schema.POS_GATE,
+    schema.POS_WEIGHT,
+    schema.NEG_ITEM,
+    schema.NEG_GATE,
+)
+_DTYPES = (tf.int32, tf.int32, tf.float32, tf.float32, tf.int32, tf.float32)
 
 
 def steps_per_epoch(index: samplers.TrainingIndex, config: config_lib.TrainConfig) -> int:
     """Steps in one pass over the positives, capped by `config.steps_per_epoch`."""
-    steps = max(1, math.ceil(len(index.pos_users) / config.batch_size))
+    positives = samplers.num_positives(index, config.supportive_positive_weight)
+    steps = max(1, math.ceil(positives / config.batch_size))
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
 
@@ -63,10 +71,11 @@ def training_dataset(
             supportive_ratio=config.supportive_negative_ratio,
             seed=config.seed,
             epoch=int(epoch),
+            supportive_positive_weight=config.supportive_positive_weight,
         )
         return tuple(np.ascontiguousarray(examples[f][shard::num_shards]) for f in _FIELDS)
 
-    shapes = ([None], [None], [None, t], [None, n], [None, n, t])
+    shapes = ([None], [None], [None, t], [None], [None, n], [None, n, t])
 
     def one_epoch(epoch):
         arrays = tf.numpy_function(draw, [epoch], _DTYPES, stateful=False)

@@ -136,6 +136,12 @@ def uniform_untouched(
     )
 
 
+def num_positives(index: TrainingIndex, supportive_positive_weight: float) -> int:
+    """Positives per epoch: target pairs, plus supportive-only pairs when weighted."""
+    extra = len(index.supportive_items) if supportive_positive_weight > 0 else 0
+    return len(index.pos_users) + extra
+
+
 def sample_epoch(
     index: TrainingIndex,
     *,
@@ -144,40 +150,57 @@ def sample_epoch(
     seed: int,
     epoch: int,
     shuffle: bool = True,
+    supportive_positive_weight: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """One epoch of training examples: every positive with fresh negatives.
 
     Args:
       index: the training index.
       num_negatives: negatives per positive.
-      supportive_ratio: probability that a negative is drawn from the
-        user's supportive-only items (when the user has any).
+      supportive_ratio: probability that a target positive's negative is
+        drawn from the user's supportive-only items (when the user has any).
       seed: the run's seed.
       epoch: the epoch number; (seed, epoch) seeds the draw.
       shuffle: shuffle the positives.
+      supportive_positive_weight: when > 0, the pairs a user touched only
+        through supportive feedback are positives too, with this loss
+        weight and uniform negatives (an extension; 0 is the paper).
 
     Returns:
       A dict with schema.USER [p], POS_ITEM [p], POS_GATE [p, T],
-      NEG_ITEM [p, N] and NEG_GATE [p, N, T].
+      POS_WEIGHT [p], NEG_ITEM [p, N] and NEG_GATE [p, N, T].
     """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(index.pos_users)) if shuffle else np.arange(len(index.pos_users))
-    users = index.pos_users[order]
-    items = index.pos_items[order]
+    users, items = index.pos_users, index.pos_items
+    weights = np.ones(len(users), np.float32)
+    is_target = np.ones(len(users), bool)
+    if supportive_positive_weight > 0:
+        counts = np.diff(index.supportive_indptr)
+        users = np.concatenate([users, np.repeat(np.arange(index.num_users), counts)])
+        items = np.concatenate([items, index.supportive_items])
+        extra = np.full(int(counts.sum()), supportive_positive_weight, np.float32)
+        weights = np.concatenate([weights, extra])
+        is_target = np.concatenate([is_target, np.zeros(len(extra), bool)])
+    order = rng.permutation(len(users)) if shuffle else np.arange(len(users))
+    users = users[order].astype(np.int32)
+    items = items[order].astype(np.int32)
+    weights = weights[order]
+    is_target = is_target[order]
     shape = (len(users), num_negatives)
     user_grid = np.broadcast_to(users[:, None], shape)
     negatives = uniform_untouched(user_grid, index.keys, index.num_items, rng)
     if supportive_ratio > 0 and len(index.supportive_items):
         start = index.supportive_indptr[user_grid]
         count = index.supportive_indptr[user_grid + 1] - start
-        use = (rng.random(shape) < supportive_ratio) & (count > 0)
+        use = (rng.random(shape) < supportive_ratio) & (count > 0) & is_target[:, None]
         offset = np.floor(rng.random(shape) * count).astype(np.int64)
         picked = index.supportive_items[np.minimum(start + offset, len(index.supportive_items) - 1)]
         negatives = np.where(use, picked, negatives).astype(np.int32)
     return {
-        schema.USER: users.astype(np.int32),
-        schema.POS_ITEM: items.astype(np.int32),
+        schema.USER: users,
+        schema.POS_ITEM: items,
         schema.POS_GATE: index.gates(users, items),
+        schema.POS_WEIGHT: weights,
         schema.NEG_ITEM: negatives,
         schema.NEG_GATE: index.gates(user_grid, negatives),
     }

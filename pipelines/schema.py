@@ -18,6 +18,7 @@ GATE = "gate"
 # Training example fields produced by the samplers.
 POS_ITEM = "pos_item"
 POS_GATE = "pos_gate"
+POS_WEIGHT = "pos_weight"
 NEG_ITEM = "neg_item"
 NEG_GATE = "neg_gate"
 
@@ -83,6 +84,7 @@ def example_spec(num_behaviors: int, num_negatives: int) -> dict[str, tf.TensorS
         USER: tf.TensorSpec([None], tf.int32, name=USER),
         POS_ITEM: tf.TensorSpec([None], tf.int32, name=POS_ITEM),
         POS_GATE: tf.TensorSpec([None, num_behaviors], tf.float32, name=POS_GATE),
+        POS_WEIGHT: tf.TensorSpec([None], tf.float32, name=POS_WEIGHT),
         NEG_ITEM: tf.TensorSpec([None, num_negatives], tf.int32, name=NEG_ITEM),
         NEG_GATE: tf.TensorSpec([None, num_negatives, num_behaviors], tf.float32, name=NEG_GATE),
     }

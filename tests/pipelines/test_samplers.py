@@ -141,3 +141,31 @@ def test_too_few_untouched_items_raises_naming_the_users():
             num_negatives=35,
             seed=0,
         )
+
+
+def test_supportive_positives_are_weighted_and_take_uniform_negatives():
+    split = _split()
+    index = samplers.TrainingIndex.from_split(split)
+    plain = samplers.sample_epoch(index, num_negatives=2, supportive_ratio=1.0, seed=0, epoch=0)
+    mixed = samplers.sample_epoch(
+        index,
+        num_negatives=2,
+        supportive_ratio=1.0,
+        seed=0,
+        epoch=0,
+        supportive_positive_weight=0.25,
+    )
+    touched, bought = _sets(split)
+    assert (plain[schema.POS_WEIGHT] == 1.0).all()
+    extra = mixed[schema.POS_WEIGHT] == 0.25
+    assert (
+        extra.sum()
+        == len(touched - bought)
+        == samplers.num_positives(index, 0.25) - len(plain[schema.USER])
+    )
+    keys = mixed[schema.USER].astype(np.int64) * 40 + mixed[schema.POS_ITEM]
+    assert set(keys[extra].tolist()) == touched - bought
+    assert not mixed[schema.POS_GATE][extra, 0].any()
+    # negatives of supportive positives are uniform (never touched)
+    neg_keys = mixed[schema.USER][extra, None].astype(np.int64) * 40 + mixed[schema.NEG_ITEM][extra]
+    assert not set(neg_keys.ravel().tolist()) & touched
