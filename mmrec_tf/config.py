@@ -159,6 +159,9 @@ class ModelConfig:
       branch_loss_weight: weight of each auxiliary branch loss.
       init_stddev: standard deviation of the N(0, s) weight initializer.
       l2: L2 penalty on the embeddings a batch looks up.
+      history_length: when > 0, each part's user vector adds the mean
+        embedding of up to this many of the user's training items of its
+        behavior (the MF part: the target's); 0 is the paper's model.
     """
 
     model: str = "mmf"
@@ -170,8 +173,10 @@ class ModelConfig:
     branch_loss_weight: float = 0.1
     init_stddev: float = 0.01
     l2: float = 0.0
+    history_length: int = 0
 
     def __post_init__(self):
+        _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
         _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
         _check(self.gating in GATINGS, "gating", self.gating, f"one of {GATINGS}")
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")

@@ -46,11 +46,23 @@ def metrics_from_ranks(ranks: np.ndarray, ks=(10,)) -> dict:
 
 
 class Scorer:
-    """Batched logits of (user, item) pairs from a functional scorer."""
+    """Batched logits from a functional scorer: of pairs, or of users x items grids."""
+
+    # Pairs per grid call: bounds the [users, items, units] activations.
+    GRID_PAIRS = 1 << 21
 
     def __init__(self, scorer: tf_keras.Model, num_behaviors: int, batch_size: int = 65536):
         self.batch_size = batch_size
         ones = tf.ones([1, num_behaviors])
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)],
+            reduce_retracing=True,
+        )
+        def grid(users, items):
+            return models.score_grid(scorer, users, items)
+
+        self._grid = grid
 
         @tf.function(
             input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)],
@@ -73,6 +85,10 @@ class Scorer:
                 users[start:stop].astype(np.int32), items[start:stop].astype(np.int32)
             ).numpy()
         return out
+
+    def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[len(users), len(items)] float32 logits of every pair."""
+        return self._grid(users.astype(np.int32), items.astype(np.int32)).numpy()
 
 
 def sampled_ranks(score: Scorer, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -109,12 +125,12 @@ def full_ranks(
       held-out item itself.
     """
     ranks = np.empty(len(users), np.int64)
-    rows = max(1, score.batch_size // num_items)
+    rows = max(1, Scorer.GRID_PAIRS // num_items)
     catalog = np.arange(num_items, dtype=np.int32)
     for start in range(0, len(users), rows):
         u = users[start : start + rows]
         i = items[start : start + rows]
-        logits = score(np.repeat(u, num_items), np.tile(catalog, len(u))).reshape(len(u), -1)
+        logits = score.grid(u, catalog)
         target = logits[np.arange(len(u)), i]
         keys = u.astype(np.int64)[:, None] * num_items + catalog[None, :]
         excluded = samplers.contains(exclude_keys, keys)

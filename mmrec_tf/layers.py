@@ -22,11 +22,18 @@ def tower_units(embedding_dim: int, num_layers: int) -> list[int]:
 
 
 class _EmbeddingPair(tf_keras.layers.Layer):
-    """User and item embedding tables with an optional L2 on the looked-up rows.
+    """User and item embedding tables, an optional user history, optional L2.
 
-    The penalty is on the rows a batch looks up, not on the whole tables, so
-    a step touches only those rows (a table-wide regularizer would make every
-    update dense).
+    With `history_length > 0` the user's vector is their embedding plus the
+    mean embedding of up to `history_length` items from their training
+    history (SVD++/FISM style; the history table is a non-trainable weight,
+    so it is saved with the checkpoints and exported with the model). With
+    `exclude_self`, the scored item is left out of that mean, so a model
+    cannot learn to recognise an item in its own purchase history.
+
+    The L2 penalty is on the rows a batch looks up, not on the whole tables,
+    so a step touches only those rows (a table-wide regularizer would make
+    every update dense).
     """
 
     def __init__(
@@ -38,6 +45,8 @@ class _EmbeddingPair(tf_keras.layers.Layer):
         init_stddev: float = 0.01,
         l2: float = 0.0,
         seed: int | None = None,
+        history_length: int = 0,
+        exclude_self: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -47,6 +56,8 @@ class _EmbeddingPair(tf_keras.layers.Layer):
         self.init_stddev = init_stddev
         self.l2 = l2
         self.seed = seed
+        self.history_length = history_length
+        self.exclude_self = exclude_self
         self.user_embedding = tf_keras.layers.Embedding(
             num_users,
             embedding_dim,
@@ -60,8 +71,45 @@ class _EmbeddingPair(tf_keras.layers.Layer):
             name="item_embedding",
         )
 
-    def lookup(self, user: tf.Tensor, item: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def build(self, input_shape):
+        if self.history_length:
+            # -1 pads a history shorter than history_length.
+            self.history = self.add_weight(
+                name="history",
+                shape=(self.num_users, self.history_length),
+                dtype=tf.int32,
+                initializer=tf_keras.initializers.Constant(-1),
+                trainable=False,
+            )
+        super().build(input_shape)
+
+    def set_history(self, history) -> None:
+        """Assigns [num_users, history_length] item indices, -1 for padding."""
+        if not self.built:
+            self.build(None)
+        self.history.assign(tf.convert_to_tensor(history, tf.int32))
+
+    def user_vector(self, user: tf.Tensor, item: tf.Tensor | None = None) -> tf.Tensor:
+        """[batch_size, embedding_dim] user vectors (with the history mean, if any).
+
+        Args:
+          user: [batch_size] user indices.
+          item: [batch_size] items scored against each user; with
+            `exclude_self`, each is left out of its user's history mean.
+        """
         u = self.user_embedding(user)
+        if not self.history_length:
+            return u
+        history = tf.gather(self.history, user)
+        valid = history >= 0
+        if self.exclude_self and item is not None:
+            valid &= history != tf.cast(item, history.dtype)[:, None]
+        weights = tf.cast(valid, u.dtype)[..., None]
+        pooled = tf.reduce_sum(self.item_embedding(tf.maximum(history, 0)) * weights, axis=1)
+        return u + pooled / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+    def lookup(self, user: tf.Tensor, item: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        u = self.user_vector(user, item)
         i = self.item_embedding(item)
         if self.l2:
             self.add_loss(
@@ -80,6 +128,8 @@ class _EmbeddingPair(tf_keras.layers.Layer):
             init_stddev=self.init_stddev,
             l2=self.l2,
             seed=self.seed,
+            history_length=self.history_length,
+            exclude_self=self.exclude_self,
         )
         return config
 
@@ -99,6 +149,10 @@ class MatrixFactorization(_EmbeddingPair):
         user, item = inputs
         u, i = self.lookup(user, item)
         return u * i
+
+    def grid(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """[U, I, embedding_dim] products for every (user, item) pair of two lists."""
+        return self.user_vector(users)[:, None, :] * self.item_embedding(items)[None, :, :]
 
 
 @tf_keras.utils.register_keras_serializable(package="mmrec_tf")
@@ -137,6 +191,36 @@ class FeedbackTower(_EmbeddingPair):
         u, i = self.lookup(user, item)
         x = tf.concat([u, i], axis=-1)
         for layer in self.dense_layers:
+            x = layer(x)
+        return x
+
+    def grid(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """The branch for every (user, item) pair of two lists, without repeating work.
+
+        The first layer is linear in [u; i], so W [u; i] + b = (W_u u + b) +
+        W_i i: the user half is computed once per user, the item half once
+        per item, and only their sum goes through the ReLU per pair.
+
+        Args:
+          users: [U] user indices.
+          items: [I] item indices.
+
+        Returns:
+          [U, I, output_dim], equal to calling the layer on every pair.
+        """
+        u = self.user_vector(users)
+        i = self.item_embedding(items)
+        if not self.dense_layers:
+            shape = [tf.shape(u)[0], tf.shape(i)[0], self.embedding_dim]
+            return tf.concat(
+                [tf.broadcast_to(u[:, None], shape), tf.broadcast_to(i[None], shape)], axis=-1
+            )
+        first = self.dense_layers[0]
+        d = self.embedding_dim
+        user_half = tf.matmul(u, first.kernel[:d]) + first.bias
+        item_half = tf.matmul(i, first.kernel[d:])
+        x = tf.nn.relu(user_half[:, None, :] + item_half[None, :, :])
+        for layer in self.dense_layers[1:]:
             x = layer(x)
         return x
 

@@ -25,6 +25,7 @@ from mmrec_tf import config as config_lib  # noqa: I001  (sets TF_USE_LEGACY_KER
 from mmrec_tf import evaluate
 from mmrec_tf import models
 from mmrec_tf import train as train_lib
+from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import samplers
 
@@ -115,6 +116,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "branch_loss_weight",
         d_model.branch_loss_weight,
         "Weight of each auxiliary branch loss (gradient_aux).",
+        **f,
+    )
+    flags.DEFINE_integer(
+        "history_length",
+        d_model.history_length,
+        "Items of each user's training history whose mean embedding joins the user vector "
+        "of each part (0: the paper's model).",
         **f,
     )
     flags.DEFINE_float("init_stddev", d_model.init_stddev, "Stddev of N(0, s) init.", **f)
@@ -212,6 +220,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         gating=fv.gating,
         branch_loss_weight=fv.branch_loss_weight,
         init_stddev=fv.init_stddev,
+        history_length=fv.history_length,
         l2=fv.l2,
     )
     train = config_lib.TrainConfig(
@@ -312,6 +321,12 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
     with strategy.scope():
         ranker = models.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+        )
+    if config.model.history_length:
+        models.set_histories(
+            ranker.scorer,
+            histories.build(split, length=config.model.history_length, seed=config.data.seed),
+            target=split.behaviors.target,
         )
     num_behaviors = split.behaviors.num_behaviors
     valid_cases = (

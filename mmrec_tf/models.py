@@ -63,15 +63,19 @@ def build_model(
     }
     user, item, gate = inputs[schema.USER], inputs[schema.ITEM], inputs[schema.GATE]
     common = dict(
-        num_users=num_users, num_items=num_items, init_stddev=config.init_stddev, l2=config.l2
+        num_users=num_users,
+        num_items=num_items,
+        init_stddev=config.init_stddev,
+        l2=config.l2,
+        history_length=config.history_length,
     )
 
     parts = []
     if use_mf:
         parts.append(
-            layers.MatrixFactorization(embedding_dim=config.mf_dim, name="mf", **common)(
-                (user, item)
-            )
+            layers.MatrixFactorization(
+                embedding_dim=config.mf_dim, name="mf", exclude_self=True, **common
+            )((user, item))
         )
     branch_outputs = []
     for t, name in enumerate(names):
@@ -79,6 +83,7 @@ def build_model(
             embedding_dim=config.mlp_dim,
             num_layers=config.mlp_layers,
             name=f"tower_{name}",
+            exclude_self=t == 0,
             **common,
         )
         x = tower((user, item))
@@ -103,6 +108,68 @@ def build_model(
             len(branch_outputs) - 1, init_stddev=config.init_stddev, name="branch_scores"
         )(branch_outputs[1:])
     return tf_keras.Model(inputs=inputs, outputs=outputs, name=config.model)
+
+
+def set_histories(scorer: tf_keras.Model, histories: dict, *, target: str) -> None:
+    """Assigns each part its training history (see `pipelines.histories`).
+
+    Args:
+      scorer: a model from `build_model` with `history_length > 0`.
+      histories: behavior name -> [num_users, history_length] item indices
+        (-1 pads).
+      target: the target behavior, whose history the MF part takes.
+    """
+    mf, towers, _, _ = parts(scorer)
+    if mf is not None and mf.history_length:
+        mf.set_history(histories[target])
+    for tower in towers:
+        if tower.history_length:
+            tower.set_history(histories[tower.name[len("tower_") :]])
+
+
+def parts(scorer: tf_keras.Model):
+    """(MF layer or None, towers in branch order, fusion or None, head) of a scorer."""
+    names = [layer.name for layer in scorer.layers]
+    mf = scorer.get_layer("mf") if "mf" in names else None
+    fusion = scorer.get_layer("fusion") if "fusion" in names else None
+    if fusion is not None:
+        towers = []
+        for layer in fusion.inbound_nodes[0].inbound_layers:
+            if isinstance(layer, layers.GradientGate):
+                layer = layer.inbound_nodes[0].inbound_layers[0]
+            towers.append(layer)
+    else:
+        towers = [layer for layer in scorer.layers if isinstance(layer, layers.FeedbackTower)]
+    return mf, towers, fusion, scorer.get_layer("head")
+
+
+def score_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """Logits of every (user, item) pair of two lists, as the scorer computes them.
+
+    Per-user and per-item work (embeddings, history means, the halves of
+    each branch's first layer) is done once, not once per pair, so a full
+    catalog is scored for many users at a time (see `FeedbackTower.grid`).
+
+    Args:
+      scorer: a model from `build_model`.
+      users: [U] user indices.
+      items: [I] item indices.
+
+    Returns:
+      [U, I] logits. With user histories, a pair whose item is in the user's
+      target history keeps it in the history mean (pairwise scoring leaves
+      it out); full ranking never ranks those items.
+    """
+    mf, towers, fusion, head = parts(scorer)
+    inputs = []
+    if mf is not None:
+        inputs.append(mf.grid(users, items))
+    branches = [tower.grid(users, items) for tower in towers]
+    if fusion is not None:
+        inputs.append(fusion(branches))
+    elif branches:
+        inputs.append(branches[0])
+    return head(inputs)
 
 
 def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.Model]:

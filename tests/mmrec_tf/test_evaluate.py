@@ -4,11 +4,10 @@ import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tf_keras
 
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
+from mmrec_tf import models
 from mmrec_tf.pipelines import schema
 
 
@@ -30,6 +29,9 @@ class _TableScorer(evaluate.Scorer):
 
     def __call__(self, users, items):
         return self.table[users, items]
+
+    def grid(self, users, items):
+        return self.table[users][:, items]
 
 
 def test_constant_scores_give_zero_hit_rate():
@@ -55,13 +57,17 @@ def test_full_rank_leaves_out_excluded_items():
 
 
 def test_evaluate_runs_both_protocols_on_a_keras_scorer():
-    user = tf_keras.Input((), dtype=tf.int32, name=schema.USER)
-    item = tf_keras.Input((), dtype=tf.int32, name=schema.ITEM)
-    gate = tf_keras.Input((1,), name=schema.GATE)
-    logit = tf_keras.layers.Lambda(lambda x: -tf.cast(x, tf.float32))(item)  # lower id wins
-    scorer = tf_keras.Model(
-        {schema.USER: user, schema.ITEM: item, schema.GATE: gate}, {schema.LOGIT: logit}
+    # A one-factor GMF whose logit is -item / 100: the lower item id wins.
+    scorer = models.build_model(
+        config_lib.ModelConfig(model="gmf", mf_dim=1),
+        num_users=2,
+        num_items=200,
+        behaviors=schema.BehaviorSchema("buy", ()),
     )
+    mf, head = scorer.get_layer("mf"), scorer.get_layer("head")
+    mf.user_embedding.set_weights([np.ones((2, 1), np.float32)])
+    mf.item_embedding.set_weights([-np.arange(200, dtype=np.float32)[:, None] / 100])
+    head.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
     cases = evaluate.EvalCases(
         users=np.array([0, 1], np.int32),
         items=np.array([0, 30]),

@@ -125,3 +125,55 @@ def test_functional_scorer_round_trips_through_config():
         schema.GATE: tf.ones([1, 3]),
     }
     np.testing.assert_allclose(clone(inputs)[schema.SCORE], scorer(inputs)[schema.SCORE])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"model": "ncf"},
+        {"model": "gmf"},
+        {"model": "mlp"},
+        {"mlp_layers": 0},
+        {"mlp_layers": 3, "history_length": 4},
+    ],
+)
+def test_score_grid_equals_pairwise_scores(kwargs):
+    scorer = _scorer(**kwargs)
+    if kwargs.get("history_length"):
+        rng = np.random.default_rng(0)
+        histories = {
+            b: rng.integers(-1, 8, size=(6, 4)).astype(np.int32) for b in BEHAVIORS.behaviors
+        }
+        models.set_histories(scorer, histories, target="buy")
+    users, items = np.arange(6), np.arange(8)
+    grid = models.score_grid(scorer, tf.constant(users), tf.constant(items)).numpy()
+    u, i = np.repeat(users, 8), np.tile(items, 6)
+    pairs = scorer(
+        {schema.USER: tf.constant(u), schema.ITEM: tf.constant(i), schema.GATE: tf.ones([48, 3])}
+    )[schema.LOGIT].numpy()
+    # With histories, pairwise scoring leaves the scored item out of its
+    # user's target-history mean and the grid does not: compare the other pairs
+    # (full ranking never ranks a user's training target items anyway).
+    keep = np.ones(48, bool)
+    if kwargs.get("history_length"):
+        keep = ~(histories["buy"][u] == i[:, None]).any(axis=1)
+        assert keep.sum() > 24
+    np.testing.assert_allclose(grid.ravel()[keep], pairs[keep], rtol=1e-5, atol=1e-7)
+
+
+def test_history_mean_leaves_out_the_scored_item_for_the_target_only():
+    scorer = _scorer(history_length=2)
+    history = np.array([[3, 5]] + [[-1, -1]] * 5, np.int32)
+    models.set_histories(scorer, {b: history for b in BEHAVIORS.behaviors}, target="buy")
+    buy, cart = scorer.get_layer("tower_buy"), scorer.get_layer("tower_cart")
+    user, item = tf.constant([0]), tf.constant([3])
+    q = buy.item_embedding.embeddings.numpy()
+    p = buy.user_embedding.embeddings.numpy()
+    # target: item 3 is left out, so the mean is item 5's embedding alone
+    np.testing.assert_allclose(buy.user_vector(user, item).numpy()[0], p[0] + q[5], rtol=1e-6)
+    q_cart = cart.item_embedding.embeddings.numpy()
+    p_cart = cart.user_embedding.embeddings.numpy()
+    np.testing.assert_allclose(
+        cart.user_vector(user, item).numpy()[0], p_cart[0] + (q_cart[3] + q_cart[5]) / 2, rtol=1e-6
+    )
