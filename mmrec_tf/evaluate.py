@@ -107,6 +107,21 @@ def sampled_ranks(score: Scorer, users: np.ndarray, candidates: np.ndarray) -> n
     return (logits[:, 1:] >= logits[:, :1]).sum(axis=1)
 
 
+def _row_mask(users: np.ndarray, sorted_keys: np.ndarray, num_items: int) -> np.ndarray:
+    """[len(users), num_items] bool: True where (user, item) is in `sorted_keys`."""
+    users = users.astype(np.int64)
+    lo = np.searchsorted(sorted_keys, users * num_items)
+    hi = np.searchsorted(sorted_keys, (users + 1) * num_items)
+    counts = hi - lo
+    rows = np.repeat(np.arange(len(users)), counts)
+    # positions lo[r] .. hi[r] - 1 of every row r, concatenated
+    positions = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    positions += np.repeat(lo, counts)
+    mask = np.zeros((len(users), num_items), bool)
+    mask[rows, sorted_keys[positions] % num_items] = True
+    return mask
+
+
 def full_ranks(
     score: Scorer, users: np.ndarray, items: np.ndarray, exclude_keys: np.ndarray, num_items: int
 ) -> np.ndarray:
@@ -132,8 +147,7 @@ def full_ranks(
         i = items[start : start + rows]
         logits = score.grid(u, catalog)
         target = logits[np.arange(len(u)), i]
-        keys = u.astype(np.int64)[:, None] * num_items + catalog[None, :]
-        excluded = samplers.contains(exclude_keys, keys)
+        excluded = _row_mask(u, exclude_keys, num_items)
         excluded[np.arange(len(u)), i] = True
         ranks[start : start + len(u)] = ((logits >= target[:, None]) & ~excluded).sum(axis=1)
     return ranks
