@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from mmrec_tf import config as config_lib  # noqa: I001  (sets TF_USE_LEGACY_KERAS first)
+from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
 from mmrec_tf import train as train_lib
