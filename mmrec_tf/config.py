@@ -17,7 +17,7 @@ MODELS = ("mmf", "ncf", "gmf", "mlp")
 GATINGS = ("gradient", "gradient_aux", "none")
 LOSSES = ("bpr", "logloss")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
-MODES = ("train", "evaluate", "train_and_evaluate")
+MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
 
 
 def _check(condition: bool, field: str, value: Any, valid: str) -> None:
@@ -304,6 +304,37 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """How the trained model is exported for TensorFlow Serving.
+
+    Attributes:
+      export_dir: the folder TensorFlow Serving watches; versions are written
+        to `<export_dir>/<version>/`. Empty: no export after training.
+      top_k: K, the items `recommend` returns per user.
+      retrieval_candidates: C, the items the MF retrieval stage passes to
+        the full model for re-ranking.
+      exclude_seen: leave each user's training purchases out of `recommend`.
+      version: the version to write; 0 takes one more than the latest.
+    """
+
+    export_dir: str = ""
+    top_k: int = 10
+    retrieval_candidates: int = 200
+    exclude_seen: bool = True
+    version: int = 0
+
+    def __post_init__(self):
+        _check(self.top_k >= 1, "top_k", self.top_k, ">= 1")
+        _check(
+            self.retrieval_candidates >= self.top_k,
+            "retrieval_candidates",
+            self.retrieval_candidates,
+            f">= top_k ({self.top_k})",
+        )
+        _check(self.version >= 0, "version", self.version, ">= 0 (0: the next version)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One run: data, model, training and evaluation.
 
@@ -312,6 +343,7 @@ class ExperimentConfig:
       model: the ModelConfig.
       train: the TrainConfig.
       eval: the EvalConfig.
+      export: the ExportConfig.
       model_dir: where checkpoints, logs, the vocabularies, the resolved
         config and results.json are written.
       mode: `train`, `evaluate` or `train_and_evaluate`.
@@ -321,11 +353,18 @@ class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
     model_dir: str = ""
     mode: str = "train_and_evaluate"
 
     def __post_init__(self):
         _check(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        _check(
+            self.mode not in ("export", "evaluate_export") or bool(self.export.export_dir),
+            "export.export_dir",
+            self.export.export_dir,
+            f"a folder (--export_dir) for --mode={self.mode}",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,6 +25,8 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
 from mmrec_tf import train as train_lib
+from mmrec_tf.export import exporter
+from mmrec_tf.export import serving
 from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import samplers
@@ -167,6 +169,28 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         **f,
     )
     flags.DEFINE_integer("verbose", d_train.verbose, "Keras verbosity (0, 1, 2).", **f)
+    # Export.
+    d_export = config_lib.ExportConfig()
+    flags.DEFINE_string(
+        "export_dir",
+        d_export.export_dir,
+        "Export a SavedModel for TensorFlow Serving to <export_dir>/<version>/ after "
+        "training (and with --mode=export).",
+        **f,
+    )
+    flags.DEFINE_integer("export_top_k", d_export.top_k, "K of the recommend signature.", **f)
+    flags.DEFINE_integer(
+        "retrieval_candidates",
+        d_export.retrieval_candidates,
+        "Items the MF retrieval stage passes to the full model in recommend.",
+        **f,
+    )
+    flags.DEFINE_boolean(
+        "exclude_seen", d_export.exclude_seen, "recommend leaves out training purchases.", **f
+    )
+    flags.DEFINE_integer(
+        "export_version", d_export.version, "Version to write (0: the next one).", **f
+    )
     # Evaluation.
     flags.DEFINE_integer(
         "sampled_negatives",
@@ -246,8 +270,21 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         full_ranking=fv.full_ranking,
         seed=fv.eval_seed,
     )
+    export = config_lib.ExportConfig(
+        export_dir=fv.export_dir,
+        top_k=fv.export_top_k,
+        retrieval_candidates=fv.retrieval_candidates,
+        exclude_seen=fv.exclude_seen,
+        version=fv.export_version,
+    )
     return config_lib.ExperimentConfig(
-        data=data, model=model, train=train, eval=evaluation, model_dir=fv.model_dir, mode=fv.mode
+        data=data,
+        model=model,
+        train=train,
+        eval=evaluation,
+        export=export,
+        model_dir=fv.model_dir,
+        mode=fv.mode,
     )
 
 
@@ -379,7 +416,29 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
             results["test"]["retrieval"] = retrieval
         results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
         _print_metrics(results)
-    _write_json(os.path.join(model_dir, "results.json"), results)
+    if config.export.export_dir and config.mode in ("train", "train_and_evaluate", "export"):
+        started = time.perf_counter()
+        module = serving.from_training(
+            ranker.scorer,
+            split,
+            user_tokens=data.user_vocab.tokens,
+            item_tokens=data.item_vocab.tokens,
+            top_k=config.export.top_k,
+            retrieval_candidates=config.export.retrieval_candidates,
+            exclude_seen=config.export.exclude_seen,
+        )
+        path = exporter.export(
+            module,
+            config.export.export_dir,
+            warmup_user_ids=list(data.user_vocab.tokens[split.test_users[:4]]),
+            warmup_item_ids=list(data.item_vocab.tokens[split.test_items[:4]]),
+            version=config.export.version or None,
+        )
+        results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
+        print(f"exported {path}")
+    # An export alone leaves the training run's results.json as it was.
+    name = "results.json" if config.mode not in ("export", "evaluate_export") else "export.json"
+    _write_json(os.path.join(model_dir, name), results)
     return results
 
 

@@ -1,0 +1,86 @@
+"""Versioned, atomic SavedModel export in the layout TensorFlow Serving watches.
+
+`<export_dir>/<integer version>/saved_model.pb` + `variables/` +
+`assets.extra/`. A version is written under a hidden temporary folder in
+`export_dir` and renamed into place in one step, so a server watching the
+folder never sees a half-written version, and an export that is killed
+leaves no version folder behind (only a `.tmp-*` folder, which the next
+export removes). An existing version is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import tensorflow as tf
+
+from mmrec_tf.export import serving
+from mmrec_tf.export import warmup
+
+TMP_PREFIX = ".tmp-"
+
+
+def versions(export_dir: str) -> list[int]:
+    """The integer versions present in `export_dir`, sorted."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(export_dir) if name.isdigit())
+
+
+def _remove_stale_temporaries(export_dir: str) -> None:
+    for name in os.listdir(export_dir):
+        if name.startswith(TMP_PREFIX):
+            pid = name.rsplit("-", 1)[-1]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def export(
+    module: serving.ServingModule,
+    export_dir: str,
+    *,
+    warmup_user_ids: list,
+    warmup_item_ids: list,
+    version: int | None = None,
+) -> str:
+    """Writes `module` as the next version under `export_dir`.
+
+    Args:
+      module: the serving module.
+      export_dir: the folder TensorFlow Serving watches.
+      warmup_user_ids: a few known raw user ids for the warm-up requests.
+      warmup_item_ids: as many known raw item ids.
+      version: the version number; default one more than the latest.
+
+    Returns:
+      The path of the new version folder.
+
+    Raises:
+      FileExistsError: if `version` already exists.
+    """
+    os.makedirs(export_dir, exist_ok=True)
+    _remove_stale_temporaries(export_dir)
+    present = versions(export_dir)
+    version = version if version is not None else (present[-1] + 1 if present else 1)
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(
+            f"{final} exists: an export never overwrites a version. Pick another version, or "
+            "leave --export_version unset to take the next one."
+        )
+    tmp = os.path.join(export_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(module, tmp, signatures=module.signatures())
+    warmup.write(tmp, user_ids=warmup_user_ids, item_ids=warmup_item_ids)
+    os.rename(tmp, final)  # atomic on one file system; fails if `final` appeared meanwhile
+    return final

@@ -1,0 +1,218 @@
+"""The serving module: raw string ids in, scores and recommendations out.
+
+A `ServingModule` holds the trained scorer, the vocabularies, a TFRS
+brute-force index over the MF item factors, the users' training purchases
+and the item popularity, all as constants or variables of the SavedModel, so
+TensorFlow Serving runs it without this package.
+
+Signatures (each a `tf.function` over named `TensorSpec`s):
+
+- `serving_default(user_id [B] string, item_id [B] string)`
+  -> `score` [B] (the sigmoid output), `logit` [B].
+- `recommend(user_id [B] string)` -> `item_ids` [B, K] string, `scores` [B, K]:
+  the MF retrieval stage takes the top `retrieval_candidates` items, the full
+  model re-ranks them, the top K are returned (optionally leaving out the
+  user's training purchases).
+- `retrieve(user_id [B] string)` -> `item_ids` [B, C] string, `scores` [B, C]:
+  the retrieval stage alone (MF scores).
+
+Unknown ids are not errors:
+
+- an unknown item scores `logit = UNKNOWN_LOGIT` (score about 1e-13), so it
+  sorts last;
+- an unknown user with a known item scores the item's popularity share
+  `p = count / (max count + 1)` (logit = log(p / (1 - p)));
+- `recommend` and `retrieve` for an unknown user return the K (or C) most
+  popular items, scored by that popularity share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+
+from mmrec_tf import models
+from mmrec_tf.pipelines import schema
+
+UNKNOWN_LOGIT = -30.0
+
+
+def _lookup_table(tokens: np.ndarray) -> tf.lookup.StaticHashTable:
+    keys = tf.constant([str(t) for t in tokens], tf.string)
+    values = tf.range(len(tokens), dtype=tf.int32)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), -1)
+
+
+class ServingModule(tf.Module):
+    """The exported model: scorer, vocabularies, retrieval index, fallbacks."""
+
+    def __init__(
+        self,
+        scorer: tf_keras.Model,
+        *,
+        user_tokens: np.ndarray,
+        item_tokens: np.ndarray,
+        num_behaviors: int,
+        popularity: np.ndarray,
+        seen_row_splits: np.ndarray,
+        seen_items: np.ndarray,
+        top_k: int = 10,
+        retrieval_candidates: int = 200,
+        exclude_seen: bool = True,
+    ):
+        """Builds the module.
+
+        Args:
+          scorer: a trained model from `models.build_model` with an MF part.
+          user_tokens: [num_users] raw user ids by index.
+          item_tokens: [num_items] raw item ids by index.
+          num_behaviors: the gate width of the scorer's input.
+          popularity: [num_items] training target counts.
+          seen_row_splits: [num_users + 1] row splits of `seen_items`.
+          seen_items: the users' training target items, user by user.
+          top_k: K of `recommend`.
+          retrieval_candidates: C, the candidates the retrieval stage passes on.
+          exclude_seen: leave the user's training purchases out of `recommend`.
+
+        Raises:
+          ValueError: if K exceeds C or the catalog, or C exceeds the catalog.
+        """
+        super().__init__()
+        num_items = len(item_tokens)
+        if not 1 <= top_k <= retrieval_candidates <= num_items:
+            raise ValueError(
+                f"export_top_k={top_k} and retrieval_candidates={retrieval_candidates} must "
+                f"satisfy 1 <= K <= C <= {num_items} (the catalog)."
+            )
+        self.scorer = scorer
+        self.top_k = top_k
+        self.retrieval_candidates = retrieval_candidates
+        self.exclude_seen = exclude_seen
+        self.num_behaviors = num_behaviors
+        self.user_table = _lookup_table(user_tokens)
+        self.item_table = _lookup_table(item_tokens)
+        self.item_ids = tf.constant([str(t) for t in item_tokens], tf.string)
+        share = np.asarray(popularity, np.float64) / (float(np.max(popularity, initial=0)) + 1.0)
+        self.popularity = tf.constant(share, tf.float32)
+        order = np.argsort(-share, kind="stable")[:retrieval_candidates]
+        self.popular_items = tf.constant(order, tf.int32)
+        self.seen_row_splits = tf.constant(seen_row_splits, tf.int64)
+        self.seen_items = tf.constant(seen_items, tf.int32)
+        self.query_tower, candidate_tower = models.retrieval_towers(scorer)
+        self.index = tfrs.layers.factorized_top_k.BruteForce(k=retrieval_candidates)
+        all_items = tf.range(num_items, dtype=tf.int32)
+        self.index.index(candidate_tower(all_items), identifiers=all_items)
+
+    def _logits(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        gate = tf.ones([tf.shape(users)[0], self.num_behaviors])
+        return self.scorer(
+            {schema.USER: users, schema.ITEM: items, schema.GATE: gate}, training=False
+        )[schema.LOGIT]
+
+    def _popular(self, batch: tf.Tensor, k: int):
+        items = tf.tile(self.popular_items[None, :k], [batch, 1])
+        return items, tf.gather(self.popularity, items)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name=schema.USER_ID),
+            tf.TensorSpec([None], tf.string, name=schema.ITEM_ID),
+        ]
+    )
+    def score(self, user_id, item_id):
+        users = self.user_table.lookup(user_id)
+        items = self.item_table.lookup(item_id)
+        logits = self._logits(tf.maximum(users, 0), tf.maximum(items, 0))
+        share = tf.gather(self.popularity, tf.maximum(items, 0))
+        share = tf.clip_by_value(share, 1e-6, 1 - 1e-6)
+        fallback = tf.math.log(share) - tf.math.log1p(-share)
+        logits = tf.where(users >= 0, logits, fallback)
+        logits = tf.where(items >= 0, logits, UNKNOWN_LOGIT)
+        return {schema.SCORE: tf.sigmoid(logits), schema.LOGIT: logits}
+
+    def _retrieve(self, users: tf.Tensor):
+        known = users >= 0
+        mf_scores, candidates = self.index(self.query_tower(tf.maximum(users, 0)))
+        popular, popular_scores = self._popular(tf.shape(users)[0], self.retrieval_candidates)
+        candidates = tf.where(known[:, None], candidates, popular)
+        mf_scores = tf.where(known[:, None], mf_scores, popular_scores)
+        return candidates, mf_scores
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.USER_ID)])
+    def retrieve(self, user_id):
+        candidates, scores = self._retrieve(self.user_table.lookup(user_id))
+        return {"item_ids": tf.gather(self.item_ids, candidates), "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.USER_ID)])
+    def recommend(self, user_id):
+        users = self.user_table.lookup(user_id)
+        known = users >= 0
+        candidates, _ = self._retrieve(users)
+        batch = tf.shape(users)[0]
+        width = self.retrieval_candidates
+        flat_users = tf.repeat(tf.maximum(users, 0), width)
+        logits = tf.reshape(self._logits(flat_users, tf.reshape(candidates, [-1])), [batch, width])
+        if self.exclude_seen:
+            seen = tf.RaggedTensor.from_row_splits(self.seen_items, self.seen_row_splits)
+            rows = tf.gather(seen, tf.maximum(users, 0)).to_tensor(default_value=-1)
+            is_seen = tf.reduce_any(candidates[:, :, None] == rows[:, None, :], axis=-1)
+            logits = tf.where(is_seen & known[:, None], float("-inf"), logits)
+        top_logits, position = tf.math.top_k(logits, k=self.top_k)
+        items = tf.gather(candidates, position, batch_dims=1)
+        scores = tf.sigmoid(top_logits)
+        popular, popular_scores = self._popular(batch, self.top_k)
+        items = tf.where(known[:, None], items, popular)
+        scores = tf.where(known[:, None], scores, popular_scores)
+        return {"item_ids": tf.gather(self.item_ids, items), "scores": scores}
+
+    def signatures(self) -> dict:
+        """The SavedModel signatures by name."""
+        return {
+            "serving_default": self.score.get_concrete_function(),
+            "recommend": self.recommend.get_concrete_function(),
+            "retrieve": self.retrieve.get_concrete_function(),
+        }
+
+
+def from_training(
+    scorer: tf_keras.Model,
+    split,
+    *,
+    user_tokens: np.ndarray,
+    item_tokens: np.ndarray,
+    top_k: int,
+    retrieval_candidates: int,
+    exclude_seen: bool,
+) -> ServingModule:
+    """A ServingModule whose fallbacks and seen-items table come from the training split.
+
+    Args:
+      scorer: the trained scorer.
+      split: the `pipelines.splits.Split` it was trained on.
+      user_tokens: raw user ids by index.
+      item_tokens: raw item ids by index.
+      top_k: K of `recommend`.
+      retrieval_candidates: C of the retrieval stage.
+      exclude_seen: leave training purchases out of `recommend`.
+    """
+    target = split.train_branches == 0
+    users, items = split.train_users[target], split.train_items[target]
+    popularity = np.bincount(items, minlength=split.num_items)
+    keys = np.unique(users.astype(np.int64) * split.num_items + items)
+    seen_users = keys // split.num_items
+    row_splits = np.zeros(split.num_users + 1, np.int64)
+    np.cumsum(np.bincount(seen_users, minlength=split.num_users), out=row_splits[1:])
+    return ServingModule(
+        scorer,
+        user_tokens=user_tokens,
+        item_tokens=item_tokens,
+        num_behaviors=split.behaviors.num_behaviors,
+        popularity=popularity,
+        seen_row_splits=row_splits,
+        seen_items=(keys % split.num_items).astype(np.int32),
+        top_k=top_k,
+        retrieval_candidates=min(retrieval_candidates, split.num_items),
+        exclude_seen=exclude_seen,
+    )
