@@ -25,6 +25,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
 from mmrec_tf import train as train_lib
+from mmrec_tf.export import evaluation as export_evaluation
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import histories
@@ -354,6 +355,8 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
     with open(os.path.join(model_dir, "vocab", "behaviors.txt"), "w") as f:
         f.write("\n".join(split.behaviors.behaviors) + "\n")
 
+    if config.mode == "evaluate_export":
+        return _evaluate_export(config, data, split, name)
     strategy = make_strategy(config.train.distribution_strategy)
     with strategy.scope():
         ranker = models.build_ranker(
@@ -436,9 +439,51 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         )
         results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
         print(f"exported {path}")
+        if config.mode == "train_and_evaluate":
+            # The same two-stage figures from the in-memory module, for
+            # comparison with --mode=evaluate_export on the SavedModel.
+            results["test"]["two_stage_in_memory"] = export_evaluation.evaluate_signatures(
+                {"retrieve": module.retrieve, "recommend": module.recommend},
+                users=split.test_users,
+                items=split.test_items,
+                user_tokens=data.user_vocab.tokens,
+                item_tokens=data.item_vocab.tokens,
+                retrieval_ks=config.eval.retrieval_ks,
+            )
     # An export alone leaves the training run's results.json as it was.
     name = "results.json" if config.mode not in ("export", "evaluate_export") else "export.json"
     _write_json(os.path.join(model_dir, name), results)
+    return results
+
+
+def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str) -> dict:
+    """--mode=evaluate_export: the SavedModel alone, on the test split."""
+    present = exporter.versions(config.export.export_dir)
+    version = config.export.version or (present[-1] if present else None)
+    path = os.path.join(config.export.export_dir, str(version))
+    if version is None or not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"no export version {version or ''} in {config.export.export_dir}: export first "
+            "(--export_dir with training, or --mode=export)."
+        )
+    started = time.perf_counter()
+    metrics = export_evaluation.evaluate_export(
+        path,
+        users=split.test_users,
+        items=split.test_items,
+        user_tokens=data.user_vocab.tokens,
+        item_tokens=data.item_vocab.tokens,
+        retrieval_ks=config.eval.retrieval_ks,
+    )
+    results = {
+        "dataset": name or dataset_name(config),
+        "export": path,
+        "test": metrics,
+        "seconds": {"evaluate": round(time.perf_counter() - started, 2)},
+    }
+    print(f"export {path}: retrieval {metrics['retrieval']}")
+    print(f"export {path}: recommend {metrics['recommend']}")
+    _write_json(os.path.join(config.model_dir, "export_evaluation.json"), results)
     return results
 
 

@@ -261,3 +261,43 @@ def test_killed_export_leaves_no_version_folder(tmp_path):
     assert [n for n in names if n.startswith(exporter.TMP_PREFIX)]  # the half-written one
     exporter._remove_stale_temporaries(export_dir)
     assert os.listdir(export_dir) == []
+
+
+def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
+    from absl import flags
+
+    from mmrec_tf import main as main_lib
+
+    def run(*extra):
+        fv = flags.FlagValues()
+        main_lib.define_flags(fv)
+        quickstart = os.path.join(os.path.dirname(main_lib.__file__), "configs", "quickstart.flags")
+        fv(
+            [
+                "x",
+                f"--flagfile={quickstart}",
+                f"--model_dir={tmp_path}",
+                "--synthetic_users=300",
+                "--synthetic_items=400",
+                "--epochs=1",
+                "--steps_per_epoch=20",
+                "--verbose=0",
+                f"--export_dir={tmp_path / 'serving'}",
+                "--retrieval_candidates=50",
+                *extra,
+            ]
+        )
+        return main_lib.run_experiment(main_lib.config_from_flags(fv))
+
+    trained = run()
+    in_memory = trained["test"]["two_stage_in_memory"]
+    exported = run("--mode=evaluate_export")["test"]
+    assert exported["recommend"] == pytest.approx(in_memory["recommend"], abs=1e-6)
+    assert exported["retrieval"] == pytest.approx(in_memory["retrieval"], abs=1e-6)
+    assert exported["retrieval"]["cases"] == trained["test"]["sampled"]["cases"]
+    # The retrieval stage agrees with the in-memory TFRS evaluation of the MF towers.
+    for k in (10, 50):
+        name = f"top_{k}_categorical_accuracy"
+        assert exported["retrieval"][name] == pytest.approx(
+            trained["test"]["retrieval"][name], abs=1e-6
+        )

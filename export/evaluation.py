@@ -1,0 +1,132 @@
+"""Evaluates an exported SavedModel alone, through its serving signatures.
+
+No Keras model is rebuilt: the SavedModel is loaded with
+`tf.saved_model.load` and called with raw string ids, as TensorFlow Serving
+would call it.
+
+- Retrieval stage: `tfrs.metrics.FactorizedTopK` top-K accuracy over the whole
+  catalog, fed by the `retrieve` signature (id-based: is the held-out item
+  among the top K retrieved?).
+- Two-stage `recommend`: HR@K and NDCG@K of the held-out item's position in
+  the returned list (full-ranking protocol: training purchases are left out
+  when the export excludes seen items), for K up to the export's top K.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from mmrec_tf import evaluate
+from mmrec_tf.pipelines import schema
+
+
+class SignatureTopK(tfrs.layers.factorized_top_k.TopK):
+    """A TFRS top-K layer backed by an exported `retrieve` signature.
+
+    Queries are user indices (as [batch, 1] floats, the shape TFRS metrics
+    pass around); the layer maps them to raw ids, calls the signature and
+    maps the returned raw item ids back to indices.
+    """
+
+    def __init__(self, retrieve, *, user_tokens: np.ndarray, item_tokens: np.ndarray, k: int):
+        super().__init__(k=k)
+        self._retrieve = retrieve
+        self._user_ids = tf.constant([str(t) for t in user_tokens])
+        self._item_index = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([str(t) for t in item_tokens]),
+                tf.range(len(item_tokens), dtype=tf.int32),
+            ),
+            -1,
+        )
+
+    def index(self, candidates, identifiers=None):
+        raise NotImplementedError("the exported index is fixed; it cannot be re-indexed")
+
+    def index_from_dataset(self, candidates):
+        raise NotImplementedError("the exported index is fixed; it cannot be re-indexed")
+
+    def is_exact(self) -> bool:
+        return True
+
+    def call(self, queries, k=None):
+        k = k or self._k
+        users = tf.gather(self._user_ids, tf.cast(queries[:, 0], tf.int32))
+        out = self._retrieve(**{schema.USER_ID: users})
+        return out["scores"][:, :k], self._item_index.lookup(out["item_ids"][:, :k])
+
+
+def evaluate_export(path: str, **kwargs) -> dict:
+    """`evaluate_signatures` on the SavedModel at `path` (a version folder)."""
+    return evaluate_signatures(tf.saved_model.load(path).signatures, **kwargs)
+
+
+def evaluate_signatures(
+    signatures,
+    *,
+    users: np.ndarray,
+    items: np.ndarray,
+    user_tokens: np.ndarray,
+    item_tokens: np.ndarray,
+    retrieval_ks=(10, 50, 100),
+    batch_size: int = 1024,
+) -> dict:
+    """Retrieval and two-stage metrics through the `retrieve` and `recommend` signatures.
+
+    Args:
+      signatures: name -> callable taking `user_id=` (a loaded SavedModel's
+        `.signatures`, or the in-memory module's functions).
+      users: [cases] user indices of the held-out cases.
+      items: [cases] held-out item indices.
+      user_tokens: raw user ids by index (the training vocabulary).
+      item_tokens: raw item ids by index.
+      retrieval_ks: cut-offs of the retrieval metric (capped at the
+        export's number of retrieval candidates).
+      batch_size: users per signature call.
+
+    Returns:
+      {"retrieval": {"top_K_categorical_accuracy": ...}, "recommend":
+       {"HR@K", "NDCG@K", ..., "cases"}, "top_k", "retrieval_candidates"}.
+    """
+    retrieve = signatures["retrieve"]
+    recommend = signatures["recommend"]
+    probe = retrieve(**{schema.USER_ID: tf.constant([str(user_tokens[0])])})
+    candidates = int(probe["item_ids"].shape[1])
+    top_k = int(
+        recommend(**{schema.USER_ID: tf.constant([str(user_tokens[0])])})["item_ids"].shape[1]
+    )
+    ks = tuple(k for k in retrieval_ks if k <= candidates)
+    metric = tfrs.metrics.FactorizedTopK(
+        candidates=SignatureTopK(
+            retrieve, user_tokens=user_tokens, item_tokens=item_tokens, k=max(ks)
+        ),
+        ks=ks,
+    )
+    token_to_index = {str(t): k for k, t in enumerate(item_tokens)}
+    ranks = np.full(len(users), top_k, np.int64)  # top_k means "not returned"
+    for start in range(0, len(users), batch_size):
+        u = users[start : start + batch_size]
+        i = items[start : start + batch_size]
+        queries = tf.constant(u.astype(np.float32)[:, None])
+        metric.update_state(
+            queries, tf.zeros_like(queries), true_candidate_ids=tf.constant(i.astype(np.int32))
+        )
+        returned = recommend(**{schema.USER_ID: tf.constant([str(t) for t in user_tokens[u]])})
+        for row, (ids, held_out) in enumerate(zip(returned["item_ids"].numpy(), i)):
+            positions = [p for p, t in enumerate(ids) if token_to_index.get(t.decode()) == held_out]
+            if positions:
+                ranks[start + row] = positions[0]
+    result = {
+        "retrieval": {
+            f"top_{k}_categorical_accuracy": float(v) for k, v in zip(ks, metric.result())
+        },
+        "recommend": evaluate.metrics_from_ranks(
+            ranks, ks=tuple(k for k in (1, 5, 10, 20, 50) if k <= top_k)
+        ),
+        "top_k": top_k,
+        "retrieval_candidates": candidates,
+    }
+    result["retrieval"]["cases"] = int(len(users))
+    return result
