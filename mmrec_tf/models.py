@@ -197,7 +197,7 @@ def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.M
     user = tf_keras.Input(shape=(), dtype=tf.int32, name=schema.USER)
     item = tf_keras.Input(shape=(), dtype=tf.int32, name=schema.ITEM)
     weights = head.dense.kernel[: mf.embedding_dim, 0]
-    query = tf_keras.Model(user, mf.user_embedding(user) * weights, name="query_tower")
+    query = tf_keras.Model(user, mf.user_vector(user) * weights, name="query_tower")
     candidate = tf_keras.Model(item, mf.item_embedding(item), name="candidate_tower")
     return query, candidate
 

@@ -101,8 +101,12 @@ def test_unknown_model_raises_value_error():
         models.build_model(config, num_users=2, num_items=2, behaviors=BEHAVIORS)
 
 
-def test_retrieval_towers_factorize_the_mf_logit():
-    scorer = _scorer(model="gmf")
+@pytest.mark.parametrize("history_length", [0, 3])
+def test_retrieval_towers_factorize_the_mf_logit(history_length):
+    scorer = _scorer(model="gmf", history_length=history_length)
+    if history_length:
+        history = np.tile(np.array([[1, 4, -1]], np.int32), (6, 1))
+        models.set_histories(scorer, {b: history for b in BEHAVIORS.behaviors}, target="buy")
     query, candidate = models.retrieval_towers(scorer)
     users, items = tf.constant([0, 3, 5]), tf.constant([7, 2, 2])
     logits = scorer({schema.USER: users, schema.ITEM: items, schema.GATE: tf.ones([3, 3])})[
