@@ -144,6 +144,31 @@ class _EpochEnd(tf_keras.callbacks.Callback):
                 json.dump(self.history, f, indent=1)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read: the message names it and the way out."""
+
+
+def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> None:
+    """Restores the latest checkpoint, or names the damaged file and the fixes."""
+    latest = manager.latest_checkpoint
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
+        older = [c for c in manager.checkpoints if c != latest]
+        fallback = (
+            f"fall back to the previous checkpoint {older[-1]} by deleting {latest}.* and "
+            f"editing {os.path.dirname(latest)}/checkpoint to name it, or "
+            if older
+            else ""
+        )
+        raise CheckpointError(
+            f"cannot restore checkpoint {latest} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:300]}). The file is damaged or from another model. "
+            f"To resume, {fallback}start over with an empty --model_dir (or delete "
+            f"{os.path.dirname(latest)}). Training does not restart from scratch on its own."
+        ) from error
+
+
 def train(
     *,
     ranker: models.Ranker,
@@ -181,7 +206,7 @@ def train(
     history_path = os.path.join(model_dir, "history.json")
     history: list = []
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        _restore(checkpoint, manager)
         if os.path.exists(history_path):
             with open(history_path) as f:
                 history = json.load(f)

@@ -104,3 +104,21 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(split, tmp_pat
     assert mirrored.distribute_strategy.num_replicas_in_sync == 2
     for a, b in zip(mirrored.scorer.get_weights(), single.scorer.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_checkpoint_is_a_clear_error_not_a_silent_restart(split, tmp_path, damage):
+    _train(split, tmp_path, epochs=2)
+    data = sorted(str(p) for p in (tmp_path / "checkpoints").glob("ckpt-2.data-*"))
+    assert data
+    with open(data[0], "r+b") as f:
+        if damage == "truncate":
+            f.truncate(16)
+        else:
+            f.seek(0)
+            f.write(b"\x00garbage" * 64)
+    with pytest.raises(train_lib.CheckpointError) as error:
+        _train(split, tmp_path, epochs=3)
+    message = str(error.value)
+    assert "ckpt-2" in message and "ckpt-1" in message  # the damaged one and the fallback
+    assert "start over" in message
