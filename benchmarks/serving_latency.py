@@ -108,15 +108,14 @@ def main():
     flagfile = os.path.join(ROOT, "mmrec_tf", "configs", "taobao_cml.flags")
     cml = os.path.join(args.data_dir, "taobao_cml", "interactions.tsv.gz")
     common = [f"--flagfile={flagfile}", "--verbose=0"]
+    cml_run = common + [f"--data_path={cml}", f"--model_dir={args.taobao_model_dir}"]
     rows = {}
 
     if os.path.exists(os.path.join(args.taobao_model_dir, "results.json")):
         export_dir = os.path.join(args.work_dir, "taobao_cml_export")
         result = _run(
-            common
+            cml_run
             + [
-                f"--data_path={cml}",
-                f"--model_dir={args.taobao_model_dir}",
                 "--mode=export",
                 f"--export_dir={export_dir}",
             ]
@@ -174,10 +173,8 @@ def main():
         for candidates in [int(c) for c in args.candidates.split(",")]:
             export_dir = os.path.join(args.work_dir, f"taobao_cml_c{candidates}")
             result = _run(
-                common
+                cml_run
                 + [
-                    f"--data_path={cml}",
-                    f"--model_dir={args.taobao_model_dir}",
                     "--mode=export",
                     f"--export_dir={export_dir}",
                     f"--retrieval_candidates={candidates}",
@@ -185,10 +182,8 @@ def main():
             )
             path = result["export"]["path"]
             evaluated = _run(
-                common
+                cml_run
                 + [
-                    f"--data_path={cml}",
-                    f"--model_dir={args.taobao_model_dir}",
                     "--mode=evaluate_export",
                     f"--export_dir={export_dir}",
                 ]
