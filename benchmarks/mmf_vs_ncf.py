@@ -104,6 +104,7 @@ def main():
                     "mean": mean,
                     "se_over_seeds": se,
                     "per_seed": values,
+                    "se_over_cases": [r["test"][protocol][f"{metric}_se"] for r in runs],
                 }
         row["cases"] = runs[0]["test"]["sampled"]["cases"]
         row["best_epochs"] = [r["train"]["best_epoch"] for r in runs]
@@ -133,9 +134,11 @@ def main():
             f"Test split, {rows[next(iter(rows))]['cases']} cases; mean over seeds "
             f"{seeds} ± standard error over seeds. Sampled: 1 held-out + 99 negatives "
             "never interacted with (PROTOCOL.md); full: whole catalog, training buys "
-            "excluded. Epoch chosen on validation HR@10 (sampled).\n\n"
+            "excluded. Epoch chosen on validation HR@10 (sampled). The last column is each "
+            "seed's standard error of sampled HR@10 over its test cases.\n\n"
             "| variant | flags | sampled HR@10 | sampled NDCG@10 | full HR@10 | "
-            "full NDCG@10 | HR@10 / NCF |\n|---|---|---|---|---|---|---|\n"
+            "full NDCG@10 | HR@10 / NCF | HR@10 SE over cases |\n"
+            "|---|---|---|---|---|---|---|---|\n"
         )
         for name, row in rows.items():
             cells = [
@@ -143,10 +146,11 @@ def main():
                 for k in ("sampled_HR@10", "sampled_NDCG@10", "full_HR@10", "full_NDCG@10")
             ]
             ratio = f"{row['sampled_HR@10']['mean'] / base:.3f}" if base else ""
+            case_se = ", ".join(f"{v:.4f}" for v in row["sampled_HR@10"]["se_over_cases"])
             f.write(
                 f"| {name}: {row['description']} | `{' '.join(row['flags'])}` | "
                 + " | ".join(cells)
-                + f" | {ratio} |\n"
+                + f" | {ratio} | {case_se} |\n"
             )
     print(f"wrote {stem}.json and .md")
 
