@@ -59,7 +59,7 @@ class ServingModule(tf.Module):
         seen_row_splits: np.ndarray,
         seen_items: np.ndarray,
         top_k: int = 10,
-        retrieval_candidates: int = 200,
+        retrieval_candidates: int = 500,
         exclude_seen: bool = True,
     ):
         """Builds the module.

@@ -319,7 +319,7 @@ class ExportConfig:
 
     export_dir: str = ""
     top_k: int = 10
-    retrieval_candidates: int = 200
+    retrieval_candidates: int = 500
     exclude_seen: bool = True
     version: int = 0
 
