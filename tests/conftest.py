@@ -14,6 +14,10 @@ tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
 
+# TensorFlow's Python warnings (e.g. about checkpoints deleted half-restored by
+# the damaged-checkpoint tests) would print after pytest's summary.
+tf.get_logger().setLevel("ERROR")
+
 SHARED_DATA = os.environ.get(
     "MMREC_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 )
