@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 import os
 
 import numpy as np
+import pandas as pd
 
 # Taobao UserBehavior covers 2017-11-25 .. 2017-12-03 (China time).
 _T0 = 1511539200
@@ -165,22 +165,16 @@ def write_userbehavior(path: str, spec: SyntheticSpec) -> dict:
         for first in range(0, spec.num_users, spec.chunk_users):
             size = min(spec.chunk_users, spec.num_users - first)
             users, items, cats, behaviors, stamps = _chunk_records(spec, catalog, first, size, rng)
-            buffer = io.StringIO()
-            np.savetxt(
-                buffer,
-                np.column_stack(
-                    [
-                        users.astype(str),
-                        items.astype(str),
-                        cats.astype(str),
-                        behaviors,
-                        stamps.astype(str),
-                    ]
-                ),
-                fmt="%s",
-                delimiter=",",
+            frame = pd.DataFrame(
+                {
+                    "user": users,
+                    "item": items,
+                    "category": cats,
+                    "behavior": behaviors,
+                    "timestamp": stamps,
+                }
             )
-            out.write(buffer.getvalue())
+            out.write(frame.to_csv(header=False, index=False, lineterminator="\n"))
             names, freq = np.unique(behaviors, return_counts=True)
             for name, f in zip(names, freq):
                 counts[str(name)] += int(f)
