@@ -17,6 +17,7 @@ MODELS = ("mmf", "ncf", "gmf", "mlp")
 GATINGS = ("gradient", "gradient_aux", "none")
 LOSSES = ("bpr", "logloss")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
 
 
@@ -214,6 +215,10 @@ class TrainConfig:
       distribution_strategy: `default`, `one_device`, `mirrored` or
         `multi_worker`.
       seed: seed for initialisation, shuffling and negative sampling.
+      mixed_precision: `float32`, or a Keras mixed policy for GPUs
+        (`mixed_float16`, with loss scaling) or TPUs/recent CPUs
+        (`mixed_bfloat16`); the head and the losses stay in float32.
+      jit_compile: compile the training step with XLA.
       verbose: Keras progress output (0 silent, 1 progress bar, 2 a line
         per epoch).
     """
@@ -231,6 +236,8 @@ class TrainConfig:
     steps_per_execution: int = 1
     distribution_strategy: str = "default"
     seed: int = 0
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
     verbose: int = 2
 
     def __post_init__(self):
@@ -274,6 +281,12 @@ class TrainConfig:
             f"one of {STRATEGIES}",
         )
         _check(self.verbose in (0, 1, 2), "verbose", self.verbose, "0, 1 or 2")
+        _check(
+            self.mixed_precision in PRECISIONS,
+            "mixed_precision",
+            self.mixed_precision,
+            f"one of {PRECISIONS}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

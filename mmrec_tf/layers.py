@@ -297,8 +297,10 @@ class ScoreHead(tf_keras.layers.Layer):
     def __init__(self, *, init_stddev: float = 0.01, **kwargs):
         super().__init__(**kwargs)
         self.init_stddev = init_stddev
+        # Sublayers do not inherit the parent's dtype policy: pass it on, so a
+        # float32 head stays float32 under a mixed-precision policy.
         self.dense = tf_keras.layers.Dense(
-            1, kernel_initializer=_normal(init_stddev, None), name="dense"
+            1, kernel_initializer=_normal(init_stddev, None), name="dense", dtype=self.dtype_policy
         )
 
     def call(self, inputs):
@@ -328,7 +330,10 @@ class BranchScores(tf_keras.layers.Layer):
         self.init_stddev = init_stddev
         self.heads = [
             tf_keras.layers.Dense(
-                1, kernel_initializer=_normal(init_stddev, None), name=f"head_{t}"
+                1,
+                kernel_initializer=_normal(init_stddev, None),
+                name=f"head_{t}",
+                dtype=self.dtype_policy,
             )
             for t in range(num_branches)
         ]

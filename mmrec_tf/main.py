@@ -169,6 +169,16 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "tf.distribute strategy.",
         **f,
     )
+    flags.DEFINE_enum(
+        "mixed_precision",
+        d_train.mixed_precision,
+        config_lib.PRECISIONS,
+        "Keras precision policy (mixed_float16 on GPUs).",
+        **f,
+    )
+    flags.DEFINE_boolean(
+        "jit_compile", d_train.jit_compile, "Compile the training step with XLA.", **f
+    )
     flags.DEFINE_integer("verbose", d_train.verbose, "Keras verbosity (0, 1, 2).", **f)
     # Export.
     d_export = config_lib.ExportConfig()
@@ -261,6 +271,8 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         steps_per_epoch=fv.steps_per_epoch,
         steps_per_execution=fv.steps_per_execution,
         distribution_strategy=fv.distribution_strategy,
+        mixed_precision=fv.mixed_precision,
+        jit_compile=fv.jit_compile,
         seed=fv.seed,
         verbose=fv.verbose,
     )
@@ -357,6 +369,7 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
 
     if config.mode == "evaluate_export":
         return _evaluate_export(config, data, split, name)
+    tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
     strategy = make_strategy(config.train.distribution_strategy)
     with strategy.scope():
         ranker = models.build_ranker(

@@ -98,14 +98,18 @@ def build_model(
         )
     elif branch_outputs:
         parts.append(branch_outputs[0])
-    logit = layers.ScoreHead(init_stddev=config.init_stddev, name="head")(parts)
+    # The head and the losses stay in float32 under a mixed-precision policy.
+    logit = layers.ScoreHead(init_stddev=config.init_stddev, name="head", dtype="float32")(parts)
     outputs = {
         schema.LOGIT: logit,
-        schema.SCORE: tf_keras.layers.Activation("sigmoid", name="score")(logit),
+        schema.SCORE: tf_keras.layers.Activation("sigmoid", name="score", dtype="float32")(logit),
     }
     if config.gating == "gradient_aux" and len(branch_outputs) > 1:
         outputs[schema.BRANCH_LOGITS] = layers.BranchScores(
-            len(branch_outputs) - 1, init_stddev=config.init_stddev, name="branch_scores"
+            len(branch_outputs) - 1,
+            init_stddev=config.init_stddev,
+            name="branch_scores",
+            dtype="float32",
         )(branch_outputs[1:])
     return tf_keras.Model(inputs=inputs, outputs=outputs, name=config.model)
 
@@ -286,8 +290,9 @@ class Ranker(tf_keras.Model):
     def train_step(self, batch):
         with tf.GradientTape() as tape:
             loss, per_example, correct = self._compute_losses(batch, training=True)
-        gradients = tape.gradient(loss, self.scorer.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.scorer.trainable_variables))
+        # minimize() also scales the loss when a mixed_float16 policy has made
+        # Keras wrap the optimizer in a LossScaleOptimizer.
+        self.optimizer.minimize(loss, self.scorer.trainable_variables, tape=tape)
         self.loss_tracker.update_state(per_example)
         self.pair_accuracy.update_state(correct)
         return {m.name: m.result() for m in self.metrics}

@@ -197,7 +197,11 @@ def train(
     with strategy.scope():
         optimizer = optimizers.build_optimizer(config)
         optimizer.build(ranker.scorer.trainable_variables)
-        ranker.compile(optimizer=optimizer, steps_per_execution=config.steps_per_execution)
+        ranker.compile(
+            optimizer=optimizer,
+            steps_per_execution=config.steps_per_execution,
+            jit_compile=config.jit_compile,
+        )
         state = _State()
     checkpoint = tf.train.Checkpoint(model=ranker, optimizer=optimizer, state=state)
     manager = tf.train.CheckpointManager(
