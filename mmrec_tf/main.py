@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl import app
@@ -309,6 +310,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     """
     if name == "default":
         return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        # Before anything lists devices: that would initialize the runtime.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
@@ -317,7 +321,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         if not gpus and len(cpus) > 1:
             return tf.distribute.MirroredStrategy([d.name for d in cpus])
         return tf.distribute.MirroredStrategy()
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(
+        f"distribution_strategy={name!r} is unknown: use one of {config_lib.STRATEGIES}."
+    )
 
 
 def dataset_name(config: config_lib.ExperimentConfig, given: str = "") -> str:
@@ -346,7 +352,15 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
     Returns:
       The results dict that was written to `<model_dir>/results.json`.
     """
+    # Multi-worker collectives must be configured before any other TensorFlow op.
+    strategy = make_strategy(config.train.distribution_strategy)
+    tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
     model_dir = config.model_dir
+    if not train_lib.is_chief(strategy):
+        # Only the chief writes into model_dir (checkpoints, exports, results);
+        # another worker keeps its own records in a subfolder.
+        resolver = strategy.cluster_resolver
+        model_dir = os.path.join(model_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
     os.makedirs(model_dir, exist_ok=True)
     tf_keras.utils.set_random_seed(config.train.seed)
     _write_json(os.path.join(model_dir, "config.json"), config.to_dict())
@@ -369,8 +383,6 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
 
     if config.mode == "evaluate_export":
         return _evaluate_export(config, data, split, name)
-    tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
-    strategy = make_strategy(config.train.distribution_strategy)
     with strategy.scope():
         ranker = models.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
@@ -419,6 +431,10 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         )
         results["seconds"]["train"] = round(time.perf_counter() - started, 2)
         results["train"] = {k: v for k, v in result.to_dict().items() if k != "history"}
+        # A fingerprint of the trained weights: replicas of one run must agree.
+        results["train"]["weights_sum_abs"] = float(
+            sum(np.abs(w).sum(dtype=np.float64) for w in ranker.scorer.get_weights())
+        )
     else:
         _restore_for_evaluation(ranker, model_dir)
     if config.mode in ("evaluate", "train_and_evaluate"):
@@ -432,7 +448,8 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
             results["test"]["retrieval"] = retrieval
         results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
         _print_metrics(results)
-    if config.export.export_dir and config.mode in ("train", "train_and_evaluate", "export"):
+    exporting = config.mode in ("train", "train_and_evaluate", "export")
+    if config.export.export_dir and exporting and train_lib.is_chief(strategy):
         started = time.perf_counter()
         module = serving.from_training(
             ranker.scorer,

@@ -91,7 +91,6 @@ class _EpochEnd(tf_keras.callbacks.Callback):
         history,
         history_path,
         examples_per_epoch,
-        chief,
     ):
         super().__init__()
         self.state = state
@@ -102,7 +101,6 @@ class _EpochEnd(tf_keras.callbacks.Callback):
         self.history = history
         self.history_path = history_path
         self.examples_per_epoch = examples_per_epoch
-        self.chief = chief
         self._start = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -129,8 +127,7 @@ class _EpochEnd(tf_keras.callbacks.Callback):
                 self.state.best.assign(value)
                 self.state.best_epoch.assign(epoch + 1)
                 self.state.wait.assign(0)
-                if self.chief:
-                    self.model.scorer.save_weights(self.best_path)
+                self.model.scorer.save_weights(self.best_path)
             else:
                 self.state.wait.assign_add(1)
             if self.patience and int(self.state.wait.numpy()) >= self.patience:
@@ -138,10 +135,11 @@ class _EpochEnd(tf_keras.callbacks.Callback):
                 self.model.stop_training = True
         self.state.epoch.assign(epoch + 1)
         self.history.append(record)
-        if self.chief:
-            self.manager.save(checkpoint_number=epoch + 1)
-            with open(self.history_path, "w") as f:
-                json.dump(self.history, f, indent=1)
+        # Every worker saves (saving may synchronize replicas); in a cluster
+        # each worker is given its own model_dir (see `train`).
+        self.manager.save(checkpoint_number=epoch + 1)
+        with open(self.history_path, "w") as f:
+            json.dump(self.history, f, indent=1)
 
 
 class CheckpointError(RuntimeError):
@@ -183,7 +181,9 @@ def train(
       ranker: a Ranker built under the strategy that should train it.
       index: the training index (positives, gates, supportive-only items).
       config: epochs, batch size, optimizer, sampler, patience.
-      model_dir: checkpoints, TensorBoard logs and history go here.
+      model_dir: checkpoints, TensorBoard logs and history go here. Every
+        worker of a multi-worker run writes, so give each its own folder
+        (main.py gives non-chief workers a subfolder).
       validation: returns validation metrics including "HR@10"; called
         after each epoch for early stopping and best-epoch selection.
 
@@ -192,7 +192,6 @@ def train(
       (or the last epoch's when there is no validation).
     """
     strategy = ranker.distribute_strategy
-    chief = is_chief(strategy)
     os.makedirs(model_dir, exist_ok=True)
     with strategy.scope():
         optimizer = optimizers.build_optimizer(config)
@@ -236,7 +235,6 @@ def train(
                 history=history,
                 history_path=history_path,
                 examples_per_epoch=steps * config.batch_size,
-                chief=chief,
             ),
             tf_keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), profile_batch=0),
         ]
