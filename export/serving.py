@@ -35,6 +35,7 @@ import tf_keras
 
 from mmrec_tf import models
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import splits as splits_lib
 
 UNKNOWN_LOGIT = -30.0
 
@@ -178,7 +179,7 @@ class ServingModule(tf.Module):
 
 def from_training(
     scorer: tf_keras.Model,
-    split,
+    split: splits_lib.Split,
     *,
     user_tokens: np.ndarray,
     item_tokens: np.ndarray,
@@ -190,17 +191,17 @@ def from_training(
 
     Args:
       scorer: the trained scorer.
-      split: the `pipelines.splits.Split` it was trained on.
+      split: the Split it was trained on.
       user_tokens: raw user ids by index.
       item_tokens: raw item ids by index.
       top_k: K of `recommend`.
       retrieval_candidates: C of the retrieval stage.
       exclude_seen: leave training purchases out of `recommend`.
     """
-    target = split.train_branches == 0
-    users, items = split.train_users[target], split.train_items[target]
-    popularity = np.bincount(items, minlength=split.num_items)
-    keys = np.unique(users.astype(np.int64) * split.num_items + items)
+    popularity = np.bincount(
+        split.train_items[split.train_branches == 0], minlength=split.num_items
+    )
+    keys = splits_lib.train_target_keys(split)
     seen_users = keys // split.num_items
     row_splits = np.zeros(split.num_users + 1, np.int64)
     np.cumsum(np.bincount(seen_users, minlength=split.num_users), out=row_splits[1:])

@@ -186,13 +186,7 @@ class EvalCases:
             num_negatives=config.sampled_negatives,
             seed=config.seed + (1 if which == "valid" else 0),
         )
-        target = split.train_branches == 0
-        exclude = np.unique(
-            splits_lib.pair_keys(
-                split.train_users[target], split.train_items[target], split.num_items
-            )
-        )
-        return cls(users, items, candidates, exclude, split.num_items)
+        return cls(users, items, candidates, splits_lib.train_target_keys(split), split.num_items)
 
 
 def evaluate(

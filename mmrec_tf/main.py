@@ -520,7 +520,7 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
 def _restore_for_evaluation(ranker: models.Ranker, model_dir: str) -> None:
     """Loads the best validation weights, else the latest checkpoint."""
     best = os.path.join(model_dir, "best", "weights")
-    if tf.train.latest_checkpoint(os.path.dirname(best)) or os.path.exists(best + ".index"):
+    if os.path.exists(best + ".index"):
         ranker.scorer.load_weights(best).expect_partial()
         return
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))

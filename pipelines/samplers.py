@@ -83,7 +83,7 @@ class TrainingIndex:
 
     def gates(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[..., num_behaviors] float32 gate masks of (user, item) pairs."""
-        query = users.astype(np.int64) * self.num_items + items
+        query = splits_lib.pair_keys(users, items, self.num_items)
         pos = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
         bits = np.where(self.keys[pos] == query, self.bits[pos], 0)
         shifts = np.arange(self.num_behaviors, dtype=np.uint32)

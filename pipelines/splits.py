@@ -62,6 +62,14 @@ def pair_keys(users: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarra
     return users.astype(np.int64) * num_items + items.astype(np.int64)
 
 
+def train_target_keys(split: Split) -> np.ndarray:
+    """Sorted unique pair keys of the training target interactions (the users' purchases)."""
+    target = split.train_branches == 0
+    return np.unique(
+        pair_keys(split.train_users[target], split.train_items[target], split.num_items)
+    )
+
+
 def _latest_per_user(
     keys: np.ndarray, stamps: np.ndarray, num_items: int, rng, *, min_pairs: int
 ) -> np.ndarray:
