@@ -43,9 +43,11 @@ class LazyAdam(tf_keras.optimizers.Adam):
         v_rows = beta_2 * tf.gather(v, rows) + (1 - beta_2) * tf.square(values)
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
-        variable.scatter_sub(
-            tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows)
-        )
+        # Gather-subtract-assign: the same arithmetic as `scatter_sub`, whose
+        # CPU kernel measured several times slower than a gather plus an
+        # assigning scatter (benchmarks/results/profile_training.md).
+        step_rows = alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon)
+        variable.scatter_update(tf.IndexedSlices(tf.gather(variable, rows) - step_rows, rows))
 
 
 def build_optimizer(config: config_lib.TrainConfig) -> tf_keras.optimizers.Optimizer:

@@ -1,8 +1,10 @@
 """tf.data training input: sampled examples streamed epoch after epoch.
 
-Each epoch's examples are drawn by `samplers.sample_epoch` inside the
-pipeline (through `tf.numpy_function`), seeded by (seed, epoch), so negatives
-are fresh every epoch and a run resumed at epoch e draws what an
+Each epoch's positives are ordered by `samplers.epoch_positives` and their
+negatives drawn chunk by chunk by `samplers.draw_examples` inside the
+pipeline (through `tf.numpy_function`), seeded by (seed, epoch, shard,
+chunk): negatives are fresh every epoch, the next chunk is drawn while the
+model trains on the current one, and a run resumed at epoch e draws what an
 uninterrupted run would.
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from mmrec_tf import config as config_lib
@@ -63,28 +64,61 @@ def training_dataset(
     steps = steps_per_epoch(index, config)
     t = index.num_behaviors
     n = config.num_negatives
+    # Whole batches per chunk, so every chunk but an epoch's last is full.
+    chunk_batches = max(1, samplers.CHUNK_EXAMPLES // batch_size)
+    chunk_size = chunk_batches * batch_size
 
-    def draw(epoch):
-        examples = samplers.sample_epoch(
+    def order(epoch):
+        positives = samplers.epoch_positives(
             index,
-            num_negatives=n,
-            supportive_ratio=config.supportive_negative_ratio,
             seed=config.seed,
             epoch=int(epoch),
             supportive_positive_weight=config.supportive_positive_weight,
+        )[shard::num_shards]
+        return positives.users, positives.items, positives.weights, positives.is_target
+
+    def draw(epoch, chunk, users, items, weights, is_target):
+        examples = samplers.draw_examples(
+            index,
+            samplers.EpochPositives(users, items, weights, is_target),
+            num_negatives=n,
+            supportive_ratio=config.supportive_negative_ratio,
+            rng=samplers.chunk_rng(config.seed, int(epoch), shard, int(chunk)),
         )
-        return tuple(np.ascontiguousarray(examples[f][shard::num_shards]) for f in _FIELDS)
+        return tuple(examples[f] for f in _FIELDS)
 
     shapes = ([None], [None], [None, t], [None], [None, n], [None, n, t])
 
     def one_epoch(epoch):
-        arrays = tf.numpy_function(draw, [epoch], _DTYPES, stateful=False)
-        tensors = {}
-        for name, array, shape in zip(_FIELDS, arrays, shapes):
-            array.set_shape(shape)
-            tensors[name] = array
-        epoch_ds = tf.data.Dataset.from_tensor_slices(tensors).batch(batch_size)
-        return epoch_ds.repeat().take(steps)
+        positives = tf.numpy_function(
+            order, [epoch], (tf.int32, tf.int32, tf.float32, tf.bool), stateful=False
+        )
+        count = tf.shape(positives[0], out_type=tf.int64)[0]
+        chunks = tf.maximum((count + chunk_size - 1) // chunk_size, 1)
+
+        def one_chunk(chunk):
+            start = chunk * chunk_size
+            window = [p[start : start + chunk_size] for p in positives]
+            arrays = tf.numpy_function(draw, [epoch, chunk, *window], _DTYPES, stateful=False)
+            tensors = {}
+            for name, array, shape in zip(_FIELDS, arrays, shapes):
+                array.set_shape(shape)
+                tensors[name] = array
+            return tensors
+
+        def batches_of(tensors):
+            # Batches are slices of the chunk's arrays: slicing costs a
+            # fraction of unbatching into examples and batching again.
+            size = tf.shape(tensors[schema.USER], out_type=tf.int64)[0]
+            num = (size + batch_size - 1) // batch_size
+            return tf.data.Dataset.range(num).map(
+                lambda b: {k: v[b * batch_size : (b + 1) * batch_size] for k, v in tensors.items()}
+            )
+
+        # The next chunk is drawn while the model trains on this one. A shard
+        # with fewer batches than `steps` starts over to fill the epoch.
+        chunk_ds = tf.data.Dataset.range(chunks).map(one_chunk).prefetch(1)
+        return chunk_ds.flat_map(batches_of).repeat().take(steps)
 
     dataset = tf.data.Dataset.range(start_epoch, config.epochs).flat_map(one_epoch)
     return dataset.prefetch(tf.data.AUTOTUNE)

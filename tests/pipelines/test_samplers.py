@@ -169,3 +169,16 @@ def test_supportive_positives_are_weighted_and_take_uniform_negatives():
     # negatives of supportive positives are uniform (never touched)
     neg_keys = mixed[schema.USER][extra, None].astype(np.int64) * 40 + mixed[schema.NEG_ITEM][extra]
     assert not set(neg_keys.ravel().tolist()) & touched
+
+
+def test_find_in_rows_agrees_with_a_search_over_every_key():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        num_users, num_items = int(rng.integers(1, 12)), int(rng.integers(1, 25))
+        keys = np.unique(rng.integers(0, num_users * num_items, rng.integers(0, 80)))
+        offsets = samplers.row_offsets(keys, num_users, num_items)
+        users = rng.integers(0, num_users, (6, 4))
+        query = users * num_items + rng.integers(0, num_items, (6, 4))
+        position, found = samplers.find_in_rows(keys, offsets, users, query)
+        np.testing.assert_array_equal(found, samplers.contains(keys, query))
+        np.testing.assert_array_equal(keys[position[found]], query[found])
