@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 
@@ -219,6 +220,11 @@ def main():
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--label", default="", help="A name for this run in the output.")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "profile_training"))
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="A results .json of an earlier code version, for a before/after table.",
+    )
     args = parser.parse_args()
 
     _, split = loading.load(synthetic_catalog(), work_dir=args.cache_dir)
@@ -226,6 +232,7 @@ def main():
     print(f"{split.num_users} users, {split.num_items} items, {len(index.pos_users)} positives")
     results = {
         "label": args.label,
+        "command": " ".join(["python benchmarks/profile_training.py", *sys.argv[1:]]),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -275,10 +282,14 @@ def main():
         )
     shutil.rmtree(trace_dir, ignore_errors=True)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    write(results, args.out)
+    before = None
+    if args.compare:
+        with open(args.compare) as f:
+            before = json.load(f)
+    write(results, args.out, before)
 
 
-def write(results: dict, out: str) -> None:
+def write(results: dict, out: str, before: dict | None = None) -> None:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".json", "w") as f:
         json.dump(results, f, indent=2)
@@ -286,7 +297,7 @@ def write(results: dict, out: str) -> None:
     lines = [
         "# Training profile on the 630k-item catalog",
         "",
-        "Command: `python benchmarks/profile_training.py`",
+        f"Command: `{results['command']}`",
         "",
         f"Machine: {results['machine']}. Model: {results['model']}, batch "
         f"{results['batch_size']}, {results['num_items']} items. Examples/s; an example is one "
@@ -305,12 +316,40 @@ def write(results: dict, out: str) -> None:
             f"| {name} | {row['fit']:.0f} | {ratio} | {row['step_alone']:.0f} | "
             f"{row['pipeline_alone']:.0f} |"
         )
-    trace = results["variants"].get("baseline", {}).get("trace")
-    if trace:
+    if before:
         lines += [
             "",
-            "TensorFlow profiler, baseline, one timed epoch: self time per op type (summed "
-            "over host threads, ms)",
+            f"Before/after: `{before['label']}` against `{results['label']}`, same command "
+            "and machine, run one after the other (examples/s).",
+            "",
+            "| variant | measure | before | after | after/before |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in results["variants"].items():
+            old = before["variants"].get(name)
+            if not old:
+                continue
+            for key, label in (
+                ("fit", "fit, pipeline included"),
+                ("step_alone", "training step alone"),
+                ("pipeline_alone", "input pipeline alone"),
+            ):
+                lines.append(
+                    f"| {name} | {label} | {old[key]:.0f} | {row[key]:.0f} | "
+                    f"{row[key] / old[key]:.2f}x |"
+                )
+        old_s = before["sampler_alone_examples_per_second"]
+        new_s = results["sampler_alone_examples_per_second"]
+        lines.append(f"| - | sampler alone | {old_s:.0f} | {new_s:.0f} | {new_s / old_s:.2f}x |")
+    for label, res in (("before", before), ("after", results)):
+        trace = res and res["variants"].get("baseline", {}).get("trace")
+        if not trace:
+            continue
+        lines += [
+            "",
+            f"TensorFlow profiler, {label} ({res['label']}), baseline, one timed epoch: self "
+            "time per op type (summed over host threads, ms; `Run` is a thread waiting on a "
+            "function's ops)",
             "",
             "| op | ms |",
             "|---|---|",
