@@ -13,7 +13,7 @@ from typing import Any
 
 DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
 BAD_RECORD_POLICIES = ("error", "skip")
-MODELS = ("mmf", "ncf", "gmf", "mlp")
+MODELS = ("mmf", "ncf", "gmf", "mlp", "als")
 GATINGS = ("gradient", "gradient_aux", "none")
 LOSSES = ("bpr", "logloss")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
@@ -148,7 +148,10 @@ class ModelConfig:
 
     Attributes:
       model: `mmf` (the multi-feedback model), `ncf` (NeuMF on the target
-        behavior only), `gmf` (MF part only) or `mlp` (target MLP only).
+        behavior only), `gmf` (MF part only; with the BPR loss on the target
+        behavior, BPR-MF), `mlp` (target MLP only) or `als` (weighted ALS,
+        `mmrec_tf.als`: WMF on the target behavior, or the multi-behavior
+        confidence matrix with `als_supportive_weight` > 0).
       mf_dim: size of the MF user and item factors.
       mlp_dim: size of each branch's user and item embeddings.
       mlp_layers: ReLU layers per branch; layer k of L has
@@ -163,6 +166,10 @@ class ModelConfig:
       history_length: when > 0, each part's user vector adds the mean
         embedding of up to this many of the user's training items of its
         behavior (the MF part: the target's); 0 is the paper's model.
+      als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
+      als_l2: ALS ridge penalty.
+      als_supportive_weight: what each supportive behavior adds to r (0: WMF).
+      als_iterations: ALS sweeps.
     """
 
     model: str = "mmf"
@@ -175,6 +182,10 @@ class ModelConfig:
     init_stddev: float = 0.01
     l2: float = 0.0
     history_length: int = 0
+    als_alpha: float = 10.0
+    als_l2: float = 0.1
+    als_supportive_weight: float = 0.0
+    als_iterations: int = 15
 
     def __post_init__(self):
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
@@ -187,6 +198,15 @@ class ModelConfig:
         _check(self.branch_loss_weight >= 0, "branch_loss_weight", self.branch_loss_weight, ">= 0")
         _check(self.init_stddev > 0, "init_stddev", self.init_stddev, "> 0")
         _check(self.l2 >= 0, "l2", self.l2, ">= 0")
+        _check(self.als_alpha >= 0, "als_alpha", self.als_alpha, ">= 0")
+        _check(self.als_l2 >= 0, "als_l2", self.als_l2, ">= 0")
+        _check(
+            self.als_supportive_weight >= 0,
+            "als_supportive_weight",
+            self.als_supportive_weight,
+            ">= 0",
+        )
+        _check(self.als_iterations >= 1, "als_iterations", self.als_iterations, ">= 1")
 
 
 @dataclasses.dataclass(frozen=True)

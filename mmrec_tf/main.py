@@ -10,6 +10,7 @@ test metrics of both protocols, TFRS retrieval metrics, training summary).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
@@ -131,6 +133,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_float("init_stddev", d_model.init_stddev, "Stddev of N(0, s) init.", **f)
     flags.DEFINE_float("l2", d_model.l2, "L2 on looked-up embedding rows.", **f)
+    flags.DEFINE_float("als_alpha", d_model.als_alpha, "ALS confidence slope (--model=als).", **f)
+    flags.DEFINE_float("als_l2", d_model.als_l2, "ALS ridge penalty (--model=als).", **f)
+    flags.DEFINE_float(
+        "als_supportive_weight",
+        d_model.als_supportive_weight,
+        "What each supportive behavior adds to the ALS confidence (0: WMF on the target).",
+        **f,
+    )
+    flags.DEFINE_integer("als_iterations", d_model.als_iterations, "ALS sweeps.", **f)
     # Training.
     flags.DEFINE_integer("epochs", d_train.epochs, "Maximum epochs.", **f)
     flags.DEFINE_integer("batch_size", d_train.batch_size, "Global batch size.", **f)
@@ -216,6 +227,28 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("eval_seed", d_eval.seed, "Seed of the sampled protocol.", **f)
 
 
+def define_runner_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """The flags of `python -m mmrec_tf.experiments` (the experiment runner)."""
+    f = {"flag_values": fv}
+    flags.DEFINE_list(
+        "suite",
+        ["table4"],
+        "Suites to run: table4, table2, table3, figure3, ablations (smoke: the runner's own test).",
+        **f,
+    )
+    flags.DEFINE_string("dataset", "taobao_cml", "A flagfile name under mmrec_tf/configs.", **f)
+    flags.DEFINE_string(
+        "data_dir", "../shared/data", "Folder holding <dataset>/interactions.tsv.gz.", **f
+    )
+    flags.DEFINE_string("runs_dir", "runs/experiments", "Where each run's folder goes.", **f)
+    flags.DEFINE_string("out_dir", "benchmarks/results", "Where <dataset>/<suite>.md goes.", **f)
+    flags.DEFINE_integer("seeds", 3, "Seeds per reported setting.", **f)
+    flags.DEFINE_boolean("tune", True, "Tune grids on validation (else take the first point).", **f)
+    flags.DEFINE_multi_string(
+        "extra_flags", [], "A flag added to every run, e.g. --extra_flags=--epochs=5.", **f
+    )
+
+
 def _pairs(values: list[str]) -> tuple[tuple[str, str], ...]:
     result = []
     for value in values:
@@ -258,6 +291,10 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         init_stddev=fv.init_stddev,
         history_length=fv.history_length,
         l2=fv.l2,
+        als_alpha=fv.als_alpha,
+        als_l2=fv.als_l2,
+        als_supportive_weight=fv.als_supportive_weight,
+        als_iterations=fv.als_iterations,
     )
     train = config_lib.TrainConfig(
         epochs=fv.epochs,
@@ -383,6 +420,8 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
 
     if config.mode == "evaluate_export":
         return _evaluate_export(config, data, split, name)
+    if config.model.model == "als":
+        return _run_als(config, split, name, model_dir, load_seconds)
     with strategy.scope():
         ranker = models.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
@@ -483,6 +522,51 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
     # An export alone leaves the training run's results.json as it was.
     name = "results.json" if config.mode not in ("export", "evaluate_export") else "export.json"
     _write_json(os.path.join(model_dir, name), results)
+    return results
+
+
+def _run_als(config, split, name: str, model_dir: str, load_seconds: float) -> dict:
+    """--model=als: weighted ALS in the same split and evaluation."""
+    if config.mode != "train_and_evaluate" or config.export.export_dir:
+        raise ValueError(
+            f"--model=als runs with --mode=train_and_evaluate and no --export_dir (got "
+            f"--mode={config.mode}, --export_dir={config.export.export_dir!r}): it fits and "
+            "evaluates in one go; export is for the neural models."
+        )
+    m = config.model
+    als_config = als.ALSConfig(
+        factors=m.mf_dim,
+        l2=m.als_l2,
+        alpha=m.als_alpha,
+        supportive_weight=m.als_supportive_weight,
+        iterations=m.als_iterations,
+        seed=config.train.seed,
+    )
+    user_factors, item_factors, seconds = als.fit(
+        split, als_config, verbose=config.train.verbose > 0
+    )
+    score = als.FactorScorer(user_factors, item_factors)
+    results = {
+        "dataset": name or dataset_name(config),
+        "model": "als",
+        "seed": config.train.seed,
+        "behaviors": list(split.behaviors.behaviors),
+        "num_users": split.num_users,
+        "num_items": split.num_items,
+        "split": split.info,
+        "seconds": {"load": round(load_seconds, 2), "train": round(seconds, 2)},
+        "train": {"als": dataclasses.asdict(als_config)},
+    }
+    started = time.perf_counter()
+    results["test"] = evaluate.evaluate(
+        score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval
+    )
+    if len(split.valid_users):
+        valid_cases = evaluate.EvalCases.build(split, "valid", config.eval)
+        results["validation"] = evaluate.evaluate(score, valid_cases, config=config.eval)
+    results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
+    _print_metrics(results)
+    _write_json(os.path.join(model_dir, "results.json"), results)
     return results
 
 

@@ -1,0 +1,480 @@
+"""Experiment runner: the paper's tables, figure and ablations as named suites.
+
+    python -m mmrec_tf.experiments --suite=table4 --dataset=taobao_cml \\
+        --data_dir=../shared/data --seeds=3
+
+A suite is a list of arms (a method or a setting, as overrides of the
+dataset's flagfile) run for several seeds. Each run is `python -m
+mmrec_tf.main` in its own process and folder under `--runs_dir`; a run whose
+results.json exists is not run again, so an interrupted suite resumes where it
+stopped. Arms with a tuning grid (table4) first run every grid point with
+seed 0 and pick, on the validation cases only, the best point for each
+protocol (validation sampled HR@10 for the sampled table, validation full
+HR@10 for the full-ranking one); the other seeds then run the chosen points.
+Every method gets a grid of the same size. Test metrics are reported as the
+mean over seeds with the standard error across seeds and the cases per run,
+in `<out_dir>/<dataset>/<suite>.md` and `.json`, with PNG plots when
+matplotlib is installed (the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(HERE, "configs")
+
+# The paper's Table 4 (Taobao, sampled protocol): HR@10, NDCG@10.
+PAPER = {
+    "BPR": (0.2296, 0.1505),
+    "WMF": (0.2315, 0.1485),
+    "MFPR": (0.2426, 0.1568),
+    "NCF": (0.2500, 0.1670),
+    "MMF, paper training": (0.2795, 0.1673),
+}
+
+# The neural baselines see the target behavior's pairs only: no supportive
+# positives, uniform negatives, no histories.
+_TARGET_ONLY = {
+    "supportive_negative_ratio": 0,
+    "supportive_positive_weight": 0,
+    "history_length": 0,
+}
+_NEURAL_GRID = [{"mf_dim": d, "mlp_dim": d} for d in (8, 16, 32)]
+_ALS_GRID = [
+    {"mf_dim": 32, "als_l2": 1.0, "als_alpha": 10.0},
+    {"mf_dim": 64, "als_l2": 1.0, "als_alpha": 10.0},
+    {"mf_dim": 64, "als_l2": 10.0, "als_alpha": 40.0},
+]
+# The paper's best setting: 4 factors, 3 negatives, 2 layers, its sampler.
+_PAPER_MMF = {
+    "model": "mmf",
+    "mf_dim": 4,
+    "mlp_dim": 4,
+    "mlp_layers": 2,
+    "num_negatives": 3,
+    "supportive_negative_ratio": 1,
+    "supportive_positive_weight": 0,
+    "history_length": 0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One row of a suite: fixed overrides, and an optional tuning grid."""
+
+    label: str
+    overrides: dict
+    grid: tuple = ()
+
+
+def _suite_table4(behaviors: tuple[str, ...]) -> list[Arm]:
+    del behaviors
+    mmf_grid = [
+        {"mf_dim": d, "mlp_dim": d, "supportive_positive_weight": w}
+        for d, w in ((16, 0.5), (32, 0.5), (16, 1.0))
+    ]
+    return [
+        Arm("WMF", {"model": "als", "als_supportive_weight": 0}, tuple(_ALS_GRID)),
+        Arm(
+            "ALS multi-behavior",
+            {"model": "als"},
+            tuple({**g, "als_supportive_weight": w} for g, w in zip(_ALS_GRID, (0.5, 0.5, 0.25))),
+        ),
+        Arm("BPR", {"model": "gmf", "loss": "bpr", **_TARGET_ONLY}, tuple(_NEURAL_GRID)),
+        Arm(
+            "MFPR",
+            {
+                "model": "gmf",
+                "supportive_negative_ratio": 0.5,
+                "supportive_positive_weight": 0.5,
+                "history_length": 0,
+            },
+            tuple(_NEURAL_GRID),
+        ),
+        Arm("NCF", {"model": "ncf", **_TARGET_ONLY}, tuple(_NEURAL_GRID)),
+        Arm("MMF, paper training", dict(_PAPER_MMF), tuple(_NEURAL_GRID)),
+        Arm("MMF, tuned (flagfile)", {"model": "mmf"}, tuple(mmf_grid)),
+    ]
+
+
+def _suite_table2(behaviors):
+    del behaviors
+    return [
+        Arm(f"factors {d}", {**_PAPER_MMF, "mf_dim": d, "mlp_dim": d}) for d in (2, 4, 8, 16, 32)
+    ]
+
+
+def _suite_table3(behaviors):
+    del behaviors
+    return [
+        Arm(f"ng-{n}, factors {d}", {**_PAPER_MMF, "mf_dim": d, "mlp_dim": d, "num_negatives": n})
+        for d in (4, 8, 16)
+        for n in (1, 2, 3, 4)
+    ]
+
+
+def _suite_figure3(behaviors):
+    del behaviors
+    # Early stopping off: every run trains its whole epoch budget.
+    return [
+        Arm(f"{k} hidden layers", {**_PAPER_MMF, "mlp_layers": k, "early_stopping_patience": 0})
+        for k in (0, 1, 2, 3)
+    ]
+
+
+def _suite_ablations(behaviors):
+    support = behaviors[1:]
+    arms = [
+        Arm(f"gating {g}", {"model": "mmf", "gating": g})
+        for g in ("none", "gradient", "gradient_aux")
+    ]
+    arms += [
+        Arm(f"supportive negative ratio {r}", {"model": "mmf", "supportive_negative_ratio": r})
+        for r in (0, 0.5, 1)
+    ]
+    for keep in support:
+        drop = [b for b in support if b != keep]
+        arms.append(
+            Arm(
+                f"supportive: {keep} only",
+                {"model": "mmf", "supportive_behaviors": keep, "ignore_behaviors": ",".join(drop)},
+            )
+        )
+    arms.append(Arm("supportive: " + ", ".join(support), {"model": "mmf"}))
+    arms.append(Arm("no supportive (NCF + histories)", {"model": "ncf"}))
+    return arms
+
+
+def _suite_smoke(behaviors):
+    """Two tiny arms, one tuned: for the runner's own tests."""
+    del behaviors
+    return [
+        Arm(
+            "NCF",
+            {"model": "ncf", **_TARGET_ONLY},
+            ({"mf_dim": 4, "mlp_dim": 4}, {"mf_dim": 8, "mlp_dim": 8}),
+        ),
+        Arm(
+            "ALS multi-behavior",
+            {"model": "als", "als_supportive_weight": 0.5, "als_iterations": 3},
+        ),
+    ]
+
+
+SUITES = {
+    "table4": _suite_table4,
+    "table2": _suite_table2,
+    "table3": _suite_table3,
+    "figure3": _suite_figure3,
+    "ablations": _suite_ablations,
+    "smoke": _suite_smoke,
+}
+# Behaviors of the shared datasets, target first (../shared/data/README.md).
+BEHAVIORS = {
+    "taobao_cml": ("buy", "cart", "fav"),
+    "beibei_ehcf": ("buy", "cart"),
+    "taobao_ehcf": ("buy", "cart"),
+    "tmall_mbcgcn": ("buy", "view", "cart"),
+    "jd_vcgae": ("buy", "pv", "fav"),
+    "quickstart": ("buy", "pv", "cart", "fav"),
+}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+
+
+def _flag_args(overrides: dict) -> list[str]:
+    return [f"--{k}={v}" for k, v in sorted(overrides.items())]
+
+
+class Runner:
+    """Runs (or finds) the runs of a suite on one dataset."""
+
+    def __init__(self, *, dataset: str, data_dir: str, runs_dir: str, extra_flags: list[str]):
+        self.dataset = dataset
+        self.flagfile = os.path.join(CONFIGS, f"{dataset}.flags")
+        if not os.path.exists(self.flagfile):
+            known = sorted(f[:-6] for f in os.listdir(CONFIGS) if f.endswith(".flags"))
+            raise ValueError(f"--dataset={dataset}: no {self.flagfile}; use one of {known}.")
+        self.data_args = []
+        if dataset != "quickstart":
+            path = os.path.join(data_dir, dataset, "interactions.tsv.gz")
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{path} does not exist: pass --data_dir=<folder holding {dataset}/>."
+                )
+            self.data_args = [f"--data_path={path}"]
+        self.runs_dir = os.path.join(runs_dir, dataset)
+        self.extra_flags = list(extra_flags)
+        self.launched = 0
+
+    def run(self, overrides: dict, seed: int) -> dict:
+        """results.json of one run, running it first when it is missing."""
+        name = _slug("_".join(f"{k}-{v}" for k, v in sorted(overrides.items()))) or "defaults"
+        run_dir = os.path.join(self.runs_dir, f"{name}__seed{seed}")
+        results_path = os.path.join(run_dir, "results.json")
+        if not os.path.exists(results_path):
+            os.makedirs(run_dir, exist_ok=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "mmrec_tf.main",
+                f"--flagfile={self.flagfile}",
+                *self.data_args,
+                f"--model_dir={run_dir}",
+                f"--dataset_name={self.dataset}",
+                f"--seed={seed}",
+                "--verbose=0",
+                *_flag_args(overrides),
+                *self.extra_flags,
+            ]
+            started = time.perf_counter()
+            print(f"run {os.path.basename(run_dir)} ...", flush=True)
+            with open(os.path.join(run_dir, "log.txt"), "w") as log:
+                log.write(" ".join(cmd) + "\n")
+                log.flush()
+                code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self.launched += 1
+            if code != 0 or not os.path.exists(results_path):
+                raise RuntimeError(
+                    f"run failed (exit {code}); see {os.path.join(run_dir, 'log.txt')}. Fix "
+                    "it and start the suite again: finished runs are kept."
+                )
+            print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+        with open(results_path) as f:
+            results = json.load(f)
+        history = os.path.join(run_dir, "history.json")
+        if os.path.exists(history):
+            with open(history) as f:
+                results["history"] = json.load(f)
+        # Reports name runs relative to the runs folder, not by machine path.
+        results["run_dir"] = os.path.relpath(run_dir, os.path.dirname(self.runs_dir))
+        return results
+
+
+def _validation_score(results: dict, protocol: str) -> float:
+    metrics = results.get("validation", {}).get(protocol)
+    if metrics is None:
+        raise ValueError(
+            f"run {results['run_dir']}: no validation {protocol} metrics to tune on; the data needs "
+            "validation cases (--validation)."
+        )
+    return metrics["HR@10"]
+
+
+def _summary(runs: list[dict], protocol: str) -> dict:
+    out = {"seeds": [r["seed"] for r in runs], "cases": runs[0]["test"][protocol]["cases"]}
+    for metric in ("HR@10", "NDCG@10"):
+        values = [r["test"][protocol][metric] for r in runs]
+        mean = sum(values) / len(values)
+        se = (
+            math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+            if len(values) > 1
+            else float("nan")
+        )
+        out[metric] = mean
+        out[f"{metric}_se"] = se
+    return out
+
+
+def run_suite(
+    suite: str,
+    runner: Runner,
+    *,
+    seeds: int,
+    tune: bool = True,
+    behaviors=None,
+    on_arm=None,
+) -> dict:
+    """Runs a suite and returns its report (every figure from the runs' results.json).
+
+    `on_arm(report)` is called after each arm, so a long suite's finished
+    arms are reported before the rest have run.
+    """
+    arms = SUITES[suite](behaviors or BEHAVIORS.get(runner.dataset, ("buy",)))
+    report = {"suite": suite, "dataset": runner.dataset, "seeds": seeds, "arms": []}
+    for arm in arms:
+        entry = {"label": arm.label, "overrides": arm.overrides}
+        chosen = {"sampled": {}, "full": {}}
+        if arm.grid and tune:
+            tuning = []
+            for point in arm.grid:
+                results = runner.run({**arm.overrides, **point}, 0)
+                tuning.append(
+                    {
+                        "point": point,
+                        "validation_sampled_hr10": _validation_score(results, "sampled"),
+                        "validation_full_hr10": _validation_score(results, "full"),
+                    }
+                )
+            entry["tuning"] = tuning
+            for protocol in chosen:
+                best = max(tuning, key=lambda t: t[f"validation_{protocol}_hr10"])
+                chosen[protocol] = best["point"]
+        elif arm.grid:
+            chosen = {"sampled": arm.grid[0], "full": arm.grid[0]}
+        for protocol, point in chosen.items():
+            runs = [runner.run({**arm.overrides, **point}, s) for s in range(seeds)]
+            entry[protocol] = {"chosen": point, **_summary(runs, protocol)}
+            entry[f"{protocol}_run_dirs"] = [r["run_dir"] for r in runs]
+            if protocol == "sampled" and runs[0].get("history"):
+                entry["history"] = [r.get("history") for r in runs]
+        entry["paper"] = PAPER.get(arm.label) if runner.dataset.startswith("taobao") else None
+        report["arms"].append(entry)
+        if on_arm is not None:
+            on_arm(report)
+    return report
+
+
+def _fmt(summary: dict, metric: str) -> str:
+    se = summary[f"{metric}_se"]
+    return f"{summary[metric]:.4f} ± {se:.4f}" if not math.isnan(se) else f"{summary[metric]:.4f}"
+
+
+def write_report(report: dict, out_dir: str, command: str) -> list[str]:
+    """Markdown, JSON and (with matplotlib) PNG files; returns the paths written."""
+    folder = os.path.join(out_dir, report["dataset"])
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.join(folder, report["suite"])
+    with open(base + ".json", "w") as f:
+        json.dump({**report, "command": command}, f, indent=1)
+    lines = [
+        f"# {report['suite']} on {report['dataset']}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Test metrics, mean over {report['seeds']} seeds ± standard error across seeds; "
+        "cases per run. Sampled: 1 held-out + 99 sampled negatives; full: whole catalog, "
+        "training target items excluded (PROTOCOL.md). Each protocol's column uses the "
+        "setting chosen on validation for that protocol.",
+        "",
+        "| method | sampled HR@10 | sampled NDCG@10 | full HR@10 | full NDCG@10 | cases "
+        "(sampled / full) | paper HR@10 / NDCG@10 | chosen (sampled / full) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in report["arms"]:
+        s, f = arm["sampled"], arm["full"]
+        paper = f"{arm['paper'][0]:.4f} / {arm['paper'][1]:.4f}" if arm.get("paper") else ""
+        chosen = " / ".join(" ".join(_flag_args(x["chosen"])) or "-" for x in (s, f))
+        lines.append(
+            f"| {arm['label']} | {_fmt(s, 'HR@10')} | {_fmt(s, 'NDCG@10')} | "
+            f"{_fmt(f, 'HR@10')} | {_fmt(f, 'NDCG@10')} | {s['cases']} / {f['cases']} | "
+            f"{paper} | {chosen} |"
+        )
+    tuned = [a for a in report["arms"] if a.get("tuning")]
+    if tuned:
+        lines += [
+            "",
+            "Tuning (seed 0, validation cases only): validation HR@10 per grid point.",
+            "",
+            "| method | point | validation sampled HR@10 | validation full HR@10 |",
+            "|---|---|---|---|",
+        ]
+        for arm in tuned:
+            for t in arm["tuning"]:
+                lines.append(
+                    f"| {arm['label']} | {' '.join(_flag_args(t['point']))} | "
+                    f"{t['validation_sampled_hr10']:.4f} | {t['validation_full_hr10']:.4f} |"
+                )
+    written = [base + ".md", base + ".json"]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        lines += ["", "(No plot: matplotlib is not installed; `pip install -e .[bench]`.)"]
+    else:
+        png = base + ".png"
+        if report["suite"] == "figure3":
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+            for arm in report["arms"]:
+                history = (arm.get("history") or [None])[0] or []
+                history = [h for h in history if "val_HR@10" in h]
+                for ax, metric in zip(axes, ("HR@10", "NDCG@10")):
+                    ax.plot(
+                        [h["epoch"] for h in history],
+                        [h[f"val_{metric}"] for h in history],
+                        marker="o",
+                        label=arm["label"],
+                    )
+                    ax.set_xlabel("epoch")
+                    ax.set_ylabel(f"validation {metric} (sampled)")
+            axes[0].legend(fontsize=8)
+        else:
+            fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(report["arms"])), 3.8))
+            labels = [a["label"] for a in report["arms"]]
+            x = range(len(labels))
+            for offset, protocol in ((-0.2, "sampled"), (0.2, "full")):
+                values = [a[protocol]["HR@10"] for a in report["arms"]]
+                errors = [
+                    0 if math.isnan(a[protocol]["HR@10_se"]) else a[protocol]["HR@10_se"]
+                    for a in report["arms"]
+                ]
+                ax.bar([i + offset for i in x], values, 0.4, yerr=errors, label=f"{protocol} HR@10")
+            ax.set_xticks(list(x))
+            ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+            ax.set_ylabel("test HR@10")
+            ax.legend(fontsize=8)
+        ax_title = f"{report['suite']} on {report['dataset']} ({report['seeds']} seeds)"
+        fig.suptitle(ax_title, fontsize=10)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        lines += ["", f"![{ax_title}]({os.path.basename(png)})"]
+        written.append(png)
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return written
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    fv = flags.FLAGS
+    runner = Runner(
+        dataset=fv.dataset,
+        data_dir=fv.data_dir,
+        runs_dir=fv.runs_dir,
+        extra_flags=fv.extra_flags,
+    )
+    command = (
+        f"python -m mmrec_tf.experiments --suite={','.join(fv.suite)} --dataset={fv.dataset} "
+        f"--seeds={fv.seeds}" + ("" if fv.tune else " --notune")
+    )
+    command += "".join(f" --extra_flags={x}" for x in fv.extra_flags)
+    for suite in fv.suite:
+        if suite not in SUITES:
+            raise app.UsageError(f"--suite={suite} is unknown: use some of {sorted(SUITES)}.")
+    for suite in fv.suite:
+        run_suite(
+            suite,
+            runner,
+            seeds=fv.seeds,
+            tune=fv.tune,
+            on_arm=lambda report: print(
+                "wrote " + ", ".join(write_report(report, fv.out_dir, command))
+            ),
+        )
+
+
+def run():
+    from mmrec_tf import main as main_lib
+
+    main_lib.define_runner_flags(flags.FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,104 @@
+"""Weighted ALS: exact solves, the confidence matrix, a decreasing objective."""
+
+import numpy as np
+import pytest
+
+from mmrec_tf import als
+from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import splits
+
+
+def _split(num_users=9, num_items=11, seed=0):
+    rng = np.random.default_rng(seed)
+    n = 60
+    users = rng.integers(0, num_users, n).astype(np.int32)
+    items = rng.integers(0, num_items, n).astype(np.int32)
+    branches = rng.integers(0, 3, n).astype(np.int8)
+    users[0] = 0  # user 0 has a target pair
+    branches[0] = 0
+    empty = np.zeros(0, np.int32)
+    return splits.Split(
+        train_users=users,
+        train_items=items,
+        train_branches=branches,
+        valid_users=empty,
+        valid_items=empty,
+        test_users=empty,
+        test_items=empty,
+        all_pair_keys=np.unique(splits.pair_keys(users, items, num_items)),
+        num_users=num_users,
+        num_items=num_items,
+        behaviors=schema.BehaviorSchema("buy", ("cart", "fav")),
+        info={},
+    )
+
+
+def _dense_strength(split, weight):
+    r = np.zeros((split.num_users, split.num_items))
+    seen = set()
+    for u, i, b in zip(split.train_users, split.train_items, split.train_branches):
+        if (u, i, b) not in seen:
+            seen.add((u, i, b))
+            r[u, i] += 1.0 if b == 0 else weight
+    return r
+
+
+def test_confidence_matrix_counts_each_behavior_of_a_pair_once():
+    split = _split()
+    users, items, r = als.confidence_matrix(split, 0.25)
+    dense = np.zeros((split.num_users, split.num_items))
+    dense[users, items] = r
+    np.testing.assert_allclose(dense, _dense_strength(split, 0.25))
+    users, items, r = als.confidence_matrix(split, 0.0)
+    assert set(zip(users.tolist(), items.tolist())) == {
+        (u, i)
+        for u, i, b in zip(split.train_users, split.train_items, split.train_branches)
+        if b == 0
+    }
+
+
+@pytest.mark.parametrize("chunk_floats", [1 << 25, 40])
+def test_each_row_is_the_exact_weighted_least_squares_solution(monkeypatch, chunk_floats):
+    monkeypatch.setattr(als, "_CHUNK_FLOATS", chunk_floats)  # 40: many small chunks
+    split = _split()
+    users, items, r = als.confidence_matrix(split, 0.5)
+    conf_values = 1 + 3.0 * r
+    y = np.random.default_rng(1).normal(size=(split.num_items, 4))
+    solved = als._solve(*als._csr(users, items, conf_values, split.num_users), y, 0.7)
+    conf = np.ones((split.num_users, split.num_items))
+    conf[users, items] = conf_values
+    pref = np.zeros_like(conf)
+    pref[users, items] = 1
+    for u in range(split.num_users):
+        lhs = y.T @ (conf[u][:, None] * y) + 0.7 * np.eye(4)
+        expected = np.linalg.solve(lhs, y.T @ (conf[u] * pref[u]))
+        np.testing.assert_allclose(solved[u], expected, rtol=1e-8, atol=1e-10)
+
+
+def test_sweeps_never_increase_the_objective_and_observed_pairs_score_higher():
+    split = _split()
+    users, items, r = als.confidence_matrix(split, 0.5)
+    conf = np.ones((split.num_users, split.num_items))
+    conf[users, items] = 1 + 5.0 * r
+    pref = np.zeros_like(conf)
+    pref[users, items] = 1
+
+    def objective(x, y):
+        return (conf * (pref - x @ y.T) ** 2).sum() + 0.1 * ((x**2).sum() + (y**2).sum())
+
+    losses = []
+    for iterations in (1, 2, 4):
+        config = als.ALSConfig(factors=3, l2=0.1, alpha=5.0, supportive_weight=0.5)
+        config = als.ALSConfig(**{**config.__dict__, "iterations": iterations})
+        x, y, _ = als.fit(split, config, verbose=False)
+        losses.append(objective(x.astype(np.float64), y.astype(np.float64)))
+    assert losses[0] >= losses[1] - 1e-6 >= losses[2] - 2e-6
+    scorer = als.FactorScorer(x, y)
+    grid = scorer.grid(np.arange(split.num_users), np.arange(split.num_items))
+    np.testing.assert_allclose(scorer(users, items), grid[users, items], rtol=1e-5)
+    assert grid[pref == 1].mean() > grid[pref == 0].mean()
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(ValueError, match="alpha"):
+        als.ALSConfig(alpha=-1)

@@ -1,0 +1,117 @@
+"""The experiment runner: validation-only tuning, seeds, resume, reports."""
+
+import json
+import math
+import os
+
+import pytest
+
+from mmrec_tf import experiments
+
+TINY = [
+    "--synthetic_users=200",
+    "--synthetic_items=150",
+    "--synthetic_records_per_user=20",
+    "--als_iterations=2",
+]
+
+
+class _FakeRunner:
+    """Results by (mf_dim, seed): validation favours 8 (sampled) and 16 (full); test the reverse."""
+
+    dataset = "quickstart"
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, overrides, seed):
+        self.calls.append((dict(overrides), seed))
+        d = overrides.get("mf_dim", 4)
+        valid = {
+            "sampled": {"HR@10": {4: 0.1, 8: 0.5, 16: 0.3}[d]},
+            "full": {"HR@10": {4: 0.1, 8: 0.2, 16: 0.4}[d]},
+        }
+        test = {
+            p: {"HR@10": 1 - valid[p]["HR@10"] + seed / 100, "NDCG@10": 0.1 * seed, "cases": 50}
+            for p in valid
+        }
+        return {"seed": seed, "validation": valid, "test": test, "run_dir": f"r{d}_{seed}"}
+
+
+def test_each_protocol_takes_the_point_best_on_validation_and_reports_its_test_mean(monkeypatch):
+    grid = ({"mf_dim": 4}, {"mf_dim": 8}, {"mf_dim": 16})
+    monkeypatch.setitem(
+        experiments.SUITES, "fake", lambda behaviors: [experiments.Arm("M", {"model": "ncf"}, grid)]
+    )
+    runner = _FakeRunner()
+    report = experiments.run_suite("fake", runner, seeds=3)
+    arm = report["arms"][0]
+    assert arm["sampled"]["chosen"] == {"mf_dim": 8}
+    assert arm["full"]["chosen"] == {"mf_dim": 16}
+    # Tuning used seed 0 only; the chosen points then ran seeds 0-2.
+    assert sorted(s for o, s in runner.calls if o["mf_dim"] == 4) == [0]
+    assert sorted({s for o, s in runner.calls if o["mf_dim"] == 8}) == [0, 1, 2]
+    # Test figures: mean over seeds and the standard error across them.
+    assert arm["sampled"]["HR@10"] == pytest.approx(0.5 + 0.01)
+    assert arm["sampled"]["HR@10_se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert arm["full"]["HR@10"] == pytest.approx(0.6 + 0.01)
+    assert arm["sampled"]["cases"] == 50
+
+
+def test_a_suite_runs_resumes_without_rerunning_and_writes_its_report(tmp_path):
+    runner = experiments.Runner(
+        dataset="quickstart", data_dir="", runs_dir=str(tmp_path / "runs"), extra_flags=TINY
+    )
+    suite = [experiments.Arm("ALS", {"model": "als", "als_supportive_weight": 0.5})]
+    experiments.SUITES["_tiny"] = lambda behaviors: suite
+    try:
+        report = experiments.run_suite("_tiny", runner, seeds=2)
+        assert runner.launched == 2
+        again = experiments.Runner(
+            dataset="quickstart", data_dir="", runs_dir=str(tmp_path / "runs"), extra_flags=TINY
+        )
+        assert experiments.run_suite("_tiny", again, seeds=2) == report
+        assert again.launched == 0
+    finally:
+        del experiments.SUITES["_tiny"]
+    arm = report["arms"][0]
+    for protocol in ("sampled", "full"):
+        assert 0 <= arm[protocol]["HR@10"] <= 1 and arm[protocol]["cases"] > 0
+    written = experiments.write_report(report, str(tmp_path / "out"), "python -m ...")
+    md = (tmp_path / "out" / "quickstart" / "_tiny.md").read_text()
+    assert f"{arm['sampled']['HR@10']:.4f}" in md
+    saved = json.loads((tmp_path / "out" / "quickstart" / "_tiny.json").read_text())
+    assert saved["arms"][0]["sampled"]["HR@10"] == arm["sampled"]["HR@10"]
+    assert not any(os.path.isabs(d) for d in saved["arms"][0]["sampled_run_dirs"])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in md
+    else:
+        assert any(p.endswith(".png") for p in written)
+
+
+def test_a_failed_run_names_its_log_and_unknown_datasets_are_named(tmp_path):
+    runner = experiments.Runner(
+        dataset="quickstart",
+        data_dir="",
+        runs_dir=str(tmp_path),
+        extra_flags=[*TINY, "--mf_dim=0"],
+    )
+    with pytest.raises(RuntimeError, match="log.txt"):
+        runner.run({"model": "als"}, 0)
+    with pytest.raises(ValueError, match="no_such_set"):
+        experiments.Runner(dataset="no_such_set", data_dir="", runs_dir="", extra_flags=[])
+    with pytest.raises(FileNotFoundError, match="--data_dir"):
+        experiments.Runner(
+            dataset="taobao_cml", data_dir=str(tmp_path), runs_dir="", extra_flags=[]
+        )
+
+
+def test_every_suite_builds_its_arms_for_every_dataset():
+    for dataset, behaviors in experiments.BEHAVIORS.items():
+        for name, build in experiments.SUITES.items():
+            arms = build(behaviors)
+            assert arms and len({a.label for a in arms}) == len(arms), (dataset, name)
+    sizes = {len(a.grid) for a in experiments.SUITES["table4"](("buy", "cart")) if a.grid}
+    assert sizes == {3}  # the same tuning budget for every method
