@@ -3,7 +3,7 @@
 BPR on the target behavior, ALS on the target behavior (WMF) and ALS on a
 confidence matrix of all behaviors (each supportive behavior adding a weight
 to the target's 1), each tuned on the validation cases for each protocol over
-the same small grid, then run with 3 seeds. Data, split, candidates and
+the same 4-point grid, then run with 3 seeds. Data, split, candidates and
 metrics are the project's own (`mmrec_tf.pipelines.loading`,
 `mmrec_tf.evaluate`), so the figures sit beside the experiment runner's
 Table 4. Needs the `bench` extra (`pip install -e .[bench]`).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -27,23 +26,32 @@ import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
+from mmrec_tf import experiments
 from mmrec_tf.pipelines import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GRIDS = {
     "BPR on buy (implicit)": [
-        {"factors": f, "learning_rate": 0.01, "regularization": 0.01, "iterations": 100}
-        for f in (32, 64, 128)
+        {"factors": f, "learning_rate": lr, "regularization": reg, "iterations": it}
+        for f, lr, reg, it in (
+            (64, 0.01, 0.01, 100),
+            (64, 0.05, 0.01, 200),
+            (128, 0.05, 0.001, 200),
+            (64, 0.1, 0.01, 300),
+        )
     ],
     "ALS on buy (implicit)": [
-        {"factors": 32, "regularization": 1.0, "alpha": 10.0},
-        {"factors": 64, "regularization": 1.0, "alpha": 10.0},
-        {"factors": 64, "regularization": 10.0, "alpha": 40.0},
+        {"factors": f, "regularization": reg, "alpha": a}
+        for f, reg, a in ((32, 1.0, 10.0), (64, 1.0, 10.0), (64, 10.0, 40.0), (128, 10.0, 40.0))
     ],
     "ALS multi-behavior (implicit)": [
-        {"factors": 64, "regularization": 1.0, "alpha": 10.0, "supportive_weight": 0.5},
-        {"factors": 64, "regularization": 10.0, "alpha": 40.0, "supportive_weight": 0.5},
-        {"factors": 64, "regularization": 10.0, "alpha": 40.0, "supportive_weight": 0.25},
+        {"factors": f, "regularization": reg, "alpha": a, "supportive_weight": w}
+        for f, reg, a, w in (
+            (64, 10.0, 40.0, 0.25),
+            (64, 10.0, 40.0, 1.0),
+            (128, 10.0, 40.0, 0.5),
+            (128, 30.0, 100.0, 0.5),
+        )
     ],
 }
 
@@ -100,15 +108,15 @@ def main():
         for protocol in ("sampled", "full"):
             best = max(tuning, key=lambda t: t[f"validation_{protocol}_hr10"])["point"]
             runs = [
-                evaluate.evaluate(fit(method, best, split, s), test, config=eval_config)[protocol]
+                {
+                    "seed": s,
+                    "test": evaluate.evaluate(
+                        fit(method, best, split, s), test, config=eval_config
+                    ),
+                }
                 for s in range(args.seeds)
             ]
-            summary = {"chosen": best, "cases": runs[0]["cases"]}
-            for metric in ("HR@10", "NDCG@10"):
-                values = np.array([r[metric] for r in runs])
-                summary[metric] = float(values.mean())
-                summary[f"{metric}_se"] = float(values.std(ddof=1) / math.sqrt(len(values)))
-            entry[protocol] = summary
+            entry[protocol] = {"chosen": best, **experiments.summarize(runs, protocol)}
         report["methods"].append(entry)
     folder = os.path.join(args.out_dir, args.dataset)
     os.makedirs(folder, exist_ok=True)
@@ -131,8 +139,9 @@ def main():
     for e in report["methods"]:
         s, f = e["sampled"], e["full"]
         lines.append(
-            f"| {e['method']} | {s['HR@10']:.4f} ± {s['HR@10_se']:.4f} | {s['NDCG@10']:.4f} | "
-            f"{f['HR@10']:.4f} ± {f['HR@10_se']:.4f} | {f['NDCG@10']:.4f} | {s['cases']} | "
+            f"| {e['method']} | {experiments.format_metric(s, 'HR@10')} | "
+            f"{experiments.format_metric(s, 'NDCG@10')} | {experiments.format_metric(f, 'HR@10')} | "
+            f"{experiments.format_metric(f, 'NDCG@10')} | {s['cases']} | "
             f"{s['chosen']} / {f['chosen']} |"
         )
     with open(os.path.join(folder, "implicit_reference.md"), "w") as f:

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
+from train_throughput import EpochTimer
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import config as config_lib
@@ -100,24 +101,12 @@ def _subset(index: samplers.TrainingIndex, examples: int) -> samplers.TrainingIn
     )
 
 
-class _EpochTimer(tf_keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def fit_throughput(split, index, steps: int, overrides: dict, trace_dir: str | None = None):
     """Examples/s of the second (timed) epoch of fit, pipeline included."""
     config = _config(steps, **overrides)
     ranker = _ranker(split, config)
     sub = _subset(index, steps * BATCH)
-    timer = _EpochTimer()
+    timer = EpochTimer()
     callbacks = [timer]
     if trace_dir:
         callbacks.append(_Tracer(trace_dir))
@@ -167,7 +156,7 @@ def step_throughput(split, index, steps: int, overrides: dict) -> float:
     sub = _subset(index, BATCH)
     batch = next(iter(datasets.training_dataset(sub, config.train)))
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    timer = _EpochTimer()
+    timer = EpochTimer()
     ranker.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[timer], verbose=0)
     return steps * BATCH / timer.seconds[1]
 

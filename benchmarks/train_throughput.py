@@ -45,7 +45,7 @@ STEPS = {
 }
 
 
-class _EpochTimer(tf_keras.callbacks.Callback):
+class EpochTimer(tf_keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.seconds = []
@@ -85,7 +85,7 @@ def measure(split, *, batch_size: int, optimizer: str, steps: int, seed: int = 0
     )
     opt = optimizers.build_optimizer(config.train)
     ranker.compile(optimizer=opt)
-    timer = _EpochTimer()
+    timer = EpochTimer()
     actual_steps = datasets.steps_per_epoch(index, config.train)
     ranker.fit(
         datasets.training_dataset(index, config.train),

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from mmrec_tf import config as config_lib
 from mmrec_tf.pipelines import splits as splits_lib
 
 # Bounds the [pairs, factors, factors] outer products of one solve chunk.
@@ -50,15 +51,13 @@ class ALSConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, ok in (
-            ("factors", self.factors >= 1),
-            ("l2", self.l2 >= 0),
-            ("alpha", self.alpha >= 0),
-            ("supportive_weight", self.supportive_weight >= 0),
-            ("iterations", self.iterations >= 1),
-        ):
-            if not ok:
-                raise ValueError(f"ALSConfig.{name}={getattr(self, name)!r} is out of range.")
+        config_lib._check(self.factors >= 1, "factors", self.factors, ">= 1")
+        config_lib._check(self.l2 >= 0, "l2", self.l2, ">= 0")
+        config_lib._check(self.alpha >= 0, "alpha", self.alpha, ">= 0")
+        config_lib._check(
+            self.supportive_weight >= 0, "supportive_weight", self.supportive_weight, ">= 0"
+        )
+        config_lib._check(self.iterations >= 1, "iterations", self.iterations, ">= 1")
 
 
 def confidence_matrix(split: splits_lib.Split, supportive_weight: float):

@@ -42,6 +42,18 @@ PAPER = {
     "MMF, paper training": (0.2795, 0.1673),
 }
 
+# Published full-ranking figures on the shared datasets (their PROVENANCE.md):
+# HR@10, NDCG@10, and how their protocol differs from ours.
+PUBLISHED = {
+    "beibei_ehcf": ("EHCF", 0.1551, 0.0831, "full ranking"),
+    "jd_vcgae": (
+        "VCGAE",
+        0.1947,
+        0.1095,
+        "full ranking with all training items excluded (ours excludes training buys only)",
+    ),
+}
+
 # The neural baselines see the target behavior's pairs only: no supportive
 # positives, uniform negatives, no histories.
 _TARGET_ONLY = {
@@ -273,7 +285,8 @@ def _validation_score(results: dict, protocol: str) -> float:
     return metrics["HR@10"]
 
 
-def _summary(runs: list[dict], protocol: str) -> dict:
+def summarize(runs: list[dict], protocol: str) -> dict:
+    """Mean over seeds and standard error across seeds of runs' test metrics."""
     out = {"seeds": [r["seed"] for r in runs], "cases": runs[0]["test"][protocol]["cases"]}
     for metric in ("HR@10", "NDCG@10"):
         values = [r["test"][protocol][metric] for r in runs]
@@ -326,7 +339,7 @@ def run_suite(
             chosen = {"sampled": arm.grid[0], "full": arm.grid[0]}
         for protocol, point in chosen.items():
             runs = [runner.run({**arm.overrides, **point}, s) for s in range(seeds)]
-            entry[protocol] = {"chosen": point, **_summary(runs, protocol)}
+            entry[protocol] = {"chosen": point, **summarize(runs, protocol)}
             entry[f"{protocol}_run_dirs"] = [r["run_dir"] for r in runs]
             if protocol == "sampled" and runs[0].get("history"):
                 entry["history"] = [r.get("history") for r in runs]
@@ -337,7 +350,7 @@ def run_suite(
     return report
 
 
-def _fmt(summary: dict, metric: str) -> str:
+def format_metric(summary: dict, metric: str) -> str:
     se = summary[f"{metric}_se"]
     return f"{summary[metric]:.4f} ± {se:.4f}" if not math.isnan(se) else f"{summary[metric]:.4f}"
 
@@ -368,10 +381,24 @@ def write_report(report: dict, out_dir: str, command: str) -> list[str]:
         paper = f"{arm['paper'][0]:.4f} / {arm['paper'][1]:.4f}" if arm.get("paper") else ""
         chosen = " / ".join(" ".join(_flag_args(x["chosen"])) or "-" for x in (s, f))
         lines.append(
-            f"| {arm['label']} | {_fmt(s, 'HR@10')} | {_fmt(s, 'NDCG@10')} | "
-            f"{_fmt(f, 'HR@10')} | {_fmt(f, 'NDCG@10')} | {s['cases']} / {f['cases']} | "
+            f"| {arm['label']} | {format_metric(s, 'HR@10')} | {format_metric(s, 'NDCG@10')} | "
+            f"{format_metric(f, 'HR@10')} | {format_metric(f, 'NDCG@10')} | {s['cases']} / {f['cases']} | "
             f"{paper} | {chosen} |"
         )
+    by_label = {a["label"]: a for a in report["arms"]}
+    ours, bar = by_label.get("MMF, tuned (flagfile)"), by_label.get("ALS multi-behavior")
+    if ours and bar:
+        lines += ["", "The multi-feedback model (tuned) against the multi-behavior ALS:", ""]
+        for protocol in ("sampled", "full"):
+            a, b = ours[protocol]["HR@10"], bar[protocol]["HR@10"]
+            lines.append(
+                f"- {protocol}: HR@10 {a:.4f} vs {b:.4f}, {a - b:+.4f} ({a / b:.2f}x)"
+                if b
+                else f"- {protocol}: HR@10 {a:.4f} vs {b:.4f}"
+            )
+    if report["dataset"] in PUBLISHED:
+        name, hr, ndcg, protocol = PUBLISHED[report["dataset"]]
+        lines += ["", f"Published: {name} HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f} ({protocol})."]
     tuned = [a for a in report["arms"] if a.get("tuning")]
     if tuned:
         lines += [
@@ -413,20 +440,26 @@ def write_report(report: dict, out_dir: str, command: str) -> list[str]:
                     ax.set_ylabel(f"validation {metric} (sampled)")
             axes[0].legend(fontsize=8)
         else:
-            fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(report["arms"])), 3.8))
+            width = max(7, 1.2 * len(report["arms"]))
+            fig, axes = plt.subplots(1, 2, figsize=(width, 4))
             labels = [a["label"] for a in report["arms"]]
-            x = range(len(labels))
-            for offset, protocol in ((-0.2, "sampled"), (0.2, "full")):
+            for ax, protocol in zip(axes, ("sampled", "full")):
                 values = [a[protocol]["HR@10"] for a in report["arms"]]
                 errors = [
                     0 if math.isnan(a[protocol]["HR@10_se"]) else a[protocol]["HR@10_se"]
                     for a in report["arms"]
                 ]
-                ax.bar([i + offset for i in x], values, 0.4, yerr=errors, label=f"{protocol} HR@10")
-            ax.set_xticks(list(x))
-            ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
-            ax.set_ylabel("test HR@10")
-            ax.legend(fontsize=8)
+                ax.bar(
+                    range(len(labels)),
+                    values,
+                    0.7,
+                    yerr=errors,
+                    color="C0" if protocol == "sampled" else "C1",
+                )
+                ax.set_xticks(range(len(labels)))
+                ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+                ax.set_title(f"{protocol} protocol", fontsize=9)
+                ax.set_ylabel("test HR@10")
         ax_title = f"{report['suite']} on {report['dataset']} ({report['seeds']} seeds)"
         fig.suptitle(ax_title, fontsize=10)
         fig.tight_layout()
