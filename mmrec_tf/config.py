@@ -166,6 +166,9 @@ class ModelConfig:
       history_length: when > 0, each part's user vector adds the mean
         embedding of up to this many of the user's training items of its
         behavior (the MF part: the target's); 0 is the paper's model.
+      shared_embeddings: every feedback branch looks up one shared pair of
+        user and item embedding tables (an ablation of the paper's
+        per-feedback towers; each branch keeps its own MLP layers).
       als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
@@ -182,6 +185,7 @@ class ModelConfig:
     init_stddev: float = 0.01
     l2: float = 0.0
     history_length: int = 0
+    shared_embeddings: bool = False
     als_alpha: float = 10.0
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0

@@ -163,6 +163,12 @@ def _suite_ablations(behaviors):
             )
         )
     arms.append(Arm("supportive: " + ", ".join(support), {"model": "mmf"}))
+    arms.append(
+        Arm(
+            "one shared embedding pair (not per feedback)",
+            {"model": "mmf", "shared_embeddings": True},
+        )
+    )
     arms.append(Arm("no supportive (NCF + histories)", {"model": "ncf"}))
     return arms
 

@@ -131,6 +131,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "of each part (0: the paper's model).",
         **f,
     )
+    flags.DEFINE_boolean(
+        "shared_embeddings",
+        d_model.shared_embeddings,
+        "One shared pair of embedding tables for every feedback branch (ablation).",
+        **f,
+    )
     flags.DEFINE_float("init_stddev", d_model.init_stddev, "Stddev of N(0, s) init.", **f)
     flags.DEFINE_float("l2", d_model.l2, "L2 on looked-up embedding rows.", **f)
     flags.DEFINE_float("als_alpha", d_model.als_alpha, "ALS confidence slope (--model=als).", **f)
@@ -290,6 +296,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         branch_loss_weight=fv.branch_loss_weight,
         init_stddev=fv.init_stddev,
         history_length=fv.history_length,
+        shared_embeddings=fv.shared_embeddings,
         l2=fv.l2,
         als_alpha=fv.als_alpha,
         als_l2=fv.als_l2,

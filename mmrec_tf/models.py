@@ -77,7 +77,7 @@ def build_model(
                 embedding_dim=config.mf_dim, name="mf", exclude_self=True, **common
             )((user, item))
         )
-    branch_outputs = []
+    branch_outputs, towers = [], []
     for t, name in enumerate(names):
         tower = layers.FeedbackTower(
             embedding_dim=config.mlp_dim,
@@ -86,6 +86,11 @@ def build_model(
             exclude_self=t == 0,
             **common,
         )
+        if config.shared_embeddings and t > 0:
+            # One pair of tables for every branch: the first tower's.
+            tower.user_embedding = towers[0].user_embedding
+            tower.item_embedding = towers[0].item_embedding
+        towers.append(tower)
         x = tower((user, item))
         if t > 0 and config.gating != "none":
             x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))

@@ -140,6 +140,7 @@ def test_functional_scorer_round_trips_through_config():
         {"model": "mlp"},
         {"mlp_layers": 0},
         {"mlp_layers": 3, "history_length": 4},
+        {"shared_embeddings": True},
     ],
 )
 def test_score_grid_equals_pairwise_scores(kwargs):
@@ -181,3 +182,23 @@ def test_history_mean_leaves_out_the_scored_item_for_the_target_only():
     np.testing.assert_allclose(
         cart.user_vector(user, item).numpy()[0], p_cart[0] + (q_cart[3] + q_cart[5]) / 2, rtol=1e-6
     )
+
+
+def test_shared_embeddings_give_every_branch_one_pair_of_tables():
+    shared = _scorer(shared_embeddings=True)
+    towers = [shared.get_layer(f"tower_{b}") for b in BEHAVIORS.behaviors]
+    assert all(t.user_embedding is towers[0].user_embedding for t in towers)
+    assert all(t.item_embedding is towers[0].item_embedding for t in towers)
+    own = _scorer()
+    # Two tables fewer per supportive branch, each counted once.
+    per_pair = (6 + 8) * 4
+    assert own.count_params() - shared.count_params() == 2 * per_pair
+    # The gate still holds a supportive branch's MLP still when its gate is off.
+    tf_keras.utils.set_random_seed(0)
+    ranker = models.Ranker(shared, loss="bpr")
+    ranker.compile(optimizer=optimizers.LazyAdam(learning_rate=0.01))
+    layer = shared.get_layer("tower_cart")
+    before = [w.numpy().copy() for w in layer.trainable_weights if "embedding" not in w.name]
+    ranker.fit(tf.data.Dataset.from_tensors(_batch(0.0)), epochs=1, verbose=0)
+    after = [w.numpy() for w in layer.trainable_weights if "embedding" not in w.name]
+    assert before and all(np.array_equal(a, b) for a, b in zip(after, before))
