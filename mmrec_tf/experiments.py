@@ -391,6 +391,13 @@ def write_report(report: dict, out_dir: str, command: str) -> list[str]:
             f"{format_metric(f, 'HR@10')} | {format_metric(f, 'NDCG@10')} | {s['cases']} / {f['cases']} | "
             f"{paper} | {chosen} |"
         )
+    if report["suite"] == "ablations":
+        lines += [
+            "",
+            "The 'only' arms drop the other supportive behaviors from the data "
+            "(`--ignore_behaviors`), so their catalog and sampled candidates can differ "
+            "slightly from the other arms'.",
+        ]
     by_label = {a["label"]: a for a in report["arms"]}
     ours, bar = by_label.get("MMF, tuned (flagfile)"), by_label.get("ALS multi-behavior")
     if ours and bar:
