@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -208,14 +209,18 @@ def evaluate(
       {"sampled": metrics at K=10, "full": metrics at `config.ks`} (full
       omitted when disabled).
     """
+    started = time.perf_counter()
     result = {
         "sampled": metrics_from_ranks(sampled_ranks(score, cases.users, cases.candidates), ks=(10,))
     }
     result["sampled"]["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
+    result["sampled"]["seconds"] = round(time.perf_counter() - started, 2)
     if config.full_ranking if full_ranking is None else full_ranking:
+        started = time.perf_counter()
         ranks = full_ranks(score, cases.users, cases.items, cases.exclude_keys, cases.num_items)
         result["full"] = metrics_from_ranks(ranks, ks=config.ks)
         result["full"]["protocol"] = "whole catalog, training target items excluded"
+        result["full"]["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
 
