@@ -216,10 +216,25 @@ def _flag_args(overrides: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in sorted(overrides.items())]
 
 
-class Runner:
-    """Runs (or finds) the runs of a suite on one dataset."""
+class MissingRun(Exception):
+    """A run has no results.json and the runner only reports."""
 
-    def __init__(self, *, dataset: str, data_dir: str, runs_dir: str, extra_flags: list[str]):
+
+class Runner:
+    """Runs (or finds) the runs of a suite on one dataset.
+
+    With `report_only`, a missing run raises `MissingRun` instead of running.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        data_dir: str,
+        runs_dir: str,
+        extra_flags: list[str],
+        report_only: bool = False,
+    ):
         self.dataset = dataset
         self.flagfile = os.path.join(CONFIGS, f"{dataset}.flags")
         if not os.path.exists(self.flagfile):
@@ -235,6 +250,7 @@ class Runner:
             self.data_args = [f"--data_path={path}"]
         self.runs_dir = os.path.join(runs_dir, dataset)
         self.extra_flags = list(extra_flags)
+        self.report_only = report_only
         self.launched = 0
 
     def run(self, overrides: dict, seed: int) -> dict:
@@ -242,6 +258,8 @@ class Runner:
         name = _slug("_".join(f"{k}-{v}" for k, v in sorted(overrides.items()))) or "defaults"
         run_dir = os.path.join(self.runs_dir, f"{name}__seed{seed}")
         results_path = os.path.join(run_dir, "results.json")
+        if not os.path.exists(results_path) and self.report_only:
+            raise MissingRun(run_dir)
         if not os.path.exists(results_path):
             os.makedirs(run_dir, exist_ok=True)
             cmd = [
@@ -324,36 +342,47 @@ def run_suite(
     arms = SUITES[suite](behaviors or BEHAVIORS.get(runner.dataset, ("buy",)))
     report = {"suite": suite, "dataset": runner.dataset, "seeds": seeds, "arms": []}
     for arm in arms:
-        entry = {"label": arm.label, "overrides": arm.overrides}
-        chosen = {"sampled": {}, "full": {}}
-        if arm.grid and tune:
-            tuning = []
-            for point in arm.grid:
-                results = runner.run({**arm.overrides, **point}, 0)
-                tuning.append(
-                    {
-                        "point": point,
-                        "validation_sampled_hr10": _validation_score(results, "sampled"),
-                        "validation_full_hr10": _validation_score(results, "full"),
-                    }
-                )
-            entry["tuning"] = tuning
-            for protocol in chosen:
-                best = max(tuning, key=lambda t: t[f"validation_{protocol}_hr10"])
-                chosen[protocol] = best["point"]
-        elif arm.grid:
-            chosen = {"sampled": arm.grid[0], "full": arm.grid[0]}
-        for protocol, point in chosen.items():
-            runs = [runner.run({**arm.overrides, **point}, s) for s in range(seeds)]
-            entry[protocol] = {"chosen": point, **summarize(runs, protocol)}
-            entry[f"{protocol}_run_dirs"] = [r["run_dir"] for r in runs]
-            if protocol == "sampled" and runs[0].get("history"):
-                entry["history"] = [r.get("history") for r in runs]
-        entry["paper"] = PAPER.get(arm.label) if runner.dataset.startswith("taobao") else None
+        try:
+            entry = _run_arm(arm, runner, seeds=seeds, tune=tune)
+        except MissingRun:
+            # Report-only: the arms before the first unfinished one.
+            report["incomplete_from"] = arm.label
+            break
         report["arms"].append(entry)
         if on_arm is not None:
             on_arm(report)
     return report
+
+
+def _run_arm(arm: Arm, runner: Runner, *, seeds: int, tune: bool) -> dict:
+    """One arm: its tuning runs (seed 0), then every seed of each protocol's choice."""
+    entry = {"label": arm.label, "overrides": arm.overrides}
+    chosen = {"sampled": {}, "full": {}}
+    if arm.grid and tune:
+        tuning = []
+        for point in arm.grid:
+            results = runner.run({**arm.overrides, **point}, 0)
+            tuning.append(
+                {
+                    "point": point,
+                    "validation_sampled_hr10": _validation_score(results, "sampled"),
+                    "validation_full_hr10": _validation_score(results, "full"),
+                }
+            )
+        entry["tuning"] = tuning
+        for protocol in chosen:
+            best = max(tuning, key=lambda t: t[f"validation_{protocol}_hr10"])
+            chosen[protocol] = best["point"]
+    elif arm.grid:
+        chosen = {"sampled": arm.grid[0], "full": arm.grid[0]}
+    for protocol, point in chosen.items():
+        runs = [runner.run({**arm.overrides, **point}, s) for s in range(seeds)]
+        entry[protocol] = {"chosen": point, **summarize(runs, protocol)}
+        entry[f"{protocol}_run_dirs"] = [r["run_dir"] for r in runs]
+        if protocol == "sampled" and runs[0].get("history"):
+            entry["history"] = [r.get("history") for r in runs]
+    entry["paper"] = PAPER.get(arm.label) if runner.dataset.startswith("taobao") else None
+    return entry
 
 
 def format_metric(summary: dict, metric: str) -> str:
@@ -391,6 +420,12 @@ def write_report(report: dict, out_dir: str, command: str) -> list[str]:
             f"{format_metric(f, 'HR@10')} | {format_metric(f, 'NDCG@10')} | {s['cases']} / {f['cases']} | "
             f"{paper} | {chosen} |"
         )
+    if report.get("incomplete_from"):
+        lines += [
+            "",
+            f"Incomplete: the arms from '{report['incomplete_from']}' on have not finished; "
+            "the command above resumes them.",
+        ]
     if report["suite"] == "ablations":
         lines += [
             "",
@@ -494,6 +529,7 @@ def main(argv):
         data_dir=fv.data_dir,
         runs_dir=fv.runs_dir,
         extra_flags=fv.extra_flags,
+        report_only=fv.report_only,
     )
     command = (
         f"python -m mmrec_tf.experiments --suite={','.join(fv.suite)} --dataset={fv.dataset} "

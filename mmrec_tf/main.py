@@ -250,6 +250,9 @@ def define_runner_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("out_dir", "benchmarks/results", "Where <dataset>/<suite>.md goes.", **f)
     flags.DEFINE_integer("seeds", 3, "Seeds per reported setting.", **f)
     flags.DEFINE_boolean("tune", True, "Tune grids on validation (else take the first point).", **f)
+    flags.DEFINE_boolean(
+        "report_only", False, "Write the reports of finished arms; run nothing.", **f
+    )
     flags.DEFINE_multi_string(
         "extra_flags", [], "A flag added to every run, e.g. --extra_flags=--epochs=5.", **f
     )

@@ -115,3 +115,20 @@ def test_every_suite_builds_its_arms_for_every_dataset():
             assert arms and len({a.label for a in arms}) == len(arms), (dataset, name)
     sizes = {len(a.grid) for a in experiments.SUITES["table4"](("buy", "cart")) if a.grid}
     assert sizes == {3}  # the same tuning budget for every method
+
+
+def test_report_only_reports_the_finished_arms_and_runs_nothing(tmp_path, monkeypatch):
+    arms = [
+        experiments.Arm("done", {"model": "als", "als_supportive_weight": 0.5}),
+        experiments.Arm("not yet", {"model": "als", "als_supportive_weight": 0.25}),
+    ]
+    monkeypatch.setitem(experiments.SUITES, "_two", lambda behaviors: arms)
+    kwargs = dict(dataset="quickstart", data_dir="", runs_dir=str(tmp_path), extra_flags=TINY)
+    runner = experiments.Runner(**kwargs)
+    runner.run(arms[0].overrides, 0)
+    report = experiments.run_suite("_two", experiments.Runner(**kwargs, report_only=True), seeds=1)
+    assert [a["label"] for a in report["arms"]] == ["done"]
+    assert report["incomplete_from"] == "not yet"
+    assert not any("0_25" in d for d in os.listdir(tmp_path / "quickstart"))
+    experiments.write_report(report, str(tmp_path / "out"), "cmd")
+    assert "Incomplete" in (tmp_path / "out" / "quickstart" / "_two.md").read_text()
