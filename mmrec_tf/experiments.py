@@ -539,16 +539,13 @@ def main(argv):
     for suite in fv.suite:
         if suite not in SUITES:
             raise app.UsageError(f"--suite={suite} is unknown: use some of {sorted(SUITES)}.")
+
+    def write(report):
+        print("wrote " + ", ".join(write_report(report, fv.out_dir, command)))
+
     for suite in fv.suite:
-        run_suite(
-            suite,
-            runner,
-            seeds=fv.seeds,
-            tune=fv.tune,
-            on_arm=lambda report: print(
-                "wrote " + ", ".join(write_report(report, fv.out_dir, command))
-            ),
-        )
+        report = run_suite(suite, runner, seeds=fv.seeds, tune=fv.tune, on_arm=write)
+        write(report)  # once more: an incomplete suite says where it stopped
 
 
 def run():
