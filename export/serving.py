@@ -34,6 +34,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras
 
 from mmrec_tf import models
+from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
 
@@ -202,9 +203,7 @@ def from_training(
         split.train_items[split.train_branches == 0], minlength=split.num_items
     )
     keys = splits_lib.train_target_keys(split)
-    seen_users = keys // split.num_items
-    row_splits = np.zeros(split.num_users + 1, np.int64)
-    np.cumsum(np.bincount(seen_users, minlength=split.num_users), out=row_splits[1:])
+    row_splits = samplers.row_offsets(keys, split.num_users, split.num_items)
     return ServingModule(
         scorer,
         user_tokens=user_tokens,

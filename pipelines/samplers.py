@@ -111,16 +111,13 @@ class TrainingIndex:
         is_pos = (bits & 1) == 1
         pos = unique[is_pos]
         support_only = unique[~is_pos]  # sorted, so grouped by user
-        s_users = support_only // split.num_items
-        indptr = np.zeros(split.num_users + 1, np.int64)
-        np.cumsum(np.bincount(s_users, minlength=split.num_users), out=indptr[1:])
         return cls(
             keys=unique,
             offsets=row_offsets(unique, split.num_users, split.num_items),
             bits=bits,
             pos_users=(pos // split.num_items).astype(np.int32),
             pos_items=(pos % split.num_items).astype(np.int32),
-            supportive_indptr=indptr,
+            supportive_indptr=row_offsets(support_only, split.num_users, split.num_items),
             supportive_items=(support_only % split.num_items).astype(np.int32),
             num_users=split.num_users,
             num_items=split.num_items,
