@@ -430,8 +430,22 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
 
     if config.mode == "evaluate_export":
         return _evaluate_export(config, data, split, name)
+    results = {
+        "dataset": name or dataset_name(config),
+        "model": config.model.model,
+        "seed": config.train.seed,
+        "behaviors": list(split.behaviors.behaviors),
+        "num_users": split.num_users,
+        "num_items": split.num_items,
+        "data_report": {
+            k: report[k]
+            for k in ("lines", "records", "skipped", "bad_records", "excluded_behaviors")
+        },
+        "split": split.info,
+        "seconds": {"load": round(load_seconds, 2)},
+    }
     if config.model.model == "als":
-        return _run_als(config, split, name, model_dir, load_seconds)
+        return _run_als(config, split, model_dir, results)
     with strategy.scope():
         ranker = models.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
@@ -454,20 +468,6 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
             "sampled"
         ]
 
-    results = {
-        "dataset": name or dataset_name(config),
-        "model": config.model.model,
-        "seed": config.train.seed,
-        "behaviors": list(split.behaviors.behaviors),
-        "num_users": split.num_users,
-        "num_items": split.num_items,
-        "data_report": {
-            k: report[k]
-            for k in ("lines", "records", "skipped", "bad_records", "excluded_behaviors")
-        },
-        "split": split.info,
-        "seconds": {"load": round(load_seconds, 2)},
-    }
     if config.mode in ("train", "train_and_evaluate"):
         index = samplers.TrainingIndex.from_split(split)
         started = time.perf_counter()
@@ -535,8 +535,12 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
     return results
 
 
-def _run_als(config, split, name: str, model_dir: str, load_seconds: float) -> dict:
-    """--model=als: weighted ALS in the same split and evaluation."""
+def _run_als(config, split, model_dir: str, results: dict) -> dict:
+    """--model=als: weighted ALS in the same split and evaluation.
+
+    `results` holds what every run records (dataset, data report, split,
+    load time); the fit and both protocols are added to it.
+    """
     if config.mode != "train_and_evaluate" or config.export.export_dir:
         raise ValueError(
             f"--model=als runs with --mode=train_and_evaluate and no --export_dir (got "
@@ -556,17 +560,8 @@ def _run_als(config, split, name: str, model_dir: str, load_seconds: float) -> d
         split, als_config, verbose=config.train.verbose > 0
     )
     score = als.FactorScorer(user_factors, item_factors)
-    results = {
-        "dataset": name or dataset_name(config),
-        "model": "als",
-        "seed": config.train.seed,
-        "behaviors": list(split.behaviors.behaviors),
-        "num_users": split.num_users,
-        "num_items": split.num_items,
-        "split": split.info,
-        "seconds": {"load": round(load_seconds, 2), "train": round(seconds, 2)},
-        "train": {"als": dataclasses.asdict(als_config)},
-    }
+    results["seconds"]["train"] = round(seconds, 2)
+    results["train"] = {"als": dataclasses.asdict(als_config)}
     started = time.perf_counter()
     results["test"] = evaluate.evaluate(
         score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval
