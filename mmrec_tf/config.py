@@ -323,6 +323,10 @@ class EvalConfig:
       retrieval_ks: cut-offs of the TFRS FactorizedTopK retrieval metric.
       batch_size: pairs scored per call.
       full_ranking: also run the full-ranking protocol.
+      full_ranking_cases: rank at most this many cases against the whole
+        catalog, a fixed seeded sample of them (0: every case). For catalogs
+        where scoring every user x item grid is the run's largest cost; the
+        results record how many cases were ranked.
       seed: seed of the sampled protocol's negatives.
     """
 
@@ -331,6 +335,7 @@ class EvalConfig:
     retrieval_ks: tuple[int, ...] = (10, 50, 100)
     batch_size: int = 65536
     full_ranking: bool = True
+    full_ranking_cases: int = 0
     seed: int = 1234
 
     def __post_init__(self):
@@ -338,6 +343,12 @@ class EvalConfig:
         _check(10 in self.ks, "ks", self.ks, "cut-offs that include 10")
         _check(all(k >= 1 for k in self.ks + self.retrieval_ks), "ks", self.ks, "positive cut-offs")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(
+            self.full_ranking_cases >= 0,
+            "full_ranking_cases",
+            self.full_ranking_cases,
+            ">= 0 (0 ranks every case)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

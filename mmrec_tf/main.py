@@ -230,6 +230,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_list("eval_ks", [str(k) for k in d_eval.ks], "Full-ranking cut-offs.", **f)
     flags.DEFINE_integer("eval_batch_size", d_eval.batch_size, "Pairs scored per call.", **f)
     flags.DEFINE_boolean("full_ranking", d_eval.full_ranking, "Also run full ranking.", **f)
+    flags.DEFINE_integer(
+        "full_ranking_cases",
+        d_eval.full_ranking_cases,
+        "Rank at most this many held-out cases (a fixed seeded sample) against the whole "
+        "catalog; 0 ranks every case. The sampled protocol always uses every case.",
+        **f,
+    )
     flags.DEFINE_integer("eval_seed", d_eval.seed, "Seed of the sampled protocol.", **f)
 
 
@@ -329,6 +336,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         ks=tuple(int(k) for k in fv.eval_ks),
         batch_size=fv.eval_batch_size,
         full_ranking=fv.full_ranking,
+        full_ranking_cases=fv.full_ranking_cases,
         seed=fv.eval_seed,
     )
     export = config_lib.ExportConfig(

@@ -82,3 +82,33 @@ def test_evaluate_runs_both_protocols_on_a_keras_scorer():
     # 30 - 1 (item 0 counts, item 5 is excluded) = 29 in full ranking.
     assert result["sampled"]["HR@10"] == 0.5
     assert result["full"]["HR@10"] == 0.5 and result["full"]["HR@50"] == 1.0
+
+
+def test_full_ranking_case_cap_ranks_a_fixed_sample_and_says_so():
+    # Item i scores -i for every user: a case's full rank is its item's id
+    # (no exclusions), so the sample's ranks show which cases were ranked.
+    num_items, num_cases = 50, 40
+    table = np.tile(-np.arange(num_items, dtype=np.float64), (num_cases, 1))
+    items = np.arange(num_cases)
+    cases = evaluate.EvalCases(
+        users=np.arange(num_cases),
+        items=items,
+        candidates=np.tile(np.arange(num_items)[None, :11], (num_cases, 1)),
+        exclude_keys=np.array([], np.int64),
+        num_items=num_items,
+    )
+    config = config_lib.EvalConfig(sampled_negatives=10, full_ranking_cases=10)
+    first = evaluate.evaluate(_TableScorer(table), cases, config=config)
+    again = evaluate.evaluate(_TableScorer(table), cases, config=config)
+    assert first["sampled"]["cases"] == num_cases  # the sampled protocol keeps every case
+    assert first["full"]["cases"] == 10
+    assert "sample of 10 of 40 cases" in first["full"]["protocol"]
+    assert first["full"] == {**again["full"], "seconds": first["full"]["seconds"]}
+    ranked = evaluate.full_ranking_subset(num_cases, 10, config.seed)
+    assert len(set(ranked.tolist())) == 10 and ranked.tolist() == sorted(ranked.tolist())
+    assert first["full"]["HR@10"] == np.mean(items[ranked] < 10)
+    # No cap (or a cap at least the case count) ranks every case.
+    assert evaluate.full_ranking_subset(num_cases, 0, 1).tolist() == list(range(num_cases))
+    assert evaluate.full_ranking_subset(num_cases, 40, 1).tolist() == list(range(num_cases))
+    with pytest.raises(ValueError, match="full_ranking_cases"):
+        config_lib.EvalConfig(full_ranking_cases=-1)

@@ -58,6 +58,24 @@ def test_each_protocol_takes_the_point_best_on_validation_and_reports_its_test_m
     assert arm["sampled"]["cases"] == 50
 
 
+def test_one_seed_reports_the_standard_error_over_cases():
+    run = {
+        "seed": 0,
+        "test": {
+            "full": {
+                "HR@10": 0.2,
+                "HR@10_se": 0.01,
+                "NDCG@10": 0.1,
+                "NDCG@10_se": 0.005,
+                "cases": 400,
+            }
+        },
+    }
+    summary = experiments.summarize([run], "full")
+    assert summary["HR@10_se"] == 0.01 and summary["NDCG@10_se"] == 0.005
+    assert experiments.format_metric(summary, "HR@10") == "0.2000 ± 0.0100"
+
+
 def test_a_suite_runs_resumes_without_rerunning_and_writes_its_report(tmp_path):
     runner = experiments.Runner(
         dataset="quickstart", data_dir="", runs_dir=str(tmp_path / "runs"), extra_flags=TINY
