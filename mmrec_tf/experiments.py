@@ -418,7 +418,9 @@ def write_report(report: dict, out_dir: str, command: str) -> list[str]:
         (
             f"Test metrics, mean over {report['seeds']} seeds ± standard error across seeds; "
             if report["seeds"] > 1
-            else "Test metrics of one seed ± standard error over the test cases; "
+            else "Test metrics of one seed ± standard error over the test cases (this leaves "
+            "out the spread between seeds, often the larger one: compare close settings "
+            "with care); "
         )
         + "cases per run. Sampled: 1 held-out + 99 sampled negatives; full: whole catalog, "
         "training target items excluded (PROTOCOL.md). Each protocol's column uses the "
@@ -535,7 +537,10 @@ def write_report(report: dict, out_dir: str, command: str) -> list[str]:
                 ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
                 ax.set_title(f"{protocol} protocol", fontsize=9)
                 ax.set_ylabel("test HR@10")
-        ax_title = f"{report['suite']} on {report['dataset']} ({report['seeds']} seeds)"
+        seeds = report["seeds"]
+        ax_title = (
+            f"{report['suite']} on {report['dataset']} ({seeds} seed{'s' if seeds != 1 else ''})"
+        )
         fig.suptitle(ax_title, fontsize=10)
         fig.tight_layout()
         fig.savefig(png, dpi=110)
