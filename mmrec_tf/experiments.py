@@ -181,7 +181,15 @@ def _suite_ablations(behaviors):
             {"model": "mmf", "shared_embeddings": True},
         )
     )
-    arms.append(Arm("no supportive (NCF + histories)", {"model": "ncf"}))
+    # One branch instead of one per behavior, fed the same supportive
+    # positives and target histories; then without the supportive positives.
+    arms.append(Arm("one branch (NCF), same supportive positives", {"model": "ncf"}))
+    arms.append(
+        Arm(
+            "no supportive (NCF + target histories)",
+            {"model": "ncf", "supportive_positive_weight": 0},
+        )
+    )
     return arms
 
 
