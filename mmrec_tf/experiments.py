@@ -402,7 +402,8 @@ def _run_arm(arm: Arm, runner: Runner, *, seeds: int, tune: bool) -> dict:
         entry[f"{protocol}_run_dirs"] = [r["run_dir"] for r in runs]
         if protocol == "sampled" and runs[0].get("history"):
             entry["history"] = [r.get("history") for r in runs]
-    entry["paper"] = PAPER.get(arm.label) if runner.dataset.startswith("taobao") else None
+    # Only taobao_cml comes from the paper's source (Taobao UserBehavior).
+    entry["paper"] = PAPER.get(arm.label) if runner.dataset == "taobao_cml" else None
     return entry
 
 
