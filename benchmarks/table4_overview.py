@@ -99,12 +99,12 @@ def write(rows: dict, results_dir: str) -> list[str]:
                 f"| {dataset} | {protocol} | {entry['cases']} | {_cell(ours)} | {_cell(als)} | "
                 f"{ratio} | {other_cell} | {bar} | {published} |"
             )
+    lines.append("")
     unfinished = {d: r["incomplete_from"] for d, r in rows.items() if r.get("incomplete_from")}
-    if unfinished:
-        lines += [""] + [
-            f"- {d}: unfinished from the arm '{arm}' (its command resumes it)."
-            for d, arm in unfinished.items()
-        ]
+    lines += [
+        f"- {d}: unfinished from the arm '{arm}' (its command resumes it)."
+        for d, arm in unfinished.items()
+    ]
     for dataset, row in rows.items():
         if "published" in row:
             p = row["published"]
