@@ -113,13 +113,9 @@ def write(rows: dict, results_dir: str) -> list[str]:
                 f"NDCG@10 {p['NDCG@10']:.4f} ({p['protocol']})."
             )
     written = [base + ".md", base + ".json"]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        lines += ["", "(No plot: matplotlib is not installed; `pip install -e .[bench]`.)"]
+    plt = experiments.pyplot()
+    if plt is None:
+        lines += ["", experiments.NO_PLOT]
     else:
         done = [d for d, r in rows.items() if not r.get("missing")]
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

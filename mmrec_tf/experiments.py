@@ -412,6 +412,21 @@ def format_metric(summary: dict, metric: str) -> str:
     return f"{summary[metric]:.4f} ± {se:.4f}" if not math.isnan(se) else f"{summary[metric]:.4f}"
 
 
+NO_PLOT = "(No plot: matplotlib is not installed; `pip install -e .[bench]`.)"
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def write_report(report: dict, out_dir: str, command: str) -> list[str]:
     """Markdown, JSON and (with matplotlib) PNG files; returns the paths written."""
     folder = os.path.join(out_dir, report["dataset"])
@@ -501,13 +516,9 @@ def write_report(report: dict, out_dir: str, command: str) -> list[str]:
                     f"{t['validation_sampled_hr10']:.4f} | {t['validation_full_hr10']:.4f} |"
                 )
     written = [base + ".md", base + ".json"]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        lines += ["", "(No plot: matplotlib is not installed; `pip install -e .[bench]`.)"]
+    plt = pyplot()
+    if plt is None:
+        lines += ["", NO_PLOT]
     else:
         png = base + ".png"
         if report["suite"] == "figure3":
