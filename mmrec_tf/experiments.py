@@ -354,13 +354,16 @@ def run_suite(
     tune: bool = True,
     behaviors=None,
     on_arm=None,
+    only=(),
 ) -> dict:
     """Runs a suite and returns its report (every figure from the runs' results.json).
 
     `on_arm(report)` is called after each arm, so a long suite's finished
-    arms are reported before the rest have run.
+    arms are reported before the rest have run. `only` keeps the arms whose
+    label contains one of its strings (see `select_arms`).
     """
     arms = SUITES[suite](behaviors or BEHAVIORS.get(runner.dataset, ("buy",)))
+    arms = select_arms(arms, only)
     report = {"suite": suite, "dataset": runner.dataset, "seeds": seeds, "arms": []}
     for arm in arms:
         try:
@@ -373,6 +376,17 @@ def run_suite(
         if on_arm is not None:
             on_arm(report)
     return report
+
+
+def select_arms(arms: list[Arm], only) -> list[Arm]:
+    """The arms whose label contains one of `only` (case-insensitive); all when empty."""
+    if not only:
+        return arms
+    unknown = [o for o in only if not any(o.lower() in a.label.lower() for a in arms)]
+    if unknown:
+        labels = "; ".join(a.label for a in arms)
+        raise ValueError(f"--arms {unknown} match no arm of this suite; its arms: {labels}.")
+    return [a for a in arms if any(o.lower() in a.label.lower() for o in only)]
 
 
 def _run_arm(arm: Arm, runner: Runner, *, seeds: int, tune: bool) -> dict:
@@ -593,11 +607,22 @@ def main(argv):
             raise app.UsageError(f"--suite={suite} is unknown: use some of {sorted(SUITES)}.")
 
     def write(report):
+        if fv.arms:
+            # A subset would overwrite the whole suite's report: leave that to
+            # --report_only once every process has finished.
+            return
         print("wrote " + ", ".join(write_report(report, fv.out_dir, command)))
 
     for suite in fv.suite:
-        report = run_suite(suite, runner, seeds=fv.seeds, tune=fv.tune, on_arm=write)
+        try:
+            report = run_suite(
+                suite, runner, seeds=fv.seeds, tune=fv.tune, on_arm=write, only=fv.arms
+            )
+        except ValueError as e:
+            raise app.UsageError(str(e)) from e
         write(report)  # once more: an incomplete suite says where it stopped
+    if fv.arms:
+        print("ran the selected arms; write the reports with --report_only")
 
 
 def run():

@@ -263,6 +263,14 @@ def define_runner_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_multi_string(
         "extra_flags", [], "A flag added to every run, e.g. --extra_flags=--epochs=5.", **f
     )
+    flags.DEFINE_multi_string(
+        "arms",
+        [],
+        "Run only the arms whose label contains this (repeatable, case-insensitive), "
+        "e.g. --arms=BPR --arms=NCF: two processes can split a suite; reports are then "
+        "written by a later --report_only.",
+        **f,
+    )
 
 
 def _pairs(values: list[str]) -> tuple[tuple[str, str], ...]:

@@ -150,3 +150,20 @@ def test_report_only_reports_the_finished_arms_and_runs_nothing(tmp_path, monkey
     assert not any("0_25" in d for d in os.listdir(tmp_path / "quickstart"))
     experiments.write_report(report, str(tmp_path / "out"), "cmd")
     assert "Incomplete" in (tmp_path / "out" / "quickstart" / "_two.md").read_text()
+
+
+def test_arms_filter_runs_only_the_matching_arms_and_names_the_labels_when_none_match(
+    monkeypatch,
+):
+    arms = [
+        experiments.Arm("MMF, paper training", {"model": "mmf", "mf_dim": 4}),
+        experiments.Arm("MMF, tuned", {"model": "mmf", "mf_dim": 8}),
+        experiments.Arm("NCF", {"model": "ncf", "mf_dim": 16}),
+    ]
+    monkeypatch.setitem(experiments.SUITES, "_three", lambda behaviors: arms)
+    runner = _FakeRunner()
+    report = experiments.run_suite("_three", runner, seeds=1, only=["ncf", "Paper"])
+    assert [a["label"] for a in report["arms"]] == ["MMF, paper training", "NCF"]
+    assert sorted(o["mf_dim"] for o, _ in runner.calls) == [4, 4, 16, 16]
+    with pytest.raises(ValueError, match="BPR.*MMF, paper training; MMF, tuned; NCF"):
+        experiments.run_suite("_three", _FakeRunner(), seeds=1, only=["BPR"])
