@@ -12,7 +12,10 @@ Signatures (each a `tf.function` over named `TensorSpec`s):
 - `recommend(user_id [B] string)` -> `item_ids` [B, K] string, `scores` [B, K]:
   the MF retrieval stage takes the top `retrieval_candidates` items, the full
   model re-ranks them, the top K are returned (optionally leaving out the
-  user's training purchases).
+  user's training purchases). A model with behavior features also re-ranks
+  every item the user touched through supportive feedback in training (the
+  pairs and their behaviors are constants of the SavedModel), and scores
+  every pair with its behavior flags.
 - `retrieve(user_id [B] string)` -> `item_ids` [B, C] string, `scores` [B, C]:
   the retrieval stage alone (MF scores).
 
@@ -63,6 +66,8 @@ class ServingModule(tf.Module):
         top_k: int = 10,
         retrieval_candidates: int = 500,
         exclude_seen: bool = True,
+        pair_keys: np.ndarray | None = None,
+        pair_bits: np.ndarray | None = None,
     ):
         """Builds the module.
 
@@ -77,9 +82,14 @@ class ServingModule(tf.Module):
           top_k: K of `recommend`.
           retrieval_candidates: C, the candidates the retrieval stage passes on.
           exclude_seen: leave the user's training purchases out of `recommend`.
+          pair_keys: sorted `user * num_items + item` keys of the training
+            pairs (`TrainingIndex.keys`); needed by a scorer with behavior
+            features.
+          pair_bits: the behavior bitmask of each pair (`TrainingIndex.bits`).
 
         Raises:
-          ValueError: if K exceeds C or the catalog, or C exceeds the catalog.
+          ValueError: if K exceeds C or the catalog, or C exceeds the catalog,
+            or the scorer has behavior features and no pairs are given.
         """
         super().__init__()
         num_items = len(item_tokens)
@@ -106,9 +116,48 @@ class ServingModule(tf.Module):
         self.index = tfrs.layers.factorized_top_k.BruteForce(k=retrieval_candidates)
         all_items = tf.range(num_items, dtype=tf.int32)
         self.index.index(candidate_tower(all_items), identifiers=all_items)
+        self.num_items = num_items
+        self.behavior_features = models.behavior_bias(scorer) is not None
+        if self.behavior_features:
+            if pair_keys is None or pair_bits is None:
+                raise ValueError(
+                    "the scorer has behavior features: pass the training pairs "
+                    "(pair_keys, pair_bits) whose behaviors it scores."
+                )
+            self.pair_keys = tf.constant(pair_keys, tf.int64)
+            self.pair_bits = tf.constant(pair_bits.astype(np.int32), tf.int32)
+            # Each user's items with supportive feedback: extra candidates.
+            supportive = pair_keys[(pair_bits >> 1) != 0]
+            num_users = len(user_tokens)
+            self.touched_row_splits = tf.constant(
+                samplers.row_offsets(supportive, num_users, num_items), tf.int64
+            )
+            self.touched_items = tf.constant(supportive % num_items, tf.int32)
+
+    def _gates(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """[n, num_behaviors] behavior flags of the training pairs (ones without features)."""
+        if not self.behavior_features:
+            return tf.ones([tf.shape(users)[0], self.num_behaviors])
+        query = tf.cast(users, tf.int64) * self.num_items + tf.cast(items, tf.int64)
+        last = tf.shape(self.pair_keys, out_type=tf.int64)[0] - 1
+        position = tf.searchsorted(self.pair_keys, query)
+        position = tf.minimum(tf.cast(position, tf.int64), tf.maximum(last, 0))
+        found = tf.gather(self.pair_keys, position) == query
+        bits = tf.where(found, tf.gather(self.pair_bits, position), 0)
+        shifts = tf.range(self.num_behaviors, dtype=tf.int32)
+        return tf.cast(
+            tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[:, None], shifts), 1), tf.float32
+        )
+
+    def _touched(self, users: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
+        """[B, C + T] the candidates, then each user's supportive items not among them (-1 pads)."""
+        touched = tf.RaggedTensor.from_row_splits(self.touched_items, self.touched_row_splits)
+        extra = tf.gather(touched, users).to_tensor(default_value=-1)
+        dup = tf.reduce_any(extra[:, :, None] == candidates[:, None, :], axis=-1)
+        return tf.concat([candidates, tf.where(dup, -1, extra)], axis=1)
 
     def _logits(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
-        gate = tf.ones([tf.shape(users)[0], self.num_behaviors])
+        gate = self._gates(users, items)
         return self.scorer(
             {schema.USER: users, schema.ITEM: items, schema.GATE: gate}, training=False
         )[schema.LOGIT]
@@ -152,10 +201,15 @@ class ServingModule(tf.Module):
         users = self.user_table.lookup(user_id)
         known = users >= 0
         candidates, _ = self._retrieve(users)
+        if self.behavior_features:
+            candidates = self._touched(tf.maximum(users, 0), candidates)
         batch = tf.shape(users)[0]
-        width = self.retrieval_candidates
+        width = tf.shape(candidates)[1]
         flat_users = tf.repeat(tf.maximum(users, 0), width)
-        logits = tf.reshape(self._logits(flat_users, tf.reshape(candidates, [-1])), [batch, width])
+        flat_items = tf.maximum(tf.reshape(candidates, [-1]), 0)
+        logits = tf.reshape(self._logits(flat_users, flat_items), [batch, width])
+        logits = tf.where(candidates >= 0, logits, float("-inf"))
+        candidates = tf.maximum(candidates, 0)
         if self.exclude_seen:
             seen = tf.RaggedTensor.from_row_splits(self.seen_items, self.seen_row_splits)
             rows = tf.gather(seen, tf.maximum(users, 0)).to_tensor(default_value=-1)
@@ -204,6 +258,10 @@ def from_training(
     )
     keys = splits_lib.train_target_keys(split)
     row_splits = samplers.row_offsets(keys, split.num_users, split.num_items)
+    pairs = {}
+    if models.behavior_bias(scorer) is not None:
+        index = samplers.TrainingIndex.from_split(split)
+        pairs = {"pair_keys": index.keys, "pair_bits": index.bits}
     return ServingModule(
         scorer,
         user_tokens=user_tokens,
@@ -215,4 +273,5 @@ def from_training(
         top_k=top_k,
         retrieval_candidates=min(retrieval_candidates, split.num_items),
         exclude_seen=exclude_seen,
+        **pairs,
     )

@@ -169,6 +169,10 @@ class ModelConfig:
       shared_embeddings: every feedback branch looks up one shared pair of
         user and item embedding tables (an ablation of the paper's
         per-feedback towers; each branch keeps its own MLP layers).
+      behavior_features: the score adds a learned weight for each supportive
+        behavior the user had with the item in the training data (a cart or
+        view before the buy): `logit += sum_s w_s * [user had behavior s with
+        item]`. Evaluation and serving look these up in the training data.
       als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
@@ -186,6 +190,7 @@ class ModelConfig:
     l2: float = 0.0
     history_length: int = 0
     shared_embeddings: bool = False
+    behavior_features: bool = False
     als_alpha: float = 10.0
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0

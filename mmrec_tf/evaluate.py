@@ -52,47 +52,81 @@ class Scorer:
     # Pairs per grid call: bounds the [users, items, units] activations.
     GRID_PAIRS = 1 << 21
 
-    def __init__(self, scorer: tf_keras.Model, num_behaviors: int, batch_size: int = 65536):
-        self.batch_size = batch_size
-        ones = tf.ones([1, num_behaviors])
+    def __init__(
+        self,
+        scorer: tf_keras.Model,
+        num_behaviors: int,
+        batch_size: int = 65536,
+        *,
+        index: samplers.TrainingIndex | None = None,
+    ):
+        """Wraps `scorer`.
 
+        Args:
+          scorer: a model from `models.build_model`.
+          num_behaviors: the gate width of its input.
+          batch_size: pairs per call.
+          index: the training data's pair index: the gates of the pairs
+            scored come from it (all ones without it). A scorer with behavior
+            features needs it.
+
+        Raises:
+          ValueError: for a scorer with behavior features and no index.
+        """
+        self.batch_size = batch_size
+        self.index = index
+        self.num_behaviors = num_behaviors
+        self.behavior_features = models.behavior_bias(scorer) is not None
+        if self.behavior_features and index is None:
+            raise ValueError(
+                "the scorer has behavior features: pass index=TrainingIndex of its training data."
+            )
+        pair = [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)]
+        gates = tf.TensorSpec([None, None, num_behaviors], tf.float32)
+
+        # XLA fuses each branch's ReLU layers over the [users, items, units]
+        # grid instead of materializing every intermediate: 2.3x faster here.
         @tf.function(
-            input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)],
+            input_signature=pair + ([gates] if self.behavior_features else []),
             reduce_retracing=True,
-            # XLA fuses each branch's ReLU layers over the [users, items, units]
-            # grid instead of materializing every intermediate: 2.3x faster here.
             jit_compile=True,
         )
-        def grid(users, items):
-            return models.score_grid(scorer, users, items)
+        def grid(users, items, gates=None):
+            return models.score_grid(scorer, users, items, gates)
 
         self._grid = grid
 
         @tf.function(
-            input_signature=[tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32)],
+            input_signature=pair + [tf.TensorSpec([None, num_behaviors], tf.float32)],
             reduce_retracing=True,
         )
-        def logits(users, items):
-            gate = tf.tile(ones, [tf.shape(users)[0], 1])
+        def logits(users, items, gate):
             return scorer(
                 {schema.USER: users, schema.ITEM: items, schema.GATE: gate}, training=False
             )[schema.LOGIT]
 
         self._logits = logits
 
+    def _gates(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self.index is None:
+            return np.ones((len(users), self.num_behaviors), np.float32)
+        return self.index.gates(users, items)
+
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[n] float32 logits of the pairs (users[k], items[k])."""
         out = np.empty(len(users), np.float32)
         for start in range(0, len(users), self.batch_size):
-            stop = start + self.batch_size
-            out[start:stop] = self._logits(
-                users[start:stop].astype(np.int32), items[start:stop].astype(np.int32)
-            ).numpy()
+            u = users[start : start + self.batch_size].astype(np.int32)
+            i = items[start : start + self.batch_size].astype(np.int32)
+            out[start : start + len(u)] = self._logits(u, i, self._gates(u, i)).numpy()
         return out
 
     def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[len(users), len(items)] float32 logits of every pair."""
-        return self._grid(users.astype(np.int32), items.astype(np.int32)).numpy()
+        users, items = users.astype(np.int32), items.astype(np.int32)
+        if self.behavior_features:
+            return self._grid(users, items, self.index.gate_grid(users, items)).numpy()
+        return self._grid(users, items).numpy()
 
 
 def sampled_ranks(score: Scorer, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -116,11 +150,7 @@ def _row_mask(users: np.ndarray, sorted_keys: np.ndarray, num_items: int) -> np.
     users = users.astype(np.int64)
     lo = np.searchsorted(sorted_keys, users * num_items)
     hi = np.searchsorted(sorted_keys, (users + 1) * num_items)
-    counts = hi - lo
-    rows = np.repeat(np.arange(len(users)), counts)
-    # positions lo[r] .. hi[r] - 1 of every row r, concatenated
-    positions = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    positions += np.repeat(lo, counts)
+    rows, positions = samplers.run_positions(lo, hi)
     mask = np.zeros((len(users), num_items), bool)
     mask[rows, sorted_keys[positions] % num_items] = True
     return mask

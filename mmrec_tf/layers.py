@@ -314,6 +314,28 @@ class ScoreHead(tf_keras.layers.Layer):
 
 
 @tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class BehaviorBias(tf_keras.layers.Layer):
+    """A learned logit offset per supportive behavior the user had with the item.
+
+    Call args:
+      flags: [..., S] 0/1 float flags of the S supportive behaviors of each
+        (user, item) pair in the training data (the gate's columns 1..S).
+
+    Returns:
+      [...] the logit offsets `flags @ w` (w starts at 0).
+    """
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            name="kernel", shape=(int(input_shape[-1]),), initializer="zeros", trainable=True
+        )
+        super().build(input_shape)
+
+    def call(self, flags):
+        return tf.tensordot(tf.cast(flags, self.kernel.dtype), self.kernel, axes=1)
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
 class BranchScores(tf_keras.layers.Layer):
     """Auxiliary score heads, one linear unit per supportive branch.
 

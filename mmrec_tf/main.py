@@ -137,6 +137,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "One shared pair of embedding tables for every feedback branch (ablation).",
         **f,
     )
+    flags.DEFINE_boolean(
+        "behavior_features",
+        d_model.behavior_features,
+        "The score adds a learned weight per supportive behavior the user had with the item "
+        "in training (e.g. carted it); evaluation and serving look these up.",
+        **f,
+    )
     flags.DEFINE_float("init_stddev", d_model.init_stddev, "Stddev of N(0, s) init.", **f)
     flags.DEFINE_float("l2", d_model.l2, "L2 on looked-up embedding rows.", **f)
     flags.DEFINE_float("als_alpha", d_model.als_alpha, "ALS confidence slope (--model=als).", **f)
@@ -315,6 +322,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         init_stddev=fv.init_stddev,
         history_length=fv.history_length,
         shared_embeddings=fv.shared_embeddings,
+        behavior_features=fv.behavior_features,
         l2=fv.l2,
         als_alpha=fv.als_alpha,
         als_l2=fv.als_l2,
@@ -477,7 +485,8 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         evaluate.EvalCases.build(split, "valid", config.eval) if len(split.valid_users) else None
     )
 
-    score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size)
+    index = samplers.TrainingIndex.from_split(split)
+    score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size, index=index)
 
     def validation():
         return evaluate.evaluate(score, valid_cases, config=config.eval, full_ranking=False)[
@@ -485,7 +494,6 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         ]
 
     if config.mode in ("train", "train_and_evaluate"):
-        index = samplers.TrainingIndex.from_split(split)
         started = time.perf_counter()
         result = train_lib.train(
             ranker=ranker,

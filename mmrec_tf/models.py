@@ -23,6 +23,8 @@ from mmrec_tf import layers
 from mmrec_tf import losses
 from mmrec_tf.pipelines import schema
 
+BEHAVIOR_BIAS = "behavior_bias"
+
 _PARTS = {
     "mmf": (True, "all"),
     "ncf": (True, "target"),
@@ -105,6 +107,14 @@ def build_model(
         parts.append(branch_outputs[0])
     # The head and the losses stay in float32 under a mixed-precision policy.
     logit = layers.ScoreHead(init_stddev=config.init_stddev, name="head", dtype="float32")(parts)
+    if config.behavior_features:
+        if behaviors.num_behaviors < 2:
+            raise ValueError(
+                "behavior_features needs supportive behaviors: the data has only "
+                f"{behaviors.target!r}; drop --behavior_features or keep a supportive behavior."
+            )
+        bias = layers.BehaviorBias(name=BEHAVIOR_BIAS, dtype="float32")(gate[:, 1:])
+        logit = tf_keras.layers.Add(name="logit", dtype="float32")([logit, bias])
     outputs = {
         schema.LOGIT: logit,
         schema.SCORE: tf_keras.layers.Activation("sigmoid", name="score", dtype="float32")(logit),
@@ -152,7 +162,15 @@ def parts(scorer: tf_keras.Model):
     return mf, towers, fusion, scorer.get_layer("head")
 
 
-def score_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+def behavior_bias(scorer: tf_keras.Model):
+    """The scorer's `BehaviorBias` layer, or None without behavior features."""
+    names = [layer.name for layer in scorer.layers]
+    return scorer.get_layer(BEHAVIOR_BIAS) if BEHAVIOR_BIAS in names else None
+
+
+def score_grid(
+    scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor, gates: tf.Tensor | None = None
+) -> tf.Tensor:
     """Logits of every (user, item) pair of two lists, as the scorer computes them.
 
     Per-user and per-item work (embeddings, history means, the halves of
@@ -163,6 +181,8 @@ def score_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf
       scorer: a model from `build_model`.
       users: [U] user indices.
       items: [I] item indices.
+      gates: [U, I, num_behaviors] training gate masks of the pairs; needed
+        (only) by a scorer with behavior features.
 
     Returns:
       [U, I] logits. With user histories, a pair whose item is in the user's
@@ -178,7 +198,13 @@ def score_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf
         inputs.append(fusion(branches))
     elif branches:
         inputs.append(branches[0])
-    return head(inputs)
+    logits = head(inputs)
+    bias = behavior_bias(scorer)
+    if bias is not None:
+        if gates is None:
+            raise ValueError("this scorer has behavior features: pass the pairs' gates.")
+        logits += bias(gates[..., 1:])
+    return logits
 
 
 def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.Model]:

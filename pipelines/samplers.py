@@ -73,6 +73,14 @@ def find_in_rows(
     return lo, found
 
 
+def run_positions(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, position) of every position in the runs [lo[r], hi[r]), run after run."""
+    counts = hi - lo
+    rows = np.repeat(np.arange(len(lo)), counts)
+    positions = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows, positions + np.repeat(lo, counts)
+
+
 @dataclasses.dataclass
 class TrainingIndex:
     """Per-pair behavior masks and per-user item sets of the training data.
@@ -131,6 +139,14 @@ class TrainingIndex:
         bits = np.where(found, self.bits[np.minimum(pos, len(self.keys) - 1)], 0)
         shifts = np.arange(self.num_behaviors, dtype=np.uint32)
         return ((bits[..., None] >> shifts) & 1).astype(np.float32)
+
+    def gate_grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[len(users), len(items), num_behaviors] float32 gate masks of every pair."""
+        rows, positions = run_positions(self.offsets[users], self.offsets[users + 1])
+        dense = np.zeros((len(users), self.num_items), np.uint32)
+        dense[rows, self.keys[positions] % self.num_items] = self.bits[positions]
+        shifts = np.arange(self.num_behaviors, dtype=np.uint32)
+        return ((dense[:, items, None] >> shifts) & 1).astype(np.float32)
 
 
 def uniform_untouched(
