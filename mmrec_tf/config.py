@@ -13,7 +13,7 @@ from typing import Any
 
 DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
 BAD_RECORD_POLICIES = ("error", "skip")
-MODELS = ("mmf", "ncf", "gmf", "mlp", "als")
+MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
 GATINGS = ("gradient", "gradient_aux", "none")
 LOSSES = ("bpr", "logloss")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
@@ -151,7 +151,9 @@ class ModelConfig:
         behavior only), `gmf` (MF part only; with the BPR loss on the target
         behavior, BPR-MF), `mlp` (target MLP only) or `als` (weighted ALS,
         `mmrec_tf.als`: WMF on the target behavior, or the multi-behavior
-        confidence matrix with `als_supportive_weight` > 0).
+        confidence matrix with `als_supportive_weight` > 0) or `popular`
+        (training buy counts, `mmrec_tf.popularity`; with `behavior_features`
+        the user's supportive items first).
       mf_dim: size of the MF user and item factors.
       mlp_dim: size of each branch's user and item embeddings.
       mlp_layers: ReLU layers per branch; layer k of L has

@@ -193,6 +193,19 @@ def _suite_ablations(behaviors):
     return arms
 
 
+def _suite_features(behaviors):
+    """Behavior features: the user's own supportive pairs as a scoring signal."""
+    table4 = {a.label: a for a in _suite_table4(behaviors)}
+    mmf = {"model": "mmf", "mf_dim": 16, "mlp_dim": 16, "supportive_positive_weight": 0.5}
+    return [
+        Arm("popular (training buys)", {"model": "popular"}),
+        Arm("popular, touched items first", {"model": "popular", "behavior_features": True}),
+        table4["ALS multi-behavior"],
+        Arm("MMF, 16 factors (flagfile)", mmf),
+        Arm("MMF + behavior features, 16 factors", {**mmf, "behavior_features": True}),
+    ]
+
+
 def _suite_smoke(behaviors):
     """Two tiny arms, one tuned: for the runner's own tests."""
     del behaviors
@@ -211,6 +224,7 @@ def _suite_smoke(behaviors):
 
 SUITES = {
     "table4": _suite_table4,
+    "features": _suite_features,
     "table2": _suite_table2,
     "table3": _suite_table3,
     "figure3": _suite_figure3,

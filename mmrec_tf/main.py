@@ -27,6 +27,7 @@ from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
+from mmrec_tf import popularity
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import evaluation as export_evaluation
 from mmrec_tf.export import exporter
@@ -468,8 +469,8 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         "split": split.info,
         "seconds": {"load": round(load_seconds, 2)},
     }
-    if config.model.model == "als":
-        return _run_als(config, split, model_dir, results)
+    if config.model.model in ("als", "popular"):
+        return _run_fitted(config, split, model_dir, results)
     with strategy.scope():
         ranker = models.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
@@ -559,33 +560,40 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
     return results
 
 
-def _run_als(config, split, model_dir: str, results: dict) -> dict:
-    """--model=als: weighted ALS in the same split and evaluation.
+def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
+    """--model=als (weighted ALS) or popular, in the same split and evaluation.
 
     `results` holds what every run records (dataset, data report, split,
     load time); the fit and both protocols are added to it.
     """
+    m = config.model
     if config.mode != "train_and_evaluate" or config.export.export_dir:
         raise ValueError(
-            f"--model=als runs with --mode=train_and_evaluate and no --export_dir (got "
+            f"--model={m.model} runs with --mode=train_and_evaluate and no --export_dir (got "
             f"--mode={config.mode}, --export_dir={config.export.export_dir!r}): it fits and "
             "evaluates in one go; export is for the neural models."
         )
-    m = config.model
-    als_config = als.ALSConfig(
-        factors=m.mf_dim,
-        l2=m.als_l2,
-        alpha=m.als_alpha,
-        supportive_weight=m.als_supportive_weight,
-        iterations=m.als_iterations,
-        seed=config.train.seed,
-    )
-    user_factors, item_factors, seconds = als.fit(
-        split, als_config, verbose=config.train.verbose > 0
-    )
-    score = als.FactorScorer(user_factors, item_factors)
-    results["seconds"]["train"] = round(seconds, 2)
-    results["train"] = {"als": dataclasses.asdict(als_config)}
+    if m.model == "popular":
+        started = time.perf_counter()
+        index = samplers.TrainingIndex.from_split(split)
+        score = popularity.PopularityScorer(index, behavior_features=m.behavior_features)
+        results["seconds"]["train"] = round(time.perf_counter() - started, 2)
+        results["train"] = {"popular": {"behavior_features": m.behavior_features}}
+    else:
+        als_config = als.ALSConfig(
+            factors=m.mf_dim,
+            l2=m.als_l2,
+            alpha=m.als_alpha,
+            supportive_weight=m.als_supportive_weight,
+            iterations=m.als_iterations,
+            seed=config.train.seed,
+        )
+        user_factors, item_factors, seconds = als.fit(
+            split, als_config, verbose=config.train.verbose > 0
+        )
+        score = als.FactorScorer(user_factors, item_factors)
+        results["seconds"]["train"] = round(seconds, 2)
+        results["train"] = {"als": dataclasses.asdict(als_config)}
     started = time.perf_counter()
     results["test"] = evaluate.evaluate(
         score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
+from absl import flags
 
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
+from mmrec_tf import main as main_lib
 from mmrec_tf import models
+from mmrec_tf import popularity
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
@@ -151,3 +154,42 @@ def test_serving_scores_with_the_flags_and_recommends_touched_items(data, tmp_pa
         user_id=tf.constant([str(loaded.user_vocab.tokens[user])])
     )["item_ids"].numpy()[0]
     assert {i.decode() for i in rec} <= touched
+
+
+def test_popular_ranks_touched_items_first_then_by_buys(data):
+    _, split, index = data
+    users, items = np.arange(0, 30, 3), np.arange(split.num_items)
+    plain = popularity.PopularityScorer(index, behavior_features=False)
+    touched = popularity.PopularityScorer(index, behavior_features=True)
+    counts = np.bincount(index.pos_items, minlength=split.num_items)
+    # Without features: the same order as the buy counts, for every user.
+    grid = plain.grid(users, items)
+    assert np.all(np.argsort(-grid[0], kind="stable") == np.argsort(-counts, kind="stable"))
+    # With them: every supportive pair above every pair without one.
+    grid = touched.grid(users, items)
+    flagged = index.gate_grid(users, items)[..., 1:].sum(-1) > 0
+    for row, mask in zip(grid, flagged):
+        if mask.any() and (~mask).any():
+            assert row[mask].min() > row[~mask].max()
+    pairs = touched(np.repeat(users, len(items)), np.tile(items, len(users)))
+    np.testing.assert_allclose(pairs.reshape(grid.shape), grid)
+
+
+def test_main_runs_the_popular_model_with_features(tmp_path):
+    fv = flags.FlagValues()
+    main_lib.define_flags(fv)
+    fv(
+        [
+            "mmrec_tf",
+            "--model=popular",
+            "--behavior_features",
+            f"--model_dir={tmp_path}",
+            "--synthetic_users=300",
+            "--synthetic_items=400",
+            "--verbose=0",
+        ]
+    )
+    results = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    assert results["model"] == "popular"
+    assert results["train"]["popular"] == {"behavior_features": True}
+    assert 0 < results["test"]["sampled"]["HR@10"] <= 1
