@@ -1,0 +1,100 @@
+"""Behavior features across the datasets: what the user's own supportive pairs are worth.
+
+Reads the runner's `benchmarks/results/<dataset>/features.json` reports (run
+`python -m mmrec_tf.experiments --suite=features --dataset=<name> --seeds=1`
+first) and writes `benchmarks/results/features_overview.md`: per dataset and
+protocol, test HR@10 of each arm, with the share of test buys whose pair the
+user had touched through supportive feedback in training (from the runs'
+split report, under the runner's --runs_dir) and the published figure where there is one.
+
+    python benchmarks/features_overview.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from mmrec_tf import experiments
+
+DATASETS = ("taobao_cml", "beibei_ehcf", "taobao_ehcf", "tmall_mbcgcn", "jd_vcgae")
+
+
+def _overlap(run_dir: str) -> str:
+    """The test pairs' overlap with each supportive behavior, from a run's results."""
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        overlap = json.load(f)["split"].get("test_overlap_with_supportive", {})
+    return ", ".join(f"{b} {v:.0%}" for b, v in overlap.items())
+
+
+def write(results_dir: str, runs_dir: str) -> str:
+    reports = {}
+    for dataset in DATASETS:
+        path = os.path.join(results_dir, dataset, "features.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                reports[dataset] = json.load(f)
+    labels = []
+    for report in reports.values():
+        labels += [a["label"] for a in report["arms"] if a["label"] not in labels]
+    lines = [
+        "# Behavior features across the datasets",
+        "",
+        "Command: `python benchmarks/features_overview.py` (from the reports of "
+        "`python -m mmrec_tf.experiments --suite=features --dataset=<name> --seeds=1`).",
+        "",
+        "Test HR@10 of seed 0 ± standard error over the test cases (PROTOCOL.md). The "
+        "multi-behavior ALS is tuned on validation for each protocol (its seed-0 run of "
+        "Table 4); the other arms have no grid. 'touched' is the share of test buys "
+        "whose item the user had viewed, carted or favorited in the training data.",
+        "",
+        "| dataset | protocol | touched | " + " | ".join(labels) + " | published |",
+        "|---|---|---|" + "---|" * len(labels) + "---|",
+    ]
+    for dataset, report in reports.items():
+        arms = {a["label"]: a for a in report["arms"]}
+        first = next(iter(arms.values()))
+        touched = _overlap(os.path.join(runs_dir, first["sampled_run_dirs"][0]))
+        for protocol in ("sampled", "full"):
+            cells = [
+                experiments.format_metric(arms[label][protocol], "HR@10") if label in arms else ""
+                for label in labels
+            ]
+            published = ""
+            if protocol == "full" and dataset in experiments.PUBLISHED:
+                name, hr, _, _ = experiments.PUBLISHED[dataset]
+                published = f"{name} {hr:.4f}"
+            lines.append(
+                f"| {dataset} | {protocol} | {touched} | " + " | ".join(cells) + f" | {published} |"
+            )
+    missing = [d for d in DATASETS if d not in reports]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
+    unfinished = [d for d, r in reports.items() if r.get("incomplete_from")]
+    if unfinished:
+        lines += ["", "Unfinished (the arms shown only): " + ", ".join(unfinished) + "."]
+    path = os.path.join(results_dir, "features_overview.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser.add_argument("--results_dir", default=os.path.join(here, "results"))
+    parser.add_argument(
+        "--runs_dir",
+        default=os.path.join(here, "..", "runs", "experiments"),
+        help="The runner's --runs_dir (for the split reports of its runs).",
+    )
+    args = parser.parse_args()
+    print(open(write(args.results_dir, args.runs_dir)).read())
+
+
+if __name__ == "__main__":
+    main()
