@@ -203,6 +203,13 @@ def _suite_features(behaviors):
         table4["ALS multi-behavior"],
         Arm("MMF, 16 factors (flagfile)", mmf),
         Arm("MMF + behavior features, 16 factors", {**mmf, "behavior_features": True}),
+        # With the flags separating touched from untouched items, negatives
+        # drawn from the touched-but-not-bought items (the paper's sampler)
+        # teach the order among the touched ones.
+        Arm(
+            "MMF + behavior features, half the negatives supportive-only",
+            {**mmf, "behavior_features": True, "supportive_negative_ratio": 0.5},
+        ),
     ]
 
 
