@@ -15,6 +15,7 @@ DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
 BAD_RECORD_POLICIES = ("error", "skip")
 MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
 GATINGS = ("gradient", "gradient_aux", "none")
+BEHAVIOR_INITS = ("zero", "lift")
 LOSSES = ("bpr", "logloss")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -175,6 +176,10 @@ class ModelConfig:
         behavior the user had with the item in the training data (a cart or
         view before the buy): `logit += sum_s w_s * [user had behavior s with
         item]`. Evaluation and serving look these up in the training data.
+      behavior_init: where the offsets w start: `zero`, or `lift`, the
+        training data's log-odds of a buy with the behavior over without any
+        (`models.behavior_lift`), so training starts from "touched items
+        first".
       als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
@@ -193,6 +198,7 @@ class ModelConfig:
     history_length: int = 0
     shared_embeddings: bool = False
     behavior_features: bool = False
+    behavior_init: str = "zero"
     als_alpha: float = 10.0
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0
@@ -202,6 +208,12 @@ class ModelConfig:
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
         _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
         _check(self.gating in GATINGS, "gating", self.gating, f"one of {GATINGS}")
+        _check(
+            self.behavior_init in BEHAVIOR_INITS,
+            "behavior_init",
+            self.behavior_init,
+            f"one of {BEHAVIOR_INITS}",
+        )
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
         _check(0 <= self.mlp_layers <= 8, "mlp_layers", self.mlp_layers, "0 to 8")

@@ -145,6 +145,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "in training (e.g. carted it); evaluation and serving look these up.",
         **f,
     )
+    flags.DEFINE_enum(
+        "behavior_init",
+        d_model.behavior_init,
+        config_lib.BEHAVIOR_INITS,
+        "Start of the behavior feature weights: zero, or lift (the training log-odds of a "
+        "buy with each behavior over without any).",
+        **f,
+    )
     flags.DEFINE_float("init_stddev", d_model.init_stddev, "Stddev of N(0, s) init.", **f)
     flags.DEFINE_float("l2", d_model.l2, "L2 on looked-up embedding rows.", **f)
     flags.DEFINE_float("als_alpha", d_model.als_alpha, "ALS confidence slope (--model=als).", **f)
@@ -324,6 +332,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         history_length=fv.history_length,
         shared_embeddings=fv.shared_embeddings,
         behavior_features=fv.behavior_features,
+        behavior_init=fv.behavior_init,
         l2=fv.l2,
         als_alpha=fv.als_alpha,
         als_l2=fv.als_l2,
@@ -487,6 +496,12 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
     )
 
     index = samplers.TrainingIndex.from_split(split)
+    bias = models.behavior_bias(ranker.scorer)
+    if bias is not None and config.model.behavior_init == "lift":
+        lift = models.behavior_lift(index)
+        bias.kernel.assign(lift)
+        start = {b: round(float(w), 3) for b, w in zip(split.behaviors.behaviors[1:], lift)}
+        print(f"behavior feature weights start at {start}")
     score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size, index=index)
 
     def validation():

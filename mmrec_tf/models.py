@@ -15,6 +15,7 @@ Models (`ModelConfig.model`):
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -166,6 +167,27 @@ def behavior_bias(scorer: tf_keras.Model):
     """The scorer's `BehaviorBias` layer, or None without behavior features."""
     names = [layer.name for layer in scorer.layers]
     return scorer.get_layer(BEHAVIOR_BIAS) if BEHAVIOR_BIAS in names else None
+
+
+def behavior_lift(index) -> np.ndarray:
+    """[S] log-odds of a buy given each supportive behavior over given none.
+
+    Over the training data (`pipelines.samplers.TrainingIndex`): for behavior
+    s, logit(P(buy | the user had s with the item)) - logit(P(buy | the user
+    had no supportive behavior with it)), the second over every other cell of
+    the user x item matrix; add-one smoothed.
+    """
+    bought = (index.bits & 1).astype(bool)
+    supportive = index.bits >> 1
+    lifts = []
+    cells = float(index.num_users) * index.num_items
+    touched = supportive != 0
+    p0 = (bought[~touched].sum() + 1.0) / (cells - touched.sum() + 2.0)
+    for s in range(index.num_behaviors - 1):
+        has = (supportive >> s) & 1 == 1
+        p1 = (bought[has].sum() + 1.0) / (has.sum() + 2.0)
+        lifts.append(np.log(p1 / (1 - p1)) - np.log(p0 / (1 - p0)))
+    return np.asarray(lifts, np.float32)
 
 
 def score_grid(
