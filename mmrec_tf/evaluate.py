@@ -66,9 +66,9 @@ class Scorer:
           scorer: a model from `models.build_model`.
           num_behaviors: the gate width of its input.
           batch_size: pairs per call.
-          index: the training data's pair index: the gates of the pairs
-            scored come from it (all ones without it). A scorer with behavior
-            features needs it.
+          index: the training data's pair index. A scorer with behavior
+            features needs it: its pairs' flags come from it. Other scorers
+            get all-ones gates (the gate only shapes training gradients).
 
         Raises:
           ValueError: for a scorer with behavior features and no index.
@@ -108,7 +108,7 @@ class Scorer:
         self._logits = logits
 
     def _gates(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        if self.index is None:
+        if not self.behavior_features:
             return np.ones((len(users), self.num_behaviors), np.float32)
         return self.index.gates(users, items)
 

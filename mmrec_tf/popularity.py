@@ -25,19 +25,16 @@ class PopularityScorer:
         self.index = index
         self.behavior_features = behavior_features
 
-    def _scores(self, items: np.ndarray, gates) -> np.ndarray:
-        scores = self.share[items]
-        if self.behavior_features:
-            scores = scores + gates()[..., 1:].sum(axis=-1)
-        return scores.astype(np.float32)
-
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[n] scores of the pairs (users[k], items[k])."""
-        return self._scores(items, lambda: self.index.gates(users, items))
+        scores = self.share[items]
+        if self.behavior_features:
+            scores = scores + self.index.gates(users, items)[:, 1:].sum(axis=-1)
+        return scores.astype(np.float32)
 
     def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[len(users), len(items)] scores of every pair."""
-        return self._scores(
-            np.broadcast_to(items, (len(users), len(items))),
-            lambda: self.index.gate_grid(users, items),
-        )
+        scores = np.broadcast_to(self.share[items], (len(users), len(items)))
+        if self.behavior_features:
+            scores = scores + self.index.gate_grid(users, items)[..., 1:].sum(axis=-1)
+        return scores.astype(np.float32)

@@ -137,16 +137,19 @@ class TrainingIndex:
         query = splits_lib.pair_keys(users, items, self.num_items)
         pos, found = find_in_rows(self.keys, self.offsets, users, query)
         bits = np.where(found, self.bits[np.minimum(pos, len(self.keys) - 1)], 0)
-        shifts = np.arange(self.num_behaviors, dtype=np.uint32)
-        return ((bits[..., None] >> shifts) & 1).astype(np.float32)
+        return self._unpack(bits)
 
     def gate_grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[len(users), len(items), num_behaviors] float32 gate masks of every pair."""
         rows, positions = run_positions(self.offsets[users], self.offsets[users + 1])
         dense = np.zeros((len(users), self.num_items), np.uint32)
         dense[rows, self.keys[positions] % self.num_items] = self.bits[positions]
+        return self._unpack(dense[:, items])
+
+    def _unpack(self, bits: np.ndarray) -> np.ndarray:
+        """[..., num_behaviors] float32 0/1 flags of behavior bitmasks."""
         shifts = np.arange(self.num_behaviors, dtype=np.uint32)
-        return ((dense[:, items, None] >> shifts) & 1).astype(np.float32)
+        return ((bits[..., None] >> shifts) & 1).astype(np.float32)
 
 
 def uniform_untouched(
