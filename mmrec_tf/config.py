@@ -16,6 +16,7 @@ BAD_RECORD_POLICIES = ("error", "skip")
 MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
 GATINGS = ("gradient", "gradient_aux", "none")
 BEHAVIOR_INITS = ("zero", "lift")
+BEHAVIOR_FITS = ("joint", "apart")
 LOSSES = ("bpr", "logloss")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -180,6 +181,12 @@ class ModelConfig:
         training data's log-odds of a buy with the behavior over without any
         (`models.behavior_lift`), so training starts from "touched items
         first".
+      behavior_fit: how the offsets and the rest of the model share the
+        loss: `joint` (one loss on the summed logit: once the offsets separate
+        a touched buy from its negatives, the embeddings stop learning from
+        it), or `apart` (the rest of the model learns from the loss of its
+        own logit, as without features; the offsets from the loss of the
+        summed logit with the rest held fixed).
       als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
@@ -199,6 +206,7 @@ class ModelConfig:
     shared_embeddings: bool = False
     behavior_features: bool = False
     behavior_init: str = "zero"
+    behavior_fit: str = "joint"
     als_alpha: float = 10.0
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0
@@ -213,6 +221,19 @@ class ModelConfig:
             "behavior_init",
             self.behavior_init,
             f"one of {BEHAVIOR_INITS}",
+        )
+        _check(
+            self.behavior_fit in BEHAVIOR_FITS,
+            "behavior_fit",
+            self.behavior_fit,
+            f"one of {BEHAVIOR_FITS}",
+        )
+        _check(
+            self.behavior_fit == "joint" or self.behavior_features,
+            "behavior_fit",
+            self.behavior_fit,
+            "joint without behavior_features (there are no offsets to fit apart); "
+            "add --behavior_features",
         )
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")

@@ -153,6 +153,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "buy with each behavior over without any).",
         **f,
     )
+    flags.DEFINE_enum(
+        "behavior_fit",
+        d_model.behavior_fit,
+        config_lib.BEHAVIOR_FITS,
+        "How the behavior feature weights learn: joint (one loss on the summed logit) or "
+        "apart (the rest of the model learns as without features; the weights learn on "
+        "top of its logit, held fixed).",
+        **f,
+    )
     flags.DEFINE_float("init_stddev", d_model.init_stddev, "Stddev of N(0, s) init.", **f)
     flags.DEFINE_float("l2", d_model.l2, "L2 on looked-up embedding rows.", **f)
     flags.DEFINE_float("als_alpha", d_model.als_alpha, "ALS confidence slope (--model=als).", **f)
@@ -333,6 +342,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         shared_embeddings=fv.shared_embeddings,
         behavior_features=fv.behavior_features,
         behavior_init=fv.behavior_init,
+        behavior_fit=fv.behavior_fit,
         l2=fv.l2,
         als_alpha=fv.als_alpha,
         als_l2=fv.als_l2,

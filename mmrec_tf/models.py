@@ -268,6 +268,11 @@ class Ranker(tf_keras.Model):
     loss (pointwise), plus, with auxiliary branch heads, the gated branch
     losses weighted by `branch_loss_weight`. Losses are averaged over the
     global batch, so mirrored replicas add up to the right gradient.
+
+    With behavior features and `behavior_fit="apart"` the ranking loss is
+    taken twice: on the scorer's logit without the behavior offsets (which
+    trains everything else exactly as without features) and on the full
+    logit with that part held fixed (which trains only the offsets).
     """
 
     def __init__(
@@ -276,14 +281,24 @@ class Ranker(tf_keras.Model):
         *,
         loss: str = "bpr",
         branch_loss_weight: float = 0.0,
+        behavior_fit: str = "joint",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if loss not in config_lib.LOSSES:
             raise ValueError(f"loss={loss!r} is unknown: use one of {config_lib.LOSSES}.")
+        if behavior_fit not in config_lib.BEHAVIOR_FITS:
+            raise ValueError(
+                f"behavior_fit={behavior_fit!r} is unknown: use one of {config_lib.BEHAVIOR_FITS}."
+            )
+        if behavior_fit == "apart" and behavior_bias(scorer) is None:
+            raise ValueError(
+                "behavior_fit='apart' needs a scorer with behavior features (--behavior_features)."
+            )
         self.scorer = scorer
         self.loss_name = loss
         self.branch_loss_weight = branch_loss_weight
+        self.behavior_fit = behavior_fit
         self.loss_tracker = tf_keras.metrics.Mean(name="loss")
         self.pair_accuracy = tf_keras.metrics.Mean(name="pair_accuracy")
 
@@ -309,12 +324,20 @@ class Ranker(tf_keras.Model):
             {schema.USER: users, schema.ITEM: items, schema.GATE: gates}, training=training
         )
         logits = outputs[schema.LOGIT]
-        pos_logits = logits[:batch_size]
-        neg_logits = tf.reshape(logits[batch_size:], [batch_size, num_neg])
-        if self.loss_name == "bpr":
-            per_example = losses.bpr(pos_logits, neg_logits)
+        rank_loss = losses.bpr if self.loss_name == "bpr" else losses.log_loss
+
+        def split(x):
+            return x[:batch_size], tf.reshape(x[batch_size:], [batch_size, num_neg])
+
+        pos_logits, neg_logits = split(logits)
+        if self.behavior_fit == "apart":
+            offsets = behavior_bias(self.scorer)(gates[:, 1:])
+            rest = logits - offsets
+            per_example = rank_loss(*split(rest)) + rank_loss(
+                *split(tf.stop_gradient(rest) + offsets)
+            )
         else:
-            per_example = losses.log_loss(pos_logits, neg_logits)
+            per_example = rank_loss(pos_logits, neg_logits)
         if schema.BRANCH_LOGITS in outputs and self.branch_loss_weight:
             branch = outputs[schema.BRANCH_LOGITS]
             # [batch, 1 + num_neg, S]: the positive first, then its negatives.
@@ -361,6 +384,7 @@ class Ranker(tf_keras.Model):
             "scorer": tf_keras.utils.serialize_keras_object(self.scorer),
             "loss": self.loss_name,
             "branch_loss_weight": self.branch_loss_weight,
+            "behavior_fit": self.behavior_fit,
             "name": self.name,
         }
 
@@ -382,4 +406,10 @@ def build_ranker(
         config.model, num_users=num_users, num_items=num_items, behaviors=behaviors
     )
     weight = config.model.branch_loss_weight if config.model.gating == "gradient_aux" else 0.0
-    return Ranker(scorer, loss=config.train.loss, branch_loss_weight=weight, name="ranker")
+    return Ranker(
+        scorer,
+        loss=config.train.loss,
+        branch_loss_weight=weight,
+        behavior_fit=config.model.behavior_fit,
+        name="ranker",
+    )
