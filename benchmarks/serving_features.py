@@ -102,8 +102,8 @@ def main():
         f"# Serving with behavior features on {args.dataset}",
         "",
         f"Command: `{command}` (seed-0 runs of the features suite; each loaded SavedModel "
-        f"timed in a separate process on 2 CPU cores; 1-minute load average when timing "
-        f"ended: {load:.1f}; above 2, other work shared the cores and the latencies are "
+        f"timed in a separate process on 2 CPU cores; the higher 1-minute load average after "
+        f"the two timings: {load:.1f}; above 2, other work shared the cores and the latencies are "
         "noisy).",
         "",
         "| model | serving_default 1x100 p50 / p99 ms | recommend 1 user p50 / p99 ms | "
