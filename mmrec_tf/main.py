@@ -534,6 +534,12 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         results["train"]["weights_sum_abs"] = float(
             sum(np.abs(w).sum(dtype=np.float64) for w in ranker.scorer.get_weights())
         )
+        if bias is not None:
+            # The kept epoch's offsets, in logits, per supportive behavior.
+            results["train"]["behavior_weights"] = {
+                b: round(float(w), 4)
+                for b, w in zip(split.behaviors.behaviors[1:], bias.kernel.numpy())
+            }
     else:
         _restore_for_evaluation(ranker, model_dir)
     if config.mode in ("evaluate", "train_and_evaluate"):

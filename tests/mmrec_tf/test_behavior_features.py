@@ -266,3 +266,30 @@ def test_lift_is_the_log_odds_of_a_buy_with_each_behavior_over_without_any(data)
     lift = models.behavior_lift(index)
     np.testing.assert_allclose(lift, want, rtol=1e-5)
     assert np.all(lift > 0)  # on this data every supportive behavior predicts a buy
+
+
+def test_main_records_the_learned_offsets_of_the_kept_epoch(tmp_path):
+    fv = flags.FlagValues()
+    main_lib.define_flags(fv)
+    fv(
+        [
+            "mmrec_tf",
+            "--behavior_features",
+            "--behavior_fit=apart",
+            "--mf_dim=4",
+            "--mlp_dim=4",
+            "--epochs=2",
+            "--batch_size=64",
+            "--learning_rate=0.01",
+            "--supportive_negative_ratio=0",
+            f"--model_dir={tmp_path}",
+            "--synthetic_users=200",
+            "--synthetic_items=150",
+            "--verbose=0",
+        ]
+    )
+    results = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    weights = results["train"]["behavior_weights"]
+    assert list(weights) == list(results["behaviors"][1:])
+    # Uniform negatives are rarely touched, so every offset has risen from 0.
+    assert all(w > 0 for w in weights.values())
