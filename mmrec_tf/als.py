@@ -153,6 +153,9 @@ class FactorScorer:
     def __init__(self, user_factors: np.ndarray, item_factors: np.ndarray):
         self.user_factors = user_factors
         self.item_factors = item_factors
+        # Every score lies in (-bound, bound) (Cauchy-Schwarz, with a margin).
+        norms = [np.linalg.norm(f, axis=1).max(initial=0.0) for f in (user_factors, item_factors)]
+        self.bound = 1.01 * float(norms[0]) * float(norms[1]) + 1e-6
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[n] scores of the pairs (users[k], items[k])."""

@@ -154,8 +154,9 @@ class ModelConfig:
         behavior, BPR-MF), `mlp` (target MLP only) or `als` (weighted ALS,
         `mmrec_tf.als`: WMF on the target behavior, or the multi-behavior
         confidence matrix with `als_supportive_weight` > 0) or `popular`
-        (training buy counts, `mmrec_tf.popularity`; with `behavior_features`
-        the user's supportive items first).
+        (training buy counts, `mmrec_tf.popularity`). With `behavior_features`
+        these two rank the user's supportive items first
+        (`popularity.TouchedFirst`).
       mf_dim: size of the MF user and item factors.
       mlp_dim: size of each branch's user and item embeddings.
       mlp_layers: ReLU layers per branch; layer k of L has

@@ -201,6 +201,12 @@ def _suite_features(behaviors):
         Arm("popular (training buys)", {"model": "popular"}),
         Arm("popular, touched items first", {"model": "popular", "behavior_features": True}),
         table4["ALS multi-behavior"],
+        # The same flags on top of the ALS ranking, tuned over the same grid.
+        Arm(
+            "ALS multi-behavior, touched items first",
+            {**table4["ALS multi-behavior"].overrides, "behavior_features": True},
+            table4["ALS multi-behavior"].grid,
+        ),
         Arm("MMF, 16 factors (flagfile)", mmf),
         Arm("MMF + behavior features, 16 factors", {**mmf, "behavior_features": True}),
         # With the flags separating touched from untouched items, negatives

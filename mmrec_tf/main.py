@@ -604,10 +604,12 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
             f"--mode={config.mode}, --export_dir={config.export.export_dir!r}): it fits and "
             "evaluates in one go; export is for the neural models."
         )
+    index = None
+    if m.model == "popular" or m.behavior_features:
+        index = samplers.TrainingIndex.from_split(split)
     if m.model == "popular":
         started = time.perf_counter()
-        index = samplers.TrainingIndex.from_split(split)
-        score = popularity.PopularityScorer(index, behavior_features=m.behavior_features)
+        score = popularity.PopularityScorer(index)
         results["seconds"]["train"] = round(time.perf_counter() - started, 2)
         results["train"] = {"popular": {"behavior_features": m.behavior_features}}
     else:
@@ -624,7 +626,13 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
         )
         score = als.FactorScorer(user_factors, item_factors)
         results["seconds"]["train"] = round(seconds, 2)
-        results["train"] = {"als": dataclasses.asdict(als_config)}
+        results["train"] = {
+            "als": dataclasses.asdict(als_config),
+            "behavior_features": m.behavior_features,
+        }
+    if m.behavior_features:
+        models.require_supportive(split.behaviors)
+        score = popularity.TouchedFirst(score, index, bound=score.bound)
     started = time.perf_counter()
     results["test"] = evaluate.evaluate(
         score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval

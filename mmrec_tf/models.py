@@ -109,11 +109,7 @@ def build_model(
     # The head and the losses stay in float32 under a mixed-precision policy.
     logit = layers.ScoreHead(init_stddev=config.init_stddev, name="head", dtype="float32")(parts)
     if config.behavior_features:
-        if behaviors.num_behaviors < 2:
-            raise ValueError(
-                "behavior_features needs supportive behaviors: the data has only "
-                f"{behaviors.target!r}; drop --behavior_features or keep a supportive behavior."
-            )
+        require_supportive(behaviors)
         bias = layers.BehaviorBias(name=BEHAVIOR_BIAS, dtype="float32")(gate[:, 1:])
         logit = tf_keras.layers.Add(name="logit", dtype="float32")([logit, bias])
     outputs = {
@@ -128,6 +124,15 @@ def build_model(
             dtype="float32",
         )(branch_outputs[1:])
     return tf_keras.Model(inputs=inputs, outputs=outputs, name=config.model)
+
+
+def require_supportive(behaviors: schema.BehaviorSchema) -> None:
+    """Behavior features need supportive behaviors to look up."""
+    if behaviors.num_behaviors < 2:
+        raise ValueError(
+            "behavior_features needs supportive behaviors: the data has only "
+            f"{behaviors.target!r}; drop --behavior_features or keep a supportive behavior."
+        )
 
 
 def set_histories(scorer: tf_keras.Model, histories: dict, *, target: str) -> None:

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras
 from absl import flags
 
+from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import main as main_lib
@@ -209,32 +210,48 @@ def test_serving_scores_with_the_flags_and_recommends_touched_items(data, tmp_pa
     assert {i.decode() for i in rec} <= touched
 
 
-def test_popular_ranks_touched_items_first_then_by_buys(data):
+def _als(split):
+    config = als.ALSConfig(factors=4, supportive_weight=0.5, iterations=3)
+    return als.FactorScorer(*als.fit(split, config, verbose=False)[:2])
+
+
+@pytest.mark.parametrize("base", ["popular", "als"])
+def test_touched_items_rank_first_then_by_the_base_scorer(data, base):
     _, split, index = data
     users, items = np.arange(0, 30, 3), np.arange(split.num_items)
-    plain = popularity.PopularityScorer(index, behavior_features=False)
-    touched = popularity.PopularityScorer(index, behavior_features=True)
-    counts = np.bincount(index.pos_items, minlength=split.num_items)
-    # Without features: the same order as the buy counts, for every user.
-    grid = plain.grid(users, items)
-    assert np.all(np.argsort(-grid[0], kind="stable") == np.argsort(-counts, kind="stable"))
-    # With them: every supportive pair above every pair without one.
-    grid = touched.grid(users, items)
-    flagged = index.gate_grid(users, items)[..., 1:].sum(-1) > 0
-    for row, mask in zip(grid, flagged):
-        if mask.any() and (~mask).any():
-            assert row[mask].min() > row[~mask].max()
+    plain = popularity.PopularityScorer(index) if base == "popular" else _als(split)
+    touched = popularity.TouchedFirst(plain, index, bound=plain.bound)
+    if base == "popular":
+        # The buy counts' order, for every user.
+        counts = np.bincount(index.pos_items, minlength=split.num_items)
+        order = np.argsort(-plain.grid(users, items)[0], kind="stable")
+        assert np.all(order == np.argsort(-counts, kind="stable"))
+    grid, base_grid = touched.grid(users, items), plain.grid(users, items)
+    assert np.all(np.abs(base_grid) < plain.bound)
+    count = index.gate_grid(users, items)[..., 1:].sum(-1)
+    for row, base_row, n in zip(grid, base_grid, count):
+        # More supportive behaviors first: every level above the next.
+        levels = sorted(set(n), reverse=True)
+        for high, low in zip(levels, levels[1:]):
+            assert row[n == high].min() > row[n == low].max()
+        # Within a level, the base scorer's order.
+        for level in levels:
+            np.testing.assert_array_equal(
+                np.argsort(-row[n == level], kind="stable"),
+                np.argsort(-base_row[n == level], kind="stable"),
+            )
     pairs = touched(np.repeat(users, len(items)), np.tile(items, len(users)))
-    np.testing.assert_allclose(pairs.reshape(grid.shape), grid)
+    np.testing.assert_allclose(pairs.reshape(grid.shape), grid, rtol=1e-5, atol=1e-6)
 
 
-def test_main_runs_the_popular_model_with_features(tmp_path):
+@pytest.mark.parametrize("model", ["popular", "als"])
+def test_main_runs_the_fitted_models_with_features(tmp_path, model):
     fv = flags.FlagValues()
     main_lib.define_flags(fv)
     fv(
         [
             "mmrec_tf",
-            "--model=popular",
+            f"--model={model}",
             "--behavior_features",
             f"--model_dir={tmp_path}",
             "--synthetic_users=300",
@@ -243,8 +260,11 @@ def test_main_runs_the_popular_model_with_features(tmp_path):
         ]
     )
     results = main_lib.run_experiment(main_lib.config_from_flags(fv))
-    assert results["model"] == "popular"
-    assert results["train"]["popular"] == {"behavior_features": True}
+    assert results["model"] == model
+    if model == "popular":
+        assert results["train"]["popular"] == {"behavior_features": True}
+    else:
+        assert results["train"]["behavior_features"] is True
     assert 0 < results["test"]["sampled"]["HR@10"] <= 1
 
 
