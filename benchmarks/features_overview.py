@@ -2,10 +2,11 @@
 
 Reads the runner's `benchmarks/results/<dataset>/features.json` reports (run
 `python -m mmrec_tf.experiments --suite=features --dataset=<name> --seeds=1`
-first) and writes `benchmarks/results/features_overview.md`: per dataset and
-protocol, test HR@10 of each arm, with the share of test buys whose pair the
-user had touched through supportive feedback in training (from the runs'
-split report, under the runner's --runs_dir) and the published figure where there is one.
+first) and writes `benchmarks/results/features_overview.md`: for each
+protocol, test HR@10 of each arm (rows) on each dataset (columns), with the
+share of test buys whose pair the user had touched through supportive
+feedback in training (from the runs' split report, under the runner's
+--runs_dir) and the published figure where there is one.
 
     python benchmarks/features_overview.py
 """
@@ -48,29 +49,42 @@ def write(results_dir: str, runs_dir: str) -> str:
         "`python -m mmrec_tf.experiments --suite=features --dataset=<name> --seeds=1`).",
         "",
         "Test HR@10 of seed 0 ± standard error over the test cases (PROTOCOL.md). The "
-        "multi-behavior ALS is tuned on validation for each protocol (its seed-0 run of "
-        "Table 4); the other arms have no grid. 'touched' is the share of test buys "
-        "whose item the user had viewed, carted or favorited in the training data.",
-        "",
-        "| dataset | protocol | touched | " + " | ".join(labels) + " | published |",
-        "|---|---|---|" + "---|" * len(labels) + "---|",
+        "multi-behavior ALS arms are tuned on validation for each protocol over Table 4's "
+        "grid (the first is Table 4's seed-0 run); the other arms have no grid. 'touched' is "
+        "the share of test buys whose item the user had viewed, carted or favorited in the "
+        "training data.",
     ]
-    for dataset, report in reports.items():
-        arms = {a["label"]: a for a in report["arms"]}
-        first = next(iter(arms.values()))
-        touched = _overlap(os.path.join(runs_dir, first["sampled_run_dirs"][0]))
-        for protocol in ("sampled", "full"):
+    datasets = list(reports)
+    arms = {d: {a["label"]: a for a in r["arms"]} for d, r in reports.items()}
+    touched = [
+        _overlap(os.path.join(runs_dir, next(iter(arms[d].values()))["sampled_run_dirs"][0]))
+        for d in datasets
+    ]
+    for protocol, title in (("full", "Full ranking"), ("sampled", "Sampled (1 + 99)")):
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| arm | " + " | ".join(datasets) + " |",
+            "|---|" + "---|" * len(datasets),
+            "| touched | " + " | ".join(touched) + " |",
+        ]
+        for label in labels:
             cells = [
-                experiments.format_metric(arms[label][protocol], "HR@10") if label in arms else ""
-                for label in labels
+                experiments.format_metric(arms[d][label][protocol], "HR@10")
+                if label in arms[d]
+                else ""
+                for d in datasets
             ]
-            published = ""
-            if protocol == "full" and dataset in experiments.PUBLISHED:
-                name, hr, _, _ = experiments.PUBLISHED[dataset]
-                published = f"{name} {hr:.4f}"
-            lines.append(
-                f"| {dataset} | {protocol} | {touched} | " + " | ".join(cells) + f" | {published} |"
-            )
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if protocol == "full":
+            published = [
+                "{} {:.4f}".format(*experiments.PUBLISHED[d][:2])
+                if d in experiments.PUBLISHED
+                else ""
+                for d in datasets
+            ]
+            lines.append("| published | " + " | ".join(published) + " |")
     missing = [d for d in DATASETS if d not in reports]
     if missing:
         lines += ["", "Not run yet: " + ", ".join(missing) + "."]
