@@ -53,11 +53,17 @@ def test_sigkill_mid_epoch_then_restart_ends_like_an_uninterrupted_run(uninterru
     process = subprocess.Popen(
         _command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    marker = tmp_path / "checkpoints" / "ckpt-2.index"
+    # The manager names a checkpoint in its state file only once the
+    # checkpoint is whole; its .index file appears before that.
+    state = tmp_path / "checkpoints" / "checkpoint"
+
+    def saved_second():
+        return state.exists() and 'model_checkpoint_path: "ckpt-2"' in state.read_text()
+
     deadline = time.time() + 300
-    while not marker.exists() and process.poll() is None and time.time() < deadline:
+    while not saved_second() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert marker.exists(), "the run ended or stalled before its second checkpoint"
+    assert saved_second(), "the run ended or stalled before its second checkpoint"
     process.send_signal(signal.SIGKILL)  # during epoch 3
     process.wait()
     assert process.returncode == -signal.SIGKILL
