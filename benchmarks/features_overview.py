@@ -32,6 +32,45 @@ def _overlap(run_dir: str) -> str:
     return ", ".join(f"{b} {v:.0%}" for b, v in overlap.items())
 
 
+FAMILIES = ("MMF", "ALS", "popular")
+
+
+def _validation(runs_dir: str, arm: dict, protocol: str) -> float:
+    with open(os.path.join(runs_dir, arm[f"{protocol}_run_dirs"][0], "results.json")) as f:
+        return json.load(f)["validation"][protocol]["HR@10"]
+
+
+def _chosen(datasets: list, arms: dict, runs_dir: str) -> list[str]:
+    """Per family of arms (label prefix), the arm validation picks and its test HR@10."""
+    lines = [
+        "",
+        "## Chosen on validation",
+        "",
+        "Within each family (the arms whose label starts with it), the arm with the highest "
+        "validation HR@10 of the protocol; test HR@10 of that arm (and its label). The MMF "
+        "family has more arms to choose from than the others.",
+    ]
+    for protocol in ("full", "sampled"):
+        lines += [
+            "",
+            f"| {protocol} | " + " | ".join(datasets) + " |",
+            "|---|" + "---|" * len(datasets),
+        ]
+        for family in FAMILIES:
+            cells = []
+            for d in datasets:
+                members = [a for label, a in arms[d].items() if label.startswith(family)]
+                if not members:
+                    cells.append("")
+                    continue
+                best = max(members, key=lambda a: _validation(runs_dir, a, protocol))
+                cells.append(
+                    f"{experiments.format_metric(best[protocol], 'HR@10')} ({best['label']})"
+                )
+            lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write(results_dir: str, runs_dir: str) -> str:
     reports = {}
     for dataset in DATASETS:
@@ -85,6 +124,7 @@ def write(results_dir: str, runs_dir: str) -> str:
                 for d in datasets
             ]
             lines.append("| published | " + " | ".join(published) + " |")
+    lines += _chosen(datasets, arms, runs_dir)
     missing = [d for d in DATASETS if d not in reports]
     if missing:
         lines += ["", "Not run yet: " + ", ".join(missing) + "."]
