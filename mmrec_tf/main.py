@@ -604,6 +604,8 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
             f"--mode={config.mode}, --export_dir={config.export.export_dir!r}): it fits and "
             "evaluates in one go; export is for the neural models."
         )
+    if m.behavior_features:
+        models.require_supportive(split.behaviors)
     index = None
     if m.model == "popular" or m.behavior_features:
         index = samplers.TrainingIndex.from_split(split)
@@ -631,7 +633,6 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
             "behavior_features": m.behavior_features,
         }
     if m.behavior_features:
-        models.require_supportive(split.behaviors)
         score = popularity.TouchedFirst(score, index, bound=score.bound)
     started = time.perf_counter()
     results["test"] = evaluate.evaluate(
