@@ -17,6 +17,7 @@ MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
 GATINGS = ("gradient", "gradient_aux", "none")
 BEHAVIOR_INITS = ("zero", "lift")
 BEHAVIOR_FITS = ("joint", "apart")
+VALIDATION_PROTOCOLS = ("sampled", "full")
 LOSSES = ("bpr", "logloss")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -274,6 +275,9 @@ class TrainConfig:
         Keras Adam, dense table updates; for comparison only).
       early_stopping_patience: epochs without a better validation HR@10
         before training stops; 0 disables early stopping.
+      early_stopping_protocol: the protocol of that validation HR@10, which
+        also picks the kept epoch: `sampled` (1 + 99, cheap) or `full`
+        (whole catalog, the `EvalConfig.full_ranking_cases` sample).
       steps_per_epoch: cap on steps per epoch; 0 means one pass over the
         training positives.
       steps_per_execution: steps run per `tf.function` call.
@@ -297,6 +301,7 @@ class TrainConfig:
     supportive_positive_weight: float = 0.0
     optimizer: str = "lazy_adam"
     early_stopping_patience: int = 3
+    early_stopping_protocol: str = "sampled"
     steps_per_epoch: int = 0
     steps_per_execution: int = 1
     distribution_strategy: str = "default"
@@ -334,6 +339,12 @@ class TrainConfig:
             "early_stopping_patience",
             self.early_stopping_patience,
             ">= 0",
+        )
+        _check(
+            self.early_stopping_protocol in VALIDATION_PROTOCOLS,
+            "early_stopping_protocol",
+            self.early_stopping_protocol,
+            f"one of {VALIDATION_PROTOCOLS}",
         )
         _check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, ">= 0")
         _check(

@@ -236,6 +236,12 @@ def _suite_features(behaviors):
                 "supportive_negative_ratio": 0.5,
             },
         ),
+        # Early stopping and the kept epoch on the full-ranking validation
+        # HR@10, which the flags move far more than the sampled one.
+        Arm(
+            "MMF + behavior features, early stopping on full ranking",
+            {**mmf, "behavior_features": True, "early_stopping_protocol": "full"},
+        ),
     ]
 
 

@@ -199,6 +199,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "Epochs without validation gain before stopping (0: off).",
         **f,
     )
+    flags.DEFINE_enum(
+        "early_stopping_protocol",
+        d_train.early_stopping_protocol,
+        config_lib.VALIDATION_PROTOCOLS,
+        "Protocol of the validation HR@10 that stops training and picks the kept epoch: "
+        "sampled (1 + 99) or full (whole catalog; slower).",
+        **f,
+    )
     flags.DEFINE_integer(
         "steps_per_epoch", d_train.steps_per_epoch, "Cap on steps per epoch (0: a full pass).", **f
     )
@@ -359,6 +367,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         supportive_positive_weight=fv.supportive_positive_weight,
         optimizer=fv.optimizer,
         early_stopping_patience=fv.early_stopping_patience,
+        early_stopping_protocol=fv.early_stopping_protocol,
         steps_per_epoch=fv.steps_per_epoch,
         steps_per_execution=fv.steps_per_execution,
         distribution_strategy=fv.distribution_strategy,
@@ -514,10 +523,12 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         print(f"behavior feature weights start at {start}")
     score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size, index=index)
 
+    protocol = config.train.early_stopping_protocol
+
     def validation():
-        return evaluate.evaluate(score, valid_cases, config=config.eval, full_ranking=False)[
-            "sampled"
-        ]
+        return evaluate.evaluate(
+            score, valid_cases, config=config.eval, full_ranking=protocol == "full"
+        )[protocol]
 
     if config.mode in ("train", "train_and_evaluate"):
         started = time.perf_counter()

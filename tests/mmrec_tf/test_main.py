@@ -85,3 +85,32 @@ def test_every_flagfile_parses_into_a_valid_config(name):
     path = os.path.join(os.path.dirname(QUICKSTART), f"{name}.flags")
     config = main_lib.config_from_flags(_flags([f"--flagfile={path}", "--model_dir=x"]))
     assert config.train.num_negatives >= 1
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_early_stopping_follows_the_validation_protocol_it_is_given(tmp_path, protocol):
+    config = main_lib.config_from_flags(
+        _flags(
+            [
+                f"--model_dir={tmp_path}",
+                "--synthetic_users=150",
+                "--synthetic_items=200",
+                "--mf_dim=4",
+                "--mlp_dim=4",
+                "--epochs=3",
+                "--early_stopping_patience=0",
+                f"--early_stopping_protocol={protocol}",
+                "--verbose=0",
+            ]
+        )
+    )
+    results = main_lib.run_experiment(config)
+    with open(tmp_path / "history.json") as f:
+        history = json.load(f)
+    # Each epoch's validation is the protocol's, and the kept epoch is the
+    # best of them; the final validation (of the kept weights) agrees.
+    best = max(history, key=lambda h: h["val_HR@10"])
+    assert results["train"]["best_epoch"] == best["epoch"]
+    assert best["val_HR@10"] == pytest.approx(results["validation"][protocol]["HR@10"])
+    other = {"sampled": "full", "full": "sampled"}[protocol]
+    assert results["validation"][other]["HR@10"] != pytest.approx(best["val_HR@10"])
