@@ -644,7 +644,7 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
             "behavior_features": m.behavior_features,
         }
     if m.behavior_features:
-        score = popularity.TouchedFirst(score, index, bound=score.bound)
+        score = popularity.TouchedFirst(score, index)
     started = time.perf_counter()
     results["test"] = evaluate.evaluate(
         score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval

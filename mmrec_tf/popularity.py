@@ -38,16 +38,16 @@ class TouchedFirst:
     """A base scorer's ranking below the count of supportive behaviors of each pair.
 
     Args:
-      base: a scorer (pairs and grids) whose scores all lie in (-bound, bound).
+      base: a scorer (pairs and grids) whose scores all lie in
+        (-base.bound, base.bound); each supportive behavior adds twice that
+        bound, so any touched item outranks any untouched one.
       index: the training index the behaviors are looked up in.
-      bound: that bound; each supportive behavior adds 2 * bound, so any
-        touched item outranks any untouched one.
     """
 
-    def __init__(self, base, index: samplers.TrainingIndex, *, bound: float):
+    def __init__(self, base, index: samplers.TrainingIndex):
         self.base = base
         self.index = index
-        self.step = 2.0 * float(bound)
+        self.step = 2.0 * float(base.bound)
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         touched = self.index.gates(users, items)[:, 1:].sum(axis=-1)

@@ -220,7 +220,7 @@ def test_touched_items_rank_first_then_by_the_base_scorer(data, base):
     _, split, index = data
     users, items = np.arange(0, 30, 3), np.arange(split.num_items)
     plain = popularity.PopularityScorer(index) if base == "popular" else _als(split)
-    touched = popularity.TouchedFirst(plain, index, bound=plain.bound)
+    touched = popularity.TouchedFirst(plain, index)
     if base == "popular":
         # The buy counts' order, for every user.
         counts = np.bincount(index.pos_items, minlength=split.num_items)
