@@ -17,8 +17,9 @@ MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
 GATINGS = ("gradient", "gradient_aux", "none")
 BEHAVIOR_INITS = ("zero", "lift")
 BEHAVIOR_FITS = ("joint", "apart")
-VALIDATION_PROTOCOLS = ("sampled", "full")
-LOSSES = ("bpr", "logloss")
+VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
+LOSSES = ("bpr", "logloss", "softmax")
+NEGATIVE_DISTRIBUTIONS = ("uniform", "popularity")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
@@ -263,8 +264,39 @@ class TrainConfig:
       epochs: maximum training epochs.
       batch_size: global batch size (positives per step).
       learning_rate: Adam learning rate (the paper uses 0.001).
-      loss: `bpr` (pairwise, the paper's) or `logloss` (pointwise).
-      num_negatives: negatives per positive (the paper's ng-x).
+      loss: `bpr` (pairwise, the paper's), `logloss` (pointwise), or
+        `softmax`: each positive against a candidate set shared by the batch
+        (the batch's positives plus `shared_negatives` sampled items), every
+        candidate's logit corrected by its log sampling probability, the
+        row's own positive item elsewhere in the set (accidental hits) and
+        the user's other training positives masked out; the whole scorer
+        scores the [batch, batch + shared_negatives] grid.
+      num_negatives: negatives per positive (the paper's ng-x; `bpr` and
+        `logloss`).
+      shared_negatives: with `softmax`, items drawn once per batch as
+        negatives for every row.
+      negative_distribution: with `softmax`, the shared negatives' sampling
+        distribution: `uniform` over the catalog, or `popularity` (training
+        positive pairs per item, plus one, to the power
+        `negative_exponent`).
+      negative_exponent: exponent of the popularity distribution.
+      temperature: with `softmax`, logits are divided by it.
+      hard_negatives: with `softmax`, 0 scores the whole candidate grid with
+        the full scorer; K > 0 trains in two stages, as `recommend` serves:
+        the softmax over the grid scores only the factorized (MF) part, and
+        the full scorer learns to rank each positive above the K candidates
+        that part scores highest (a softmax over 1 + K). Costs B x K full
+        scores per step instead of B x (B + shared_negatives).
+      behavior_weights: graded positives: (behavior, weight) pairs; every
+        training pair with a behavior of positive weight is a positive whose
+        loss weight is the sum of the weights of its behaviors (the
+        multi-behavior ALS's confidence). Empty: target pairs with weight 1,
+        plus supportive-only pairs at `supportive_positive_weight`.
+      whole_data_weight: weight of the whole-data term: for each batch row,
+        the sum over every item of the catalog of the squared factorized
+        (MF) part of the logit, divided by the user's number of positives
+        (so each user counts once per epoch), computed exactly with the
+        item Gramian. Pushes every untouched item down at every step.
       supportive_negative_ratio: fraction of negatives drawn from items the
         user touched only through supportive feedback (1.0 is the paper's
         sampler); the rest are uniform over items the user never touched.
@@ -276,8 +308,9 @@ class TrainConfig:
       early_stopping_patience: epochs without a better validation HR@10
         before training stops; 0 disables early stopping.
       early_stopping_protocol: the protocol of that validation HR@10, which
-        also picks the kept epoch: `sampled` (1 + 99, cheap) or `full`
-        (whole catalog, the `EvalConfig.full_ranking_cases` sample).
+        also picks the kept epoch: `sampled` (1 + 99, cheap), `full` (whole
+        catalog, the `EvalConfig.valid_full_ranking_cases` sample) or
+        `discovery` (whole catalog without the user's touched items).
       steps_per_epoch: cap on steps per epoch; 0 means one pass over the
         training positives.
       steps_per_execution: steps run per `tf.function` call.
@@ -297,6 +330,13 @@ class TrainConfig:
     learning_rate: float = 0.001
     loss: str = "bpr"
     num_negatives: int = 3
+    shared_negatives: int = 1024
+    negative_distribution: str = "uniform"
+    negative_exponent: float = 0.75
+    temperature: float = 1.0
+    hard_negatives: int = 0
+    behavior_weights: tuple[tuple[str, float], ...] = ()
+    whole_data_weight: float = 0.0
     supportive_negative_ratio: float = 1.0
     supportive_positive_weight: float = 0.0
     optimizer: str = "lazy_adam"
@@ -316,6 +356,43 @@ class TrainConfig:
         _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
         _check(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
         _check(self.num_negatives >= 1, "num_negatives", self.num_negatives, ">= 1")
+        _check(self.shared_negatives >= 0, "shared_negatives", self.shared_negatives, ">= 0")
+        _check(
+            self.negative_distribution in NEGATIVE_DISTRIBUTIONS,
+            "negative_distribution",
+            self.negative_distribution,
+            f"one of {NEGATIVE_DISTRIBUTIONS}",
+        )
+        _check(self.negative_exponent >= 0, "negative_exponent", self.negative_exponent, ">= 0")
+        _check(self.temperature > 0, "temperature", self.temperature, "> 0")
+        _check(self.hard_negatives >= 0, "hard_negatives", self.hard_negatives, ">= 0")
+        _check(
+            self.loss == "softmax" or not self.hard_negatives,
+            "hard_negatives",
+            self.hard_negatives,
+            "0 unless loss='softmax' (they are picked from its candidate grid)",
+        )
+        _check(self.whole_data_weight >= 0, "whole_data_weight", self.whole_data_weight, ">= 0")
+        names = [name for name, _ in self.behavior_weights]
+        _check(
+            len(set(names)) == len(names) and all(w >= 0 for _, w in self.behavior_weights),
+            "behavior_weights",
+            self.behavior_weights,
+            "each behavior once with a weight >= 0, e.g. buy:1,cart:0.5",
+        )
+        _check(
+            not self.behavior_weights or any(w > 0 for _, w in self.behavior_weights),
+            "behavior_weights",
+            self.behavior_weights,
+            "at least one behavior with a positive weight",
+        )
+        _check(
+            not (self.behavior_weights and self.supportive_positive_weight),
+            "supportive_positive_weight",
+            self.supportive_positive_weight,
+            "0 when behavior_weights is given (it sets every behavior's weight); "
+            "drop one of the two",
+        )
         _check(
             0.0 <= self.supportive_negative_ratio <= 1.0,
             "supportive_negative_ratio",
@@ -375,10 +452,12 @@ class EvalConfig:
       retrieval_ks: cut-offs of the TFRS FactorizedTopK retrieval metric.
       batch_size: pairs scored per call.
       full_ranking: also run the full-ranking protocol.
-      full_ranking_cases: rank at most this many cases against the whole
-        catalog, a fixed seeded sample of them (0: every case). For catalogs
-        where scoring every user x item grid is the run's largest cost; the
-        results record how many cases were ranked.
+      full_ranking_cases: rank at most this many test cases against the
+        whole catalog, a fixed seeded sample of them (0: every case). For
+        catalogs where scoring every user x item grid is the run's largest
+        cost; the results record how many cases were ranked.
+      valid_full_ranking_cases: the same limit for the validation cases
+        (early stopping on full ranking or discovery ranks them every epoch).
       seed: seed of the sampled protocol's negatives.
     """
 
@@ -388,6 +467,7 @@ class EvalConfig:
     batch_size: int = 65536
     full_ranking: bool = True
     full_ranking_cases: int = 0
+    valid_full_ranking_cases: int = 0
     seed: int = 1234
 
     def __post_init__(self):
@@ -399,6 +479,12 @@ class EvalConfig:
             self.full_ranking_cases >= 0,
             "full_ranking_cases",
             self.full_ranking_cases,
+            ">= 0 (0 ranks every case)",
+        )
+        _check(
+            self.valid_full_ranking_cases >= 0,
+            "valid_full_ranking_cases",
+            self.valid_full_ranking_cases,
             ">= 0 (0 ranks every case)",
         )
 

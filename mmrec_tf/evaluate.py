@@ -157,8 +157,14 @@ def _row_mask(users: np.ndarray, sorted_keys: np.ndarray, num_items: int) -> np.
 
 
 def full_ranks(
-    score: Scorer, users: np.ndarray, items: np.ndarray, exclude_keys: np.ndarray, num_items: int
-) -> np.ndarray:
+    score: Scorer,
+    users: np.ndarray,
+    items: np.ndarray,
+    exclude_keys: np.ndarray,
+    num_items: int,
+    *,
+    discovery_keys: np.ndarray | None = None,
+):
     """Ranks of each held-out item among the whole catalog, excluded items left out.
 
     Args:
@@ -168,12 +174,17 @@ def full_ranks(
       exclude_keys: sorted pair keys never ranked (the users' training target
         items).
       num_items: catalog size.
+      discovery_keys: when given, sorted pair keys of every training pair (any
+        behavior): the same scores are also ranked with these excluded.
 
     Returns:
       [cases] ranks among the items that are neither excluded nor the
-      held-out item itself.
+      held-out item itself; with `discovery_keys`, a pair (full ranks,
+      discovery ranks), the second computed for every case (the caller drops
+      the cases whose item is itself a training pair).
     """
     ranks = np.empty(len(users), np.int64)
+    found = np.empty(len(users), np.int64) if discovery_keys is not None else None
     rows = max(1, Scorer.GRID_PAIRS // num_items)
     catalog = np.arange(num_items, dtype=np.int32)
     for start in range(0, len(users), rows):
@@ -181,10 +192,15 @@ def full_ranks(
         i = items[start : start + rows]
         logits = score.grid(u, catalog)
         target = logits[np.arange(len(u)), i]
+        above = logits >= target[:, None]
         excluded = _row_mask(u, exclude_keys, num_items)
         excluded[np.arange(len(u)), i] = True
-        ranks[start : start + len(u)] = ((logits >= target[:, None]) & ~excluded).sum(axis=1)
-    return ranks
+        ranks[start : start + len(u)] = (above & ~excluded).sum(axis=1)
+        if found is not None:
+            excluded |= _row_mask(u, discovery_keys, num_items)
+            excluded[np.arange(len(u)), i] = True
+            found[start : start + len(u)] = (above & ~excluded).sum(axis=1)
+    return ranks if found is None else (ranks, found)
 
 
 def full_ranking_subset(num_cases: int, limit: int, seed: int) -> np.ndarray:
@@ -200,9 +216,12 @@ def full_ranking_subset(num_cases: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(num_cases, size=limit, replace=False))
 
 
+PROTOCOLS = ("sampled", "full", "discovery")
+
+
 @dataclasses.dataclass
 class EvalCases:
-    """Held-out cases with everything both protocols need, drawn once.
+    """Held-out cases with everything the protocols need, drawn once.
 
     Attributes:
       users: [cases] users.
@@ -210,6 +229,9 @@ class EvalCases:
       candidates: [cases, 1 + negatives] sampled-protocol candidates.
       exclude_keys: sorted keys of the training target pairs (full ranking).
       num_items: catalog size.
+      touched_keys: sorted keys of every training pair, any behavior (the
+        discovery protocol excludes them, and drops the cases whose item is
+        one of them); None: no discovery protocol.
     """
 
     users: np.ndarray
@@ -217,6 +239,7 @@ class EvalCases:
     candidates: np.ndarray
     exclude_keys: np.ndarray
     num_items: int
+    touched_keys: np.ndarray | None = None
 
     @classmethod
     def build(cls, split: splits_lib.Split, which: str, config: config_lib.EvalConfig) -> EvalCases:
@@ -230,7 +253,14 @@ class EvalCases:
             num_negatives=config.sampled_negatives,
             seed=config.seed + (1 if which == "valid" else 0),
         )
-        return cls(users, items, candidates, splits_lib.train_target_keys(split), split.num_items)
+        return cls(
+            users,
+            items,
+            candidates,
+            splits_lib.train_target_keys(split),
+            split.num_items,
+            touched_keys=splits_lib.train_pair_keys(split),
+        )
 
 
 def evaluate(
@@ -239,38 +269,78 @@ def evaluate(
     *,
     config: config_lib.EvalConfig,
     full_ranking: bool | None = None,
+    protocols: tuple[str, ...] | None = None,
+    case_limit: int | None = None,
 ) -> dict:
-    """Both protocols on `cases`.
+    """The protocols on `cases` (PROTOCOL.md: sampled, full ranking, discovery).
+
+    Full ranking and discovery rank the same scores of the whole catalog:
+    full ranking leaves out the user's training target items, discovery every
+    item the user touched in training through any behavior, and drops the
+    cases whose held-out item the user touched.
 
     Args:
       score: the batched scorer (build it once: each one traces a function).
       cases: the held-out cases.
       config: negatives, cut-offs, whether to rank the full catalog.
       full_ranking: overrides `config.full_ranking` when not None.
+      protocols: the protocols to compute (default: sampled, and full ranking
+        and discovery when full ranking is on).
+      case_limit: overrides `config.full_ranking_cases` (e.g. a validation
+        limit of its own).
 
     Returns:
-      {"sampled": metrics at K=10, "full": metrics at `config.ks`} (full
-      omitted when disabled).
+      {"sampled": metrics at K=10, "full" and "discovery": metrics at
+      `config.ks`}, each present when computed.
     """
-    started = time.perf_counter()
-    result = {
-        "sampled": metrics_from_ranks(sampled_ranks(score, cases.users, cases.candidates), ks=(10,))
-    }
-    result["sampled"]["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
-    result["sampled"]["seconds"] = round(time.perf_counter() - started, 2)
-    if config.full_ranking if full_ranking is None else full_ranking:
+    if protocols is None:
+        full = config.full_ranking if full_ranking is None else full_ranking
+        protocols = PROTOCOLS if full else ("sampled",)
+    unknown = set(protocols) - set(PROTOCOLS)
+    if unknown:
+        raise ValueError(f"protocols {sorted(unknown)} are unknown: use some of {PROTOCOLS}.")
+    result = {}
+    if "sampled" in protocols:
         started = time.perf_counter()
-        ranked = full_ranking_subset(len(cases.users), config.full_ranking_cases, config.seed)
-        ranks = full_ranks(
-            score, cases.users[ranked], cases.items[ranked], cases.exclude_keys, cases.num_items
-        )
-        result["full"] = metrics_from_ranks(ranks, ks=config.ks)
-        result["full"]["protocol"] = "whole catalog, training target items excluded" + (
+        ranks = sampled_ranks(score, cases.users, cases.candidates)
+        result["sampled"] = metrics_from_ranks(ranks, ks=(10,))
+        result["sampled"]["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
+        result["sampled"]["seconds"] = round(time.perf_counter() - started, 2)
+    discovery = "discovery" in protocols and cases.touched_keys is not None
+    if "full" in protocols or discovery:
+        started = time.perf_counter()
+        limit = config.full_ranking_cases if case_limit is None else case_limit
+        ranked = full_ranking_subset(len(cases.users), limit, config.seed)
+        sample = (
             f"; a seeded sample of {len(ranked)} of {len(cases.users)} cases"
             if len(ranked) < len(cases.users)
             else ""
         )
-        result["full"]["seconds"] = round(time.perf_counter() - started, 2)
+        users, items = cases.users[ranked], cases.items[ranked]
+        ranks = full_ranks(
+            score,
+            users,
+            items,
+            cases.exclude_keys,
+            cases.num_items,
+            discovery_keys=cases.touched_keys if discovery else None,
+        )
+        seconds = round(time.perf_counter() - started, 2)
+        if discovery:
+            ranks, found = ranks
+            keys = splits_lib.pair_keys(users, items, cases.num_items)
+            fresh = ~samplers.contains(cases.touched_keys, keys)
+            result["discovery"] = metrics_from_ranks(found[fresh], ks=config.ks)
+            result["discovery"]["protocol"] = (
+                "whole catalog, every item the user touched in training excluded; "
+                f"{int(fresh.sum())} of {len(users)} cases whose item the user had not "
+                f"touched{sample}"
+            )
+            result["discovery"]["seconds"] = seconds
+        if "full" in protocols:
+            result["full"] = metrics_from_ranks(ranks, ks=config.ks)
+            result["full"]["protocol"] = "whole catalog, training target items excluded" + sample
+            result["full"]["seconds"] = seconds
     return result
 
 

@@ -179,6 +179,48 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("learning_rate", d_train.learning_rate, "Adam learning rate.", **f)
     flags.DEFINE_enum("loss", d_train.loss, config_lib.LOSSES, "Training loss.", **f)
     flags.DEFINE_integer("num_negatives", d_train.num_negatives, "Negatives per positive.", **f)
+    flags.DEFINE_integer(
+        "shared_negatives",
+        d_train.shared_negatives,
+        "With --loss=softmax: items drawn once per batch as negatives of every row.",
+        **f,
+    )
+    flags.DEFINE_enum(
+        "negative_distribution",
+        d_train.negative_distribution,
+        config_lib.NEGATIVE_DISTRIBUTIONS,
+        "With --loss=softmax: the shared negatives' distribution (popularity: positive "
+        "pairs per item plus one, to the power --negative_exponent).",
+        **f,
+    )
+    flags.DEFINE_float(
+        "negative_exponent", d_train.negative_exponent, "Exponent of the popularity draw.", **f
+    )
+    flags.DEFINE_float(
+        "temperature", d_train.temperature, "With --loss=softmax: logits are divided by it.", **f
+    )
+    flags.DEFINE_integer(
+        "hard_negatives",
+        d_train.hard_negatives,
+        "With --loss=softmax: 0 scores the whole candidate grid with the full model; K > 0 "
+        "trains in two stages (the grid softmax on the MF part, the full model on each "
+        "positive against the K candidates the MF part scores highest).",
+        **f,
+    )
+    flags.DEFINE_list(
+        "behavior_weights",
+        [],
+        "Graded positives, behavior:weight pairs (e.g. buy:1,cart:0.5): every training pair "
+        "with a weighted behavior is a positive weighing the sum of its behaviors' weights.",
+        **f,
+    )
+    flags.DEFINE_float(
+        "whole_data_weight",
+        d_train.whole_data_weight,
+        "Weight of the whole-data term: each user's sum over the catalog of the squared MF "
+        "part of the logit (exact, through the item Gramian).",
+        **f,
+    )
     flags.DEFINE_float(
         "supportive_negative_ratio",
         d_train.supportive_negative_ratio,
@@ -270,6 +312,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "catalog; 0 ranks every case. The sampled protocol always uses every case.",
         **f,
     )
+    flags.DEFINE_integer(
+        "valid_full_ranking_cases",
+        d_eval.valid_full_ranking_cases,
+        "The same limit for the validation cases (ranked every epoch when early stopping "
+        "follows full ranking or discovery); 0 ranks every case.",
+        **f,
+    )
     flags.DEFINE_integer("eval_seed", d_eval.seed, "Seed of the sampled protocol.", **f)
 
 
@@ -313,6 +362,21 @@ def _pairs(values: list[str]) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"--columns entry {value!r} is not field=column, e.g. user=uid.")
         field, column = value.split("=", 1)
         result.append((field.strip(), column.strip()))
+    return tuple(result)
+
+
+def _weights(values: list[str]) -> tuple[tuple[str, float], ...]:
+    result = []
+    for value in values:
+        name, sep, weight = value.partition(":")
+        try:
+            result.append((name.strip(), float(weight)))
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(
+                f"--behavior_weights entry {value!r} is not behavior:weight, e.g. buy:1,cart:0.5."
+            ) from None
     return tuple(result)
 
 
@@ -363,6 +427,13 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         learning_rate=fv.learning_rate,
         loss=fv.loss,
         num_negatives=fv.num_negatives,
+        shared_negatives=fv.shared_negatives,
+        negative_distribution=fv.negative_distribution,
+        negative_exponent=fv.negative_exponent,
+        temperature=fv.temperature,
+        hard_negatives=fv.hard_negatives,
+        behavior_weights=_weights(fv.behavior_weights),
+        whole_data_weight=fv.whole_data_weight,
         supportive_negative_ratio=fv.supportive_negative_ratio,
         supportive_positive_weight=fv.supportive_positive_weight,
         optimizer=fv.optimizer,
@@ -382,6 +453,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         batch_size=fv.eval_batch_size,
         full_ranking=fv.full_ranking,
         full_ranking_cases=fv.full_ranking_cases,
+        valid_full_ranking_cases=fv.valid_full_ranking_cases,
         seed=fv.eval_seed,
     )
     export = config_lib.ExportConfig(
@@ -527,7 +599,11 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
 
     def validation():
         return evaluate.evaluate(
-            score, valid_cases, config=config.eval, full_ranking=protocol == "full"
+            score,
+            valid_cases,
+            config=config.eval,
+            protocols=(protocol,),
+            case_limit=config.eval.valid_full_ranking_cases,
         )[protocol]
 
     if config.mode in ("train", "train_and_evaluate"):
@@ -558,7 +634,12 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
         test_cases = evaluate.EvalCases.build(split, "test", config.eval)
         results["test"] = evaluate.evaluate(score, test_cases, config=config.eval)
         if valid_cases is not None:
-            results["validation"] = evaluate.evaluate(score, valid_cases, config=config.eval)
+            results["validation"] = evaluate.evaluate(
+                score,
+                valid_cases,
+                config=config.eval,
+                case_limit=config.eval.valid_full_ranking_cases,
+            )
         retrieval = evaluate.retrieval_metrics(ranker.scorer, test_cases, config=config.eval)
         if retrieval is not None:
             results["test"]["retrieval"] = retrieval
@@ -651,7 +732,9 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
     )
     if len(split.valid_users):
         valid_cases = evaluate.EvalCases.build(split, "valid", config.eval)
-        results["validation"] = evaluate.evaluate(score, valid_cases, config=config.eval)
+        results["validation"] = evaluate.evaluate(
+            score, valid_cases, config=config.eval, case_limit=config.eval.valid_full_ranking_cases
+        )
     results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
     _print_metrics(results)
     _write_json(os.path.join(model_dir, "results.json"), results)
@@ -711,13 +794,14 @@ def _print_metrics(results: dict) -> None:
         f"test sampled ({s['protocol']}): HR@10 {s['HR@10']:.4f} ± {s['HR@10_se']:.4f}  "
         f"NDCG@10 {s['NDCG@10']:.4f} ± {s['NDCG@10_se']:.4f}  cases {s['cases']}"
     )
-    if "full" in test:
-        f = test["full"]
-        print(
-            f"test full ranking ({f['protocol']}): HR@10 {f['HR@10']:.4f} ± "
-            f"{f['HR@10_se']:.4f}  NDCG@10 {f['NDCG@10']:.4f} ± {f['NDCG@10_se']:.4f}  "
-            f"cases {f['cases']}"
-        )
+    for name, title in (("full", "full ranking"), ("discovery", "discovery")):
+        if name in test:
+            f = test[name]
+            print(
+                f"test {title} ({f['protocol']}): HR@10 {f['HR@10']:.4f} ± "
+                f"{f['HR@10_se']:.4f}  NDCG@10 {f['NDCG@10']:.4f} ± {f['NDCG@10_se']:.4f}  "
+                f"cases {f['cases']}"
+            )
     if "retrieval" in test:
         print(f"test retrieval (TFRS FactorizedTopK, MF stage): {test['retrieval']}")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_recommenders as tfrs
 import tf_keras
 
 from mmrec_tf import config as config_lib
@@ -25,6 +26,8 @@ from mmrec_tf import losses
 from mmrec_tf.pipelines import schema
 
 BEHAVIOR_BIAS = "behavior_bias"
+# Added to the logits of masked candidates (as TFRS's accidental-hit removal).
+_MIN_LOGIT = float(np.finfo(np.float32).min) / 100.0
 
 _PARTS = {
     "mmf": (True, "all"),
@@ -196,7 +199,12 @@ def behavior_lift(index) -> np.ndarray:
 
 
 def score_grid(
-    scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor, gates: tf.Tensor | None = None
+    scorer: tf_keras.Model,
+    users: tf.Tensor,
+    items: tf.Tensor,
+    gates: tf.Tensor | None = None,
+    *,
+    training: bool = False,
 ) -> tf.Tensor:
     """Logits of every (user, item) pair of two lists, as the scorer computes them.
 
@@ -209,7 +217,11 @@ def score_grid(
       users: [U] user indices.
       items: [I] item indices.
       gates: [U, I, num_behaviors] training gate masks of the pairs; needed
-        (only) by a scorer with behavior features.
+        by a scorer with behavior features, and in training by the gradient
+        gates of the supportive branches.
+      training: apply the supportive branches' gradient gates (a branch
+        learns only from the pairs that have its behavior), as the pairwise
+        scorer does in training.
 
     Returns:
       [U, I] logits. With user histories, a pair whose item is in the user's
@@ -221,6 +233,13 @@ def score_grid(
     if mf is not None:
         inputs.append(mf.grid(users, items))
     branches = [tower.grid(users, items) for tower in towers]
+    gated = training and scorer_gating(scorer)
+    if gated:
+        if gates is None:
+            raise ValueError("training on a grid needs the pairs' gates for the gradient gates.")
+        branches = [branches[0]] + [
+            _gate_gradient(x, gates[..., t]) for t, x in enumerate(branches) if t > 0
+        ]
     if fusion is not None:
         inputs.append(fusion(branches))
     elif branches:
@@ -232,6 +251,51 @@ def score_grid(
             raise ValueError("this scorer has behavior features: pass the pairs' gates.")
         logits += bias(gates[..., 1:])
     return logits
+
+
+def scorer_gating(scorer: tf_keras.Model) -> bool:
+    """Whether the scorer's supportive branches pass through gradient gates."""
+    return any(isinstance(layer, layers.GradientGate) for layer in scorer.layers)
+
+
+def _gate_gradient(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Identity forward; the gradient of x[u, i] scaled by mask[u, i] (`GradientGate`)."""
+    mask = tf.cast(mask, x.dtype)[..., None]
+    return tf.stop_gradient(x) + mask * (x - tf.stop_gradient(x))
+
+
+def factorized_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """[U, I] the MF part of the logit, <p_u * w, q_i>, for every pair (the retrieval stage)."""
+    mf, _, _, head = parts(scorer)
+    v = mf.user_vector(users) * head.dense.kernel[: mf.embedding_dim, 0]
+    return tf.matmul(v, mf.item_embedding(items), transpose_b=True)
+
+
+def whole_data_term(scorer: tf_keras.Model, users: tf.Tensor) -> tf.Tensor:
+    """[batch] sum over every catalog item of the squared MF part of the logit.
+
+    The MF part of user u's logit for item i is <p_u * w, q_i> (w: the head's
+    MF weights), so sum_i <p_u * w, q_i>^2 = v_u^T (Q^T Q) v_u with
+    v_u = p_u * w: O(d^2) per user after the [d, d] Gramian of the item table,
+    O(num_items d^2), instead of a score per item.
+
+    Args:
+      scorer: a model from `build_model` with an MF part.
+      users: [batch] user indices.
+
+    Raises:
+      ValueError: for a scorer without an MF part.
+    """
+    mf, _, _, head = parts(scorer)
+    if mf is None:
+        raise ValueError(
+            f"whole_data_weight needs an MF part, and model {scorer.name!r} has none: "
+            "use mmf, ncf or gmf, or set --whole_data_weight=0."
+        )
+    v = mf.user_vector(users) * head.dense.kernel[: mf.embedding_dim, 0]
+    table = mf.item_embedding.embeddings
+    gram = tf.matmul(table, table, transpose_a=True)
+    return tf.reduce_sum(tf.matmul(v, gram) * v, axis=-1)
 
 
 def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.Model]:
@@ -287,6 +351,10 @@ class Ranker(tf_keras.Model):
         loss: str = "bpr",
         branch_loss_weight: float = 0.0,
         behavior_fit: str = "joint",
+        temperature: float = 1.0,
+        whole_data_weight: float = 0.0,
+        positive_bits: int = 1,
+        hard_negatives: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -300,8 +368,30 @@ class Ranker(tf_keras.Model):
             raise ValueError(
                 "behavior_fit='apart' needs a scorer with behavior features (--behavior_features)."
             )
+        if loss == "softmax":
+            mf, towers, _, _ = parts(scorer)
+            if any(p.history_length for p in [mf, *towers] if p is not None):
+                raise ValueError(
+                    "loss='softmax' does not take user histories yet (the grid would keep "
+                    "each positive in its own user's history mean): set --history_length=0."
+                )
+            if branch_loss_weight:
+                raise ValueError(
+                    "loss='softmax' has no auxiliary branch losses: use --gating=gradient."
+                )
+        if whole_data_weight:
+            whole_data_term(scorer, tf.zeros([0], tf.int32))  # raises without an MF part
+        if hard_negatives and (loss != "softmax" or parts(scorer)[0] is None):
+            raise ValueError(
+                f"hard_negatives={hard_negatives} needs loss='softmax' and a model with an MF "
+                "part (mmf, ncf, gmf): the MF grid picks them."
+            )
+        self.hard_negatives = hard_negatives
         self.scorer = scorer
         self.loss_name = loss
+        self.temperature = temperature
+        self.whole_data_weight = whole_data_weight
+        self.positive_bits = positive_bits
         self.branch_loss_weight = branch_loss_weight
         self.behavior_fit = behavior_fit
         self.loss_tracker = tf_keras.metrics.Mean(name="loss")
@@ -314,7 +404,83 @@ class Ranker(tf_keras.Model):
     def call(self, inputs, training=False):
         return self.scorer(inputs, training=training)
 
+    def _softmax_losses(self, batch, training):
+        """Each row's positive against the batch's shared candidates (`SharedNegatives`)."""
+        users = batch[schema.USER]
+        candidates = batch[schema.CANDIDATES]
+        bits = batch[schema.CANDIDATE_BITS]
+        batch_size = tf.shape(users)[0]
+        num_behaviors = batch[schema.POS_GATE].shape[-1]
+        shifts = tf.range(num_behaviors, dtype=bits.dtype)
+        gates = tf.cast(
+            tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[..., None], shifts), 1), tf.float32
+        )
+        if self.hard_negatives:
+            logits = factorized_grid(self.scorer, users, candidates)
+        else:
+            logits = score_grid(self.scorer, users, candidates, gates, training=training)
+        labels = tf.one_hot(tf.range(batch_size), tf.shape(candidates)[0], dtype=tf.float32)
+        # The user's other training positives are not negatives of this row.
+        own = tf.cast(tf.bitwise.bitwise_and(bits, self.positive_bits) != 0, tf.float32)
+        mask = own * (1.0 - labels)
+        log_q = batch[schema.CANDIDATE_LOG_Q][None, :]
+        remove_hits = tfrs.layers.loss.RemoveAccidentalHits()
+
+        def loss_of(grid):
+            x = tf.cast(grid, tf.float32) / self.temperature - log_q
+            x = remove_hits(labels, x, candidates) + mask * _MIN_LOGIT
+            return tf.nn.softmax_cross_entropy_with_logits(labels, x), x
+
+        if self.hard_negatives:
+            # Two stages, as `recommend` serves: the softmax over the whole set
+            # trains the factorized part; the full scorer learns to re-rank the
+            # positive against the K candidates that part scores highest.
+            per_example, x = loss_of(logits)
+            per_example += self._hard_loss(users, candidates, bits, gates, x, labels, training)
+        elif self.behavior_fit == "apart":
+            offsets = behavior_bias(self.scorer)(gates[..., 1:])
+            rest = logits - offsets
+            per_example, x = loss_of(rest)
+            per_example += loss_of(tf.stop_gradient(rest) + offsets)[0]
+        else:
+            per_example, x = loss_of(logits)
+        positive = tf.reduce_sum(x * labels, axis=1, keepdims=True)
+        valid = tf.cast(x > _MIN_LOGIT / 2, tf.float32) * (1.0 - labels)
+        correct = tf.reduce_sum(tf.cast(positive > x, tf.float32) * valid, axis=1) / tf.maximum(
+            tf.reduce_sum(valid, axis=1), 1.0
+        )
+        return per_example, correct
+
+    def _hard_loss(self, users, candidates, bits, gates, x, labels, training):
+        """[batch] softmax of the full logit over the positive and its K hardest candidates.
+
+        The K columns of highest corrected factorized logit among the row's
+        valid negatives (TFRS `HardNegativeMining` picks them the same way);
+        masked columns stay masked.
+        """
+        k = tf.minimum(self.hard_negatives + 1, tf.shape(candidates)[0])
+        _, columns = tf.math.top_k(tf.stop_gradient(x) + labels * -_MIN_LOGIT, k=k)
+        picked = tf.gather(candidates, columns)  # [batch, k], the positive first
+        masked = tf.cast(tf.gather(x, columns, batch_dims=1) <= _MIN_LOGIT / 2, tf.float32)
+        pair_gates = tf.gather(gates, columns, batch_dims=1)
+        width = tf.shape(picked)[1]
+        outputs = self.scorer(
+            {
+                schema.USER: tf.reshape(tf.repeat(users[:, None], width, axis=1), [-1]),
+                schema.ITEM: tf.reshape(picked, [-1]),
+                schema.GATE: tf.reshape(pair_gates, [-1, pair_gates.shape[-1]]),
+            },
+            training=training,
+        )
+        full = tf.reshape(tf.cast(outputs[schema.LOGIT], tf.float32), tf.shape(picked))
+        full = full / self.temperature + masked * _MIN_LOGIT
+        hard_labels = tf.one_hot(tf.zeros_like(users), width, dtype=tf.float32)
+        return tf.nn.softmax_cross_entropy_with_logits(hard_labels, full)
+
     def _compute_losses(self, batch, training):
+        if self.loss_name == "softmax":
+            per_example, correct = self._softmax_losses(batch, training)
+            return self._total(batch, per_example) + (correct,)
         user = batch[schema.USER]
         neg = batch[schema.NEG_ITEM]
         batch_size = tf.shape(user)[0]
@@ -360,13 +526,21 @@ class Ranker(tf_keras.Model):
             per_example += self.branch_loss_weight * losses.masked_branch_loss(
                 branch, labels, branch_gates
             )
+        correct = tf.reduce_mean(tf.cast(pos_logits[:, None] > neg_logits, tf.float32), axis=-1)
+        return self._total(batch, per_example) + (correct,)
+
+    def _total(self, batch, per_example):
+        """(loss, per-example losses): weights, the whole-data term, regularization."""
         if schema.POS_WEIGHT in batch:
             per_example *= batch[schema.POS_WEIGHT]
+        if self.whole_data_weight:
+            share = batch.get(schema.USER_SHARE)
+            term = whole_data_term(self.scorer, batch[schema.USER])
+            per_example += self.whole_data_weight * (term if share is None else term * share)
         loss = tf.nn.compute_average_loss(per_example)
         if self.scorer.losses:
             loss += tf.nn.scale_regularization_loss(tf.add_n(self.scorer.losses))
-        correct = tf.reduce_mean(tf.cast(pos_logits[:, None] > neg_logits, tf.float32), axis=-1)
-        return loss, per_example, correct
+        return loss, per_example
 
     def train_step(self, batch):
         with tf.GradientTape() as tape:
@@ -390,6 +564,10 @@ class Ranker(tf_keras.Model):
             "loss": self.loss_name,
             "branch_loss_weight": self.branch_loss_weight,
             "behavior_fit": self.behavior_fit,
+            "temperature": self.temperature,
+            "whole_data_weight": self.whole_data_weight,
+            "positive_bits": self.positive_bits,
+            "hard_negatives": self.hard_negatives,
             "name": self.name,
         }
 
@@ -416,5 +594,23 @@ def build_ranker(
         loss=config.train.loss,
         branch_loss_weight=weight,
         behavior_fit=config.model.behavior_fit,
+        temperature=config.train.temperature,
+        whole_data_weight=config.train.whole_data_weight,
+        positive_bits=positive_bits(config.train, behaviors),
+        hard_negatives=config.train.hard_negatives,
         name="ranker",
     )
+
+
+def positive_bits(config: config_lib.TrainConfig, behaviors: schema.BehaviorSchema) -> int:
+    """Bitmask of the behaviors whose pairs are training positives.
+
+    A pair with any of them is a positive of some row, so the softmax loss
+    never takes it as a negative of its user.
+    """
+    if config.behavior_weights:
+        weights = dict(config.behavior_weights)
+        return sum(1 << t for t, b in enumerate(behaviors.behaviors) if weights.get(b, 0) > 0)
+    if config.supportive_positive_weight > 0:
+        return (1 << behaviors.num_behaviors) - 1
+    return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from mmrec_tf import config as config_lib
@@ -31,7 +32,11 @@ _DTYPES = (tf.int32, tf.int32, tf.float32, tf.float32, tf.int32, tf.float32)
 
 def steps_per_epoch(index: samplers.TrainingIndex, config: config_lib.TrainConfig) -> int:
     """Steps in one pass over the positives, capped by `config.steps_per_epoch`."""
-    positives = samplers.num_positives(index, config.supportive_positive_weight)
+    positives = samplers.num_positives(
+        index,
+        config.supportive_positive_weight,
+        samplers.behavior_weight_vector(index, config.behavior_weights),
+    )
     steps = max(1, math.ceil(positives / config.batch_size))
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
@@ -54,7 +59,11 @@ def training_dataset(
 
     Returns:
       A dataset of dicts with the fields of `schema.example_spec`; each epoch
-      yields exactly `steps_per_epoch(index, config)` batches.
+      yields exactly `steps_per_epoch(index, config)` batches. With the
+      `softmax` loss there are no per-example negatives; each batch holds
+      instead its candidate set (`schema.CANDIDATES`, `CANDIDATE_LOG_Q`,
+      `CANDIDATE_BITS`, see `samplers.SharedNegatives`), drawn from a
+      generator seeded by (seed, epoch, shard, chunk, batch).
     """
     batch_size = config.batch_size
     shard, num_shards = 0, 1
@@ -63,7 +72,27 @@ def training_dataset(
         shard, num_shards = input_context.input_pipeline_id, input_context.num_input_pipelines
     steps = steps_per_epoch(index, config)
     t = index.num_behaviors
-    n = config.num_negatives
+    softmax = config.loss == "softmax"
+    n = 0 if softmax else config.num_negatives
+    weights = samplers.behavior_weight_vector(index, config.behavior_weights)
+    shared = None
+    if softmax:
+        everything = samplers.epoch_positives(
+            index,
+            seed=config.seed,
+            epoch=0,
+            shuffle=False,
+            supportive_positive_weight=config.supportive_positive_weight,
+            behavior_weights=weights,
+        )
+        shared = samplers.SharedNegatives(
+            everything.items,
+            index.num_items,
+            batch_size=batch_size,
+            num_shared=config.shared_negatives,
+            distribution=config.negative_distribution,
+            exponent=config.negative_exponent,
+        )
     # Whole batches per chunk, so every chunk but an epoch's last is full.
     chunk_batches = max(1, samplers.CHUNK_EXAMPLES // batch_size)
     chunk_size = chunk_batches * batch_size
@@ -74,10 +103,22 @@ def training_dataset(
             seed=config.seed,
             epoch=int(epoch),
             supportive_positive_weight=config.supportive_positive_weight,
-        )[shard::num_shards]
-        return positives.users, positives.items, positives.weights, positives.is_target
+            behavior_weights=weights,
+        )
+        # Each user's share of the epoch: the whole-data term weighs a row by
+        # it, so every user's all-item sum counts once per epoch.
+        counts = np.bincount(positives.users, minlength=index.num_users)
+        share = (1.0 / np.maximum(counts, 1)).astype(np.float32)[positives.users]
+        positives = positives[shard::num_shards]
+        return (
+            positives.users,
+            positives.items,
+            positives.weights,
+            positives.is_target,
+            share[shard::num_shards],
+        )
 
-    def draw(epoch, chunk, users, items, weights, is_target):
+    def draw(epoch, chunk, users, items, weights, is_target, share):
         examples = samplers.draw_examples(
             index,
             samplers.EpochPositives(users, items, weights, is_target),
@@ -85,13 +126,17 @@ def training_dataset(
             supportive_ratio=config.supportive_negative_ratio,
             rng=samplers.chunk_rng(config.seed, int(epoch), shard, int(chunk)),
         )
-        return tuple(examples[f] for f in _FIELDS)
+        return tuple(examples[f] for f in _FIELDS) + (share,)
 
-    shapes = ([None], [None], [None, t], [None], [None, n], [None, n, t])
+    def candidates(epoch, chunk, batch, users, items):
+        rng = np.random.default_rng([config.seed, int(epoch), shard, int(chunk), int(batch)])
+        return shared.candidates(index, users, items, rng)
+
+    shapes = ([None], [None], [None, t], [None], [None, n], [None, n, t], [None])
 
     def one_epoch(epoch):
         positives = tf.numpy_function(
-            order, [epoch], (tf.int32, tf.int32, tf.float32, tf.bool), stateful=False
+            order, [epoch], (tf.int32, tf.int32, tf.float32, tf.bool, tf.float32), stateful=False
         )
         count = tf.shape(positives[0], out_type=tf.int64)[0]
         chunks = tf.maximum((count + chunk_size - 1) // chunk_size, 1)
@@ -99,26 +144,49 @@ def training_dataset(
         def one_chunk(chunk):
             start = chunk * chunk_size
             window = [p[start : start + chunk_size] for p in positives]
-            arrays = tf.numpy_function(draw, [epoch, chunk, *window], _DTYPES, stateful=False)
+            arrays = tf.numpy_function(
+                draw, [epoch, chunk, *window], _DTYPES + (tf.float32,), stateful=False
+            )
             tensors = {}
-            for name, array, shape in zip(_FIELDS, arrays, shapes):
+            for name, array, shape in zip(_FIELDS + (schema.USER_SHARE,), arrays, shapes):
                 array.set_shape(shape)
                 tensors[name] = array
             return tensors
 
-        def batches_of(tensors):
+        def batches_of(chunk, tensors):
             # Batches are slices of the chunk's arrays: slicing costs a
             # fraction of unbatching into examples and batching again.
             size = tf.shape(tensors[schema.USER], out_type=tf.int64)[0]
             num = (size + batch_size - 1) // batch_size
-            return tf.data.Dataset.range(num).map(
-                lambda b: {k: v[b * batch_size : (b + 1) * batch_size] for k, v in tensors.items()}
-            )
+
+            def one_batch(b):
+                batch = {k: v[b * batch_size : (b + 1) * batch_size] for k, v in tensors.items()}
+                if softmax:
+                    users, items = batch[schema.USER], batch[schema.POS_ITEM]
+                    arrays = tf.numpy_function(
+                        candidates,
+                        [epoch, chunk, b, users, items],
+                        (tf.int32, tf.float32, tf.int32),
+                        stateful=False,
+                    )
+                    for name, array, shape in zip(
+                        (schema.CANDIDATES, schema.CANDIDATE_LOG_Q, schema.CANDIDATE_BITS),
+                        arrays,
+                        ([None], [None], [None, None]),
+                    ):
+                        array.set_shape(shape)
+                        batch[name] = array
+                return batch
+
+            return tf.data.Dataset.range(num).map(one_batch)
 
         # The next chunk is drawn while the model trains on this one. A shard
         # with fewer batches than `steps` starts over to fill the epoch.
-        chunk_ds = tf.data.Dataset.range(chunks).map(one_chunk).prefetch(1)
-        return chunk_ds.flat_map(batches_of).repeat().take(steps)
+        chunk_ds = tf.data.Dataset.range(chunks).map(lambda c: (c, one_chunk(c))).prefetch(1)
+        batches = chunk_ds.flat_map(batches_of)
+        if softmax:
+            batches = batches.prefetch(2)
+        return batches.repeat().take(steps)
 
     dataset = tf.data.Dataset.range(start_epoch, config.epochs).flat_map(one_epoch)
     return dataset.prefetch(tf.data.AUTOTUNE)

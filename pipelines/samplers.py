@@ -97,6 +97,7 @@ class TrainingIndex:
       num_users: users.
       num_items: items.
       num_behaviors: branches.
+      behaviors: the behavior names in branch order (target first).
     """
 
     keys: np.ndarray
@@ -109,6 +110,7 @@ class TrainingIndex:
     num_users: int
     num_items: int
     num_behaviors: int
+    behaviors: tuple[str, ...] = ()
 
     @classmethod
     def from_split(cls, split: splits_lib.Split) -> TrainingIndex:
@@ -130,6 +132,7 @@ class TrainingIndex:
             num_users=split.num_users,
             num_items=split.num_items,
             num_behaviors=split.behaviors.num_behaviors,
+            behaviors=split.behaviors.behaviors,
         )
 
     def gates(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -204,8 +207,57 @@ def uniform_untouched(
     )
 
 
-def num_positives(index: TrainingIndex, supportive_positive_weight: float) -> int:
-    """Positives per epoch: target pairs, plus supportive-only pairs when weighted."""
+def pair_weights(index: TrainingIndex, behavior_weights: np.ndarray) -> np.ndarray:
+    """[len(index.keys)] float32 loss weight of each training pair.
+
+    Args:
+      index: the training index.
+      behavior_weights: [num_behaviors] weight of each branch's behavior.
+
+    Returns:
+      The sum of the weights of the behaviors each pair has (graded
+      positives: a pair bought and carted weighs buy + cart).
+    """
+    return index._unpack(index.bits) @ np.asarray(behavior_weights, np.float32)
+
+
+def behavior_weight_vector(
+    index: TrainingIndex, behavior_weights: tuple[tuple[str, float], ...]
+) -> np.ndarray | None:
+    """[num_behaviors] weights in branch order from (behavior, weight) pairs; None if empty.
+
+    Behaviors left out weigh 0.
+
+    Raises:
+      ValueError: naming a behavior the data does not have.
+    """
+    if not behavior_weights:
+        return None
+    vector = np.zeros(index.num_behaviors, np.float32)
+    for name, weight in behavior_weights:
+        if name not in index.behaviors:
+            raise ValueError(
+                f"behavior_weights names {name!r}, which the training data does not have: "
+                f"use some of {list(index.behaviors)} (e.g. --behavior_weights="
+                f"{index.behaviors[0]}:1{''.join(f',{b}:0.5' for b in index.behaviors[1:])})."
+            )
+        vector[index.behaviors.index(name)] = weight
+    if not (vector > 0).any():
+        raise ValueError(f"behavior_weights={behavior_weights!r} gives no behavior a weight > 0.")
+    return vector
+
+
+def num_positives(
+    index: TrainingIndex,
+    supportive_positive_weight: float,
+    behavior_weights: np.ndarray | None = None,
+) -> int:
+    """Positives per epoch: target pairs, plus supportive-only pairs when weighted.
+
+    With `behavior_weights`, every pair of positive weight (`pair_weights`).
+    """
+    if behavior_weights is not None:
+        return int((pair_weights(index, behavior_weights) > 0).sum())
     extra = len(index.supportive_items) if supportive_positive_weight > 0 else 0
     return len(index.pos_users) + extra
 
@@ -248,6 +300,7 @@ def epoch_positives(
     epoch: int,
     shuffle: bool = True,
     supportive_positive_weight: float = 0.0,
+    behavior_weights: np.ndarray | None = None,
 ) -> EpochPositives:
     """Every positive of an epoch, in an order drawn from (seed, epoch).
 
@@ -259,12 +312,22 @@ def epoch_positives(
       supportive_positive_weight: when > 0, the pairs a user touched only
         through supportive feedback are positives too, with this loss
         weight and uniform negatives (an extension; 0 is the paper).
+      behavior_weights: graded positives: [num_behaviors] weights; every
+        pair of positive `pair_weights` is a positive with that weight
+        (replaces `supportive_positive_weight`).
     """
     rng = np.random.default_rng([seed, epoch])
     users, items = index.pos_users, index.pos_items
     weights = np.ones(len(users), np.float32)
     is_target = np.ones(len(users), bool)
-    if supportive_positive_weight > 0:
+    if behavior_weights is not None:
+        all_weights = pair_weights(index, behavior_weights)
+        keep = all_weights > 0
+        users = (index.keys[keep] // index.num_items).astype(np.int32)
+        items = (index.keys[keep] % index.num_items).astype(np.int32)
+        weights = all_weights[keep]
+        is_target = (index.bits[keep] & 1) == 1
+    elif supportive_positive_weight > 0:
         counts = np.diff(index.supportive_indptr)
         users = np.concatenate([users, np.repeat(np.arange(index.num_users), counts)])
         items = np.concatenate([items, index.supportive_items])
@@ -327,6 +390,97 @@ def draw_examples(
         schema.NEG_ITEM: negatives,
         schema.NEG_GATE: neg_gates,
     }
+
+
+def pair_bits(index: TrainingIndex, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """[len(users), len(items)] uint32 behavior bitmasks of every (user, item) pair.
+
+    Walks each user's training pairs and finds their items among `items`
+    (sorted once), so it costs the users' pair counts plus len(items), not
+    len(users) x num_items: cheap for a batch against a shared candidate set.
+    Repeated entries of `items` get the same bits.
+    """
+    users = np.asarray(users, np.int64)
+    items = np.asarray(items, np.int64)
+    grid = np.zeros((len(users), len(items)), np.uint32)
+    rows, positions = run_positions(index.offsets[users], index.offsets[users + 1])
+    if not len(positions):
+        return grid
+    touched = index.keys[positions] % index.num_items
+    order = np.argsort(items, kind="stable")
+    ordered = items[order]
+    lo = np.searchsorted(ordered, touched, side="left")
+    hi = np.searchsorted(ordered, touched, side="right")
+    pair, column = run_positions(lo, hi)
+    grid[rows[pair], order[column]] = index.bits[positions[pair]]
+    return grid
+
+
+class SharedNegatives:
+    """The softmax loss's candidate set: a batch's positives plus shared negatives.
+
+    A batch of B positives is scored against C = B + N candidates: its own
+    positive items (in-batch negatives for every other row) and N items drawn
+    once for the batch from `distribution`. Each candidate's logit is
+    corrected by log(B f_i + N q_i), the expected number of times item i is
+    in the set (f: the item's share of the epoch's positives, q: the shared
+    negatives' distribution): the mixed-negative logQ correction of Yang et
+    al. 2020, so the softmax estimates one over the whole catalog.
+    """
+
+    def __init__(
+        self,
+        positive_items: np.ndarray,
+        num_items: int,
+        *,
+        batch_size: int,
+        num_shared: int,
+        distribution: str = "uniform",
+        exponent: float = 0.75,
+    ):
+        counts = np.bincount(positive_items, minlength=num_items).astype(np.float64)
+        if distribution == "uniform":
+            q = np.full(num_items, 1.0 / num_items)
+        elif distribution == "popularity":
+            q = (counts + 1.0) ** exponent
+            q /= q.sum()
+        else:
+            raise ValueError(
+                f"negative_distribution={distribution!r} is unknown: use 'uniform' or 'popularity'."
+            )
+        self.num_items = num_items
+        self.num_shared = num_shared
+        self.distribution = distribution
+        self.probabilities = q
+        self._cumulative = np.cumsum(q)
+        f = counts / max(counts.sum(), 1.0)
+        self.log_expected = np.log(batch_size * f + num_shared * q).astype(np.float32)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """[num_shared] int32 items drawn with replacement from the distribution."""
+        if self.distribution == "uniform":
+            return rng.integers(0, self.num_items, self.num_shared).astype(np.int32)
+        u = rng.random(self.num_shared) * self._cumulative[-1]
+        return np.minimum(np.searchsorted(self._cumulative, u, side="right"), self.num_items - 1)
+
+    def candidates(
+        self, index: TrainingIndex, users: np.ndarray, items: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A batch's candidates, their log-expected counts and the pairs' bits.
+
+        Args:
+          index: the training index.
+          users: [B] the batch's users.
+          items: [B] their positive items.
+          rng: the batch's generator.
+
+        Returns:
+          (candidates [B + N] int32: the positives then the shared draws,
+           log_q [B + N] float32, bits [B, B + N] int32 behavior bitmasks).
+        """
+        candidates = np.concatenate([items, self.draw(rng)]).astype(np.int32)
+        bits = pair_bits(index, users, candidates).astype(np.int32)
+        return candidates, self.log_expected[candidates], bits
 
 
 def chunk_rng(seed: int, epoch: int, shard: int, chunk: int) -> np.random.Generator:

@@ -21,6 +21,12 @@ POS_GATE = "pos_gate"
 POS_WEIGHT = "pos_weight"
 NEG_ITEM = "neg_item"
 NEG_GATE = "neg_gate"
+# 1 / the user's positives in the epoch (weighs the whole-data term).
+USER_SHARE = "user_share"
+# The softmax loss's per-batch candidate set (see samplers.SharedNegatives).
+CANDIDATES = "candidates"
+CANDIDATE_LOG_Q = "candidate_log_q"
+CANDIDATE_BITS = "candidate_bits"
 
 # Model outputs.
 LOGIT = "logit"
@@ -87,6 +93,7 @@ def example_spec(num_behaviors: int, num_negatives: int) -> dict[str, tf.TensorS
         POS_WEIGHT: tf.TensorSpec([None], tf.float32, name=POS_WEIGHT),
         NEG_ITEM: tf.TensorSpec([None, num_negatives], tf.int32, name=NEG_ITEM),
         NEG_GATE: tf.TensorSpec([None, num_negatives, num_behaviors], tf.float32, name=NEG_GATE),
+        USER_SHARE: tf.TensorSpec([None], tf.float32, name=USER_SHARE),
     }
 
 

@@ -70,6 +70,11 @@ def train_target_keys(split: Split) -> np.ndarray:
     )
 
 
+def train_pair_keys(split: Split) -> np.ndarray:
+    """Sorted unique pair keys of every training interaction, any behavior."""
+    return np.unique(pair_keys(split.train_users, split.train_items, split.num_items))
+
+
 def _latest_per_user(
     keys: np.ndarray, stamps: np.ndarray, num_items: int, rng, *, min_pairs: int
 ) -> np.ndarray:

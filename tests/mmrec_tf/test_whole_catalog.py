@@ -1,0 +1,298 @@
+"""The whole-catalog objectives: softmax over shared negatives, graded positives,
+the whole-data term, and the discovery protocol, against NumPy references."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mmrec_tf import config as config_lib
+from mmrec_tf import evaluate
+from mmrec_tf import models
+from mmrec_tf.pipelines import datasets
+from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import schema
+from tests.pipelines import test_samplers
+
+BEHAVIORS = schema.BehaviorSchema("buy", ("cart", "fav"))
+
+
+def _random_weights(scorer, seed=0, positive=False):
+    rng = np.random.default_rng(seed)
+    draw = (
+        (lambda shape: np.abs(rng.normal(0, 0.5, shape)))
+        if positive
+        else (lambda shape: rng.normal(0, 0.5, shape))
+    )
+    scorer.set_weights(
+        [w if w.dtype == np.int32 else draw(w.shape).astype(w.dtype) for w in scorer.get_weights()]
+    )
+
+
+def _scorer(model="mmf", num_users=6, num_items=9, positive=False, **kwargs):
+    scorer = models.build_model(
+        config_lib.ModelConfig(model=model, mf_dim=3, mlp_dim=2, **kwargs),
+        num_users=num_users,
+        num_items=num_items,
+        behaviors=BEHAVIORS,
+    )
+    scorer(
+        {
+            schema.USER: tf.constant([0]),
+            schema.ITEM: tf.constant([0]),
+            schema.GATE: tf.ones([1, 3]),
+        }
+    )
+    # Positive weights keep every ReLU active, so every part has a gradient.
+    _random_weights(scorer, positive=positive)
+    return scorer
+
+
+def _numpy_softmax_loss(logits, log_q, candidates, bits, positive_bits, temperature):
+    """Reference: row b's positive is column b; corrected, hits removed, own positives masked."""
+    batch, width = logits.shape
+    losses = np.empty(batch)
+    for b in range(batch):
+        keep = []
+        for c in range(width):
+            if c == b:
+                keep.append(c)
+            elif candidates[c] == candidates[b]:
+                continue  # an accidental hit: the row's own positive item again
+            elif bits[b, c] & positive_bits:
+                continue  # another training positive of this user
+            else:
+                keep.append(c)
+        x = logits[b, keep] / temperature - log_q[keep]
+        x = x - x.max()
+        losses[b] = -(x[keep.index(b)] - np.log(np.exp(x).sum()))
+    return losses
+
+
+@pytest.mark.parametrize("positive_bits", [1, 0b111])
+def test_softmax_loss_matches_a_numpy_reference(positive_bits):
+    scorer = _scorer("gmf")
+    ranker = models.Ranker(scorer, loss="softmax", temperature=0.5, positive_bits=positive_bits)
+    users = np.array([0, 1, 2, 1], np.int32)
+    # Column 3 repeats row 0's item (an accidental hit for row 0); column 5 is
+    # item 4 again, row 3's positive.
+    candidates = np.array([4, 5, 6, 4, 7, 4, 8], np.int32)
+    bits = np.zeros((4, 7), np.int32)
+    bits[1, 2] = 0b010  # user 1 carted item 6: a positive only when carts are
+    bits[2, 4] = 0b001  # user 2 bought item 7: never a negative of user 2
+    for b in range(4):
+        bits[b, b] |= 0b001
+    log_q = np.log(np.array([0.3, 0.1, 0.2, 0.3, 0.05, 0.3, 0.01], np.float32))
+    batch = {
+        schema.USER: tf.constant(users),
+        schema.POS_ITEM: tf.constant(candidates[:4]),
+        schema.POS_GATE: tf.ones([4, 3]),
+        schema.CANDIDATES: tf.constant(candidates),
+        schema.CANDIDATE_LOG_Q: tf.constant(log_q),
+        schema.CANDIDATE_BITS: tf.constant(bits),
+    }
+    per_example, _ = ranker._softmax_losses(batch, training=True)
+    grid = models.score_grid(scorer, users, candidates).numpy()
+    expected = _numpy_softmax_loss(grid, log_q, candidates, bits, positive_bits, 0.5)
+    np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("carted", [False, True])
+def test_softmax_grid_gates_the_supportive_branch_gradients(carted):
+    scorer = _scorer("mmf", positive=True)
+    ranker = models.Ranker(scorer, loss="softmax")
+    bits = [[1, 0, 0], [0, 1, 0]] if not carted else [[3, 0, 0], [0, 1, 0]]
+    batch = {
+        schema.USER: tf.constant([0, 1], tf.int32),
+        schema.POS_ITEM: tf.constant([2, 3], tf.int32),
+        schema.POS_GATE: tf.ones([2, 3]),
+        schema.CANDIDATES: tf.constant([2, 3, 5], tf.int32),
+        schema.CANDIDATE_LOG_Q: tf.zeros([3]),
+        # Target bits, and with `carted` user 0 also carted item 2.
+        schema.CANDIDATE_BITS: tf.constant(bits, tf.int32),
+    }
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(ranker._softmax_losses(batch, training=True)[0])
+    _, towers, _, _ = models.parts(scorer)
+    grads = tape.gradient(loss, [towers[0].user_embedding.embeddings] + towers[1].trainable_weights)
+    assert np.abs(tf.convert_to_tensor(grads[0]).numpy()).sum() > 0
+    # The cart branch learns only from a carted pair: none, no gradient.
+    total = sum(
+        0.0 if g is None else np.abs(tf.convert_to_tensor(g).numpy()).sum() for g in grads[1:]
+    )
+    assert (total > 0) == carted
+
+
+def test_whole_data_term_equals_the_sum_over_every_cell():
+    scorer = _scorer("mmf", num_users=5, num_items=7)
+    mf, _, _, head = models.parts(scorer)
+    users = np.array([0, 3, 3, 4], np.int32)
+    term = models.whole_data_term(scorer, tf.constant(users)).numpy()
+    p = mf.user_embedding.embeddings.numpy()
+    q = mf.item_embedding.embeddings.numpy()
+    w = head.dense.kernel.numpy()[:3, 0]
+    # Brute force: every item's MF contribution to the logit, squared, summed.
+    cells = np.array([[np.dot(p[u] * w, q[i]) ** 2 for i in range(7)] for u in range(5)])
+    np.testing.assert_allclose(term, cells.sum(axis=1)[users], rtol=1e-5)
+
+
+def test_whole_data_term_needs_an_mf_part():
+    with pytest.raises(ValueError, match="whole_data_weight"):
+        models.Ranker(_scorer("mlp"), whole_data_weight=1.0)
+
+
+def test_whole_data_term_weighs_each_user_once_per_epoch():
+    split = test_samplers._split()
+    index = samplers.TrainingIndex.from_split(split)
+    config = config_lib.TrainConfig(batch_size=16, epochs=1, seed=3, loss="softmax")
+    shares = {}
+    for batch in datasets.training_dataset(index, config):
+        for u, s in zip(batch[schema.USER].numpy(), batch[schema.USER_SHARE].numpy()):
+            shares[u] = shares.get(u, 0.0) + s
+    assert shares and all(v == pytest.approx(1.0) for v in shares.values())
+
+
+def test_graded_positives_weigh_the_sum_of_their_behaviors():
+    split = test_samplers._split()
+    index = samplers.TrainingIndex.from_split(split)
+    vector = samplers.behavior_weight_vector(index, (("buy", 1.0), ("cart", 0.5)))
+    assert vector.tolist() == [1.0, 0.5, 0.0]
+    positives = samplers.epoch_positives(
+        index, seed=0, epoch=0, shuffle=False, behavior_weights=vector
+    )
+    gates = index.gates(positives.users, positives.items)
+    np.testing.assert_allclose(positives.weights, gates[:, 0] + 0.5 * gates[:, 1])
+    # Favorite-only pairs weigh 0, so they are not positives.
+    assert (positives.weights > 0).all()
+    assert len(positives) == samplers.num_positives(index, 0.0, vector)
+    assert positives.is_target.tolist() == (gates[:, 0] == 1).tolist()
+    with pytest.raises(ValueError, match="'view'"):
+        samplers.behavior_weight_vector(index, (("view", 1.0),))
+
+
+def test_pair_bits_match_the_training_index():
+    split = test_samplers._split()
+    index = samplers.TrainingIndex.from_split(split)
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, split.num_users, 25)
+    items = rng.integers(0, split.num_items, 60)  # repeats included
+    bits = samplers.pair_bits(index, users, items)
+    expected = index.gate_grid(users, items) @ (1 << np.arange(3))
+    np.testing.assert_array_equal(bits, expected)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "popularity"])
+def test_shared_negatives_log_q_is_the_expected_count_in_the_set(distribution):
+    positives = np.array([0, 0, 0, 1, 2, 2])
+    shared = samplers.SharedNegatives(
+        positives, 4, batch_size=3, num_shared=5, distribution=distribution, exponent=1.0
+    )
+    f = np.array([3, 1, 2, 0]) / 6
+    q = np.full(4, 0.25) if distribution == "uniform" else np.array([4, 2, 3, 1]) / 10
+    np.testing.assert_allclose(np.exp(shared.log_expected), 3 * f + 5 * q, rtol=1e-6)
+    draws = shared.draw(np.random.default_rng(0))
+    assert draws.shape == (5,) and ((draws >= 0) & (draws < 4)).all()
+
+
+def test_softmax_batches_hold_their_candidate_sets():
+    split = test_samplers._split()
+    index = samplers.TrainingIndex.from_split(split)
+    config = config_lib.TrainConfig(
+        batch_size=8, epochs=1, loss="softmax", shared_negatives=5, steps_per_epoch=3
+    )
+    first = list(datasets.training_dataset(index, config))
+    again = list(datasets.training_dataset(index, config))
+    assert len(first) == 3
+    for batch, same in zip(first, again):
+        candidates = batch[schema.CANDIDATES].numpy()
+        assert candidates.shape == (13,)
+        np.testing.assert_array_equal(candidates[:8], batch[schema.POS_ITEM].numpy())
+        np.testing.assert_array_equal(candidates, same[schema.CANDIDATES].numpy())
+        users = batch[schema.USER].numpy()
+        np.testing.assert_array_equal(
+            batch[schema.CANDIDATE_BITS].numpy(), samplers.pair_bits(index, users, candidates)
+        )
+
+
+class _TableScorer(evaluate.Scorer):
+    def __init__(self, table):
+        self.table = np.asarray(table, np.float32)
+        self.batch_size = 7
+
+    def __call__(self, users, items):
+        return self.table[users, items]
+
+    def grid(self, users, items):
+        return self.table[users][:, items]
+
+
+def test_discovery_excludes_exactly_the_touched_items():
+    # One user, 6 items scoring 6..1 (item 0 highest). Training: bought item 0,
+    # carted item 1. Held out: item 4 (untouched) and item 1 (carted).
+    table = [[6.0, 5.0, 4.0, 3.0, 2.0, 1.0]]
+    cases = evaluate.EvalCases(
+        users=np.array([0, 0]),
+        items=np.array([4, 1]),
+        candidates=np.array([[4, 2, 3], [1, 2, 3]]),
+        exclude_keys=np.array([0]),
+        num_items=6,
+        touched_keys=np.array([0, 1]),
+    )
+    result = evaluate.evaluate(
+        _TableScorer(table), cases, config=config_lib.EvalConfig(sampled_negatives=2, ks=(1, 10))
+    )
+    # Full: item 4 is beaten by items 1, 2, 3 (0 excluded) -> rank 3; item 1 -> rank 0.
+    assert result["full"]["cases"] == 2 and result["full"]["HR@1"] == 0.5
+    # Discovery: the carted case is dropped; item 4 is beaten by 2 and 3 only.
+    assert result["discovery"]["cases"] == 1
+    assert result["discovery"]["HR@1"] == 0.0 and result["discovery"]["HR@10"] == 1.0
+    assert result["discovery"]["NDCG@10"] == pytest.approx(1 / np.log2(4))
+    assert "1 of 2 cases" in result["discovery"]["protocol"]
+    only = evaluate.evaluate(
+        _TableScorer(table),
+        cases,
+        config=config_lib.EvalConfig(sampled_negatives=2),
+        protocols=("discovery",),
+    )
+    assert set(only) == {"discovery"}
+
+
+@pytest.mark.parametrize("hard_negatives", [0, 4])
+def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard_negatives):
+    from absl import flags
+
+    from mmrec_tf import main as main_lib
+
+    fv = flags.FlagValues()
+    main_lib.define_flags(fv)
+    fv(
+        [
+            "mmrec_tf",
+            f"--flagfile={os.path.join(os.path.dirname(main_lib.__file__), 'configs', 'quickstart.flags')}",
+            f"--model_dir={tmp_path}",
+            "--synthetic_users=300",
+            "--synthetic_items=400",
+            "--epochs=2",
+            "--steps_per_epoch=10",
+            "--verbose=0",
+            "--loss=softmax",
+            "--shared_negatives=64",
+            "--negative_distribution=popularity",
+            f"--hard_negatives={hard_negatives}",
+            "--supportive_positive_weight=0",
+            "--behavior_weights=buy:1,cart:0.5,pv:0.1",
+            "--whole_data_weight=0.01",
+            "--early_stopping_protocol=discovery",
+            "--valid_full_ranking_cases=50",
+        ]
+    )
+    results = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    assert set(results["test"]) >= {"sampled", "full", "discovery"}
+    history = json.load(open(tmp_path / "history.json"))
+    assert len(history) == 2 and all("val_HR@10" in h for h in history)
+    assert all(np.isfinite(h["loss"]) for h in history)
+    # Validation ranked 50 cases per epoch; the test ranks every case.
+    assert history[0]["val_cases"] <= 50
+    assert results["test"]["full"]["cases"] == results["test"]["sampled"]["cases"]
