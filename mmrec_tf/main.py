@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -514,12 +515,20 @@ def _write_json(path: str, value) -> None:
     os.replace(tmp, path)
 
 
-def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> dict:
+def run_experiment(
+    config: config_lib.ExperimentConfig,
+    *,
+    name: str = "",
+    on_validation: Callable[[int, dict], None] | None = None,
+) -> dict:
     """Loads data, trains and/or evaluates, and writes results.json.
 
     Args:
       config: the experiment.
       name: the dataset name for results.json (derived when empty).
+      on_validation: called with (epoch, validation metrics of the early
+        stopping protocol) after each epoch (a tuner reports and prunes
+        through it; an exception it raises ends the run).
 
     Returns:
       The results dict that was written to `<model_dir>/results.json`.
@@ -597,14 +606,20 @@ def run_experiment(config: config_lib.ExperimentConfig, *, name: str = "") -> di
 
     protocol = config.train.early_stopping_protocol
 
+    epochs_validated = [0]
+
     def validation():
-        return evaluate.evaluate(
+        metrics = evaluate.evaluate(
             score,
             valid_cases,
             config=config.eval,
             protocols=(protocol,),
             case_limit=config.eval.valid_full_ranking_cases,
         )[protocol]
+        epochs_validated[0] += 1
+        if on_validation is not None:
+            on_validation(epochs_validated[0], metrics)
+        return metrics
 
     if config.mode in ("train", "train_and_evaluate"):
         started = time.perf_counter()
@@ -690,9 +705,10 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
     load time); the fit and both protocols are added to it.
     """
     m = config.model
-    if config.mode != "train_and_evaluate" or config.export.export_dir:
+    if config.mode not in ("train", "train_and_evaluate") or config.export.export_dir:
         raise ValueError(
-            f"--model={m.model} runs with --mode=train_and_evaluate and no --export_dir (got "
+            f"--model={m.model} runs with --mode=train_and_evaluate (or train: validation "
+            "only) and no --export_dir (got "
             f"--mode={config.mode}, --export_dir={config.export.export_dir!r}): it fits and "
             "evaluates in one go; export is for the neural models."
         )
@@ -727,16 +743,18 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
     if m.behavior_features:
         score = popularity.TouchedFirst(score, index)
     started = time.perf_counter()
-    results["test"] = evaluate.evaluate(
-        score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval
-    )
+    if config.mode == "train_and_evaluate":
+        results["test"] = evaluate.evaluate(
+            score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval
+        )
     if len(split.valid_users):
         valid_cases = evaluate.EvalCases.build(split, "valid", config.eval)
         results["validation"] = evaluate.evaluate(
             score, valid_cases, config=config.eval, case_limit=config.eval.valid_full_ranking_cases
         )
     results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
-    _print_metrics(results)
+    if "test" in results:
+        _print_metrics(results)
     _write_json(os.path.join(model_dir, "results.json"), results)
     return results
 

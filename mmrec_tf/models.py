@@ -229,9 +229,14 @@ def score_grid(
       it out); full ranking never ranks those items.
     """
     mf, towers, fusion, head = parts(scorer)
-    inputs = []
+    # The head is linear: its MF rows make the MF part a [U, d] x [d, I]
+    # matrix product (no [U, I, d] tensor); the rest goes through its other rows.
+    kernel = tf.cast(head.dense.kernel[:, 0], tf.float32)
+    logits = tf.cast(head.dense.bias[0], tf.float32)
+    rows = 0
     if mf is not None:
-        inputs.append(mf.grid(users, items))
+        logits += tf.cast(factorized_grid(scorer, users, items), tf.float32)
+        rows = mf.embedding_dim
     branches = [tower.grid(users, items) for tower in towers]
     gated = training and scorer_gating(scorer)
     if gated:
@@ -240,11 +245,11 @@ def score_grid(
         branches = [branches[0]] + [
             _gate_gradient(x, gates[..., t]) for t, x in enumerate(branches) if t > 0
         ]
-    if fusion is not None:
-        inputs.append(fusion(branches))
-    elif branches:
-        inputs.append(branches[0])
-    logits = head(inputs)
+    rest = fusion(branches) if fusion is not None else (branches[0] if branches else None)
+    if rest is not None:
+        logits += tf.tensordot(tf.cast(rest, tf.float32), kernel[rows:], axes=1)
+    if mf is None and rest is None:
+        raise ValueError(f"model {scorer.name!r} has neither an MF part nor a branch.")
     bias = behavior_bias(scorer)
     if bias is not None:
         if gates is None:
@@ -267,7 +272,7 @@ def _gate_gradient(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 def factorized_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """[U, I] the MF part of the logit, <p_u * w, q_i>, for every pair (the retrieval stage)."""
     mf, _, _, head = parts(scorer)
-    v = mf.user_vector(users) * head.dense.kernel[: mf.embedding_dim, 0]
+    v = mf.user_vector(users) * tf.cast(head.dense.kernel[: mf.embedding_dim, 0], mf.compute_dtype)
     return tf.matmul(v, mf.item_embedding(items), transpose_b=True)
 
 

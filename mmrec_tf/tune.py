@@ -1,0 +1,279 @@
+"""Tuning on validation with Optuna: one study per dataset, model family and protocol.
+
+    python -m mmrec_tf.tune --flagfile=mmrec_tf/configs/jd_vcgae.flags \
+        --family=mmf --protocol=full --trials=20 --study_dir=runs/tune/jd_vcgae
+
+Each trial trains (or fits) one configuration drawn from the family's search
+space on top of the flagfile, with `--mode=train`: only the validation cases
+are ranked, never the test split. The objective is validation HR@10 under
+`--protocol` (for the neural families, of the epoch early stopping keeps,
+early stopping following the same protocol). A median pruner stops a trial
+whose per-epoch validation falls below the median of earlier trials at the
+same epoch.
+
+The study lives in `<study_dir>/study.db` (SQLite): started again after a
+kill, it keeps every finished trial, marks the trial that was running as
+failed, and runs only the trials still missing. Every family gets the same
+`--trials`, so the comparison between them has one budget.
+
+Optuna (`pip install -e .[tune]`) is used rather than a hand-written grid: it
+stores studies in a database, samples with TPE, and prunes from intermediate
+values, which is what equal-budget tuning over a dozen parameters needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mmrec_tf import config as config_lib
+from mmrec_tf import main as main_lib
+
+FAMILIES = ("mmf", "bpr", "als")
+
+# Flag name -> (config section, field) of every tuned parameter.
+_FIELDS = {
+    "model": ("model", "model"),
+    "mf_dim": ("model", "mf_dim"),
+    "mlp_dim": ("model", "mlp_dim"),
+    "behavior_features": ("model", "behavior_features"),
+    "history_length": ("model", "history_length"),
+    "als_alpha": ("model", "als_alpha"),
+    "als_l2": ("model", "als_l2"),
+    "als_supportive_weight": ("model", "als_supportive_weight"),
+    "learning_rate": ("train", "learning_rate"),
+    "loss": ("train", "loss"),
+    "num_negatives": ("train", "num_negatives"),
+    "shared_negatives": ("train", "shared_negatives"),
+    "negative_distribution": ("train", "negative_distribution"),
+    "temperature": ("train", "temperature"),
+    "hard_negatives": ("train", "hard_negatives"),
+    "behavior_weights": ("train", "behavior_weights"),
+    "whole_data_weight": ("train", "whole_data_weight"),
+    "supportive_positive_weight": ("train", "supportive_positive_weight"),
+    "supportive_negative_ratio": ("train", "supportive_negative_ratio"),
+    "early_stopping_protocol": ("train", "early_stopping_protocol"),
+}
+
+
+def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
+    """The overrides of one trial: flag name -> value.
+
+    Args:
+      trial: an optuna Trial.
+      family: `mmf` (the multi-feedback model with the whole-catalog
+        objective), `bpr` (the same model with the pairwise loss, the
+        previous tuned recipe) or `als` (the multi-behavior weighted ALS).
+      behaviors: the data's behaviors, target first.
+    """
+    supportive = behaviors[1:]
+    if family == "als":
+        return {
+            "model": "als",
+            "mf_dim": trial.suggest_categorical("mf_dim", [32, 64, 128, 192]),
+            "als_l2": trial.suggest_float("als_l2", 0.1, 100.0, log=True),
+            "als_alpha": trial.suggest_float("als_alpha", 1.0, 200.0, log=True),
+            "als_supportive_weight": trial.suggest_float("als_supportive_weight", 0.0, 4.0),
+            "behavior_features": trial.suggest_categorical("behavior_features", [False, True]),
+        }
+    common = {
+        "model": "mmf",
+        "mf_dim": trial.suggest_categorical("mf_dim", [16, 32, 64, 128]),
+        "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
+        "learning_rate": trial.suggest_float("learning_rate", 5e-4, 2e-2, log=True),
+        "behavior_features": trial.suggest_categorical("behavior_features", [False, True]),
+    }
+    if family == "bpr":
+        return {
+            **common,
+            "loss": "bpr",
+            "num_negatives": trial.suggest_int("num_negatives", 1, 8),
+            "supportive_positive_weight": trial.suggest_float(
+                "supportive_positive_weight", 0.0, 1.0
+            ),
+            "supportive_negative_ratio": 0.0,
+        }
+    weights = [(behaviors[0], 1.0)] + [
+        (b, trial.suggest_float(f"weight_{b}", 0.0, 1.0)) for b in supportive
+    ]
+    return {
+        **common,
+        "loss": "softmax",
+        "history_length": 0,
+        "supportive_positive_weight": 0.0,
+        "behavior_weights": tuple(weights),
+        "shared_negatives": trial.suggest_categorical("shared_negatives", [512, 1024, 2048]),
+        "negative_distribution": trial.suggest_categorical(
+            "negative_distribution", ["uniform", "popularity"]
+        ),
+        "temperature": trial.suggest_float("temperature", 0.05, 1.0, log=True),
+        "hard_negatives": trial.suggest_categorical("hard_negatives", [0, 8, 32]),
+        "whole_data_weight": trial.suggest_categorical(
+            "whole_data_weight", [0.0, 1e-3, 1e-2, 1e-1]
+        ),
+    }
+
+
+def apply(config: config_lib.ExperimentConfig, overrides: dict) -> config_lib.ExperimentConfig:
+    """`config` with the overrides (flag names of `_FIELDS`) set."""
+    sections = {}
+    for flag, value in overrides.items():
+        if flag not in _FIELDS:
+            raise ValueError(f"tuned parameter {flag!r} has no config field: add it to _FIELDS.")
+        section, field = _FIELDS[flag]
+        sections.setdefault(section, {})[field] = value
+    return dataclasses.replace(
+        config,
+        **{s: dataclasses.replace(getattr(config, s), **f) for s, f in sections.items()},
+    )
+
+
+def _behaviors(config: config_lib.ExperimentConfig) -> tuple[str, ...]:
+    from mmrec_tf.pipelines import loading
+
+    data, split = loading.load(config.data, work_dir=None)
+    del data
+    return split.behaviors.behaviors
+
+
+def run_study(
+    base: config_lib.ExperimentConfig,
+    *,
+    family: str,
+    protocol: str,
+    trials: int,
+    study_dir: str,
+    seed: int = 0,
+    behaviors: tuple[str, ...] | None = None,
+):
+    """Runs the trials of a study that are still missing; returns the optuna Study.
+
+    Args:
+      base: the configuration every trial starts from (a dataset flagfile's).
+      family: one of FAMILIES.
+      protocol: the validation protocol of the objective (`sampled`, `full`
+        or `discovery`).
+      trials: the study's total number of finished (complete or pruned)
+        trials.
+      study_dir: holds study.db and one folder per trial.
+      seed: the sampler's seed.
+      behaviors: the data's behaviors (read from the data when None).
+    """
+    import optuna
+
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is unknown: use one of {FAMILIES}.")
+    if protocol not in config_lib.VALIDATION_PROTOCOLS:
+        raise ValueError(
+            f"protocol={protocol!r} is unknown: use one of {config_lib.VALIDATION_PROTOCOLS}."
+        )
+    if not base.data.validation:
+        raise ValueError("tuning needs validation cases: drop --novalidation.")
+    os.makedirs(study_dir, exist_ok=True)
+    storage = f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}"
+    study = optuna.create_study(
+        study_name=f"{family}-{protocol}",
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+    )
+    # A trial left running by a killed process is failed, not resumed: its
+    # configuration is drawn again by a new trial if the sampler wants it.
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    missing = trials - len(study.get_trials(deepcopy=False, states=finished))
+    if missing <= 0:
+        return study
+    behaviors = behaviors or _behaviors(base)
+
+    def objective(trial):
+        overrides = search_space(trial, family, behaviors)
+        if family != "als":
+            overrides["early_stopping_protocol"] = protocol
+        run_dir = os.path.join(study_dir, f"trial_{trial.number:04d}")
+        config = dataclasses.replace(apply(base, overrides), model_dir=run_dir, mode="train")
+        trial.set_user_attr("overrides", json.dumps(overrides, default=str))
+
+        def report(epoch, metrics):
+            trial.report(metrics["HR@10"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"validation HR@10 {metrics['HR@10']:.4f} at epoch {epoch}"
+                )
+
+        results = main_lib.run_experiment(config, on_validation=report)
+        if family == "als":
+            return results["validation"][protocol]["HR@10"]
+        best = results["train"]["best_validation"]
+        return best["HR@10"] if best else 0.0
+
+    study.optimize(objective, n_trials=missing, catch=())
+    return study
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    main_lib.define_flags(fv)
+    f = {"flag_values": fv}
+    flags.DEFINE_enum("family", "mmf", FAMILIES, "The model family to tune.", **f)
+    flags.DEFINE_enum(
+        "protocol",
+        "full",
+        config_lib.VALIDATION_PROTOCOLS,
+        "The validation protocol of the objective.",
+        **f,
+    )
+    flags.DEFINE_integer("trials", 20, "Finished trials the study should hold.", **f)
+    flags.DEFINE_string(
+        "study_dir", None, "Holds study.db and the trials' run folders; resumable.", **f
+    )
+    flags.DEFINE_integer("study_seed", 0, "Seed of the TPE sampler.", **f)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    fv = flags.FLAGS
+    if not fv.study_dir:
+        raise app.UsageError("--study_dir is required: the study and its trials go there.")
+    if not fv.model_dir:
+        fv.model_dir = fv.study_dir  # each trial replaces it with its own folder
+    base = main_lib.config_from_flags(fv)
+    study = run_study(
+        base,
+        family=fv.family,
+        protocol=fv.protocol,
+        trials=fv.trials,
+        study_dir=fv.study_dir,
+        seed=fv.study_seed,
+    )
+    best = study.best_trial
+    summary = {
+        "family": fv.family,
+        "protocol": fv.protocol,
+        "trials": len(study.trials),
+        "best_trial": best.number,
+        "best_validation_HR@10": best.value,
+        "best_overrides": json.loads(best.user_attrs["overrides"]),
+    }
+    with open(os.path.join(fv.study_dir, f"best_{fv.family}_{fv.protocol}.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps(summary, indent=2))
+
+
+def run():
+    define_flags(flags.FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
