@@ -134,11 +134,10 @@ def apply(config: config_lib.ExperimentConfig, overrides: dict) -> config_lib.Ex
     )
 
 
-def _behaviors(config: config_lib.ExperimentConfig) -> tuple[str, ...]:
+def _behaviors(config: config_lib.ExperimentConfig, work_dir: str) -> tuple[str, ...]:
     from mmrec_tf.pipelines import loading
 
-    data, split = loading.load(config.data, work_dir=None)
-    del data
+    _, split = loading.load(config.data, work_dir=work_dir)
     return split.behaviors.behaviors
 
 
@@ -193,7 +192,7 @@ def run_study(
     missing = trials - len(study.get_trials(deepcopy=False, states=finished))
     if missing <= 0:
         return study
-    behaviors = behaviors or _behaviors(base)
+    behaviors = behaviors or _behaviors(base, study_dir)
 
     def objective(trial):
         overrides = search_space(trial, family, behaviors)
@@ -211,6 +210,11 @@ def run_study(
                 )
 
         results = main_lib.run_experiment(config, on_validation=report)
+        if "validation" not in results and "best_validation" not in results.get("train", {}):
+            raise ValueError(
+                f"trial {trial.number} has no validation figures: the data gave no validation "
+                "cases (every test user needs a second training buy to hold out)."
+            )
         if family == "als":
             return results["validation"][protocol]["HR@10"]
         best = results["train"]["best_validation"]

@@ -1,0 +1,107 @@
+"""The Optuna study: validation only, resumable after a kill, equal budgets."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from mmrec_tf import config as config_lib  # noqa: E402
+from mmrec_tf import tune  # noqa: E402
+
+_TINY = [
+    "--data_format=synthetic",
+    "--synthetic_users=300",
+    "--synthetic_items=400",
+    "--epochs=2",
+    "--steps_per_epoch=3",
+    "--batch_size=64",
+    "--verbose=0",
+    "--full_ranking=false",
+]
+
+
+def _study(study_dir, family):
+    return optuna.load_study(
+        study_name=f"{family}-sampled",
+        storage=f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}",
+    )
+
+
+def _command(study_dir, trials, family="als"):
+    return [
+        sys.executable,
+        "-m",
+        "mmrec_tf.tune",
+        *_TINY,
+        f"--family={family}",
+        "--protocol=sampled",
+        f"--trials={trials}",
+        f"--study_dir={study_dir}",
+    ]
+
+
+def test_search_spaces_map_to_config_fields():
+    for family in tune.FAMILIES:
+        trial = optuna.create_study().ask()
+        overrides = tune.search_space(trial, family, ("buy", "cart", "pv"))
+        config = tune.apply(config_lib.ExperimentConfig(), overrides)
+        assert config.model.model == overrides["model"]
+    # The ALS space reaches 128+ factors and supportive weights of 3+.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    als = [tune.search_space(study.ask(), "als", ("buy", "cart")) for _ in range(40)]
+    assert max(o["mf_dim"] for o in als) >= 128
+    assert max(o["als_supportive_weight"] for o in als) >= 3
+
+
+def test_a_killed_study_resumes_without_rerunning_finished_trials(tmp_path):
+    # First: a study of 2 trials, finished.
+    subprocess.run(_command(tmp_path, 2), check=True, capture_output=True, timeout=600)
+    first = _study(tmp_path, "als")
+    done = [(t.number, t.value, t.params) for t in first.trials]
+    assert [t.state for t in first.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # Trials ran in mode=train: validation only, no test figures.
+    results = (tmp_path / "trial_0000" / "results.json").read_text()
+    assert '"validation"' in results and '"test"' not in results
+
+    # Then: asked for 4, killed while a neural trial runs (the mmf study in
+    # the same folder), then asked again: the finished ALS trials are kept.
+    proc = subprocess.Popen(
+        _command(tmp_path, 4, family="bpr"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            running = _study(tmp_path, "bpr").get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:
+            running = []
+        if running:
+            break
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = _study(tmp_path, "bpr")
+    assert any(t.state == optuna.trial.TrialState.RUNNING for t in killed.trials)
+    finished_before = [
+        t.number for t in killed.trials if t.state == optuna.trial.TrialState.COMPLETE
+    ]
+
+    subprocess.run(
+        _command(tmp_path, 4, family="bpr"), check=True, capture_output=True, timeout=900
+    )
+    resumed = _study(tmp_path, "bpr")
+    states = [t.state for t in resumed.trials]
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert sum(s in finished for s in states) == 4
+    # The trial the kill interrupted is failed, not counted and not resumed.
+    assert optuna.trial.TrialState.FAIL in states
+    for number in finished_before:
+        assert resumed.trials[number].state == optuna.trial.TrialState.COMPLETE
+    # The ALS study beside it is untouched.
+    assert [(t.number, t.value, t.params) for t in _study(tmp_path, "als").trials] == done
+    best = tmp_path / "best_bpr_sampled.json"
+    assert best.exists()
