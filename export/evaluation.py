@@ -10,6 +10,12 @@ would call it.
 - Two-stage `recommend`: HR@K and NDCG@K of the held-out item's position in
   the returned list (full-ranking protocol: training purchases are left out
   when the export excludes seen items), for K up to the export's top K.
+- Discovery through `recommend` (with `touched_keys`): the cases whose item
+  the user touched in training are dropped, and the touched items are taken
+  out of each returned list before the held-out item's position is read.
+  Where touched items filled some of the K slots the list holds fewer than K
+  untouched items, so this is a lower bound on the discovery protocol's HR@K
+  (the result says for how many cases that happened).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from mmrec_tf import evaluate
+from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
 
 
@@ -72,6 +79,7 @@ def evaluate_signatures(
     item_tokens: np.ndarray,
     retrieval_ks=(10, 50, 100),
     batch_size: int = 1024,
+    touched_keys: np.ndarray | None = None,
 ) -> dict:
     """Retrieval and two-stage metrics through the `retrieve` and `recommend` signatures.
 
@@ -85,6 +93,8 @@ def evaluate_signatures(
       retrieval_ks: cut-offs of the retrieval metric (capped at the
         export's number of retrieval candidates).
       batch_size: users per signature call.
+      touched_keys: sorted `user * num_items + item` keys of every training
+        pair (any behavior); when given, "recommend_discovery" is reported.
 
     Returns:
       {"retrieval": {"top_K_categorical_accuracy": ...}, "recommend":
@@ -106,6 +116,14 @@ def evaluate_signatures(
     )
     token_to_index = {str(t): k for k, t in enumerate(item_tokens)}
     ranks = np.full(len(users), top_k, np.int64)  # top_k means "not returned"
+    found = np.full(len(users), top_k, np.int64)
+    crowded = np.zeros(len(users), bool)
+    num_items = len(item_tokens)
+
+    def touched(user, indices):
+        keys = np.int64(user) * num_items + np.asarray(indices, np.int64)
+        return samplers.contains(touched_keys, keys)
+
     for start in range(0, len(users), batch_size):
         u = users[start : start + batch_size]
         i = items[start : start + batch_size]
@@ -115,9 +133,18 @@ def evaluate_signatures(
         )
         returned = recommend(**{schema.USER_ID: tf.constant([str(t) for t in user_tokens[u]])})
         for row, (ids, held_out) in enumerate(zip(returned["item_ids"].numpy(), i)):
-            positions = [p for p, t in enumerate(ids) if token_to_index.get(t.decode()) == held_out]
+            indices = [token_to_index.get(t.decode(), -1) for t in ids]
+            positions = [p for p, t in enumerate(indices) if t == held_out]
             if positions:
                 ranks[start + row] = positions[0]
+            if touched_keys is not None:
+                valid = np.asarray([t >= 0 for t in indices])
+                flags = np.zeros(len(indices), bool)
+                flags[valid] = touched(u[row], np.asarray(indices)[valid])
+                crowded[start + row] = bool(flags.any())
+                kept = [t for t, f in zip(indices, flags) if not f]
+                if held_out in kept:
+                    found[start + row] = kept.index(held_out)
     result = {
         "retrieval": {
             f"top_{k}_categorical_accuracy": float(v) for k, v in zip(ks, metric.result())
@@ -129,4 +156,16 @@ def evaluate_signatures(
         "retrieval_candidates": candidates,
     }
     result["retrieval"]["cases"] = int(len(users))
+    if touched_keys is not None:
+        keys = users.astype(np.int64) * num_items + items.astype(np.int64)
+        fresh = ~samplers.contains(touched_keys, keys)
+        discovery = evaluate.metrics_from_ranks(
+            found[fresh], ks=tuple(k for k in (1, 5, 10, 20, 50) if k <= top_k)
+        )
+        discovery["protocol"] = (
+            "discovery through recommend: cases whose item the user touched dropped, touched "
+            "items taken out of the returned list (a lower bound where they filled slots)"
+        )
+        discovery["cases_with_touched_items_returned"] = int(crowded[fresh].sum())
+        result["recommend_discovery"] = discovery
     return result

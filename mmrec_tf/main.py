@@ -36,6 +36,7 @@ from mmrec_tf.export import serving
 from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import splits as splits_lib
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -777,6 +778,7 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
         user_tokens=data.user_vocab.tokens,
         item_tokens=data.item_vocab.tokens,
         retrieval_ks=config.eval.retrieval_ks,
+        touched_keys=splits_lib.train_pair_keys(split),
     )
     results = {
         "dataset": name or dataset_name(config),
@@ -786,6 +788,7 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
     }
     print(f"export {path}: retrieval {metrics['retrieval']}")
     print(f"export {path}: recommend {metrics['recommend']}")
+    print(f"export {path}: recommend, discovery {metrics['recommend_discovery']}")
     _write_json(os.path.join(config.model_dir, "export_evaluation.json"), results)
     return results
 

@@ -269,6 +269,22 @@ def _gate_gradient(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     return tf.stop_gradient(x) + mask * (x - tf.stop_gradient(x))
 
 
+def grid_l2(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """The L2 penalty of a grid's rows: each part's `l2` times the squared user
+    and item vectors looked up, over the number of users (as the pairwise
+    call's penalty is over its batch)."""
+    mf, towers, _, _ = parts(scorer)
+    total = tf.constant(0.0)
+    for part in [mf, *towers]:
+        if part is None or not part.l2:
+            continue
+        squares = tf.reduce_sum(tf.square(part.user_vector(users))) + tf.reduce_sum(
+            tf.square(part.item_embedding(items))
+        )
+        total += part.l2 * tf.cast(squares, tf.float32)
+    return total / tf.cast(tf.maximum(tf.shape(users)[0], 1), tf.float32)
+
+
 def factorized_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """[U, I] the MF part of the logit, <p_u * w, q_i>, for every pair (the retrieval stage)."""
     mf, _, _, head = parts(scorer)
@@ -485,7 +501,10 @@ class Ranker(tf_keras.Model):
     def _compute_losses(self, batch, training):
         if self.loss_name == "softmax":
             per_example, correct = self._softmax_losses(batch, training)
-            return self._total(batch, per_example) + (correct,)
+            # The grid's own L2 stands in for the scorer's per-call penalties.
+            loss, per_example = self._total(batch, per_example, scorer_losses=False)
+            penalty = grid_l2(self.scorer, batch[schema.USER], batch[schema.CANDIDATES])
+            return loss + tf.nn.scale_regularization_loss(penalty), per_example, correct
         user = batch[schema.USER]
         neg = batch[schema.NEG_ITEM]
         batch_size = tf.shape(user)[0]
@@ -534,7 +553,7 @@ class Ranker(tf_keras.Model):
         correct = tf.reduce_mean(tf.cast(pos_logits[:, None] > neg_logits, tf.float32), axis=-1)
         return self._total(batch, per_example) + (correct,)
 
-    def _total(self, batch, per_example):
+    def _total(self, batch, per_example, scorer_losses=True):
         """(loss, per-example losses): weights, the whole-data term, regularization."""
         if schema.POS_WEIGHT in batch:
             per_example *= batch[schema.POS_WEIGHT]
@@ -543,7 +562,7 @@ class Ranker(tf_keras.Model):
             term = whole_data_term(self.scorer, batch[schema.USER])
             per_example += self.whole_data_weight * (term if share is None else term * share)
         loss = tf.nn.compute_average_loss(per_example)
-        if self.scorer.losses:
+        if scorer_losses and self.scorer.losses:
             loss += tf.nn.scale_regularization_loss(tf.add_n(self.scorer.losses))
         return loss, per_example
 

@@ -296,3 +296,52 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard
     # Validation ranked 50 cases per epoch; the test ranks every case.
     assert history[0]["val_cases"] <= 50
     assert results["test"]["full"]["cases"] == results["test"]["sampled"]["cases"]
+
+
+def test_discovery_through_recommend_takes_touched_items_out_of_the_list():
+    from mmrec_tf.export import evaluation
+
+    lists = {b"u0": [b"i1", b"i4", b"i2"], b"u1": [b"i3", b"i0", b"i5"]}
+
+    def recommend(user_id):
+        ids = tf.constant([lists[u] for u in user_id.numpy()])
+        return {"item_ids": ids, "scores": tf.zeros(ids.shape)}
+
+    # u0 carted i1; u1 bought i0 (keys user * 6 + item).
+    result = evaluation.evaluate_signatures(
+        {"retrieve": recommend, "recommend": recommend},
+        users=np.array([0, 1, 1]),
+        items=np.array([4, 0, 5]),
+        user_tokens=np.array(["u0", "u1"]),
+        item_tokens=np.array([f"i{k}" for k in range(6)]),
+        retrieval_ks=(3,),
+        touched_keys=np.array([1, 6]),
+    )
+    # Full: i4 at position 1 for u0, i0 at 1 and i5 at 2 for u1.
+    assert result["recommend"]["HR@1"] == 0.0
+    discovery = result["recommend_discovery"]
+    # (u1, i0) was touched: dropped. u0's list without i1 is [i4, i2]: i4 first;
+    # u1's list without i0 is [i3, i5]: i5 second.
+    assert discovery["cases"] == 2 and discovery["HR@1"] == 0.5
+    assert discovery["cases_with_touched_items_returned"] == 2
+
+
+def test_softmax_l2_penalizes_the_grid_rows():
+    scorer = _scorer("gmf", l2=0.5)
+    ranker = models.Ranker(scorer, loss="softmax")
+    batch = {
+        schema.USER: tf.constant([0, 1], tf.int32),
+        schema.POS_ITEM: tf.constant([2, 3], tf.int32),
+        schema.POS_GATE: tf.ones([2, 3]),
+        schema.USER_SHARE: tf.ones([2]),
+        schema.POS_WEIGHT: tf.ones([2]),
+        schema.CANDIDATES: tf.constant([2, 3, 5], tf.int32),
+        schema.CANDIDATE_LOG_Q: tf.zeros([3]),
+        schema.CANDIDATE_BITS: tf.constant([[1, 0, 0], [0, 1, 0]], tf.int32),
+    }
+    loss, per_example, _ = ranker._compute_losses(batch, training=True)
+    mf, _, _, _ = models.parts(scorer)
+    p = mf.user_embedding.embeddings.numpy()[[0, 1]]
+    q = mf.item_embedding.embeddings.numpy()[[2, 3, 5]]
+    penalty = 0.5 * ((p**2).sum() + (q**2).sum()) / 2
+    np.testing.assert_allclose(loss.numpy(), per_example.numpy().mean() + penalty, rtol=1e-5)
