@@ -23,6 +23,8 @@ import numpy as np
 from mmrec_tf import config as config_lib
 from mmrec_tf.pipelines import splits as splits_lib
 
+SOLVERS = ("implicit", "numpy")
+
 # Bounds the [pairs, factors, factors] outer products of one solve chunk.
 _CHUNK_FLOATS = 1 << 25
 
@@ -40,6 +42,10 @@ class ALSConfig:
       iterations: alternating sweeps (users, then items).
       init_stddev: standard deviation of the initial factors.
       seed: initialisation seed.
+      solver: `implicit` (the `implicit` library's exact Cholesky solves,
+        multithreaded native code: about 10x faster) or `numpy` (this
+        module's batched solves, the reference the tests check it against).
+        Both minimize the same objective with the same initial factors.
     """
 
     factors: int = 32
@@ -49,6 +55,7 @@ class ALSConfig:
     iterations: int = 15
     init_stddev: float = 0.01
     seed: int = 0
+    solver: str = "implicit"
 
     def __post_init__(self):
         config_lib._check(self.factors >= 1, "factors", self.factors, ">= 1")
@@ -58,6 +65,7 @@ class ALSConfig:
             self.supportive_weight >= 0, "supportive_weight", self.supportive_weight, ">= 0"
         )
         config_lib._check(self.iterations >= 1, "iterations", self.iterations, ">= 1")
+        config_lib._check(self.solver in SOLVERS, "solver", self.solver, f"one of {SOLVERS}")
 
 
 def confidence_matrix(split: splits_lib.Split, supportive_weight: float):
@@ -137,6 +145,9 @@ def fit(split: splits_lib.Split, config: ALSConfig, *, verbose: bool = True):
     rng = np.random.default_rng(config.seed)
     x = rng.normal(0, config.init_stddev, (split.num_users, config.factors))
     y = rng.normal(0, config.init_stddev, (split.num_items, config.factors))
+    if config.solver == "implicit":
+        x, y = _fit_implicit(users, items, conf, x, y, split, config)
+        return x, y, time.perf_counter() - started
     by_user = _csr(users, items, conf, split.num_users)
     by_item = _csr(items, users, conf, split.num_items)
     for sweep in range(config.iterations):
@@ -145,6 +156,37 @@ def fit(split: splits_lib.Split, config: ALSConfig, *, verbose: bool = True):
         if verbose:
             print(f"als sweep {sweep + 1}/{config.iterations}", flush=True)
     return x.astype(np.float32), y.astype(np.float32), time.perf_counter() - started
+
+
+def _fit_implicit(users, items, conf, x, y, split, config: ALSConfig):
+    """The same sweeps through `implicit`'s exact (Cholesky) solver.
+
+    `implicit` takes the observed cells' confidence as given (alpha = 1) and
+    weighs every other cell by 1, as `_solve` does; the factors start from
+    `x` and `y`, so both solvers follow the same path.
+    """
+    import implicit.cpu.als
+    import scipy.sparse
+    import threadpoolctl
+
+    matrix = scipy.sparse.csr_matrix(
+        (conf.astype(np.float32), (users, items)), shape=(split.num_users, split.num_items)
+    )
+    model = implicit.cpu.als.AlternatingLeastSquares(
+        factors=config.factors,
+        regularization=config.l2,
+        alpha=1.0,
+        use_cg=False,
+        iterations=config.iterations,
+        random_state=config.seed,
+    )
+    # implicit solves users, then items, each sweep, from factors it finds set.
+    model.user_factors = x.astype(np.float32)
+    model.item_factors = y.astype(np.float32)
+    # implicit runs its own threads; a threaded BLAS under them oversubscribes.
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        model.fit(matrix, show_progress=False)
+    return np.asarray(model.user_factors, np.float64), np.asarray(model.item_factors, np.float64)
 
 
 class FactorScorer:

@@ -194,6 +194,8 @@ class ModelConfig:
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
       als_iterations: ALS sweeps.
+      als_solver: `implicit` (the implicit library's exact solver, fast) or
+        `numpy` (this project's reference solver); the same factors.
     """
 
     model: str = "mmf"
@@ -214,6 +216,7 @@ class ModelConfig:
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0
     als_iterations: int = 15
+    als_solver: str = "implicit"
 
     def __post_init__(self):
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
@@ -254,6 +257,12 @@ class ModelConfig:
             ">= 0",
         )
         _check(self.als_iterations >= 1, "als_iterations", self.als_iterations, ">= 1")
+        _check(
+            self.als_solver in ("implicit", "numpy"),
+            "als_solver",
+            self.als_solver,
+            "'implicit' or 'numpy'",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

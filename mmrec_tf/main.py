@@ -175,6 +175,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         **f,
     )
     flags.DEFINE_integer("als_iterations", d_model.als_iterations, "ALS sweeps.", **f)
+    flags.DEFINE_enum(
+        "als_solver",
+        d_model.als_solver,
+        ("implicit", "numpy"),
+        "ALS solver: the implicit library's exact solves (fast) or the numpy reference.",
+        **f,
+    )
     # Training.
     flags.DEFINE_integer("epochs", d_train.epochs, "Maximum epochs.", **f)
     flags.DEFINE_integer("batch_size", d_train.batch_size, "Global batch size.", **f)
@@ -422,6 +429,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         als_l2=fv.als_l2,
         als_supportive_weight=fv.als_supportive_weight,
         als_iterations=fv.als_iterations,
+        als_solver=fv.als_solver,
     )
     train = config_lib.TrainConfig(
         epochs=fv.epochs,
@@ -731,6 +739,7 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
             supportive_weight=m.als_supportive_weight,
             iterations=m.als_iterations,
             seed=config.train.seed,
+            solver=m.als_solver,
         )
         user_factors, item_factors, seconds = als.fit(
             split, als_config, verbose=config.train.verbose > 0

@@ -102,3 +102,21 @@ def test_sweeps_never_increase_the_objective_and_observed_pairs_score_higher():
 def test_bad_config_names_the_field():
     with pytest.raises(ValueError, match="alpha"):
         als.ALSConfig(alpha=-1)
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_the_implicit_solver_gives_the_reference_factors(iterations):
+    split = _split()
+    fitted = {}
+    for solver in als.SOLVERS:
+        config = als.ALSConfig(
+            factors=3,
+            l2=0.1,
+            alpha=5.0,
+            supportive_weight=0.5,
+            iterations=iterations,
+            solver=solver,
+        )
+        fitted[solver] = als.fit(split, config, verbose=False)[:2]
+    for ours, theirs in zip(fitted["numpy"], fitted["implicit"]):
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)
