@@ -473,14 +473,21 @@ class Ranker(tf_keras.Model):
         return per_example, correct
 
     def _hard_loss(self, users, candidates, bits, gates, x, labels, training):
-        """[batch] softmax of the full logit over the positive and its K hardest candidates.
+        """[batch] softmax of the full logit over the positive, K hard and K random candidates.
 
-        The K columns of highest corrected factorized logit among the row's
-        valid negatives (TFRS `HardNegativeMining` picks them the same way);
-        masked columns stay masked.
+        Hard: the K columns of highest corrected factorized logit among the
+        row's valid negatives (TFRS `HardNegativeMining` picks them the same
+        way). Random: the first K shared negatives (i.i.d. draws), so the full
+        scorer also learns to keep arbitrary catalog items low, which full
+        ranking asks of it. Masked columns stay masked.
         """
+        batch_size = tf.shape(users)[0]
         k = tf.minimum(self.hard_negatives + 1, tf.shape(candidates)[0])
         _, columns = tf.math.top_k(tf.stop_gradient(x) + labels * -_MIN_LOGIT, k=k)
+        shared = tf.range(batch_size, tf.minimum(batch_size + self.hard_negatives, tf.shape(x)[1]))
+        columns = tf.concat(
+            [columns, tf.broadcast_to(shared[None, :], [batch_size, tf.size(shared)])], axis=1
+        )
         picked = tf.gather(candidates, columns)  # [batch, k], the positive first
         masked = tf.cast(tf.gather(x, columns, batch_dims=1) <= _MIN_LOGIT / 2, tf.float32)
         pair_gates = tf.gather(gates, columns, batch_dims=1)

@@ -68,8 +68,10 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
     Args:
       trial: an optuna Trial.
       family: `mmf` (the multi-feedback model with the whole-catalog
-        objective), `bpr` (the same model with the pairwise loss, the
-        previous tuned recipe) or `als` (the multi-behavior weighted ALS).
+        objective, behavior features allowed), `bpr` (the same model with the
+        pairwise loss, the previous tuned recipe) or `als` (the
+        multi-behavior weighted ALS; "touched items first" is the tuned ALS
+        with --behavior_features, which adds no parameter to tune).
       behaviors: the data's behaviors, target first.
     """
     supportive = behaviors[1:]
@@ -80,7 +82,6 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
             "als_l2": trial.suggest_float("als_l2", 0.1, 100.0, log=True),
             "als_alpha": trial.suggest_float("als_alpha", 1.0, 200.0, log=True),
             "als_supportive_weight": trial.suggest_float("als_supportive_weight", 0.0, 4.0),
-            "behavior_features": trial.suggest_categorical("behavior_features", [False, True]),
         }
     common = {
         "model": "mmf",

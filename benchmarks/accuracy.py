@@ -1,0 +1,168 @@
+"""Accuracy across datasets and protocols: the tuned whole-catalog model against the ALS.
+
+    python benchmarks/accuracy.py --datasets=jd_vcgae [--seeds=3] [--tune_dir=runs/tune]
+        [--report_only]
+
+For each dataset, every arm runs with seeds 0..seeds-1 (through the
+experiment runner, which keeps finished runs) and is reported under the three
+protocols (sampled, full ranking, discovery): test HR@10 and NDCG@10, mean
+over seeds ± the standard error across seeds. The tuned arms take their
+flags from the Optuna studies of `python -m mmrec_tf.tune` (`--protocol=full`,
+the protocol a product serves, with the same number of trials for our model
+and for the ALS): `<tune_dir>/<dataset>/best_<family>_full.json`. An arm whose
+study is missing is left out and said so.
+
+Writes benchmarks/results/accuracy.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
+from mmrec_tf import experiments
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTOCOLS = ("full", "discovery", "sampled")
+
+
+def _tuned(tune_dir: str, dataset: str, family: str) -> dict | None:
+    path = os.path.join(tune_dir, dataset, f"best_{family}_full.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        best = json.load(f)
+    overrides = dict(best["best_overrides"])
+    if "behavior_weights" in overrides:
+        overrides["behavior_weights"] = ",".join(
+            f"{b}:{w:g}" for b, w in overrides["behavior_weights"]
+        )
+    overrides["trials"] = best["trials"]
+    return overrides
+
+
+def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
+    """(label, overrides or None when its study is missing), in report order."""
+    ours = _tuned(tune_dir, dataset, "mmf")
+    als = _tuned(tune_dir, dataset, "als")
+    return [
+        ("MMF, whole-catalog objective (tuned)", ours),
+        ("MMF, BPR (dataset flagfile)", {}),
+        (
+            "NCF (target behavior only)",
+            {"model": "ncf", "supportive_positive_weight": 0, "history_length": 0},
+        ),
+        ("MMF, the paper's training", dict(experiments._PAPER_MMF)),
+        ("ALS multi-behavior (tuned)", als),
+        (
+            "ALS multi-behavior, touched items first",
+            None if als is None else {**als, "behavior_features": True},
+        ),
+        ("popular, touched items first", {"model": "popular", "behavior_features": True}),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", default="jd_vcgae")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data"))
+    parser.add_argument("--tune_dir", default="runs/tune")
+    parser.add_argument("--runs_dir", default="runs/experiments")
+    parser.add_argument("--report_only", action="store_true")
+    args = parser.parse_args()
+    report = {
+        "command": "python benchmarks/accuracy.py "
+        + " ".join(f"--{k}={v}" for k, v in (("datasets", args.datasets), ("seeds", args.seeds))),
+        "datasets": {},
+    }
+    for dataset in args.datasets.split(","):
+        runner = experiments.Runner(
+            dataset=dataset,
+            data_dir=args.data_dir,
+            runs_dir=args.runs_dir,
+            extra_flags=[],
+            report_only=args.report_only,
+        )
+        rows = []
+        for label, overrides in arms(args.tune_dir, dataset):
+            if overrides is None:
+                rows.append({"arm": label, "missing": "no tuning study yet"})
+                continue
+            trials = overrides.pop("trials", None)
+            runs = []
+            for seed in range(args.seeds):
+                try:
+                    runs.append(runner.run(overrides, seed))
+                except experiments.MissingRun:
+                    break
+            if not runs:
+                rows.append({"arm": label, "missing": "not run yet"})
+                continue
+            row = {
+                "arm": label,
+                "flags": experiments._flag_args(overrides),
+                "trials": trials,
+                "seeds": [r["seed"] for r in runs],
+            }
+            for protocol in PROTOCOLS:
+                row[protocol] = experiments.summarize(runs, protocol)
+            rows.append(row)
+        report["datasets"][dataset] = rows
+    out = os.path.join(HERE, "results")
+    with open(os.path.join(out, "accuracy.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    lines = [
+        "# Accuracy under three protocols",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "Test HR@10 / NDCG@10, mean over seeds ± the standard error across seeds (one seed: "
+        "over cases). Tuned arms: Optuna on full-ranking validation only, the same trials for "
+        "our model and the ALS (`python -m mmrec_tf.tune`); every protocol reports the "
+        "full-ranking choice. Discovery excludes every item the user touched in training and "
+        "drops the cases whose item was touched.",
+        "",
+    ]
+    for dataset, rows in report["datasets"].items():
+        lines += [
+            f"## {dataset}",
+            "",
+            "| arm | full HR@10 | full NDCG@10 | discovery HR@10 | "
+            "discovery NDCG@10 | sampled HR@10 | seeds | trials |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            if "missing" in row:
+                lines.append(f"| {row['arm']} | {row['missing']} | | | | | | |")
+                continue
+            cells = []
+            for protocol, metrics in (
+                ("full", ("HR@10", "NDCG@10")),
+                ("discovery", ("HR@10", "NDCG@10")),
+                ("sampled", ("HR@10",)),
+            ):
+                cells += [experiments.format_metric(row[protocol], m) for m in metrics]
+            lines.append(
+                f"| {row['arm']} | "
+                + " | ".join(cells)
+                + f" | {len(row['seeds'])} | {row['trials'] or ''} |"
+            )
+        cases = next((r for r in rows if "full" in r), None)
+        if cases:
+            lines += [
+                "",
+                f"Cases: full {cases['full']['cases']}, discovery {cases['discovery']['cases']}, sampled {cases['sampled']['cases']}.",
+            ]
+        lines += ["", "Flags per arm:", ""]
+        lines += [f"- {r['arm']}: `{' '.join(r['flags'])}`" for r in rows if "flags" in r]
+        lines.append("")
+    with open(os.path.join(out, "accuracy.md"), "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
