@@ -32,6 +32,7 @@ from mmrec_tf import popularity
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import evaluation as export_evaluation
 from mmrec_tf.export import exporter
+from mmrec_tf.export import fitted as fitted_export
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
@@ -588,7 +589,7 @@ def run_experiment(
         "seconds": {"load": round(load_seconds, 2)},
     }
     if config.model.model in ("als", "popular"):
-        return _run_fitted(config, split, model_dir, results)
+        return _run_fitted(config, data, split, model_dir, results)
     with strategy.scope():
         ranker = models.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
@@ -671,55 +672,60 @@ def run_experiment(
         _print_metrics(results)
     exporting = config.mode in ("train", "train_and_evaluate", "export")
     if config.export.export_dir and exporting and train_lib.is_chief(strategy):
-        started = time.perf_counter()
-        module = serving.from_training(
-            ranker.scorer,
-            split,
-            user_tokens=data.user_vocab.tokens,
-            item_tokens=data.item_vocab.tokens,
-            top_k=config.export.top_k,
-            retrieval_candidates=config.export.retrieval_candidates,
-            exclude_seen=config.export.exclude_seen,
-        )
-        path = exporter.export(
-            module,
-            config.export.export_dir,
-            warmup_user_ids=list(data.user_vocab.tokens[split.test_users[:4]]),
-            warmup_item_ids=list(data.item_vocab.tokens[split.test_items[:4]]),
-            version=config.export.version or None,
-        )
-        results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
-        print(f"exported {path}")
-        if config.mode == "train_and_evaluate":
-            # The same two-stage figures from the in-memory module, for
-            # comparison with --mode=evaluate_export on the SavedModel.
-            results["test"]["two_stage_in_memory"] = export_evaluation.evaluate_signatures(
-                {"retrieve": module.retrieve, "recommend": module.recommend},
-                users=split.test_users,
-                items=split.test_items,
-                user_tokens=data.user_vocab.tokens,
-                item_tokens=data.item_vocab.tokens,
-                retrieval_ks=config.eval.retrieval_ks,
-            )
+        _export(config, ranker.scorer, data, split, results)
     # An export alone leaves the training run's results.json as it was.
     name = "results.json" if config.mode not in ("export", "evaluate_export") else "export.json"
     _write_json(os.path.join(model_dir, name), results)
     return results
 
 
-def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
+def _export(config, scorer, data, split, results: dict) -> None:
+    """Exports `scorer` as a new SavedModel version; records it in `results`."""
+    started = time.perf_counter()
+    module = serving.from_training(
+        scorer,
+        split,
+        user_tokens=data.user_vocab.tokens,
+        item_tokens=data.item_vocab.tokens,
+        top_k=config.export.top_k,
+        retrieval_candidates=config.export.retrieval_candidates,
+        exclude_seen=config.export.exclude_seen,
+    )
+    path = exporter.export(
+        module,
+        config.export.export_dir,
+        warmup_user_ids=list(data.user_vocab.tokens[split.test_users[:4]]),
+        warmup_item_ids=list(data.item_vocab.tokens[split.test_items[:4]]),
+        version=config.export.version or None,
+    )
+    results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
+    print(f"exported {path}")
+    if config.mode == "train_and_evaluate":
+        # The same two-stage figures from the in-memory module, for
+        # comparison with --mode=evaluate_export on the SavedModel.
+        results["test"]["two_stage_in_memory"] = export_evaluation.evaluate_signatures(
+            {"retrieve": module.retrieve, "recommend": module.recommend},
+            users=split.test_users,
+            items=split.test_items,
+            user_tokens=data.user_vocab.tokens,
+            item_tokens=data.item_vocab.tokens,
+            retrieval_ks=config.eval.retrieval_ks,
+            touched_keys=splits_lib.train_pair_keys(split),
+        )
+
+
+def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
     """--model=als (weighted ALS) or popular, in the same split and evaluation.
 
     `results` holds what every run records (dataset, data report, split,
     load time); the fit and both protocols are added to it.
     """
     m = config.model
-    if config.mode not in ("train", "train_and_evaluate") or config.export.export_dir:
+    if config.mode not in ("train", "train_and_evaluate"):
         raise ValueError(
             f"--model={m.model} runs with --mode=train_and_evaluate (or train: validation "
-            "only) and no --export_dir (got "
-            f"--mode={config.mode}, --export_dir={config.export.export_dir!r}): it fits and "
-            "evaluates in one go; export is for the neural models."
+            f"only; either exports with --export_dir), not --mode={config.mode}: it fits, "
+            "evaluates and exports in one go."
         )
     if m.behavior_features:
         models.require_supportive(split.behaviors)
@@ -765,6 +771,13 @@ def _run_fitted(config, split, model_dir: str, results: dict) -> dict:
     results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
     if "test" in results:
         _print_metrics(results)
+    if config.export.export_dir:
+        # The same signatures as the neural models: a GMF scorer computing
+        # exactly the fitted scores (export.fitted).
+        scorer = fitted_export.as_scorer(
+            score, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+        )
+        _export(config, scorer, data, split, results)
     _write_json(os.path.join(model_dir, "results.json"), results)
     return results
 

@@ -11,7 +11,7 @@ early stopping following the same protocol). A median pruner stops a trial
 whose per-epoch validation falls below the median of earlier trials at the
 same epoch.
 
-The study lives in `<study_dir>/study.db` (SQLite): started again after a
+The study lives in `<study_dir>/<family>.db` (SQLite): started again after a
 kill, it keeps every finished trial, marks the trial that was running as
 failed, and runs only the trials still missing. Every family gets the same
 `--trials`, so the comparison between them has one budget.
@@ -42,6 +42,9 @@ _FIELDS = {
     "model": ("model", "model"),
     "mf_dim": ("model", "mf_dim"),
     "mlp_dim": ("model", "mlp_dim"),
+    "mlp_layers": ("model", "mlp_layers"),
+    "gating": ("model", "gating"),
+    "l2": ("model", "l2"),
     "behavior_features": ("model", "behavior_features"),
     "history_length": ("model", "history_length"),
     "als_alpha": ("model", "als_alpha"),
@@ -86,13 +89,14 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
     common = {
         "model": "mmf",
         "mf_dim": trial.suggest_categorical("mf_dim", [16, 32, 64, 128]),
-        "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
-        "learning_rate": trial.suggest_float("learning_rate", 5e-4, 2e-2, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
         "behavior_features": trial.suggest_categorical("behavior_features", [False, True]),
+        "l2": trial.suggest_categorical("l2", [0.0, 1e-5, 1e-4, 1e-3]),
     }
     if family == "bpr":
         return {
             **common,
+            "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
             "loss": "bpr",
             "num_negatives": trial.suggest_int("num_negatives", 1, 8),
             "supportive_positive_weight": trial.suggest_float(
@@ -103,9 +107,22 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
     weights = [(behaviors[0], 1.0)] + [
         (b, trial.suggest_float(f"weight_{b}", 0.0, 1.0)) for b in supportive
     ]
+    hard = trial.suggest_categorical("hard_negatives", [0, 16, 64])
+    if hard:
+        branches = {
+            "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
+            "mlp_layers": trial.suggest_int("mlp_layers", 1, 2),
+        }
+    else:
+        # The whole [B, B + N] grid goes through every branch: small branches
+        # keep a trial within minutes.
+        branches = {"mlp_dim": 8, "mlp_layers": 1}
     return {
         **common,
+        **branches,
         "loss": "softmax",
+        "hard_negatives": hard,
+        "gating": trial.suggest_categorical("gating", ["gradient", "none"]),
         "history_length": 0,
         "supportive_positive_weight": 0.0,
         "behavior_weights": tuple(weights),
@@ -113,8 +130,7 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
         "negative_distribution": trial.suggest_categorical(
             "negative_distribution", ["uniform", "popularity"]
         ),
-        "temperature": trial.suggest_float("temperature", 0.05, 1.0, log=True),
-        "hard_negatives": trial.suggest_categorical("hard_negatives", [0, 8, 32]),
+        "temperature": trial.suggest_float("temperature", 0.1, 1.0, log=True),
         "whole_data_weight": trial.suggest_categorical(
             "whole_data_weight", [0.0, 1e-3, 1e-2, 1e-1]
         ),
@@ -161,7 +177,7 @@ def run_study(
         or `discovery`).
       trials: the study's total number of finished (complete or pruned)
         trials.
-      study_dir: holds study.db and one folder per trial.
+      study_dir: holds <family>.db and one folder per trial.
       seed: the sampler's seed.
       behaviors: the data's behaviors (read from the data when None).
     """
@@ -176,7 +192,8 @@ def run_study(
     if not base.data.validation:
         raise ValueError("tuning needs validation cases: drop --novalidation.")
     os.makedirs(study_dir, exist_ok=True)
-    storage = f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}"
+    # One database per family, so studies of two families can run at once.
+    storage = f"sqlite:///{os.path.abspath(os.path.join(study_dir, f'{family}.db'))}"
     study = optuna.create_study(
         study_name=f"{family}-{protocol}",
         storage=storage,
@@ -199,7 +216,7 @@ def run_study(
         overrides = search_space(trial, family, behaviors)
         if family != "als":
             overrides["early_stopping_protocol"] = protocol
-        run_dir = os.path.join(study_dir, f"trial_{trial.number:04d}")
+        run_dir = os.path.join(study_dir, f"{family}_trial_{trial.number:04d}")
         config = dataclasses.replace(apply(base, overrides), model_dir=run_dir, mode="train")
         trial.set_user_attr("overrides", json.dumps(overrides, default=str))
 
@@ -238,7 +255,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_integer("trials", 20, "Finished trials the study should hold.", **f)
     flags.DEFINE_string(
-        "study_dir", None, "Holds study.db and the trials' run folders; resumable.", **f
+        "study_dir", None, "Holds <family>.db and the trials' run folders; resumable.", **f
     )
     flags.DEFINE_integer("study_seed", 0, "Seed of the TPE sampler.", **f)
 

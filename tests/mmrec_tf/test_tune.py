@@ -28,7 +28,7 @@ _TINY = [
 def _study(study_dir, family):
     return optuna.load_study(
         study_name=f"{family}-sampled",
-        storage=f"sqlite:///{os.path.abspath(os.path.join(study_dir, 'study.db'))}",
+        storage=f"sqlite:///{os.path.abspath(os.path.join(study_dir, f'{family}.db'))}",
     )
 
 
@@ -65,7 +65,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(tmp_path):
     done = [(t.number, t.value, t.params) for t in first.trials]
     assert [t.state for t in first.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     # Trials ran in mode=train: validation only, no test figures.
-    results = (tmp_path / "trial_0000" / "results.json").read_text()
+    results = (tmp_path / "als_trial_0000" / "results.json").read_text()
     assert '"validation"' in results and '"test"' not in results
 
     # Then: asked for 4, killed while a neural trial runs (the mmf study in

@@ -1,0 +1,79 @@
+"""Fitted baselines export as Keras scorers that compute exactly their scores."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mmrec_tf import als
+from mmrec_tf import models
+from mmrec_tf import popularity
+from mmrec_tf.export import fitted
+from mmrec_tf.pipelines import samplers
+from tests.pipelines import test_samplers
+
+
+def _grid(scorer, index, users, items):
+    gates = index.gate_grid(users, items)
+    return models.score_grid(scorer, tf.constant(users), tf.constant(items), gates).numpy()
+
+
+@pytest.mark.parametrize("kind", ["als", "popular"])
+@pytest.mark.parametrize("touched_first", [False, True])
+def test_exported_scorer_scores_as_the_fitted_model(kind, touched_first):
+    split = test_samplers._split()
+    index = samplers.TrainingIndex.from_split(split)
+    if kind == "als":
+        config = als.ALSConfig(factors=4, supportive_weight=0.5, iterations=3)
+        score = als.FactorScorer(*als.fit(split, config, verbose=False)[:2])
+    else:
+        score = popularity.PopularityScorer(index)
+    if touched_first:
+        score = popularity.TouchedFirst(score, index)
+    scorer = fitted.as_scorer(
+        score, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+    )
+    users = np.arange(split.num_users, dtype=np.int32)
+    items = np.arange(split.num_items, dtype=np.int32)
+    np.testing.assert_allclose(
+        _grid(scorer, index, users, items), score.grid(users, items), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_main_exports_the_als_with_the_neural_signatures(tmp_path):
+    from absl import flags
+
+    from mmrec_tf import main as main_lib
+
+    fv = flags.FlagValues()
+    main_lib.define_flags(fv)
+    quickstart = os.path.join(os.path.dirname(main_lib.__file__), "configs", "quickstart.flags")
+    common = [
+        "x",
+        f"--flagfile={quickstart}",
+        f"--model_dir={tmp_path}",
+        "--synthetic_users=300",
+        "--synthetic_items=400",
+        "--model=als",
+        "--mf_dim=8",
+        "--als_supportive_weight=0.5",
+        "--behavior_features",
+        "--verbose=0",
+        f"--export_dir={tmp_path / 'serving'}",
+        "--retrieval_candidates=50",
+    ]
+    fv(common)
+    trained = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    assert os.path.isdir(trained["export"]["path"])
+    loaded = tf.saved_model.load(trained["export"]["path"])
+    assert {"serving_default", "recommend", "retrieve"} <= set(loaded.signatures)
+    fv2 = flags.FlagValues()
+    main_lib.define_flags(fv2)
+    fv2(common + ["--mode=evaluate_export"])
+    exported = main_lib.run_experiment(main_lib.config_from_flags(fv2))["test"]
+    in_memory = trained["test"]["two_stage_in_memory"]
+    assert exported["recommend"] == pytest.approx(in_memory["recommend"], abs=1e-6)
+    assert exported["recommend"]["cases"] == trained["test"]["sampled"]["cases"]
+    assert json.load(open(tmp_path / "export_evaluation.json"))["export"]
