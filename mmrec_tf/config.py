@@ -166,7 +166,10 @@ class ModelConfig:
       fusion_dim: units of the fusion layer; 0 means `mlp_dim`.
       gating: `gradient` (supportive branch t learns only from examples
         with feedback t), `gradient_aux` (also an auxiliary score head per
-        supportive branch), `none` (ablation).
+        supportive branch: with `bpr`/`logloss` it predicts the target on
+        the gated examples; with `softmax` it learns to rank the branch's own
+        behavior over the candidates, and the fusion carries that to the
+        target), `none` (ablation).
       branch_loss_weight: weight of each auxiliary branch loss.
       init_stddev: standard deviation of the N(0, s) weight initializer.
       l2: L2 penalty on the embeddings a batch looks up.

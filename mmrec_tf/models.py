@@ -205,7 +205,8 @@ def score_grid(
     gates: tf.Tensor | None = None,
     *,
     training: bool = False,
-) -> tf.Tensor:
+    return_branches: bool = False,
+):
     """Logits of every (user, item) pair of two lists, as the scorer computes them.
 
     Per-user and per-item work (embeddings, history means, the halves of
@@ -222,6 +223,8 @@ def score_grid(
       training: apply the supportive branches' gradient gates (a branch
         learns only from the pairs that have its behavior), as the pairwise
         scorer does in training.
+      return_branches: also return the branches' [U, I, d] outputs (before
+        their gates), in branch order.
 
     Returns:
       [U, I] logits. With user histories, a pair whose item is in the user's
@@ -238,6 +241,7 @@ def score_grid(
         logits += tf.cast(factorized_grid(scorer, users, items), tf.float32)
         rows = mf.embedding_dim
     branches = [tower.grid(users, items) for tower in towers]
+    raw = list(branches)
     gated = training and scorer_gating(scorer)
     if gated:
         if gates is None:
@@ -255,7 +259,7 @@ def score_grid(
         if gates is None:
             raise ValueError("this scorer has behavior features: pass the pairs' gates.")
         logits += bias(gates[..., 1:])
-    return logits
+    return (logits, raw) if return_branches else logits
 
 
 def scorer_gating(scorer: tf_keras.Model) -> bool:
@@ -396,9 +400,10 @@ class Ranker(tf_keras.Model):
                     "loss='softmax' does not take user histories yet (the grid would keep "
                     "each positive in its own user's history mean): set --history_length=0."
                 )
-            if branch_loss_weight:
+            if branch_loss_weight and hard_negatives:
                 raise ValueError(
-                    "loss='softmax' has no auxiliary branch losses: use --gating=gradient."
+                    "the softmax loss's per-behavior branch losses (--gating=gradient_aux) score "
+                    "the whole grid: use --hard_negatives=0."
                 )
         if whole_data_weight:
             whole_data_term(scorer, tf.zeros([0], tf.int32))  # raises without an MF part
@@ -436,8 +441,13 @@ class Ranker(tf_keras.Model):
         gates = tf.cast(
             tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[..., None], shifts), 1), tf.float32
         )
+        branches = None
         if self.hard_negatives:
             logits = factorized_grid(self.scorer, users, candidates)
+        elif self.branch_loss_weight:
+            logits, branches = score_grid(
+                self.scorer, users, candidates, gates, training=training, return_branches=True
+            )
         else:
             logits = score_grid(self.scorer, users, candidates, gates, training=training)
         labels = tf.one_hot(tf.range(batch_size), tf.shape(candidates)[0], dtype=tf.float32)
@@ -465,12 +475,38 @@ class Ranker(tf_keras.Model):
             per_example += loss_of(tf.stop_gradient(rest) + offsets)[0]
         else:
             per_example, x = loss_of(logits)
+        if branches is not None and len(branches) > 1:
+            per_example += self.branch_loss_weight * self._behavior_losses(
+                branches, gates, labels, log_q, candidates, remove_hits
+            )
         positive = tf.reduce_sum(x * labels, axis=1, keepdims=True)
         valid = tf.cast(x > _MIN_LOGIT / 2, tf.float32) * (1.0 - labels)
         correct = tf.reduce_sum(tf.cast(positive > x, tf.float32) * valid, axis=1) / tf.maximum(
             tf.reduce_sum(valid, axis=1), 1.0
         )
         return per_example, correct
+
+    def _behavior_losses(self, branches, gates, labels, log_q, candidates, remove_hits):
+        """[batch] the supportive branches' own softmax losses, summed.
+
+        Supportive branch t's auxiliary head scores the grid; each row whose
+        positive pair has behavior t is a positive of that softmax (the
+        other rows' losses are masked), and the user's other pairs with
+        behavior t are not its negatives. So each branch learns to rank its
+        own behavior's items over the catalog, and the fusion layer carries
+        what it learned over to the target (EHCF's transfer, through the
+        paper's branches). Ungated: the rows are the pairs with its feedback.
+        """
+        heads = self.scorer.get_layer("branch_scores")
+        scores = tf.cast(heads(branches[1:]), tf.float32)  # [batch, candidates, S]
+        total = 0.0
+        for s in range(len(branches) - 1):
+            has = gates[..., s + 1]
+            rows = tf.reduce_sum(has * labels, axis=1)  # the row's positive has it
+            x = scores[..., s] / self.temperature - log_q
+            x = remove_hits(labels, x, candidates) + has * (1.0 - labels) * _MIN_LOGIT
+            total += rows * tf.nn.softmax_cross_entropy_with_logits(labels, x)
+        return total
 
     def _hard_loss(self, users, candidates, bits, gates, x, labels, training):
         """[batch] softmax of the full logit over the positive, K hard and K random candidates.

@@ -345,3 +345,41 @@ def test_softmax_l2_penalizes_the_grid_rows():
     q = mf.item_embedding.embeddings.numpy()[[2, 3, 5]]
     penalty = 0.5 * ((p**2).sum() + (q**2).sum()) / 2
     np.testing.assert_allclose(loss.numpy(), per_example.numpy().mean() + penalty, rtol=1e-5)
+
+
+def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
+    scorer = _scorer("mmf", gating="gradient_aux")
+    with_aux = models.Ranker(scorer, loss="softmax", branch_loss_weight=0.5)
+    without = models.Ranker(scorer, loss="softmax")
+    users = np.array([0, 1, 2], np.int32)
+    candidates = np.array([3, 4, 5, 6, 7], np.int32)
+    bits = np.zeros((3, 5), np.int32)
+    bits[0, 0] = 0b011  # row 0's positive was bought and carted
+    bits[1, 1] = 0b100  # row 1's positive was only faved
+    bits[2, 2] = 0b001
+    bits[0, 3] = 0b010  # user 0 also carted item 6: not a cart negative of row 0
+    log_q = np.log(np.array([0.2, 0.2, 0.1, 0.3, 0.2], np.float32))
+    batch = {
+        schema.USER: tf.constant(users),
+        schema.POS_ITEM: tf.constant(candidates[:3]),
+        schema.POS_GATE: tf.ones([3, 3]),
+        schema.CANDIDATES: tf.constant(candidates),
+        schema.CANDIDATE_LOG_Q: tf.constant(log_q),
+        schema.CANDIDATE_BITS: tf.constant(bits),
+    }
+    extra = (
+        with_aux._softmax_losses(batch, training=False)[0]
+        - without._softmax_losses(batch, training=False)[0]
+    ).numpy()
+    _, branches = models.score_grid(scorer, users, candidates, return_branches=True)
+    scores = scorer.get_layer("branch_scores")(branches[1:]).numpy()  # [3, 5, 2]
+    expected = np.zeros(3)
+    for s, t in ((0, 1), (1, 2)):  # cart, fav
+        for b in range(3):
+            if not bits[b, b] >> t & 1:
+                continue  # only rows whose positive has the behavior
+            keep = [c for c in range(5) if c == b or not bits[b, c] >> t & 1]
+            x = scores[b, keep, s] - log_q[keep]
+            expected[b] += np.log(np.exp(x - x.max()).sum()) + x.max() - x[keep.index(b)]
+    np.testing.assert_allclose(extra, 0.5 * expected, rtol=1e-4, atol=1e-5)
+    assert extra[0] > 0 and extra[1] > 0 and extra[2] == 0
