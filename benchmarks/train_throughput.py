@@ -57,7 +57,38 @@ class EpochTimer(tf_keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def measure(split, *, batch_size: int, optimizer: str, steps: int, seed: int = 0) -> dict:
+# The training objectives compared by --objectives: (label, TrainConfig fields,
+# scored pairs per example as a function of the batch size B).
+OBJECTIVES = (
+    ("BPR, 3 negatives", {"loss": "bpr", "num_negatives": 3}, lambda b: 4),
+    (
+        "softmax, 1024 shared, full model on the grid",
+        {"loss": "softmax", "shared_negatives": 1024},
+        lambda b: b + 1024,
+    ),
+    (
+        "softmax, 1024 shared, two stages (16 hard + 16 random)",
+        {"loss": "softmax", "shared_negatives": 1024, "hard_negatives": 16},
+        lambda b: b + 1024 + 33,
+    ),
+    (
+        "softmax, 1024 shared, full model, whole-data term",
+        {"loss": "softmax", "shared_negatives": 1024, "whole_data_weight": 0.01},
+        lambda b: b + 1024,
+    ),
+)
+
+
+def measure(
+    split,
+    *,
+    batch_size: int,
+    optimizer: str,
+    steps: int,
+    seed: int = 0,
+    objective: dict | None = None,
+    model: dict | None = None,
+) -> dict:
     """Examples per second of one timed epoch of `steps` steps."""
     index = samplers.TrainingIndex.from_split(split)
     rng = np.random.default_rng(seed)
@@ -67,16 +98,12 @@ def measure(split, *, batch_size: int, optimizer: str, steps: int, seed: int = 0
     index = dataclasses.replace(
         index, pos_users=index.pos_users[take], pos_items=index.pos_items[take]
     )
+    train = dict(num_negatives=3, supportive_negative_ratio=1.0)
+    train.update(objective or {})
     config = config_lib.ExperimentConfig(
-        model=config_lib.ModelConfig(mf_dim=8, mlp_dim=8, mlp_layers=2),
+        model=config_lib.ModelConfig(**(model or dict(mf_dim=8, mlp_dim=8, mlp_layers=2))),
         train=config_lib.TrainConfig(
-            batch_size=batch_size,
-            epochs=2,
-            optimizer=optimizer,
-            num_negatives=3,
-            supportive_negative_ratio=1.0,
-            seed=seed,
-            verbose=0,
+            batch_size=batch_size, epochs=2, optimizer=optimizer, seed=seed, verbose=0, **train
         ),
     )
     tf_keras.utils.set_random_seed(seed)
@@ -126,6 +153,12 @@ def main():
     parser.add_argument("--cache_dir", default=os.path.join(HERE, ".cache"))
     parser.add_argument("--batch_sizes", default="1,256,4096")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput"))
+    parser.add_argument(
+        "--objectives",
+        action="store_true",
+        help="compare the training objectives (BPR, softmax variants) instead of the "
+        "optimizers; writes results/train_objectives.{json,md}",
+    )
     args = parser.parse_args()
 
     sets = {}
@@ -145,6 +178,8 @@ def main():
         validation=False,
     )
 
+    if args.objectives:
+        return objectives(sets, args)
     results = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -204,6 +239,63 @@ def main():
                 f"{row.get('pipeline_only_examples_per_second', '')} |\n"
             )
     print(f"wrote {args.out}.json and .md")
+
+
+def objectives(sets: dict, args) -> None:
+    """Examples/s and scored pairs/s of each objective, batch 1024, same run."""
+    model = dict(mf_dim=32, mlp_dim=8, mlp_layers=1)
+    results = {
+        "machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__},
+        "model": f"mmf {model}, lazy Adam, batch 1024",
+        "runs": [],
+    }
+    for name, data_config in sets.items():
+        _, split = loading.load(data_config, work_dir=args.cache_dir)
+        base = None
+        for label, objective, pairs in OBJECTIVES:
+            m = measure(
+                split,
+                batch_size=1024,
+                optimizer="lazy_adam",
+                steps=12,
+                objective=objective,
+                model=model,
+            )
+            m.update(
+                dataset=name,
+                num_items=split.num_items,
+                objective=label,
+                scored_pairs_per_second=round(m["examples_per_second"] * pairs(1024), 1),
+            )
+            base = base or m["examples_per_second"]
+            m["examples_per_second_vs_bpr"] = round(m["examples_per_second"] / base, 3)
+            results["runs"].append(m)
+            print(
+                f"{name}: {label}: {m['examples_per_second']:.0f} ex/s, "
+                f"{m['scored_pairs_per_second']:.0f} pairs/s",
+                flush=True,
+            )
+    out = os.path.join(os.path.dirname(args.out), "train_objectives")
+    with open(out + ".json", "w") as f:
+        json.dump(results, f, indent=2)
+    with open(out + ".md", "w") as f:
+        f.write(
+            "# Training throughput by objective\n\n"
+            "Command: `python benchmarks/train_throughput.py --objectives`\n\n"
+            f"Machine: {results['machine']}. Model: {results['model']}. Examples are positives; "
+            "scored pairs are the (user, item) logits a step computes (BPR: the positive and 3 "
+            "negatives; softmax: the [B, B + N] grid, plus 2K + 1 full-model pairs per row in two "
+            "stages). One timed epoch of 12 steps after a warm-up epoch.\n\n"
+            "| dataset | items | objective | examples/s | vs BPR | scored pairs/s |\n"
+            "|---|---|---|---|---|---|\n"
+        )
+        for r in results["runs"]:
+            f.write(
+                f"| {r['dataset']} | {r['num_items']} | {r['objective']} | "
+                f"{r['examples_per_second']:.0f} | {r['examples_per_second_vs_bpr']:.2f}x | "
+                f"{r['scored_pairs_per_second']:.3g} |\n"
+            )
+    print(f"wrote {out}.json and .md")
 
 
 if __name__ == "__main__":

@@ -838,7 +838,9 @@ def _print_metrics(results: dict) -> None:
         f"NDCG@10 {s['NDCG@10']:.4f} ± {s['NDCG@10_se']:.4f}  cases {s['cases']}"
     )
     for name, title in (("full", "full ranking"), ("discovery", "discovery")):
-        if name in test:
+        if name in test and not test[name]["cases"]:
+            print(f"test {title}: no case ({test[name]['protocol']})")
+        elif name in test:
             f = test[name]
             print(
                 f"test {title} ({f['protocol']}): HR@10 {f['HR@10']:.4f} ± "
