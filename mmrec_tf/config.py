@@ -20,6 +20,7 @@ BEHAVIOR_FITS = ("joint", "apart")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
 NEGATIVE_DISTRIBUTIONS = ("uniform", "popularity")
+MF_INITS = ("random", "als")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
@@ -199,6 +200,10 @@ class ModelConfig:
       als_iterations: ALS sweeps.
       als_solver: `implicit` (the implicit library's exact solver, fast) or
         `numpy` (this project's reference solver); the same factors.
+      mf_init: where the neural models' MF part starts: `random`, or `als`
+        (the multi-behavior ALS fitted with the `als_*` fields and `mf_dim`
+        factors, the head's MF weights at 1: training starts from the ALS's
+        ranking and goes on from there).
     """
 
     model: str = "mmf"
@@ -220,6 +225,7 @@ class ModelConfig:
     als_supportive_weight: float = 0.0
     als_iterations: int = 15
     als_solver: str = "implicit"
+    mf_init: str = "random"
 
     def __post_init__(self):
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
@@ -260,6 +266,7 @@ class ModelConfig:
             ">= 0",
         )
         _check(self.als_iterations >= 1, "als_iterations", self.als_iterations, ">= 1")
+        _check(self.mf_init in MF_INITS, "mf_init", self.mf_init, f"one of {MF_INITS}")
         _check(
             self.als_solver in ("implicit", "numpy"),
             "als_solver",

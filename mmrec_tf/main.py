@@ -177,6 +177,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_integer("als_iterations", d_model.als_iterations, "ALS sweeps.", **f)
     flags.DEFINE_enum(
+        "mf_init",
+        d_model.mf_init,
+        config_lib.MF_INITS,
+        "Where the MF part starts: random, or als (the multi-behavior ALS fitted with the "
+        "--als_* flags and --mf_dim factors; the head's MF weights start at 1).",
+        **f,
+    )
+    flags.DEFINE_enum(
         "als_solver",
         d_model.als_solver,
         ("implicit", "numpy"),
@@ -431,6 +439,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         als_supportive_weight=fv.als_supportive_weight,
         als_iterations=fv.als_iterations,
         als_solver=fv.als_solver,
+        mf_init=fv.mf_init,
     )
     train = config_lib.TrainConfig(
         epochs=fv.epochs,
@@ -612,6 +621,9 @@ def run_experiment(
         bias.kernel.assign(lift)
         start = {b: round(float(w), 3) for b, w in zip(split.behaviors.behaviors[1:], lift)}
         print(f"behavior feature weights start at {start}")
+    if config.model.mf_init == "als" and config.mode in ("train", "train_and_evaluate"):
+        seconds = _start_from_als(ranker.scorer, config, split)
+        results["seconds"]["mf_init"] = round(seconds, 2)
     score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size, index=index)
 
     protocol = config.train.early_stopping_protocol
@@ -679,6 +691,42 @@ def run_experiment(
     return results
 
 
+def _als_config(config: config_lib.ExperimentConfig) -> als.ALSConfig:
+    m = config.model
+    return als.ALSConfig(
+        factors=m.mf_dim,
+        l2=m.als_l2,
+        alpha=m.als_alpha,
+        supportive_weight=m.als_supportive_weight,
+        iterations=m.als_iterations,
+        seed=config.train.seed,
+        solver=m.als_solver,
+    )
+
+
+def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float:
+    """--mf_init=als: the MF part starts at the ALS factors (`--als_*` flags).
+
+    The head's MF weights start at 1, so the MF part of the first logit is
+    the ALS score; training goes on from there. Only a fresh run starts so: a
+    resumed run restores its checkpoint over these values.
+    """
+    mf, _, _, head = models.parts(scorer)
+    if mf is None or mf.history_length:
+        raise ValueError(
+            "mf_init='als' needs an MF part without user histories (the ALS user factor is "
+            "the whole user vector): use --model=mmf|ncf|gmf with --history_length=0."
+        )
+    x, y, seconds = als.fit(split, _als_config(config), verbose=config.train.verbose > 0)
+    mf.user_embedding.set_weights([x.astype(np.float32)])
+    mf.item_embedding.set_weights([y.astype(np.float32)])
+    kernel, bias = head.get_weights()
+    kernel[: mf.embedding_dim] = 1.0
+    head.set_weights([kernel, bias])
+    print(f"MF part starts at the ALS factors ({seconds:.1f} s)")
+    return seconds
+
+
 def _export(config, scorer, data, split, results: dict) -> None:
     """Exports `scorer` as a new SavedModel version; records it in `results`."""
     started = time.perf_counter()
@@ -738,15 +786,7 @@ def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
         results["seconds"]["train"] = round(time.perf_counter() - started, 2)
         results["train"] = {"popular": {"behavior_features": m.behavior_features}}
     else:
-        als_config = als.ALSConfig(
-            factors=m.mf_dim,
-            l2=m.als_l2,
-            alpha=m.als_alpha,
-            supportive_weight=m.als_supportive_weight,
-            iterations=m.als_iterations,
-            seed=config.train.seed,
-            solver=m.als_solver,
-        )
+        als_config = _als_config(config)
         user_factors, item_factors, seconds = als.fit(
             split, als_config, verbose=config.train.verbose > 0
         )

@@ -383,3 +383,37 @@ def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
             expected[b] += np.log(np.exp(x - x.max()).sum()) + x.max() - x[keep.index(b)]
     np.testing.assert_allclose(extra, 0.5 * expected, rtol=1e-4, atol=1e-5)
     assert extra[0] > 0 and extra[1] > 0 and extra[2] == 0
+
+
+def test_mf_part_starts_at_the_als_factors():
+    from mmrec_tf import als
+    from mmrec_tf import main as main_lib
+
+    split = test_samplers._split()
+    config = config_lib.ExperimentConfig(
+        model=config_lib.ModelConfig(
+            model="mmf", mf_dim=4, mlp_dim=2, mf_init="als", als_supportive_weight=0.5
+        ),
+        train=config_lib.TrainConfig(verbose=0),
+    )
+    scorer = models.build_model(
+        config.model, num_users=split.num_users, num_items=split.num_items, behaviors=BEHAVIORS
+    )
+    main_lib._start_from_als(scorer, config, split)
+    x, y, _ = als.fit(split, main_lib._als_config(config), verbose=False)
+    users = np.arange(split.num_users, dtype=np.int32)
+    items = np.arange(split.num_items, dtype=np.int32)
+    np.testing.assert_allclose(
+        models.factorized_grid(scorer, users, items).numpy(), x @ y.T, rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="history"):
+        main_lib._start_from_als(
+            models.build_model(
+                config_lib.ModelConfig(model="gmf", mf_dim=4, history_length=3),
+                num_users=split.num_users,
+                num_items=split.num_items,
+                behaviors=BEHAVIORS,
+            ),
+            config,
+            split,
+        )
