@@ -112,11 +112,16 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
         branches = {
             "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
             "mlp_layers": trial.suggest_int("mlp_layers", 1, 2),
+            "shared_negatives": trial.suggest_categorical("shared_negatives", [512, 1024, 2048]),
         }
     else:
         # The whole [B, B + N] grid goes through every branch: small branches
-        # keep a trial within minutes.
-        branches = {"mlp_dim": 8, "mlp_layers": 1}
+        # and fewer shared negatives keep a trial within minutes.
+        branches = {
+            "mlp_dim": 8,
+            "mlp_layers": 1,
+            "shared_negatives": trial.suggest_categorical("grid_shared_negatives", [256, 512]),
+        }
     return {
         **common,
         **branches,
@@ -126,7 +131,6 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
         "history_length": 0,
         "supportive_positive_weight": 0.0,
         "behavior_weights": tuple(weights),
-        "shared_negatives": trial.suggest_categorical("shared_negatives", [512, 1024, 2048]),
         "negative_distribution": trial.suggest_categorical(
             "negative_distribution", ["uniform", "popularity"]
         ),
