@@ -8,8 +8,11 @@ TensorFlow Serving runs it without this package.
 Signatures (each a `tf.function` over named `TensorSpec`s):
 
 - `serving_default(user_id [B] string, item_id [B] string)`
-  -> `score` [B] (the sigmoid output), `logit` [B].
-- `recommend(user_id [B] string)` -> `item_ids` [B, K] string, `scores` [B, K]:
+  -> `score` [B] (the ranking score: the logit), `logit` [B] (the same),
+  `probability` [B] (its sigmoid; float32 saturates at 1.0 above logit ~17,
+  so rank by `score`, never by `probability`).
+- `recommend(user_id [B] string)` -> `item_ids` [B, K] string, `scores` [B, K]
+  (logits):
   the MF retrieval stage takes the top `retrieval_candidates` items, the full
   model re-ranks them, the top K are returned (optionally leaving out the
   user's training purchases). A model with behavior features also re-ranks
@@ -18,6 +21,14 @@ Signatures (each a `tf.function` over named `TensorSpec`s):
   every pair with its behavior flags.
 - `retrieve(user_id [B] string)` -> `item_ids` [B, C] string, `scores` [B, C]:
   the retrieval stage alone (MF scores).
+
+Every input must be a rank-1 string tensor, `user_id` and `item_id` of equal
+length, at most `max_request_users` users for `recommend` / `retrieve` and
+`max_request_pairs` pairs for `serving_default` (memory grows with the
+batch); anything else is an InvalidArgument error of that request alone, never
+an abort of the process. When `exclude_seen` leaves fewer than K candidates,
+`recommend` fills the remaining slots with the sentinel item id "" and score
+-inf, never with a purchased item.
 
 Unknown ids are not errors:
 
@@ -42,6 +53,29 @@ from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
 
 UNKNOWN_LOGIT = -30.0
+# The item id of `recommend`'s empty slots (fewer candidates than K).
+EMPTY_ITEM_ID = ""
+MAX_REQUEST_USERS = 1024
+MAX_REQUEST_PAIRS = 65536
+
+# Signature inputs of unknown rank: the rank is checked when the request runs,
+# so a scalar or a matrix is an InvalidArgument error, not a kernel's abort.
+_IDS = tf.TensorSpec(None, tf.string, name=schema.USER_ID)
+_ITEM_IDS = tf.TensorSpec(None, tf.string, name=schema.ITEM_ID)
+
+
+def _vector(ids: tf.Tensor, name: str, limit: int) -> tf.Tensor:
+    """`ids` as a [batch] vector once its rank and size are checked at run time."""
+    checks = [
+        tf.debugging.assert_rank(ids, 1, message=f"{name} must be a rank-1 string tensor [batch]"),
+        tf.debugging.assert_less_equal(
+            tf.size(ids),
+            limit,
+            message=f"{name}: at most {limit} per request; split the batch",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.reshape(ids, [-1])
 
 
 def _lookup_table(tokens: np.ndarray) -> tf.lookup.StaticHashTable:
@@ -68,6 +102,8 @@ class ServingModule(tf.Module):
         exclude_seen: bool = True,
         pair_keys: np.ndarray | None = None,
         pair_bits: np.ndarray | None = None,
+        max_request_users: int = MAX_REQUEST_USERS,
+        max_request_pairs: int = MAX_REQUEST_PAIRS,
     ):
         """Builds the module.
 
@@ -86,6 +122,8 @@ class ServingModule(tf.Module):
             pairs (`TrainingIndex.keys`); needed by a scorer with behavior
             features.
           pair_bits: the behavior bitmask of each pair (`TrainingIndex.bits`).
+          max_request_users: most users per `recommend` / `retrieve` request.
+          max_request_pairs: most pairs per `serving_default` request.
 
         Raises:
           ValueError: if K exceeds C or the catalog, or C exceeds the catalog,
@@ -102,6 +140,8 @@ class ServingModule(tf.Module):
         self.top_k = top_k
         self.retrieval_candidates = retrieval_candidates
         self.exclude_seen = exclude_seen
+        self.max_request_users = max_request_users
+        self.max_request_pairs = max_request_pairs
         self.num_behaviors = num_behaviors
         self.user_table = _lookup_table(user_tokens)
         self.item_table = _lookup_table(item_tokens)
@@ -166,14 +206,17 @@ class ServingModule(tf.Module):
         items = tf.tile(self.popular_items[None, :k], [batch, 1])
         return items, tf.gather(self.popularity, items)
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None], tf.string, name=schema.USER_ID),
-            tf.TensorSpec([None], tf.string, name=schema.ITEM_ID),
-        ]
-    )
+    @tf.function(input_signature=[_IDS, _ITEM_IDS])
     def score(self, user_id, item_id):
-        users = self.user_table.lookup(user_id)
+        user_id = _vector(user_id, schema.USER_ID, self.max_request_pairs)
+        item_id = _vector(item_id, schema.ITEM_ID, self.max_request_pairs)
+        same = tf.debugging.assert_equal(
+            tf.size(user_id),
+            tf.size(item_id),
+            message="user_id and item_id must have the same length (one pair each)",
+        )
+        with tf.control_dependencies([same]):
+            users = self.user_table.lookup(user_id)
         items = self.item_table.lookup(item_id)
         logits = self._logits(tf.maximum(users, 0), tf.maximum(items, 0))
         share = tf.gather(self.popularity, tf.maximum(items, 0))
@@ -181,7 +224,7 @@ class ServingModule(tf.Module):
         fallback = tf.math.log(share) - tf.math.log1p(-share)
         logits = tf.where(users >= 0, logits, fallback)
         logits = tf.where(items >= 0, logits, UNKNOWN_LOGIT)
-        return {schema.SCORE: tf.sigmoid(logits), schema.LOGIT: logits}
+        return {schema.SCORE: logits, schema.LOGIT: logits, schema.PROBABILITY: tf.sigmoid(logits)}
 
     def _retrieve(self, users: tf.Tensor):
         known = users >= 0
@@ -191,13 +234,15 @@ class ServingModule(tf.Module):
         mf_scores = tf.where(known[:, None], mf_scores, popular_scores)
         return candidates, mf_scores
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.USER_ID)])
+    @tf.function(input_signature=[_IDS])
     def retrieve(self, user_id):
+        user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
         candidates, scores = self._retrieve(self.user_table.lookup(user_id))
         return {"item_ids": tf.gather(self.item_ids, candidates), "scores": scores}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.USER_ID)])
+    @tf.function(input_signature=[_IDS])
     def recommend(self, user_id):
+        user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
         users = self.user_table.lookup(user_id)
         known = users >= 0
         candidates, _ = self._retrieve(users)
@@ -217,11 +262,14 @@ class ServingModule(tf.Module):
             logits = tf.where(is_seen & known[:, None], float("-inf"), logits)
         top_logits, position = tf.math.top_k(logits, k=self.top_k)
         items = tf.gather(candidates, position, batch_dims=1)
-        scores = tf.sigmoid(top_logits)
         popular, popular_scores = self._popular(batch, self.top_k)
         items = tf.where(known[:, None], items, popular)
-        scores = tf.where(known[:, None], scores, popular_scores)
-        return {"item_ids": tf.gather(self.item_ids, items), "scores": scores}
+        scores = tf.where(known[:, None], top_logits, popular_scores)
+        # Slots left without a candidate (all excluded or padding) get the
+        # sentinel, never an excluded item.
+        empty = scores == float("-inf")
+        ids = tf.where(empty, EMPTY_ITEM_ID, tf.gather(self.item_ids, items))
+        return {"item_ids": ids, "scores": scores}
 
     def signatures(self) -> dict:
         """The SavedModel signatures by name."""
@@ -241,6 +289,8 @@ def from_training(
     top_k: int,
     retrieval_candidates: int,
     exclude_seen: bool,
+    max_request_users: int = MAX_REQUEST_USERS,
+    max_request_pairs: int = MAX_REQUEST_PAIRS,
 ) -> ServingModule:
     """A ServingModule whose fallbacks and seen-items table come from the training split.
 
@@ -252,6 +302,8 @@ def from_training(
       top_k: K of `recommend`.
       retrieval_candidates: C of the retrieval stage.
       exclude_seen: leave training purchases out of `recommend`.
+      max_request_users: most users per `recommend` / `retrieve` request.
+      max_request_pairs: most pairs per `serving_default` request.
     """
     popularity = np.bincount(
         split.train_items[split.train_branches == 0], minlength=split.num_items
@@ -273,5 +325,7 @@ def from_training(
         top_k=top_k,
         retrieval_candidates=min(retrieval_candidates, split.num_items),
         exclude_seen=exclude_seen,
+        max_request_users=max_request_users,
+        max_request_pairs=max_request_pairs,
         **pairs,
     )

@@ -520,6 +520,10 @@ class ExportConfig:
         the full model for re-ranking.
       exclude_seen: leave each user's training purchases out of `recommend`.
       version: the version to write; 0 takes one more than the latest.
+      max_request_users: most users per `recommend` / `retrieve` request
+        (memory grows with it: about 0.25 MB per user at 500 candidates);
+        a larger request is an InvalidArgument error.
+      max_request_pairs: most pairs per `serving_default` request.
     """
 
     export_dir: str = ""
@@ -527,6 +531,8 @@ class ExportConfig:
     retrieval_candidates: int = 500
     exclude_seen: bool = True
     version: int = 0
+    max_request_users: int = 1024
+    max_request_pairs: int = 65536
 
     def __post_init__(self):
         _check(self.top_k >= 1, "top_k", self.top_k, ">= 1")
@@ -537,6 +543,8 @@ class ExportConfig:
             f">= top_k ({self.top_k})",
         )
         _check(self.version >= 0, "version", self.version, ">= 0 (0: the next version)")
+        _check(self.max_request_users >= 1, "max_request_users", self.max_request_users, ">= 1")
+        _check(self.max_request_pairs >= 1, "max_request_pairs", self.max_request_pairs, ">= 1")
 
 
 @dataclasses.dataclass(frozen=True)

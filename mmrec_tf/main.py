@@ -313,6 +313,18 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "export_version", d_export.version, "Version to write (0: the next one).", **f
     )
+    flags.DEFINE_integer(
+        "max_request_users",
+        d_export.max_request_users,
+        "Most users per recommend / retrieve request (memory grows with it).",
+        **f,
+    )
+    flags.DEFINE_integer(
+        "max_request_pairs",
+        d_export.max_request_pairs,
+        "Most pairs per serving_default request.",
+        **f,
+    )
     # Evaluation.
     flags.DEFINE_integer(
         "sampled_negatives",
@@ -482,6 +494,8 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
         retrieval_candidates=fv.retrieval_candidates,
         exclude_seen=fv.exclude_seen,
         version=fv.export_version,
+        max_request_users=fv.max_request_users,
+        max_request_pairs=fv.max_request_pairs,
     )
     return config_lib.ExperimentConfig(
         data=data,
@@ -738,6 +752,8 @@ def _export(config, scorer, data, split, results: dict) -> None:
         top_k=config.export.top_k,
         retrieval_candidates=config.export.retrieval_candidates,
         exclude_seen=config.export.exclude_seen,
+        max_request_users=config.export.max_request_users,
+        max_request_pairs=config.export.max_request_pairs,
     )
     path = exporter.export(
         module,

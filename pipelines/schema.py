@@ -31,6 +31,7 @@ CANDIDATE_BITS = "candidate_bits"
 # Model outputs.
 LOGIT = "logit"
 SCORE = "score"
+PROBABILITY = "probability"
 BRANCH_LOGITS = "branch_logits"
 
 # Raw string ids at the serving boundary.

@@ -20,6 +20,7 @@ from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import schema
 
 DATA = config_lib.DataConfig(synthetic_users=300, synthetic_items=400, seed=0)
 K, C = 5, 40
@@ -83,6 +84,7 @@ CLEAN_PROCESS = textwrap.dedent(
         user_id=tf.constant(args["users"]), item_id=tf.constant(args["items"]))
     out["score"] = score["score"].numpy().tolist()
     out["logit"] = score["logit"].numpy().tolist()
+    out["probability"] = score["probability"].numpy().tolist()
     rec = model.signatures["recommend"](user_id=tf.constant(args["rec_users"]))
     out["rec_items"] = [[i.decode() for i in row] for row in rec["item_ids"].numpy()]
     out["rec_scores"] = rec["scores"].numpy().tolist()
@@ -130,11 +132,14 @@ def test_clean_process_serves_every_signature(trained, tmp_path):
     assert not out["project_imported"] and out["legacy_keras"] is None
 
     score = evaluate.Scorer(trained["ranker"].scorer, split.behaviors.num_behaviors)
-    expected = tf.sigmoid(score(users_idx, items_idx)).numpy()
-    np.testing.assert_allclose(out["score"][:6], expected, atol=1e-5)
+    logits = score(users_idx, items_idx)
+    # `score` is the ranking score, the logit; `probability` its sigmoid.
+    np.testing.assert_allclose(out["score"][:6], logits, atol=1e-5)
+    np.testing.assert_allclose(out["logit"], out["score"])
+    np.testing.assert_allclose(out["probability"][:6], tf.sigmoid(logits).numpy(), atol=1e-5)
     # unknown user with a known item: popularity share; unknown item: sorts last
     popularity = trained["module"].popularity.numpy()
-    assert out["score"][6] == pytest.approx(popularity[items_idx[0]], abs=1e-5)
+    assert out["probability"][6] == pytest.approx(popularity[items_idx[0]], abs=1e-5)
     assert out["logit"][7] == serving.UNKNOWN_LOGIT
 
     known = set(str(t) for t in data.item_vocab.tokens)
@@ -301,3 +306,128 @@ def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
         assert exported["retrieval"][name] == pytest.approx(
             trained["test"]["retrieval"][name], abs=1e-6
         )
+
+
+MALFORMED = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    users = json.loads(sys.argv[2])
+    sig = model.signatures
+    cases = {
+        "recommend_scalar": lambda: sig["recommend"](user_id=tf.constant(users[0])),
+        "recommend_matrix": lambda: sig["recommend"](user_id=tf.constant([users[:2]])),
+        "retrieve_scalar": lambda: sig["retrieve"](user_id=tf.constant(users[0])),
+        "score_scalar": lambda: sig["serving_default"](
+            user_id=tf.constant(users[0]), item_id=tf.constant(["x"])),
+        "score_lengths": lambda: sig["serving_default"](
+            user_id=tf.constant(users[:2]), item_id=tf.constant(["x"])),
+        "recommend_too_many": lambda: sig["recommend"](user_id=tf.constant(users[:1] * 1025)),
+    }
+    out = {}
+    for name, call in cases.items():
+        try:
+            call()
+            out[name] = "ok"
+        except tf.errors.InvalidArgumentError as e:
+            out[name] = "InvalidArgumentError: " + e.message[:3000]
+    # A seeded fuzz of shapes, sizes and bytes (non-UTF-8 included).
+    rng = np.random.default_rng(0)
+    fuzz = {"ok": 0, "InvalidArgumentError": 0}
+    for _ in range(60):
+        rank = int(rng.integers(0, 4))
+        shape = [int(rng.integers(0, 4)) for _ in range(rank)]
+        def ids():
+            pool = users[:3] + ["", "\\u00e9", "no-such"]
+            flat = [pool[int(rng.integers(len(pool)))].encode() if rng.random() < 0.8
+                    else bytes(rng.integers(0, 256, 3).tolist()) for _ in range(int(np.prod(shape)))]
+            return tf.constant(np.array(flat, dtype=object).reshape(shape), tf.string)
+        name = ["recommend", "retrieve", "serving_default"][int(rng.integers(3))]
+        args = {"user_id": ids()}
+        if name == "serving_default":
+            args["item_id"] = ids()
+        try:
+            sig[name](**args)
+            fuzz["ok"] += 1
+        except tf.errors.InvalidArgumentError:
+            fuzz["InvalidArgumentError"] += 1
+    out["fuzz"] = fuzz
+    out["alive"] = sig["recommend"](user_id=tf.constant(users[:2]))["item_ids"].shape.as_list()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_malformed_requests_are_errors_of_their_own_never_an_abort(trained, tmp_path):
+    users = [str(t) for t in trained["data"].user_vocab.tokens[:3]]
+    result = subprocess.run(
+        [sys.executable, "-c", MALFORMED, trained["path"], json.dumps(users)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for name in (
+        "recommend_scalar",
+        "recommend_matrix",
+        "retrieve_scalar",
+        "score_scalar",
+        "score_lengths",
+        "recommend_too_many",
+    ):
+        assert out[name].startswith("InvalidArgumentError"), (name, out[name])
+    assert "rank-1" in out["recommend_scalar"] and "same length" in out["score_lengths"]
+    assert "at most 1024" in out["recommend_too_many"]
+    # Every fuzzed call answered or raised for itself; the process still serves.
+    assert sum(out["fuzz"].values()) == 60 and out["fuzz"]["InvalidArgumentError"] > 0
+    assert out["alive"] == [2, K]
+
+
+def _tiny_module(logit_scale=1.0, *, seen=(), top_k=3):
+    scorer = models.build_model(
+        config_lib.ModelConfig(model="gmf", mf_dim=1),
+        num_users=1,
+        num_items=5,
+        behaviors=schema.BehaviorSchema("buy", ()),
+    )
+    mf, _, _, head = models.parts(scorer)
+    mf.user_embedding.set_weights([np.ones((1, 1), np.float32)])
+    # Item i scores logit_scale * (5 - i): item 0 first.
+    mf.item_embedding.set_weights([logit_scale * (5.0 - np.arange(5, dtype=np.float32))[:, None]])
+    head.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    return serving.ServingModule(
+        scorer,
+        user_tokens=np.array(["u"]),
+        item_tokens=np.array([f"i{k}" for k in range(5)]),
+        num_behaviors=1,
+        popularity=np.ones(5),
+        seen_row_splits=np.array([0, len(seen)]),
+        seen_items=np.array(seen, np.int32),
+        top_k=top_k,
+        retrieval_candidates=5,
+    )
+
+
+def test_scores_rank_as_the_logits_even_where_the_sigmoid_saturates():
+    module = _tiny_module(logit_scale=20.0)  # logits 100, 80, ..., 20
+    out = module.score(tf.constant(["u"] * 5), tf.constant([f"i{k}" for k in range(5)]))
+    assert out["score"].numpy().tolist() == [100.0, 80.0, 60.0, 40.0, 20.0]
+    # float32 sigmoid: every one of these is exactly 1.0 -- never rank by it.
+    assert set(out["probability"].numpy().tolist()) == {1.0}
+    rec = module.recommend(tf.constant(["u"]))
+    assert [i.decode() for i in rec["item_ids"].numpy()[0]] == ["i0", "i1", "i2"]
+    assert rec["scores"].numpy()[0].tolist() == [100.0, 80.0, 60.0]
+
+
+def test_exclude_seen_with_too_few_candidates_returns_the_sentinel():
+    module = _tiny_module(seen=(0, 1, 3), top_k=3)
+    rec = module.recommend(tf.constant(["u"]))
+    ids = [i.decode() for i in rec["item_ids"].numpy()[0]]
+    scores = rec["scores"].numpy()[0]
+    # Unseen: items 2 and 4; the third slot is empty, never a purchased item.
+    assert ids == ["i2", "i4", serving.EMPTY_ITEM_ID]
+    assert np.isfinite(scores[:2]).all() and scores[2] == -np.inf
