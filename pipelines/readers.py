@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import glob as glob_lib
+import gzip
 import os
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -69,6 +71,8 @@ class DataReport:
       examples: the first skipped records as (file, line, reason, text).
       excluded_behaviors: records of behaviors excluded on purpose.
       empty_files: files that held no records (only with skip).
+      damaged_files: gzip files cut short or corrupt, with the reason, skipped
+        whole (only with skip; otherwise they are an error).
     """
 
     files: list = dataclasses.field(default_factory=list)
@@ -78,6 +82,7 @@ class DataReport:
     examples: list = dataclasses.field(default_factory=list)
     excluded_behaviors: dict = dataclasses.field(default_factory=dict)
     empty_files: list = dataclasses.field(default_factory=list)
+    damaged_files: list = dataclasses.field(default_factory=list)
 
     @property
     def skipped(self) -> int:
@@ -98,6 +103,8 @@ class DataReport:
             parts.append(f"excluded behaviors {dict(self.excluded_behaviors)}")
         if self.empty_files:
             parts.append(f"empty files {self.empty_files}")
+        if self.damaged_files:
+            parts.append(f"skipped damaged files {self.damaged_files}")
         return "; ".join(parts)
 
 
@@ -181,6 +188,24 @@ def list_files(data_path: str) -> list[str]:
             "Pass an existing file or a glob such as 'logs/part-*.csv.gz'."
         )
     return files
+
+
+def gzip_problem(path: str) -> str | None:
+    """Why a gzip file cannot be read whole (cut short, corrupt), or None if it can.
+
+    Decompresses every member to its end, which checks each member's CRC and
+    length: TensorFlow's gzip reader stops quietly at a cut and returns the
+    cut line as if it were whole.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except EOFError:
+        return "the gzip stream ends before its end marker (the file was cut short)"
+    except (OSError, zlib.error) as error:
+        return f"the gzip data is corrupt ({error})"
+    return None
 
 
 def _text_lines(path: str) -> tf.data.Dataset:
@@ -317,6 +342,15 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
     chunks = []
     for path in files:
         report.files.append(path)
+        problem = gzip_problem(path) if path.endswith(".gz") else None
+        if problem and not skip:
+            raise DataError(
+                f"{path}: {problem}. Re-create or re-download the file, or pass "
+                "--on_bad_record=skip to skip it (it is counted in data_report.json)."
+            )
+        if problem:
+            report.damaged_files.append((path, problem))
+            continue
         lines = _text_lines(path)
         header = None
         first_line = 1

@@ -177,3 +177,34 @@ def test_real_taobao_cml_reads_without_bad_records(shared_data):
     log = readers.read_interactions(config_lib.DataConfig(data_path=path, data_format="tsv"))
     assert log.report.records == 367412 and log.report.skipped == 0
     assert sorted(log.behavior_names) == ["buy", "cart", "fav"]
+
+
+def _damaged_gzip(tmp_path, how):
+    lines = [f"{u},{u % 7},1,buy,{100 + u}" for u in range(3000)]
+    whole = _write(tmp_path / "whole.csv.gz", lines, gz=True)
+    data = open(whole, "rb").read()
+    path = tmp_path / f"{how}.csv.gz"
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # a flipped byte inside the deflate stream: the CRC check fails
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    return whole, str(path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_a_damaged_gzip_is_an_error_naming_the_file(tmp_path, how):
+    whole, damaged = _damaged_gzip(tmp_path, how)
+    assert readers.gzip_problem(whole) is None
+    with pytest.raises(readers.DataError, match=rf"{how}\.csv\.gz: the gzip") as error:
+        readers.read_interactions(_ub(damaged))
+    assert "--on_bad_record=skip" in str(error.value)
+
+
+def test_skip_leaves_out_a_damaged_gzip_whole_and_counts_it(tmp_path):
+    whole, damaged = _damaged_gzip(tmp_path, "truncated")
+    log = readers.read_interactions(_ub(f"{whole},{damaged}", on_bad_record="skip"))
+    assert log.report.records == 3000  # the intact file only, no half-read tail
+    assert [p for p, _ in log.report.damaged_files] == [damaged]
+    assert "cut short" in log.report.damaged_files[0][1]
+    assert "damaged" in log.report.summary()
