@@ -15,6 +15,7 @@ import shutil
 
 import tensorflow as tf
 
+from mmrec_tf import locks
 from mmrec_tf.export import serving
 from mmrec_tf.export import warmup
 
@@ -67,8 +68,15 @@ def export(
 
     Raises:
       FileExistsError: if `version` already exists.
+      mmrec_tf.locks.LockError: if another process is exporting to `export_dir`.
     """
     os.makedirs(export_dir, exist_ok=True)
+    # One exporter at a time picks the next version and writes it.
+    with locks.exclusive(export_dir, what="--export_dir"):
+        return _export_locked(module, export_dir, warmup_user_ids, warmup_item_ids, version)
+
+
+def _export_locked(module, export_dir, warmup_user_ids, warmup_item_ids, version) -> str:
     _remove_stale_temporaries(export_dir)
     present = versions(export_dir)
     version = version if version is not None else (present[-1] + 1 if present else 1)

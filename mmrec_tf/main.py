@@ -11,7 +11,6 @@ test metrics of both protocols, TFRS retrieval metrics, training summary).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -27,8 +26,10 @@ from absl import logging
 from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
+from mmrec_tf import locks
 from mmrec_tf import models
 from mmrec_tf import popularity
+from mmrec_tf import run_record
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import evaluation as export_evaluation
 from mmrec_tf.export import exporter
@@ -542,10 +543,7 @@ def dataset_name(config: config_lib.ExperimentConfig, given: str = "") -> str:
 
 
 def _write_json(path: str, value) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    run_record.write_json(path, value)
 
 
 def run_experiment(
@@ -576,8 +574,20 @@ def run_experiment(
         resolver = strategy.cluster_resolver
         model_dir = os.path.join(model_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
     os.makedirs(model_dir, exist_ok=True)
+    with locks.exclusive(model_dir, what="--model_dir"):
+        return _run_locked(config, strategy, model_dir, name, on_validation)
+
+
+def _trained(model_dir: str) -> bool:
+    """Whether a run has trained (or fitted) anything in `model_dir`."""
+    return bool(
+        tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        or os.path.exists(os.path.join(model_dir, "results.json"))
+    )
+
+
+def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> dict:
     tf_keras.utils.set_random_seed(config.train.seed)
-    _write_json(os.path.join(model_dir, "config.json"), config.to_dict())
     started = time.perf_counter()
     data, split = loading.load(config.data, work_dir=model_dir)
     load_seconds = time.perf_counter() - started
@@ -587,13 +597,24 @@ def run_experiment(
         for example in data.report.examples[:5]:
             print(f"  skipped {example[0]}:{example[1]}: {example[2]}: {example[3]!r}")
     print(f"split: {split.info}")
-    _write_json(
-        os.path.join(model_dir, "data_report.json"), {"report": report, "split": split.info}
-    )
-    data.user_vocab.save(os.path.join(model_dir, "vocab", "users.txt"))
-    data.item_vocab.save(os.path.join(model_dir, "vocab", "items.txt"))
-    with open(os.path.join(model_dir, "vocab", "behaviors.txt"), "w") as f:
-        f.write("\n".join(split.behaviors.behaviors) + "\n")
+    data_fingerprint = run_record.fingerprint(data, split)
+    training = config.mode in ("train", "train_and_evaluate")
+    if training and not _trained(model_dir):
+        # A new run: its record, data report and vocabularies, written once.
+        run_record.write(model_dir, config, data_fingerprint)
+        _write_json(
+            os.path.join(model_dir, "data_report.json"), {"report": report, "split": split.info}
+        )
+        data.user_vocab.save(os.path.join(model_dir, "vocab", "users.txt"))
+        data.item_vocab.save(os.path.join(model_dir, "vocab", "items.txt"))
+        behaviors = os.path.join(model_dir, "vocab", "behaviors.txt")
+        with open(behaviors + ".tmp", "w") as f:
+            f.write("\n".join(split.behaviors.behaviors) + "\n")
+        os.replace(behaviors + ".tmp", behaviors)
+    else:
+        # A resume, an evaluation or an export reads the record and writes
+        # nothing over the run's files.
+        run_record.check(model_dir, config, data_fingerprint, training=training)
 
     if config.mode == "evaluate_export":
         return _evaluate_export(config, data, split, name)
@@ -699,8 +720,8 @@ def run_experiment(
     exporting = config.mode in ("train", "train_and_evaluate", "export")
     if config.export.export_dir and exporting and train_lib.is_chief(strategy):
         _export(config, ranker.scorer, data, split, results)
-    # An export alone leaves the training run's results.json as it was.
-    name = "results.json" if config.mode not in ("export", "evaluate_export") else "export.json"
+    # An evaluation or an export leaves the training run's results.json as it was.
+    name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
     _write_json(os.path.join(model_dir, name), results)
     return results
 
@@ -875,7 +896,9 @@ def _restore_for_evaluation(ranker: models.Ranker, model_dir: str) -> None:
     """Loads the best validation weights, else the latest checkpoint."""
     best = os.path.join(model_dir, "best", "weights")
     if os.path.exists(best + ".index"):
-        ranker.scorer.load_weights(best).expect_partial()
+        # Every saved weight must find its variable and every variable its
+        # value: a checkpoint of another model is an error, not a partial load.
+        ranker.scorer.load_weights(best).assert_consumed()
         return
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest is None:
@@ -883,7 +906,9 @@ def _restore_for_evaluation(ranker: models.Ranker, model_dir: str) -> None:
             f"--mode=evaluate found no checkpoint in {model_dir}: train "
             "first (--mode=train) or point --model_dir at a trained run."
         )
-    tf.train.Checkpoint(model=ranker).restore(latest).expect_partial()
+    tf.train.Checkpoint(model=ranker).restore(
+        latest
+    ).expect_partial().assert_existing_objects_matched()
 
 
 def _print_metrics(results: dict) -> None:

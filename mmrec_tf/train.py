@@ -138,8 +138,11 @@ class _EpochEnd(tf_keras.callbacks.Callback):
         # Every worker saves (saving may synchronize replicas); in a cluster
         # each worker is given its own model_dir (see `train`).
         self.manager.save(checkpoint_number=epoch + 1)
-        with open(self.history_path, "w") as f:
+        # Atomically: a kill mid-write must not leave a history that blocks resume.
+        tmp = f"{self.history_path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
             json.dump(self.history, f, indent=1)
+        os.replace(tmp, self.history_path)
 
 
 class CheckpointError(RuntimeError):

@@ -34,10 +34,13 @@ class Vocabulary:
         return index.get_indexer(pd.Index(np.asarray(raw_ids).astype(str))).astype(np.int64)
 
     def save(self, path: str) -> None:
+        """Writes one token a line, atomically (a reader never sees half a file)."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
             for token in self.tokens:
                 f.write(f"{token}\n")
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> Vocabulary:

@@ -1,0 +1,152 @@
+"""The run record: what a model_dir was trained with, written once, checked after.
+
+Training writes `<model_dir>/config.json` (the resolved configuration) and
+`<model_dir>/data_fingerprint.json` (the data files' sizes and the
+vocabularies' hashes) when it starts a run. Every later command on the same
+folder (a resume, `--mode=evaluate`, `--mode=export`) compares its own
+configuration and data with them: a field that would change what the
+checkpoint means (the model, the training, the data) is an error that names
+the field, both values and the fix, instead of a silent resume or a restore
+into another model. Fields that only say how to run (epochs to reach,
+verbosity, the device strategy, evaluation and export options) may differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from mmrec_tf import config as config_lib
+
+CONFIG = "config.json"
+FINGERPRINT = "data_fingerprint.json"
+
+# Fields a later command may set differently from the run's record.
+_MAY_DIFFER = (
+    "mode",
+    "model_dir",
+    "train.epochs",
+    "train.verbose",
+    "train.steps_per_execution",
+    "train.distribution_strategy",
+    "train.jit_compile",
+    "train.early_stopping_patience",
+    "eval.",
+    "export.",
+)
+
+
+class RunRecordError(ValueError):
+    """A command contradicts the run recorded in its model_dir."""
+
+
+def write_json(path: str, value) -> None:
+    """Writes JSON atomically: a reader sees the old file or the new, never half."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    if isinstance(value, tuple):
+        value = [list(v) if isinstance(v, tuple) else v for v in value]
+    return {prefix[:-1]: value}
+
+
+def fingerprint(data, split) -> dict:
+    """The data a run trained on: files and sizes, vocabulary sizes and hashes."""
+
+    def digest(tokens) -> str:
+        h = hashlib.sha256()
+        for token in tokens:
+            h.update(str(token).encode("utf-8", "surrogateescape") + b"\n")
+        return h.hexdigest()
+
+    files = data.report.files
+    return {
+        "files": [
+            {"path": os.path.abspath(f), "bytes": os.path.getsize(f) if os.path.exists(f) else None}
+            for f in files
+        ],
+        "records": int(data.report.records),
+        "num_users": int(split.num_users),
+        "num_items": int(split.num_items),
+        "users_sha256": digest(data.user_vocab.tokens),
+        "items_sha256": digest(data.item_vocab.tokens),
+        "behaviors": list(split.behaviors.behaviors),
+    }
+
+
+def _differences(
+    recorded: dict, current: dict, may_differ: tuple[str, ...]
+) -> list[tuple[str, object, object]]:
+    before, after = _flatten(recorded), _flatten(current)
+    out = []
+    for key in sorted(set(before) | set(after)):
+        if any(key == m or (m.endswith(".") and key.startswith(m)) for m in may_differ):
+            continue
+        if before.get(key) != after.get(key):
+            out.append((key, before.get(key, "(absent)"), after.get(key, "(absent)")))
+    return out
+
+
+def check(
+    model_dir: str,
+    config: config_lib.ExperimentConfig,
+    data_fingerprint: dict,
+    *,
+    training: bool,
+) -> bool:
+    """Compares a command with the run recorded in `model_dir`.
+
+    A resume (`training`) must match the data, the model and the training
+    settings; an evaluation or an export, the data and the model (how the
+    weights were trained does not change what they mean).
+
+    Returns:
+      Whether a record exists (False: nothing was trained there yet).
+
+    Raises:
+      RunRecordError: naming the first contradicting fields, both values and
+        the fix.
+    """
+    path = os.path.join(model_dir, CONFIG)
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        recorded = json.load(f)
+    may_differ = _MAY_DIFFER if training else _MAY_DIFFER + ("train.",)
+    problems = _differences(recorded, config.to_dict(), may_differ)
+    fingerprint_path = os.path.join(model_dir, FINGERPRINT)
+    if os.path.exists(fingerprint_path):
+        with open(fingerprint_path) as f:
+            before = json.load(f)
+        # The data's identity: vocabularies and record counts, not where the
+        # files sit (a run may be evaluated from another working folder).
+        for key in ("records", "num_users", "num_items", "users_sha256", "items_sha256"):
+            if before.get(key) != data_fingerprint.get(key):
+                problems.append((f"data.{key}", before.get(key), data_fingerprint.get(key)))
+    if problems:
+        listed = "; ".join(
+            f"{k}: the run has {a!r}, this command {b!r}" for k, a, b in problems[:5]
+        )
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise RunRecordError(
+            f"{model_dir} holds a run this command contradicts: {listed}{more}. Pass the "
+            f"run's own settings (recorded in {path}) to resume, evaluate or export it, or "
+            "give a new --model_dir for a new run."
+        )
+    return True
+
+
+def write(model_dir: str, config: config_lib.ExperimentConfig, data_fingerprint: dict) -> None:
+    """Records a new run (the configuration and the data fingerprint)."""
+    write_json(os.path.join(model_dir, CONFIG), config.to_dict())
+    write_json(os.path.join(model_dir, FINGERPRINT), data_fingerprint)

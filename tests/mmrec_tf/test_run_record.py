@@ -1,0 +1,126 @@
+"""The run record and the folder locks: nothing silently resumed, restored or overwritten."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from absl import flags
+
+from mmrec_tf import locks
+from mmrec_tf import main as main_lib
+from mmrec_tf import run_record
+
+TINY = [
+    "--synthetic_users=150",
+    "--synthetic_items=200",
+    "--mf_dim=4",
+    "--mlp_dim=4",
+    "--epochs=1",
+    "--steps_per_epoch=5",
+    "--verbose=0",
+    "--full_ranking=false",
+]
+
+
+def _run(model_dir, *extra):
+    fv = flags.FlagValues()
+    main_lib.define_flags(fv)
+    fv(["x", f"--model_dir={model_dir}", *TINY, *extra])
+    return main_lib.run_experiment(main_lib.config_from_flags(fv))
+
+
+def test_a_rerun_with_other_training_flags_is_an_error_naming_the_field(tmp_path):
+    _run(tmp_path, "--learning_rate=0.001")
+    with pytest.raises(run_record.RunRecordError) as error:
+        _run(tmp_path, "--learning_rate=0.01", "--epochs=2")
+    message = str(error.value)
+    assert "train.learning_rate: the run has 0.001, this command 0.01" in message
+    assert "new --model_dir" in message
+    # More epochs with the same settings is a resume, not a contradiction.
+    resumed = _run(tmp_path, "--learning_rate=0.001", "--epochs=2")
+    assert resumed["train"]["resumed_from_epoch"] == 1
+
+
+def test_export_without_the_runs_model_flags_is_an_error(tmp_path):
+    _run(tmp_path, "--behavior_features")
+    with pytest.raises(run_record.RunRecordError, match="model.behavior_features"):
+        _run(tmp_path, "--mode=export", f"--export_dir={tmp_path / 'serving'}")
+    assert not (tmp_path / "serving").exists() or not os.listdir(tmp_path / "serving")
+
+
+def test_other_data_of_the_same_size_is_an_error(tmp_path):
+    log = tmp_path / "log.tsv"
+    rows = [
+        f"{u}\t{(u * 7 + k) % 250}\t{b}\t\t{'test' if k == 0 else 'train'}"
+        for u in range(200)
+        for k, b in enumerate(["buy", "buy", "cart", "buy"])
+    ]
+    log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + "\n".join(rows) + "\n")
+    data = [f"--data_path={log}", "--data_format=tsv", "--novalidation"]
+    _run(tmp_path / "run", *data)
+    # The same number of records and ids, other item ids.
+    log.write_text(log.read_text().replace("\t5\t", "\t299\t"))
+    with pytest.raises(run_record.RunRecordError, match="data.items_sha256"):
+        _run(tmp_path / "run", *data, "--mode=evaluate")
+
+
+def test_evaluate_writes_beside_the_runs_files_not_over_them(tmp_path):
+    trained = _run(tmp_path)
+    before = {
+        name: (tmp_path / name).read_bytes()
+        for name in ("config.json", "results.json", "data_report.json", "vocab/items.txt")
+    }
+    evaluated = _run(tmp_path, "--mode=evaluate")
+    for name, content in before.items():
+        assert (tmp_path / name).read_bytes() == content, name
+    assert json.load(open(tmp_path / "results.json"))["train"] == trained["train"]
+    assert json.load(open(tmp_path / "evaluation.json"))["test"] == evaluated["test"]
+
+
+def test_a_model_dir_in_use_is_an_error_naming_the_holder(tmp_path):
+    with locks.exclusive(str(tmp_path), what="--model_dir"):
+        with pytest.raises(locks.LockError, match=rf"pid {os.getpid()} on host"):
+            _run(tmp_path)
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from mmrec_tf import locks\n"
+            "with locks.exclusive(sys.argv[1]):\n"
+            "    print('held', flush=True); time.sleep(600)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(locks.LockError, match=f"pid {holder.pid}"):
+        with locks.exclusive(str(tmp_path)):
+            pass
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    deadline = time.time() + 10
+    while True:
+        try:
+            with locks.exclusive(str(tmp_path)):
+                content = json.loads((tmp_path / locks.LOCK_FILE).read_text())
+            break
+        except locks.LockError:
+            assert time.time() < deadline
+            time.sleep(0.1)
+    assert content["pid"] == os.getpid()
+
+
+def test_an_export_folder_in_use_is_an_error(tmp_path):
+    from mmrec_tf.export import exporter
+
+    with locks.exclusive(str(tmp_path / "serving")):
+        with pytest.raises(locks.LockError, match="--export_dir"):
+            exporter.export(None, str(tmp_path / "serving"), warmup_user_ids=[], warmup_item_ids=[])
