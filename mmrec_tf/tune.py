@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import sys
 
 from absl import app
@@ -171,6 +172,7 @@ def run_study(
     study_dir: str,
     seed: int = 0,
     behaviors: tuple[str, ...] | None = None,
+    fail_stale_trials: bool = True,
 ):
     """Runs the trials of a study that are still missing; returns the optuna Study.
 
@@ -184,6 +186,9 @@ def run_study(
       study_dir: holds <family>.db and one folder per trial.
       seed: the sampler's seed.
       behaviors: the data's behaviors (read from the data when None).
+      fail_stale_trials: fail the trials left running by dead processes
+        (those without a live process on this host). Several workers may
+        run one study at once (each takes the next trial).
     """
     import optuna
 
@@ -207,9 +212,14 @@ def run_study(
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
     )
     # A trial left running by a killed process is failed, not resumed: its
-    # configuration is drawn again by a new trial if the sampler wants it.
+    # configuration is drawn again by a new trial if the sampler wants it. A
+    # trial whose process is alive on this host (another worker of the same
+    # study) is left alone.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        owner = trial.user_attrs
+        alive = owner.get("host") == socket.gethostname() and _alive(owner.get("pid"))
+        if not alive and fail_stale_trials:
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     missing = trials - len(study.get_trials(deepcopy=False, states=finished))
     if missing <= 0:
@@ -217,6 +227,8 @@ def run_study(
     behaviors = behaviors or _behaviors(base, study_dir)
 
     def objective(trial):
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
         overrides = search_space(trial, family, behaviors)
         if family != "als":
             overrides["early_stopping_protocol"] = protocol
@@ -246,6 +258,16 @@ def run_study(
     return study
 
 
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except OSError:
+        return False
+    return True
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     main_lib.define_flags(fv)
     f = {"flag_values": fv}
@@ -262,6 +284,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "study_dir", None, "Holds <family>.db and the trials' run folders; resumable.", **f
     )
     flags.DEFINE_integer("study_seed", 0, "Seed of the TPE sampler.", **f)
+    flags.DEFINE_boolean(
+        "fail_stale_trials",
+        True,
+        "Fail the trials left running by dead processes before running more.",
+        **f,
+    )
 
 
 def main(argv):
@@ -281,6 +309,7 @@ def main(argv):
         trials=fv.trials,
         study_dir=fv.study_dir,
         seed=fv.study_seed,
+        fail_stale_trials=fv.fail_stale_trials,
     )
     best = study.best_trial
     summary = {
