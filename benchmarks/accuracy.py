@@ -72,6 +72,12 @@ def main():
     parser.add_argument("--tune_dir", default="runs/tune")
     parser.add_argument("--runs_dir", default="runs/experiments")
     parser.add_argument("--report_only", action="store_true")
+    parser.add_argument(
+        "--arms",
+        default="",
+        help="run only the arms whose label contains one of these comma-separated words "
+        "(the others are reported when their runs exist)",
+    )
     args = parser.parse_args()
     report = {
         "command": "python benchmarks/accuracy.py "
@@ -92,6 +98,10 @@ def main():
                 rows.append({"arm": label, "missing": "no tuning study yet"})
                 continue
             trials = overrides.pop("trials", None)
+            selected = not args.arms or any(
+                a.lower() in label.lower() for a in args.arms.split(",")
+            )
+            runner.report_only = args.report_only or not selected
             runs = []
             for seed in range(args.seeds):
                 try:

@@ -115,6 +115,13 @@ class DataConfig:
             "no repeated behavior",
         )
         if self.data_format == "synthetic":
+            _check(
+                not self.data_path,
+                "data_path",
+                self.data_path,
+                "empty with data_format='synthetic' (the built-in log is generated); pass "
+                "--data_format=tsv, csv or userbehavior to read the file",
+            )
             _check(self.synthetic_users >= 2, "synthetic_users", self.synthetic_users, ">= 2")
             _check(self.synthetic_items >= 10, "synthetic_items", self.synthetic_items, ">= 10")
             _check(

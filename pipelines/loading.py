@@ -25,7 +25,7 @@ def resolve(config: config_lib.DataConfig, work_dir: str) -> config_lib.DataConf
     """For synthetic data, writes the log (once) and points the config at it."""
     if config.data_format != "synthetic":
         return config
-    path = config.data_path or synthetic_path(config, work_dir)
+    path = synthetic_path(config, work_dir)
     if not os.path.exists(path):
         synthetic.write_userbehavior(
             path,

@@ -30,7 +30,10 @@ from mmrec_tf.pipelines import schema
 CHUNK_LINES = 1 << 18
 _MAX_EXAMPLES = 20
 
-_INT_PATTERN = r"\s*-?[0-9]+\s*"
+# At most 18 digits: every such integer fits int64 (a longer one would overflow).
+_INT_PATTERN = r"\s*-?[0-9]{1,18}\s*"
+# Unix seconds: not negative (a negative one would silently change the split).
+_STAMP_PATTERN = r"\s*[0-9]{1,18}\s*"
 _BEHAVIOR_PATTERN = r"[A-Za-z_][A-Za-z0-9_.\-]*"
 
 # Reasons a record is rejected, with the fix each error message names.
@@ -39,18 +42,21 @@ _REASONS = {
     2: ("empty user or item id", "give every record a user id and an item id"),
     3: (
         "non-numeric user id",
-        "this layout needs integer ids; use --data_format=csv for string ids",
+        "this layout needs integer ids of at most 18 digits; use --data_format=csv for string ids",
     ),
     4: (
         "non-numeric item id",
-        "this layout needs integer ids; use --data_format=csv for string ids",
+        "this layout needs integer ids of at most 18 digits; use --data_format=csv for string ids",
     ),
     5: (
         "unknown behavior",
         "use one of the behaviors {known}, or add it to "
         "--supportive_behaviors / --ignore_behaviors",
     ),
-    6: ("non-numeric timestamp", "timestamps must be integer Unix seconds{empty_ok}"),
+    6: (
+        "bad timestamp",
+        "timestamps must be non-negative integer Unix seconds of at most 18 digits{empty_ok}",
+    ),
     7: ("unknown split", "the split column takes train, valid or test"),
 }
 
@@ -181,6 +187,12 @@ def list_files(data_path: str) -> list[str]:
     for pattern in [p for p in data_path.split(",") if p]:
         matched = sorted(glob_lib.glob(pattern)) if glob_lib.has_magic(pattern) else [pattern]
         files.extend(matched)
+    folders = [f for f in files if os.path.isdir(f)]
+    if folders:
+        raise DataError(
+            f"data_path={data_path!r}: {folders[0]} is a folder, not a file. Pass its files, "
+            f"e.g. --data_path='{os.path.join(folders[0], '*.csv.gz')}'."
+        )
     missing = [f for f in files if not os.path.isfile(f)]
     if not files or missing:
         raise DataError(
@@ -279,7 +291,7 @@ def _check_chunk(
     if "timestamp" in positions:
         stamps = column("timestamp")
         present = tf.strings.length(stamps) > 0
-        stamp_ok = tf.strings.regex_full_match(stamps, _INT_PATTERN)
+        stamp_ok = tf.strings.regex_full_match(stamps, _STAMP_PATTERN)
         ok = (stamp_ok | ~present) if not layout.timestamp_required else stamp_ok
         _mark(reason, ~ok.numpy(), 6)
         values = tf.strings.to_number(tf.where(stamp_ok, stamps, "-1"), tf.int64).numpy()

@@ -32,3 +32,8 @@ def test_invalid_field_raises_value_error_naming_it(cls, kwargs, message):
 
 def test_experiment_config_serializes_to_json():
     assert '"mf_dim": 8' in config_lib.ExperimentConfig().to_json()
+
+
+def test_synthetic_data_with_a_data_path_is_an_error():
+    with pytest.raises(ValueError, match="data_path='log.csv' is invalid.*synthetic"):
+        config_lib.DataConfig(data_format="synthetic", data_path="log.csv")

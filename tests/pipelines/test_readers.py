@@ -91,8 +91,11 @@ BAD_CASES = [
         "non_numeric_timestamp",
         ["1,10,5,buy,200", "1,10,5,buy,2017-11-25"],
         2,
-        "non-numeric timestamp",
+        "bad timestamp",
     ),
+    ("negative_timestamp", ["1,10,5,buy,200", "1,10,5,buy,-5"], 2, "bad timestamp"),
+    ("huge_timestamp", ["1,10,5,buy,200", "1,10,5,buy,9223372036854775808"], 2, "bad timestamp"),
+    ("huge_user", ["1,10,5,buy,200", "9223372036854775808,10,5,buy,200"], 2, "non-numeric user id"),
     ("empty_line", ["1,10,5,buy,200", "", "1,10,5,buy,3"], 2, "wrong number of fields"),
 ]
 
@@ -208,3 +211,8 @@ def test_skip_leaves_out_a_damaged_gzip_whole_and_counts_it(tmp_path):
     assert [p for p, _ in log.report.damaged_files] == [damaged]
     assert "cut short" in log.report.damaged_files[0][1]
     assert "damaged" in log.report.summary()
+
+
+def test_a_folder_as_data_path_is_an_error_that_says_so(tmp_path):
+    with pytest.raises(readers.DataError, match="is a folder, not a file"):
+        readers.read_interactions(_ub(tmp_path))
