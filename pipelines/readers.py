@@ -22,6 +22,7 @@ import os
 import zlib
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from mmrec_tf import config as config_lib
@@ -79,6 +80,10 @@ class DataReport:
       empty_files: files that held no records (only with skip).
       damaged_files: gzip files cut short or corrupt, with the reason, skipped
         whole (only with skip; otherwise they are an error).
+      duplicate_records: records repeating an earlier one exactly (user,
+        item, behavior, timestamp, split). They are kept: ALS confidence and
+        pairwise positives count a pair once per behavior anyway, and the
+        count says how much of the log repeats itself.
     """
 
     files: list = dataclasses.field(default_factory=list)
@@ -89,6 +94,7 @@ class DataReport:
     excluded_behaviors: dict = dataclasses.field(default_factory=dict)
     empty_files: list = dataclasses.field(default_factory=list)
     damaged_files: list = dataclasses.field(default_factory=list)
+    duplicate_records: int = 0
 
     @property
     def skipped(self) -> int:
@@ -111,6 +117,8 @@ class DataReport:
             parts.append(f"empty files {self.empty_files}")
         if self.damaged_files:
             parts.append(f"skipped damaged files {self.damaged_files}")
+        if self.duplicate_records:
+            parts.append(f"{self.duplicate_records} records repeat an earlier one exactly")
         return "; ".join(parts)
 
 
@@ -445,6 +453,11 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
             a[keep] for a in (users, items, behaviors, stamps, splits)
         )
     report.records = len(users)
+    report.duplicate_records = int(
+        pd.DataFrame({"u": users, "i": items, "b": behaviors, "t": stamps, "s": splits})
+        .duplicated()
+        .sum()
+    )
     return RawLog(users, items, behaviors, names, stamps, splits, report)
 
 

@@ -216,3 +216,10 @@ def test_skip_leaves_out_a_damaged_gzip_whole_and_counts_it(tmp_path):
 def test_a_folder_as_data_path_is_an_error_that_says_so(tmp_path):
     with pytest.raises(readers.DataError, match="is a folder, not a file"):
         readers.read_interactions(_ub(tmp_path))
+
+
+def test_duplicate_records_are_counted_in_the_report(tmp_path):
+    lines = ["1,10,5,buy,200", "1,10,5,buy,200", "1,10,5,buy,201", "2,10,5,buy,200"]
+    log = readers.read_interactions(_ub(_write(tmp_path / "d.csv", lines)))
+    assert log.report.records == 4 and log.report.duplicate_records == 1
+    assert "1 records repeat an earlier one exactly" in log.report.summary()
