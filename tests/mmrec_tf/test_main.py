@@ -78,13 +78,25 @@ def test_bad_flag_value_names_the_field():
         main_lib.config_from_flags(_flags(["--model_dir=x", "--num_negatives=0"]))
 
 
-@pytest.mark.parametrize(
-    "name", ["quickstart", "taobao_cml", "beibei_ehcf", "taobao_ehcf", "tmall_mbcgcn", "jd_vcgae"]
+FLAGFILES = sorted(
+    f[: -len(".flags")] for f in os.listdir(os.path.dirname(QUICKSTART)) if f.endswith(".flags")
 )
-def test_every_flagfile_parses_into_a_valid_config(name):
+
+
+@pytest.mark.parametrize("name", FLAGFILES)
+def test_every_flagfile_parses_into_a_valid_config(name, monkeypatch):
+    # Nested flagfiles name their parent relative to the repository root.
+    monkeypatch.chdir(os.path.join(os.path.dirname(QUICKSTART), "..", ".."))
     path = os.path.join(os.path.dirname(QUICKSTART), f"{name}.flags")
-    config = main_lib.config_from_flags(_flags([f"--flagfile={path}", "--model_dir=x"]))
+    if name == "paper":
+        path = f"{os.path.join(os.path.dirname(QUICKSTART), 'taobao_cml.flags')} --flagfile={path}"
+    argv = [f"--flagfile={p}" for p in path.split(" --flagfile=")]
+    config = main_lib.config_from_flags(_flags(argv + ["--model_dir=x"]))
     assert config.train.num_negatives >= 1
+    if name.endswith("_als"):
+        assert config.model.model == "als" and config.model.mf_dim >= 64
+    if name == "paper":
+        assert config.model.mf_dim == 4 and config.train.supportive_negative_ratio == 1
 
 
 @pytest.mark.parametrize("protocol", ["sampled", "full"])
