@@ -14,6 +14,7 @@ import tf_keras
 
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
+from mmrec_tf import locks
 from mmrec_tf import models
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import exporter
@@ -265,7 +266,8 @@ def test_killed_export_leaves_no_version_folder(tmp_path):
     assert not [n for n in names if n.isdigit()]
     assert [n for n in names if n.startswith(exporter.TMP_PREFIX)]  # the half-written one
     exporter._remove_stale_temporaries(export_dir)
-    assert os.listdir(export_dir) == []
+    # Only the lock file stays (its flock died with the killed process).
+    assert os.listdir(export_dir) == [locks.LOCK_FILE]
 
 
 def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):

@@ -69,6 +69,6 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path)
     assert chief["test"]["sampled"] == other["test"]["sampled"]
     # The chief alone writes into model_dir and exports.
     assert (model_dir / "checkpoints" / "checkpoint").exists()
-    assert sorted(os.listdir(export_dir)) == ["1"]
+    assert sorted(n for n in os.listdir(export_dir) if not n.startswith(".")) == ["1"]
     assert "export" in chief and "export" not in other
     assert not (other_dir / "results.json").samefile(model_dir / "results.json")
