@@ -59,6 +59,7 @@ _REASONS = {
         "timestamps must be non-negative integer Unix seconds of at most 18 digits{empty_ok}",
     ),
     7: ("unknown split", "the split column takes train, valid or test"),
+    8: ("id is not valid UTF-8", "re-encode the file as UTF-8 (ids are text)"),
 }
 
 
@@ -286,6 +287,12 @@ def _check_chunk(
         users = tf.strings.to_number(tf.where(user_ok, users, "0"), tf.int64).numpy()
         items = tf.strings.to_number(tf.where(item_ok, items, "0"), tf.int64).numpy()
     else:
+        # Invalid UTF-8 would collapse into one replacement token per id.
+        for ids in (users, items):
+            clean = tf.strings.unicode_transcode(
+                ids, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
+            )
+            _mark(reason, (clean != ids).numpy(), 8)
         users = users.numpy().astype(object)
         items = items.numpy().astype(object)
 

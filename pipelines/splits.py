@@ -153,6 +153,12 @@ def make_split(data: interactions_lib.Interactions, *, validation: bool, seed: i
         test_keys = _latest_per_user(target_keys, stamps, n_items, rng, min_pairs=2)
         in_train = ~(is_target & np.isin(keys, test_keys))
         valid_keys = np.zeros(0, np.int64)
+    if not (in_train & is_target).any():
+        raise readers.DataError(
+            f"no training record of the target behavior {data.behaviors.target!r}: every one "
+            "is in the test or valid split. Give the split column train for the training "
+            "records, or leave it empty everywhere to hold out each user's latest buy."
+        )
     if len(test_keys) == 0:
         raise readers.DataError(
             "no test case: no user has two or more distinct target "

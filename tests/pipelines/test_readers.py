@@ -1,5 +1,6 @@
 """Readers: each layout, gzip and globs, and every bad-input case."""
 
+import dataclasses
 import gzip
 import os
 
@@ -223,3 +224,18 @@ def test_duplicate_records_are_counted_in_the_report(tmp_path):
     log = readers.read_interactions(_ub(_write(tmp_path / "d.csv", lines)))
     assert log.report.records == 4 and log.report.duplicate_records == 1
     assert "1 records repeat an earlier one exactly" in log.report.summary()
+
+
+def test_ids_that_are_not_utf8_are_bad_records_not_one_token(tmp_path):
+    path = tmp_path / "b.csv"
+    # Two different invalid byte ids would both decode to U+FFFD.
+    path.write_bytes(b"uid,iid,action\nu1,\xff1,buy\nu1,\xfe1,buy\nu2,ok,buy\n")
+    config = config_lib.DataConfig(
+        data_path=str(path),
+        data_format="csv",
+        columns=(("user", "uid"), ("item", "iid"), ("behavior", "action")),
+    )
+    with pytest.raises(readers.DataError, match=r"b\.csv:2: id is not valid UTF-8"):
+        readers.read_interactions(config)
+    log = readers.read_interactions(dataclasses.replace(config, on_bad_record="skip"))
+    assert log.items.tolist() == [b"ok"] and log.report.bad_records == {"id is not valid UTF-8": 2}

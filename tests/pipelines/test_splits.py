@@ -110,3 +110,9 @@ def test_ties_are_broken_by_the_seed_reproducibly():
     b = splits.make_split(data, validation=False, seed=3)
     np.testing.assert_array_equal(a.test_items, b.test_items)
     assert len(set(a.test_items.tolist())) > 1
+
+
+def test_every_target_record_held_out_is_an_error_that_says_so():
+    data = _data([(0, 1, 0, -1), (0, 2, 1, -1), (1, 4, 0, -1)], split_codes=[2, 0, 2])
+    with pytest.raises(readers.DataError, match="no training record of the target behavior"):
+        splits.make_split(data, validation=False, seed=0)
