@@ -357,7 +357,7 @@ def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.M
 class Ranker(tf_keras.Model):
     """Trains a scorer on (user, positive, negatives) examples.
 
-    Each batch holds `schema.example_spec` fields. The positive and its
+    Each batch holds the training fields of `pipelines.datasets`. The positive and its
     negatives are scored in one call; the loss is BPR (pairwise) or log
     loss (pointwise), plus, with auxiliary branch heads, the gated branch
     losses weighted by `branch_loss_weight`. Losses are averaged over the

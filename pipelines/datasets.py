@@ -58,7 +58,7 @@ def training_dataset(
         every `num_input_pipelines`-th positive and the per-replica batch.
 
     Returns:
-      A dataset of dicts with the fields of `schema.example_spec`; each epoch
+      A dataset of dicts with the training fields of `schema` (USER, POS_ITEM, POS_GATE, POS_WEIGHT, NEG_ITEM, NEG_GATE, USER_SHARE); each epoch
       yields exactly `steps_per_epoch(index, config)` batches. With the
       `softmax` loss there are no per-example negatives; each batch holds
       instead its candidate set (`schema.CANDIDATES`, `CANDIDATE_LOG_Q`,

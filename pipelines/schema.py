@@ -77,39 +77,10 @@ class BehaviorSchema:
         return self.behaviors.index(name)
 
 
-def example_spec(num_behaviors: int, num_negatives: int) -> dict[str, tf.TensorSpec]:
-    """The element spec of a batched training example.
-
-    Args:
-      num_behaviors: branches (target + supportive).
-      num_negatives: negatives per positive.
-
-    Returns:
-      A dict of TensorSpecs with a leading batch dimension of None.
-    """
-    return {
-        USER: tf.TensorSpec([None], tf.int32, name=USER),
-        POS_ITEM: tf.TensorSpec([None], tf.int32, name=POS_ITEM),
-        POS_GATE: tf.TensorSpec([None, num_behaviors], tf.float32, name=POS_GATE),
-        POS_WEIGHT: tf.TensorSpec([None], tf.float32, name=POS_WEIGHT),
-        NEG_ITEM: tf.TensorSpec([None, num_negatives], tf.int32, name=NEG_ITEM),
-        NEG_GATE: tf.TensorSpec([None, num_negatives, num_behaviors], tf.float32, name=NEG_GATE),
-        USER_SHARE: tf.TensorSpec([None], tf.float32, name=USER_SHARE),
-    }
-
-
 def model_input_spec(num_behaviors: int) -> dict[str, tf.TensorSpec]:
     """The scoring model's inputs: user and item indices and the gate mask."""
     return {
         USER: tf.TensorSpec([None], tf.int32, name=USER),
         ITEM: tf.TensorSpec([None], tf.int32, name=ITEM),
         GATE: tf.TensorSpec([None, num_behaviors], tf.float32, name=GATE),
-    }
-
-
-def serving_input_spec() -> dict[str, tf.TensorSpec]:
-    """Raw string ids, as TensorFlow Serving receives them."""
-    return {
-        USER_ID: tf.TensorSpec([None], tf.string, name=USER_ID),
-        ITEM_ID: tf.TensorSpec([None], tf.string, name=ITEM_ID),
     }
