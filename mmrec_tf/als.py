@@ -172,19 +172,20 @@ def _fit_implicit(users, items, conf, x, y, split, config: ALSConfig):
     matrix = scipy.sparse.csr_matrix(
         (conf.astype(np.float32), (users, items)), shape=(split.num_users, split.num_items)
     )
-    model = implicit.cpu.als.AlternatingLeastSquares(
-        factors=config.factors,
-        regularization=config.l2,
-        alpha=1.0,
-        use_cg=False,
-        iterations=config.iterations,
-        random_state=config.seed,
-    )
-    # implicit solves users, then items, each sweep, from factors it finds set.
-    model.user_factors = x.astype(np.float32)
-    model.item_factors = y.astype(np.float32)
-    # implicit runs its own threads; a threaded BLAS under them oversubscribes.
+    # implicit runs its own threads; a threaded BLAS under them oversubscribes
+    # (implicit checks for it when the model is built).
     with threadpoolctl.threadpool_limits(1, "blas"):
+        model = implicit.cpu.als.AlternatingLeastSquares(
+            factors=config.factors,
+            regularization=config.l2,
+            alpha=1.0,
+            use_cg=False,
+            iterations=config.iterations,
+            random_state=config.seed,
+        )
+        # implicit solves users, then items, each sweep, from factors it finds set.
+        model.user_factors = x.astype(np.float32)
+        model.item_factors = y.astype(np.float32)
         model.fit(matrix, show_progress=False)
     return np.asarray(model.user_factors, np.float64), np.asarray(model.item_factors, np.float64)
 
