@@ -21,6 +21,8 @@ VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
 NEGATIVE_DISTRIBUTIONS = ("uniform", "popularity")
 MF_INITS = ("random", "als")
+OPTIMIZERS = ("lazy_adam", "adam")
+ALS_SOLVERS = ("implicit", "numpy")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
@@ -275,10 +277,7 @@ class ModelConfig:
         _check(self.als_iterations >= 1, "als_iterations", self.als_iterations, ">= 1")
         _check(self.mf_init in MF_INITS, "mf_init", self.mf_init, f"one of {MF_INITS}")
         _check(
-            self.als_solver in ("implicit", "numpy"),
-            "als_solver",
-            self.als_solver,
-            "'implicit' or 'numpy'",
+            self.als_solver in ALS_SOLVERS, "als_solver", self.als_solver, f"one of {ALS_SOLVERS}"
         )
 
 
@@ -431,12 +430,7 @@ class TrainConfig:
             self.supportive_positive_weight,
             "a weight in [0, 1]",
         )
-        _check(
-            self.optimizer in ("lazy_adam", "adam"),
-            "optimizer",
-            self.optimizer,
-            "'lazy_adam' or 'adam'",
-        )
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(
             self.early_stopping_patience >= 0,
             "early_stopping_patience",

@@ -188,7 +188,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum(
         "als_solver",
         d_model.als_solver,
-        ("implicit", "numpy"),
+        config_lib.ALS_SOLVERS,
         "ALS solver: the implicit library's exact solves (fast) or the numpy reference.",
         **f,
     )
@@ -253,7 +253,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "target positives only).",
         **f,
     )
-    flags.DEFINE_enum("optimizer", d_train.optimizer, ("lazy_adam", "adam"), "Optimizer.", **f)
+    flags.DEFINE_enum("optimizer", d_train.optimizer, config_lib.OPTIMIZERS, "Optimizer.", **f)
     flags.DEFINE_integer(
         "early_stopping_patience",
         d_train.early_stopping_patience,
