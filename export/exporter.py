@@ -33,17 +33,9 @@ def _remove_stale_temporaries(export_dir: str) -> None:
     for name in os.listdir(export_dir):
         if name.startswith(TMP_PREFIX):
             pid = name.rsplit("-", 1)[-1]
-            if pid.isdigit() and _alive(int(pid)):
+            if pid.isdigit() and locks.process_alive(int(pid)):
                 continue
             shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def export(

@@ -184,10 +184,7 @@ class ServingModule(tf.Module):
         position = tf.minimum(tf.cast(position, tf.int64), tf.maximum(last, 0))
         found = tf.gather(self.pair_keys, position) == query
         bits = tf.where(found, tf.gather(self.pair_bits, position), 0)
-        shifts = tf.range(self.num_behaviors, dtype=tf.int32)
-        return tf.cast(
-            tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[:, None], shifts), 1), tf.float32
-        )
+        return models.unpack_bits(bits, self.num_behaviors)
 
     def _touched(self, users: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         """[B, C + T] the candidates, then each user's supportive items not among them (-1 pads)."""

@@ -246,9 +246,18 @@ class GradientGate(tf_keras.layers.Layer):
     """
 
     def call(self, inputs):
-        x, mask = inputs
-        mask = tf.cast(mask, x.dtype)[:, None]
-        return tf.stop_gradient(x) + mask * (x - tf.stop_gradient(x))
+        return gate_gradient(*inputs)
+
+
+def gate_gradient(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Identity forward; the gradient of each x[..., :] scaled by mask[...].
+
+    Args:
+      x: [..., d] values (a batch of pairs, or a [users, items] grid of them).
+      mask: [...] 0/1 gates of the pairs.
+    """
+    mask = tf.cast(mask, x.dtype)[..., None]
+    return tf.stop_gradient(x) + mask * (x - tf.stop_gradient(x))
 
 
 @tf_keras.utils.register_keras_serializable(package="mmrec_tf")

@@ -63,6 +63,17 @@ def exclusive(folder: str, *, what: str = "folder"):
         os.close(fd)  # releases the flock
 
 
+def process_alive(pid) -> bool:
+    """Whether a process with this pid runs on this host (False for no pid)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except OSError:
+        return False
+    return True
+
+
 def _holder(fd: int) -> dict:
     try:
         os.lseek(fd, 0, os.SEEK_SET)

@@ -39,6 +39,7 @@ from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import splits as splits_lib
+from mmrec_tf.pipelines import vocabularies
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -265,7 +266,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         d_train.early_stopping_protocol,
         config_lib.VALIDATION_PROTOCOLS,
         "Protocol of the validation HR@10 that stops training and picks the kept epoch: "
-        "sampled (1 + 99) or full (whole catalog; slower).",
+        "sampled (1 + 99), full (whole catalog; slower) or discovery (whole catalog without "
+        "the user's touched items).",
         **f,
     )
     flags.DEFINE_integer(
@@ -542,10 +544,6 @@ def dataset_name(config: config_lib.ExperimentConfig, given: str = "") -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(first))) or first
 
 
-def _write_json(path: str, value) -> None:
-    run_record.write_json(path, value)
-
-
 def run_experiment(
     config: config_lib.ExperimentConfig,
     *,
@@ -602,15 +600,14 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
     if training and not _trained(model_dir):
         # A new run: its record, data report and vocabularies, written once.
         run_record.write(model_dir, config, data_fingerprint)
-        _write_json(
+        run_record.write_json(
             os.path.join(model_dir, "data_report.json"), {"report": report, "split": split.info}
         )
         data.user_vocab.save(os.path.join(model_dir, "vocab", "users.txt"))
         data.item_vocab.save(os.path.join(model_dir, "vocab", "items.txt"))
-        behaviors = os.path.join(model_dir, "vocab", "behaviors.txt")
-        with open(behaviors + ".tmp", "w") as f:
-            f.write("\n".join(split.behaviors.behaviors) + "\n")
-        os.replace(behaviors + ".tmp", behaviors)
+        vocabularies.Vocabulary(np.array(split.behaviors.behaviors, dtype=object)).save(
+            os.path.join(model_dir, "vocab", "behaviors.txt")
+        )
     else:
         # A resume, an evaluation or an export reads the record and writes
         # nothing over the run's files.
@@ -722,7 +719,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         _export(config, ranker.scorer, data, split, results)
     # An evaluation or an export leaves the training run's results.json as it was.
     name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
-    _write_json(os.path.join(model_dir, name), results)
+    run_record.write_json(os.path.join(model_dir, name), results)
     return results
 
 
@@ -855,7 +852,7 @@ def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
             score, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
         )
         _export(config, scorer, data, split, results)
-    _write_json(os.path.join(model_dir, "results.json"), results)
+    run_record.write_json(os.path.join(model_dir, "results.json"), results)
     return results
 
 
@@ -888,7 +885,7 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
     print(f"export {path}: retrieval {metrics['retrieval']}")
     print(f"export {path}: recommend {metrics['recommend']}")
     print(f"export {path}: recommend, discovery {metrics['recommend_discovery']}")
-    _write_json(os.path.join(config.model_dir, "export_evaluation.json"), results)
+    run_record.write_json(os.path.join(config.model_dir, "export_evaluation.json"), results)
     return results
 
 

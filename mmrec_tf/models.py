@@ -23,6 +23,7 @@ import tf_keras
 from mmrec_tf import config as config_lib
 from mmrec_tf import layers
 from mmrec_tf import losses
+from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
 
 BEHAVIOR_BIAS = "behavior_bias"
@@ -247,7 +248,7 @@ def score_grid(
         if gates is None:
             raise ValueError("training on a grid needs the pairs' gates for the gradient gates.")
         branches = [branches[0]] + [
-            _gate_gradient(x, gates[..., t]) for t, x in enumerate(branches) if t > 0
+            layers.gate_gradient(x, gates[..., t]) for t, x in enumerate(branches) if t > 0
         ]
     rest = fusion(branches) if fusion is not None else (branches[0] if branches else None)
     if rest is not None:
@@ -267,12 +268,6 @@ def scorer_gating(scorer: tf_keras.Model) -> bool:
     return any(isinstance(layer, layers.GradientGate) for layer in scorer.layers)
 
 
-def _gate_gradient(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Identity forward; the gradient of x[u, i] scaled by mask[u, i] (`GradientGate`)."""
-    mask = tf.cast(mask, x.dtype)[..., None]
-    return tf.stop_gradient(x) + mask * (x - tf.stop_gradient(x))
-
-
 def grid_l2(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """The L2 penalty of a grid's rows: each part's `l2` times the squared user
     and item vectors looked up, over the number of users (as the pairwise
@@ -289,10 +284,17 @@ def grid_l2(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Te
     return total / tf.cast(tf.maximum(tf.shape(users)[0], 1), tf.float32)
 
 
+def _query_vectors(mf, head, users: tf.Tensor) -> tf.Tensor:
+    """[batch, mf_dim] p_u * w: the user's MF factors weighted by the head's MF rows."""
+    return mf.user_vector(users) * tf.cast(
+        head.dense.kernel[: mf.embedding_dim, 0], mf.compute_dtype
+    )
+
+
 def factorized_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """[U, I] the MF part of the logit, <p_u * w, q_i>, for every pair (the retrieval stage)."""
     mf, _, _, head = parts(scorer)
-    v = mf.user_vector(users) * tf.cast(head.dense.kernel[: mf.embedding_dim, 0], mf.compute_dtype)
+    v = _query_vectors(mf, head, users)
     return tf.matmul(v, mf.item_embedding(items), transpose_b=True)
 
 
@@ -317,7 +319,7 @@ def whole_data_term(scorer: tf_keras.Model, users: tf.Tensor) -> tf.Tensor:
             f"whole_data_weight needs an MF part, and model {scorer.name!r} has none: "
             "use mmf, ncf or gmf, or set --whole_data_weight=0."
         )
-    v = mf.user_vector(users) * head.dense.kernel[: mf.embedding_dim, 0]
+    v = _query_vectors(mf, head, users)
     table = mf.item_embedding.embeddings
     gram = tf.matmul(table, table, transpose_a=True)
     return tf.reduce_sum(tf.matmul(v, gram) * v, axis=-1)
@@ -436,11 +438,7 @@ class Ranker(tf_keras.Model):
         candidates = batch[schema.CANDIDATES]
         bits = batch[schema.CANDIDATE_BITS]
         batch_size = tf.shape(users)[0]
-        num_behaviors = batch[schema.POS_GATE].shape[-1]
-        shifts = tf.range(num_behaviors, dtype=bits.dtype)
-        gates = tf.cast(
-            tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[..., None], shifts), 1), tf.float32
-        )
+        gates = unpack_bits(bits, batch[schema.POS_GATE].shape[-1])
         branches = None
         if self.hard_negatives:
             logits = factorized_grid(self.scorer, users, candidates)
@@ -669,15 +667,26 @@ def build_ranker(
     )
 
 
+def unpack_bits(bits: tf.Tensor, num_behaviors: int) -> tf.Tensor:
+    """[..., num_behaviors] float32 0/1 flags of int32 behavior bitmasks (bit t: branch t)."""
+    shifts = tf.range(num_behaviors, dtype=bits.dtype)
+    return tf.cast(
+        tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits[..., None], shifts), 1), tf.float32
+    )
+
+
 def positive_bits(config: config_lib.TrainConfig, behaviors: schema.BehaviorSchema) -> int:
     """Bitmask of the behaviors whose pairs are training positives.
 
     A pair with any of them is a positive of some row, so the softmax loss
     never takes it as a negative of its user.
+
+    Raises:
+      ValueError: for a behavior weight naming a behavior the data lacks.
     """
-    if config.behavior_weights:
-        weights = dict(config.behavior_weights)
-        return sum(1 << t for t, b in enumerate(behaviors.behaviors) if weights.get(b, 0) > 0)
+    weights = samplers.behavior_weight_vector(behaviors.behaviors, config.behavior_weights)
+    if weights is not None:
+        return sum(1 << t for t, w in enumerate(weights) if w > 0)
     if config.supportive_positive_weight > 0:
         return (1 << behaviors.num_behaviors) - 1
     return 1

@@ -34,6 +34,7 @@ from absl import flags
 from absl import logging
 
 from mmrec_tf import config as config_lib
+from mmrec_tf import locks
 from mmrec_tf import main as main_lib
 
 FAMILIES = ("mmf", "bpr", "als")
@@ -217,7 +218,7 @@ def run_study(
     # study) is left alone.
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         owner = trial.user_attrs
-        alive = owner.get("host") == socket.gethostname() and _alive(owner.get("pid"))
+        alive = owner.get("host") == socket.gethostname() and locks.process_alive(owner.get("pid"))
         if not alive and fail_stale_trials:
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -256,16 +257,6 @@ def run_study(
 
     study.optimize(objective, n_trials=missing, catch=())
     return study
-
-
-def _alive(pid) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except OSError:
-        return False
-    return True
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

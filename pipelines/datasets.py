@@ -35,7 +35,7 @@ def steps_per_epoch(index: samplers.TrainingIndex, config: config_lib.TrainConfi
     positives = samplers.num_positives(
         index,
         config.supportive_positive_weight,
-        samplers.behavior_weight_vector(index, config.behavior_weights),
+        samplers.behavior_weight_vector(index.behaviors, config.behavior_weights),
     )
     steps = max(1, math.ceil(positives / config.batch_size))
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
@@ -74,7 +74,7 @@ def training_dataset(
     t = index.num_behaviors
     softmax = config.loss == "softmax"
     n = 0 if softmax else config.num_negatives
-    weights = samplers.behavior_weight_vector(index, config.behavior_weights)
+    weights = samplers.behavior_weight_vector(index.behaviors, config.behavior_weights)
     shared = None
     if softmax:
         everything = samplers.epoch_positives(

@@ -222,26 +222,28 @@ def pair_weights(index: TrainingIndex, behavior_weights: np.ndarray) -> np.ndarr
 
 
 def behavior_weight_vector(
-    index: TrainingIndex, behavior_weights: tuple[tuple[str, float], ...]
+    behaviors: tuple[str, ...], behavior_weights: tuple[tuple[str, float], ...]
 ) -> np.ndarray | None:
-    """[num_behaviors] weights in branch order from (behavior, weight) pairs; None if empty.
+    """[len(behaviors)] weights in branch order from (behavior, weight) pairs; None if empty.
 
-    Behaviors left out weigh 0.
+    Args:
+      behaviors: the behavior names in branch order (target first).
+      behavior_weights: (behavior, weight) pairs; behaviors left out weigh 0.
 
     Raises:
       ValueError: naming a behavior the data does not have.
     """
     if not behavior_weights:
         return None
-    vector = np.zeros(index.num_behaviors, np.float32)
+    vector = np.zeros(len(behaviors), np.float32)
     for name, weight in behavior_weights:
-        if name not in index.behaviors:
+        if name not in behaviors:
             raise ValueError(
                 f"behavior_weights names {name!r}, which the training data does not have: "
-                f"use some of {list(index.behaviors)} (e.g. --behavior_weights="
-                f"{index.behaviors[0]}:1{''.join(f',{b}:0.5' for b in index.behaviors[1:])})."
+                f"use some of {list(behaviors)} (e.g. --behavior_weights="
+                f"{behaviors[0]}:1{''.join(f',{b}:0.5' for b in behaviors[1:])})."
             )
-        vector[index.behaviors.index(name)] = weight
+        vector[behaviors.index(name)] = weight
     if not (vector > 0).any():
         raise ValueError(f"behavior_weights={behavior_weights!r} gives no behavior a weight > 0.")
     return vector
