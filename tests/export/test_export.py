@@ -109,6 +109,22 @@ def _clean_env():
     return env
 
 
+def _in_clean_process(script: str, path: str, args, cwd) -> dict:
+    """Runs `script` on the export at `path` in a TensorFlow-only process; its last JSON line.
+
+    The process must exit normally (an abort in a kernel fails the test).
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", script, path, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=str(cwd),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_clean_process_serves_every_signature(trained, tmp_path):
     data, split = trained["data"], trained["split"]
     users_idx = split.test_users[:6]
@@ -120,15 +136,7 @@ def test_clean_process_serves_every_signature(trained, tmp_path):
         "items": items + [items[0], "no-such-item"],
         "rec_users": users[:3] + ["no-such-user"],
     }
-    result = subprocess.run(
-        [sys.executable, "-c", CLEAN_PROCESS, trained["path"], json.dumps(args)],
-        capture_output=True,
-        text=True,
-        env=_clean_env(),
-        cwd=str(tmp_path),
-        check=True,
-    )
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _in_clean_process(CLEAN_PROCESS, trained["path"], args, tmp_path)
     assert out["signatures"] == ["recommend", "retrieve", "serving_default"]
     assert not out["project_imported"] and out["legacy_keras"] is None
 
@@ -364,15 +372,7 @@ MALFORMED = textwrap.dedent(
 
 def test_malformed_requests_are_errors_of_their_own_never_an_abort(trained, tmp_path):
     users = [str(t) for t in trained["data"].user_vocab.tokens[:3]]
-    result = subprocess.run(
-        [sys.executable, "-c", MALFORMED, trained["path"], json.dumps(users)],
-        capture_output=True,
-        text=True,
-        env=_clean_env(),
-        cwd=str(tmp_path),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _in_clean_process(MALFORMED, trained["path"], users, tmp_path)
     for name in (
         "recommend_scalar",
         "recommend_matrix",

@@ -12,6 +12,8 @@ from mmrec_tf import models
 from mmrec_tf import popularity
 from mmrec_tf.export import fitted
 from mmrec_tf.pipelines import samplers
+from tests.mmrec_tf.test_main import QUICKSTART
+from tests.mmrec_tf.test_main import _flags
 from tests.pipelines import test_samplers
 
 
@@ -43,16 +45,10 @@ def test_exported_scorer_scores_as_the_fitted_model(kind, touched_first):
 
 
 def test_main_exports_the_als_with_the_neural_signatures(tmp_path):
-    from absl import flags
-
     from mmrec_tf import main as main_lib
 
-    fv = flags.FlagValues()
-    main_lib.define_flags(fv)
-    quickstart = os.path.join(os.path.dirname(main_lib.__file__), "configs", "quickstart.flags")
     common = [
-        "x",
-        f"--flagfile={quickstart}",
+        f"--flagfile={QUICKSTART}",
         f"--model_dir={tmp_path}",
         "--synthetic_users=300",
         "--synthetic_items=400",
@@ -64,15 +60,12 @@ def test_main_exports_the_als_with_the_neural_signatures(tmp_path):
         f"--export_dir={tmp_path / 'serving'}",
         "--retrieval_candidates=50",
     ]
-    fv(common)
-    trained = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    trained = main_lib.run_experiment(main_lib.config_from_flags(_flags(common)))
     assert os.path.isdir(trained["export"]["path"])
     loaded = tf.saved_model.load(trained["export"]["path"])
     assert {"serving_default", "recommend", "retrieve"} <= set(loaded.signatures)
-    fv2 = flags.FlagValues()
-    main_lib.define_flags(fv2)
-    fv2(common + ["--mode=evaluate_export"])
-    exported = main_lib.run_experiment(main_lib.config_from_flags(fv2))["test"]
+    evaluate_export = _flags(common + ["--mode=evaluate_export"])
+    exported = main_lib.run_experiment(main_lib.config_from_flags(evaluate_export))["test"]
     in_memory = trained["test"]["two_stage_in_memory"]
     assert exported["recommend"] == pytest.approx(in_memory["recommend"], abs=1e-6)
     assert exported["recommend"]["cases"] == trained["test"]["sampled"]["cases"]

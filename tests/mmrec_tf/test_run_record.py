@@ -8,11 +8,11 @@ import sys
 import time
 
 import pytest
-from absl import flags
 
 from mmrec_tf import locks
 from mmrec_tf import main as main_lib
 from mmrec_tf import run_record
+from tests.mmrec_tf.test_main import _flags
 
 TINY = [
     "--synthetic_users=150",
@@ -27,9 +27,7 @@ TINY = [
 
 
 def _run(model_dir, *extra):
-    fv = flags.FlagValues()
-    main_lib.define_flags(fv)
-    fv(["x", f"--model_dir={model_dir}", *TINY, *extra])
+    fv = _flags([f"--model_dir={model_dir}", *TINY, *extra])
     return main_lib.run_experiment(main_lib.config_from_flags(fv))
 
 

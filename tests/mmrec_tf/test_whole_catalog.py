@@ -2,7 +2,6 @@
 the whole-data term, and the discovery protocol, against NumPy references."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,6 +13,9 @@ from mmrec_tf import models
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
+from tests.mmrec_tf.test_evaluate import _TableScorer
+from tests.mmrec_tf.test_main import QUICKSTART
+from tests.mmrec_tf.test_main import _flags
 from tests.pipelines import test_samplers
 
 BEHAVIORS = schema.BehaviorSchema("buy", ("cart", "fav"))
@@ -48,6 +50,22 @@ def _scorer(model="mmf", num_users=6, num_items=9, positive=False, **kwargs):
     # Positive weights keep every ReLU active, so every part has a gradient.
     _random_weights(scorer, positive=positive)
     return scorer
+
+
+def _softmax_batch(users, candidates, bits, log_q=None, **extra):
+    """A softmax training batch: row b's positive is candidates[b]."""
+    users = np.asarray(users, np.int32)
+    candidates = np.asarray(candidates, np.int32)
+    log_q = np.zeros(len(candidates), np.float32) if log_q is None else log_q
+    return {
+        schema.USER: tf.constant(users),
+        schema.POS_ITEM: tf.constant(candidates[: len(users)]),
+        schema.POS_GATE: tf.ones([len(users), 3]),
+        schema.CANDIDATES: tf.constant(candidates),
+        schema.CANDIDATE_LOG_Q: tf.constant(log_q, tf.float32),
+        schema.CANDIDATE_BITS: tf.constant(bits, tf.int32),
+        **extra,
+    }
 
 
 def _numpy_softmax_loss(logits, log_q, candidates, bits, positive_bits, temperature):
@@ -85,14 +103,7 @@ def test_softmax_loss_matches_a_numpy_reference(positive_bits):
     for b in range(4):
         bits[b, b] |= 0b001
     log_q = np.log(np.array([0.3, 0.1, 0.2, 0.3, 0.05, 0.3, 0.01], np.float32))
-    batch = {
-        schema.USER: tf.constant(users),
-        schema.POS_ITEM: tf.constant(candidates[:4]),
-        schema.POS_GATE: tf.ones([4, 3]),
-        schema.CANDIDATES: tf.constant(candidates),
-        schema.CANDIDATE_LOG_Q: tf.constant(log_q),
-        schema.CANDIDATE_BITS: tf.constant(bits),
-    }
+    batch = _softmax_batch(users, candidates, bits, log_q)
     per_example, _ = ranker._softmax_losses(batch, training=True)
     grid = models.score_grid(scorer, users, candidates).numpy()
     expected = _numpy_softmax_loss(grid, log_q, candidates, bits, positive_bits, 0.5)
@@ -104,15 +115,8 @@ def test_softmax_grid_gates_the_supportive_branch_gradients(carted):
     scorer = _scorer("mmf", positive=True)
     ranker = models.Ranker(scorer, loss="softmax")
     bits = [[1, 0, 0], [0, 1, 0]] if not carted else [[3, 0, 0], [0, 1, 0]]
-    batch = {
-        schema.USER: tf.constant([0, 1], tf.int32),
-        schema.POS_ITEM: tf.constant([2, 3], tf.int32),
-        schema.POS_GATE: tf.ones([2, 3]),
-        schema.CANDIDATES: tf.constant([2, 3, 5], tf.int32),
-        schema.CANDIDATE_LOG_Q: tf.zeros([3]),
-        # Target bits, and with `carted` user 0 also carted item 2.
-        schema.CANDIDATE_BITS: tf.constant(bits, tf.int32),
-    }
+    # Target bits, and with `carted` user 0 also carted item 2.
+    batch = _softmax_batch([0, 1], [2, 3, 5], bits)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(ranker._softmax_losses(batch, training=True)[0])
     _, towers, _, _ = models.parts(scorer)
@@ -157,7 +161,7 @@ def test_whole_data_term_weighs_each_user_once_per_epoch():
 def test_graded_positives_weigh_the_sum_of_their_behaviors():
     split = test_samplers._split()
     index = samplers.TrainingIndex.from_split(split)
-    vector = samplers.behavior_weight_vector(index, (("buy", 1.0), ("cart", 0.5)))
+    vector = samplers.behavior_weight_vector(index.behaviors, (("buy", 1.0), ("cart", 0.5)))
     assert vector.tolist() == [1.0, 0.5, 0.0]
     positives = samplers.epoch_positives(
         index, seed=0, epoch=0, shuffle=False, behavior_weights=vector
@@ -169,7 +173,7 @@ def test_graded_positives_weigh_the_sum_of_their_behaviors():
     assert len(positives) == samplers.num_positives(index, 0.0, vector)
     assert positives.is_target.tolist() == (gates[:, 0] == 1).tolist()
     with pytest.raises(ValueError, match="'view'"):
-        samplers.behavior_weight_vector(index, (("view", 1.0),))
+        samplers.behavior_weight_vector(index.behaviors, (("view", 1.0),))
 
 
 def test_pair_bits_match_the_training_index():
@@ -216,18 +220,6 @@ def test_softmax_batches_hold_their_candidate_sets():
         )
 
 
-class _TableScorer(evaluate.Scorer):
-    def __init__(self, table):
-        self.table = np.asarray(table, np.float32)
-        self.batch_size = 7
-
-    def __call__(self, users, items):
-        return self.table[users, items]
-
-    def grid(self, users, items):
-        return self.table[users][:, items]
-
-
 def test_discovery_excludes_exactly_the_touched_items():
     # One user, 6 items scoring 6..1 (item 0 highest). Training: bought item 0,
     # carted item 1. Held out: item 4 (untouched) and item 1 (carted).
@@ -261,16 +253,11 @@ def test_discovery_excludes_exactly_the_touched_items():
 
 @pytest.mark.parametrize("hard_negatives", [0, 4])
 def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard_negatives):
-    from absl import flags
-
     from mmrec_tf import main as main_lib
 
-    fv = flags.FlagValues()
-    main_lib.define_flags(fv)
-    fv(
+    fv = _flags(
         [
-            "mmrec_tf",
-            f"--flagfile={os.path.join(os.path.dirname(main_lib.__file__), 'configs', 'quickstart.flags')}",
+            f"--flagfile={QUICKSTART}",
             f"--model_dir={tmp_path}",
             "--synthetic_users=300",
             "--synthetic_items=400",
@@ -282,7 +269,9 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard
             "--negative_distribution=popularity",
             f"--hard_negatives={hard_negatives}",
             "--supportive_positive_weight=0",
-            "--behavior_weights=buy:1,cart:0.5,pv:0.1",
+            # Without views, some held-out buys were never touched: discovery has cases.
+            "--ignore_behaviors=pv",
+            "--behavior_weights=buy:1,cart:0.5,fav:0.1",
             "--whole_data_weight=0.01",
             "--early_stopping_protocol=discovery",
             "--valid_full_ranking_cases=50",
@@ -290,11 +279,15 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard
     )
     results = main_lib.run_experiment(main_lib.config_from_flags(fv))
     assert set(results["test"]) >= {"sampled", "full", "discovery"}
+    assert 0 < results["test"]["discovery"]["cases"] < results["test"]["full"]["cases"]
     history = json.load(open(tmp_path / "history.json"))
     assert len(history) == 2 and all("val_HR@10" in h for h in history)
     assert all(np.isfinite(h["loss"]) for h in history)
-    # Validation ranked 50 cases per epoch; the test ranks every case.
-    assert history[0]["val_cases"] <= 50
+    # Each epoch's validation is discovery on (the untouched cases of) a
+    # 50-case sample; the kept epoch is its best. The test ranks every case.
+    assert all(0 < h["val_cases"] <= 50 for h in history)
+    best = max(history, key=lambda h: h["val_HR@10"])
+    assert results["train"]["best_epoch"] == best["epoch"]
     assert results["test"]["full"]["cases"] == results["test"]["sampled"]["cases"]
 
 
@@ -329,16 +322,12 @@ def test_discovery_through_recommend_takes_touched_items_out_of_the_list():
 def test_softmax_l2_penalizes_the_grid_rows():
     scorer = _scorer("gmf", l2=0.5)
     ranker = models.Ranker(scorer, loss="softmax")
-    batch = {
-        schema.USER: tf.constant([0, 1], tf.int32),
-        schema.POS_ITEM: tf.constant([2, 3], tf.int32),
-        schema.POS_GATE: tf.ones([2, 3]),
-        schema.USER_SHARE: tf.ones([2]),
-        schema.POS_WEIGHT: tf.ones([2]),
-        schema.CANDIDATES: tf.constant([2, 3, 5], tf.int32),
-        schema.CANDIDATE_LOG_Q: tf.zeros([3]),
-        schema.CANDIDATE_BITS: tf.constant([[1, 0, 0], [0, 1, 0]], tf.int32),
-    }
+    batch = _softmax_batch(
+        [0, 1],
+        [2, 3, 5],
+        [[1, 0, 0], [0, 1, 0]],
+        **{schema.USER_SHARE: tf.ones([2]), schema.POS_WEIGHT: tf.ones([2])},
+    )
     loss, per_example, _ = ranker._compute_losses(batch, training=True)
     mf, _, _, _ = models.parts(scorer)
     p = mf.user_embedding.embeddings.numpy()[[0, 1]]
@@ -359,14 +348,7 @@ def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
     bits[2, 2] = 0b001
     bits[0, 3] = 0b010  # user 0 also carted item 6: not a cart negative of row 0
     log_q = np.log(np.array([0.2, 0.2, 0.1, 0.3, 0.2], np.float32))
-    batch = {
-        schema.USER: tf.constant(users),
-        schema.POS_ITEM: tf.constant(candidates[:3]),
-        schema.POS_GATE: tf.ones([3, 3]),
-        schema.CANDIDATES: tf.constant(candidates),
-        schema.CANDIDATE_LOG_Q: tf.constant(log_q),
-        schema.CANDIDATE_BITS: tf.constant(bits),
-    }
+    batch = _softmax_batch(users, candidates, bits, log_q)
     extra = (
         with_aux._softmax_losses(batch, training=False)[0]
         - without._softmax_losses(batch, training=False)[0]
