@@ -20,7 +20,7 @@ BEHAVIOR_FITS = ("joint", "apart")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
 NEGATIVE_DISTRIBUTIONS = ("uniform", "popularity")
-MF_INITS = ("random", "als")
+MF_INITS = ("random", "als", "als_fixed")
 OPTIMIZERS = ("lazy_adam", "adam")
 ALS_SOLVERS = ("implicit", "numpy")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
@@ -209,10 +209,14 @@ class ModelConfig:
       als_iterations: ALS sweeps.
       als_solver: `implicit` (the implicit library's exact solver, fast) or
         `numpy` (this project's reference solver); the same factors.
-      mf_init: where the neural models' MF part starts: `random`, or `als`
+      mf_init: where the neural models' MF part starts: `random`; `als`
         (the multi-behavior ALS fitted with the `als_*` fields and `mf_dim`
-        factors, the head's MF weights at 1: training starts from the ALS's
-        ranking and goes on from there).
+        factors, the head's MF weights at 1 and its other weights at 0, so
+        the first logit is the ALS score and the branches learn what it
+        misses; the starting weights are validated as epoch 0 and kept if
+        no epoch beats them); or `als_fixed` (the same start with the MF
+        tables held at the ALS factors: the branches, fusion and head learn
+        a residual over the ALS).
     """
 
     model: str = "mmf"

@@ -182,8 +182,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "mf_init",
         d_model.mf_init,
         config_lib.MF_INITS,
-        "Where the MF part starts: random, or als (the multi-behavior ALS fitted with the "
-        "--als_* flags and --mf_dim factors; the head's MF weights start at 1).",
+        "Where the MF part starts: random; als (the multi-behavior ALS fitted with the "
+        "--als_* flags and --mf_dim factors; the first logit is the ALS score, the branches "
+        "learn what it misses, and the start is validated as epoch 0); or als_fixed (the same, "
+        "with the MF tables held at the ALS factors).",
         **f,
     )
     flags.DEFINE_enum(
@@ -653,7 +655,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         bias.kernel.assign(lift)
         start = {b: round(float(w), 3) for b, w in zip(split.behaviors.behaviors[1:], lift)}
         print(f"behavior feature weights start at {start}")
-    if config.model.mf_init == "als" and config.mode in ("train", "train_and_evaluate"):
+    if config.model.mf_init != "random" and config.mode in ("train", "train_and_evaluate"):
         seconds = _start_from_als(ranker.scorer, config, split)
         results["seconds"]["mf_init"] = round(seconds, 2)
     score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size, index=index)
@@ -683,6 +685,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
             config=config.train,
             model_dir=model_dir,
             validation=validation if valid_cases is not None else None,
+            validate_start=config.model.mf_init != "random",
         )
         results["seconds"]["train"] = round(time.perf_counter() - started, 2)
         results["train"] = {k: v for k, v in result.to_dict().items() if k != "history"}
@@ -737,11 +740,15 @@ def _als_config(config: config_lib.ExperimentConfig) -> als.ALSConfig:
 
 
 def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float:
-    """--mf_init=als: the MF part starts at the ALS factors (`--als_*` flags).
+    """--mf_init=als|als_fixed: the MF part starts at the ALS factors (`--als_*` flags).
 
-    The head's MF weights start at 1, so the MF part of the first logit is
-    the ALS score; training goes on from there. Only a fresh run starts so: a
-    resumed run restores its checkpoint over these values.
+    The head's MF weights start at 1 and its weights on the branches' fusion
+    at 0, so the first logit is the ALS score (plus the behavior offsets,
+    when there are any) and the branches start as a zero residual: training
+    can only move away from the ALS ranking where the loss says so, and the
+    start is validated as epoch 0. `als_fixed` keeps the MF tables at the
+    ALS factors. Only a fresh run starts so: a resumed run restores its
+    checkpoint over these values (the tables stay fixed either way).
     """
     mf, _, _, head = models.parts(scorer)
     if mf is None or mf.history_length:
@@ -754,7 +761,11 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float
     mf.item_embedding.set_weights([y.astype(np.float32)])
     kernel, bias = head.get_weights()
     kernel[: mf.embedding_dim] = 1.0
+    kernel[mf.embedding_dim :] = 0.0
     head.set_weights([kernel, bias])
+    if config.model.mf_init == "als_fixed":
+        mf.user_embedding.trainable = False
+        mf.item_embedding.trainable = False
     print(f"MF part starts at the ALS factors ({seconds:.1f} s)")
     return seconds
 

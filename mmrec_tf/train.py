@@ -177,6 +177,7 @@ def train(
     config: config_lib.TrainConfig,
     model_dir: str,
     validation: Callable[[], dict] | None = None,
+    validate_start: bool = False,
 ) -> TrainResult:
     """Trains `ranker` on examples sampled from `index`, resuming from `model_dir`.
 
@@ -189,6 +190,9 @@ def train(
         (main.py gives non-chief workers a subfolder).
       validation: returns validation metrics including "HR@10"; called
         after each epoch for early stopping and best-epoch selection.
+      validate_start: a fresh run also validates the starting weights, as
+        epoch 0, and keeps them if no epoch beats them (for a warm start,
+        such as the MF part at the ALS factors).
 
     Returns:
       A TrainResult. The ranker holds the best validation epoch's weights
@@ -219,6 +223,14 @@ def train(
     start = int(state.epoch.numpy())
     best_path = os.path.join(model_dir, "best", "weights")
     steps = datasets.steps_per_epoch(index, config)
+    if validate_start and validation is not None and start == 0 and not history:
+        started = time.perf_counter()
+        metrics = validation()
+        record = {"epoch": 0, "seconds": round(time.perf_counter() - started, 3)}
+        record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        history.append(record)
+        state.best.assign(metrics[VALIDATION_METRIC])
+        ranker.scorer.save_weights(best_path)
     if start < config.epochs and not bool(state.stopped.numpy()):
         if config.distribution_strategy == "multi_worker":
             dataset = strategy.distribute_datasets_from_function(
@@ -251,7 +263,8 @@ def train(
         )
     best_epoch = int(state.best_epoch.numpy())
     best_validation = None
-    if validation is not None and best_epoch:
+    # best >= 0: an epoch was validated (epoch 0 is the start, with validate_start).
+    if validation is not None and float(state.best.numpy()) >= 0:
         ranker.scorer.load_weights(best_path).expect_partial()
         best_validation = next(
             (

@@ -1,6 +1,7 @@
 """The whole-catalog objectives: softmax over shared negatives, graded positives,
 the whole-data term, and the discovery protocol, against NumPy references."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -388,6 +389,22 @@ def test_mf_part_starts_at_the_als_factors():
     np.testing.assert_allclose(
         models.factorized_grid(scorer, users, items).numpy(), x @ y.T, rtol=1e-4, atol=1e-5
     )
+    # The branches start as a zero residual: the whole model's first logit
+    # is the ALS score plus the head's bias.
+    grid = models.score_grid(scorer, users, items, training=False).numpy()
+    bias = scorer.get_layer("head").get_weights()[1]
+    np.testing.assert_allclose(grid, x @ y.T + bias, rtol=1e-4, atol=1e-5)
+    trainable = {id(v) for v in scorer.trainable_variables}
+    assert id(scorer.get_layer("mf").user_embedding.embeddings) in trainable
+    fixed = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, mf_init="als_fixed")
+    )
+    main_lib._start_from_als(scorer, fixed, split)
+    trainable = {id(v) for v in scorer.trainable_variables}
+    mf = scorer.get_layer("mf")
+    assert id(mf.user_embedding.embeddings) not in trainable
+    assert id(mf.item_embedding.embeddings) not in trainable
+    assert id(scorer.get_layer("head").dense.kernel) in trainable
     with pytest.raises(ValueError, match="history"):
         main_lib._start_from_als(
             models.build_model(
@@ -399,3 +416,36 @@ def test_mf_part_starts_at_the_als_factors():
             config,
             split,
         )
+
+
+@pytest.mark.parametrize("mf_init", ["als", "als_fixed"])
+def test_an_als_start_is_validated_as_epoch_zero(tmp_path, mf_init):
+    from mmrec_tf import main as main_lib
+
+    fv = _flags(
+        [
+            f"--flagfile={QUICKSTART}",
+            f"--model_dir={tmp_path}",
+            "--synthetic_users=300",
+            "--synthetic_items=400",
+            "--epochs=2",
+            "--steps_per_epoch=5",
+            "--verbose=0",
+            "--loss=softmax",
+            "--shared_negatives=32",
+            "--supportive_positive_weight=0",
+            "--history_length=0",
+            f"--mf_init={mf_init}",
+            "--early_stopping_protocol=full",
+            "--valid_full_ranking_cases=50",
+            # A rate that wrecks the start: the kept weights must be epoch 0's.
+            "--learning_rate=5",
+        ]
+    )
+    config = main_lib.config_from_flags(fv)
+    results = main_lib.run_experiment(config)
+    history = json.load(open(tmp_path / "history.json"))
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    best = max(history, key=lambda h: h["val_HR@10"])
+    assert results["train"]["best_epoch"] == best["epoch"]
+    assert results["train"]["best_validation"]["HR@10"] == best["val_HR@10"]
