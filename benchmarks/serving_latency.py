@@ -34,7 +34,8 @@ import textwrap
 
 from absl import flags
 
-from mmrec_tf import main as main_lib
+from mmrec_tf import cli
+from mmrec_tf import run as run_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -73,9 +74,9 @@ def _size(path: str) -> int:
 
 def _run(argv: list[str]) -> dict:
     fv = flags.FlagValues()
-    main_lib.define_flags(fv)
+    cli.define_flags(fv)
     fv(["serving_latency", *argv])
-    return main_lib.run_experiment(main_lib.config_from_flags(fv))
+    return run_lib.run(cli.config_from_flags(fv))
 
 
 def _time_export(path: str, model_dir: str, calls: int) -> dict:

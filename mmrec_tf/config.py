@@ -1,7 +1,7 @@
 """Typed, frozen experiment configuration.
 
-Every library function takes one of these dataclasses; only `main.py` knows
-about flags. Each `__post_init__` validates its fields and names the field,
+Every library function takes one of these dataclasses; `cli.py` generates
+one flag per field, with the field's entry below as its help. Each `__post_init__` validates its fields and names the field,
 the value received and the valid range.
 """
 
@@ -27,6 +27,25 @@ STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
 
+# The choices of each enumerated field, by field name (its flag is an enum).
+CHOICES = {
+    "data_format": DATA_FORMATS,
+    "on_bad_record": BAD_RECORD_POLICIES,
+    "model": MODELS,
+    "gating": GATINGS,
+    "behavior_init": BEHAVIOR_INITS,
+    "behavior_fit": BEHAVIOR_FITS,
+    "mf_init": MF_INITS,
+    "als_solver": ALS_SOLVERS,
+    "loss": LOSSES,
+    "negative_distribution": NEGATIVE_DISTRIBUTIONS,
+    "optimizer": OPTIMIZERS,
+    "early_stopping_protocol": VALIDATION_PROTOCOLS,
+    "distribution_strategy": STRATEGIES,
+    "mixed_precision": PRECISIONS,
+    "mode": MODES,
+}
+
 
 def _check(condition: bool, field: str, value: Any, valid: str) -> None:
     if not condition:
@@ -47,7 +66,7 @@ class DataConfig:
       columns: for `csv`, a mapping of the fields `user`, `item`,
         `behavior`, and optionally `timestamp` and `split` to column names
         (when `has_header`) or 0-based column positions.
-      delimiter: field separator for `csv`.
+      delimiter: field separator for `csv` (`\\t` or `tab` for a tab).
       has_header: whether `csv` files start with a header line.
       target_behavior: the behavior to recommend (the paper's purchase).
       supportive_behaviors: supportive behaviors in branch order; empty
@@ -564,7 +583,9 @@ class ExperimentConfig:
       export: the ExportConfig.
       model_dir: where checkpoints, logs, the vocabularies, the resolved
         config and results.json are written.
-      mode: `train`, `evaluate` or `train_and_evaluate`.
+      mode: `train`, `evaluate`, `train_and_evaluate`, `export` (the
+        trained run's SavedModel) or `evaluate_export` (the exported
+        SavedModel's signatures, scored like the model).
     """
 
     data: DataConfig = DataConfig()

@@ -678,10 +678,41 @@ def main(argv):
         print("ran the selected arms; write the reports with --report_only")
 
 
-def run():
-    from mmrec_tf import main as main_lib
+def define_runner_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """The flags of `python -m mmrec_tf.experiments` (the experiment runner)."""
+    f = {"flag_values": fv}
+    flags.DEFINE_list(
+        "suite",
+        ["table4"],
+        "Suites to run: table4, table2, table3, figure3, ablations (smoke: the runner's own test).",
+        **f,
+    )
+    flags.DEFINE_string("dataset", "taobao_cml", "A flagfile name under mmrec_tf/configs.", **f)
+    flags.DEFINE_string(
+        "data_dir", "../shared/data", "Folder holding <dataset>/interactions.tsv.gz.", **f
+    )
+    flags.DEFINE_string("runs_dir", "runs/experiments", "Where each run's folder goes.", **f)
+    flags.DEFINE_string("out_dir", "benchmarks/results", "Where <dataset>/<suite>.md goes.", **f)
+    flags.DEFINE_integer("seeds", 3, "Seeds per reported setting.", **f)
+    flags.DEFINE_boolean("tune", True, "Tune grids on validation (else take the first point).", **f)
+    flags.DEFINE_boolean(
+        "report_only", False, "Write the reports of finished arms; run nothing.", **f
+    )
+    flags.DEFINE_multi_string(
+        "extra_flags", [], "A flag added to every run, e.g. --extra_flags=--epochs=5.", **f
+    )
+    flags.DEFINE_multi_string(
+        "arms",
+        [],
+        "Run only the arms whose label contains this (repeatable, case-insensitive), "
+        "e.g. --arms=BPR --arms=NCF: two processes can split a suite; reports are then "
+        "written by a later --report_only.",
+        **f,
+    )
 
-    main_lib.define_runner_flags(flags.FLAGS)
+
+def run():
+    define_runner_flags(flags.FLAGS)
     app.run(main)
 
 

@@ -33,9 +33,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mmrec_tf import cli
 from mmrec_tf import config as config_lib
 from mmrec_tf import locks
-from mmrec_tf import main as main_lib
+from mmrec_tf import run as run_lib
 
 FAMILIES = ("mmf", "bpr", "als")
 
@@ -244,7 +245,7 @@ def run_study(
                     f"validation HR@10 {metrics['HR@10']:.4f} at epoch {epoch}"
                 )
 
-        results = main_lib.run_experiment(config, on_validation=report)
+        results = run_lib.run(config, on_validation=report)
         if "validation" not in results and "best_validation" not in results.get("train", {}):
             raise ValueError(
                 f"trial {trial.number} has no validation figures: the data gave no validation "
@@ -260,7 +261,7 @@ def run_study(
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    main_lib.define_flags(fv)
+    cli.define_flags(fv)
     f = {"flag_values": fv}
     flags.DEFINE_enum("family", "mmf", FAMILIES, "The model family to tune.", **f)
     flags.DEFINE_enum(
@@ -292,7 +293,7 @@ def main(argv):
         raise app.UsageError("--study_dir is required: the study and its trials go there.")
     if not fv.model_dir:
         fv.model_dir = fv.study_dir  # each trial replaces it with its own folder
-    base = main_lib.config_from_flags(fv)
+    base = cli.config_from_flags(fv)
     study = run_study(
         base,
         family=fv.family,

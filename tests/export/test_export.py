@@ -281,12 +281,13 @@ def test_killed_export_leaves_no_version_folder(tmp_path):
 def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
     from absl import flags
 
-    from mmrec_tf import main as main_lib
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
 
     def run(*extra):
         fv = flags.FlagValues()
-        main_lib.define_flags(fv)
-        quickstart = os.path.join(os.path.dirname(main_lib.__file__), "configs", "quickstart.flags")
+        cli.define_flags(fv)
+        quickstart = os.path.join(os.path.dirname(cli.__file__), "configs", "quickstart.flags")
         fv(
             [
                 "x",
@@ -302,7 +303,7 @@ def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
                 *extra,
             ]
         )
-        return main_lib.run_experiment(main_lib.config_from_flags(fv))
+        return run_lib.run(cli.config_from_flags(fv))
 
     trained = run()
     in_memory = trained["test"]["two_stage_in_memory"]

@@ -45,7 +45,8 @@ def test_exported_scorer_scores_as_the_fitted_model(kind, touched_first):
 
 
 def test_main_exports_the_als_with_the_neural_signatures(tmp_path):
-    from mmrec_tf import main as main_lib
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
 
     common = [
         f"--flagfile={QUICKSTART}",
@@ -60,12 +61,12 @@ def test_main_exports_the_als_with_the_neural_signatures(tmp_path):
         f"--export_dir={tmp_path / 'serving'}",
         "--retrieval_candidates=50",
     ]
-    trained = main_lib.run_experiment(main_lib.config_from_flags(_flags(common)))
+    trained = run_lib.run(cli.config_from_flags(_flags(common)))
     assert os.path.isdir(trained["export"]["path"])
     loaded = tf.saved_model.load(trained["export"]["path"])
     assert {"serving_default", "recommend", "retrieve"} <= set(loaded.signatures)
     evaluate_export = _flags(common + ["--mode=evaluate_export"])
-    exported = main_lib.run_experiment(main_lib.config_from_flags(evaluate_export))["test"]
+    exported = run_lib.run(cli.config_from_flags(evaluate_export))["test"]
     in_memory = trained["test"]["two_stage_in_memory"]
     assert exported["recommend"] == pytest.approx(in_memory["recommend"], abs=1e-6)
     assert exported["recommend"]["cases"] == trained["test"]["sampled"]["cases"]

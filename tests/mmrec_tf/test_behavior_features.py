@@ -7,11 +7,12 @@ import tf_keras
 from absl import flags
 
 from mmrec_tf import als
+from mmrec_tf import cli
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
-from mmrec_tf import main as main_lib
 from mmrec_tf import models
 from mmrec_tf import popularity
+from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
@@ -247,7 +248,7 @@ def test_touched_items_rank_first_then_by_the_base_scorer(data, base):
 @pytest.mark.parametrize("model", ["popular", "als"])
 def test_main_runs_the_fitted_models_with_features(tmp_path, model):
     fv = flags.FlagValues()
-    main_lib.define_flags(fv)
+    cli.define_flags(fv)
     fv(
         [
             "mmrec_tf",
@@ -259,7 +260,7 @@ def test_main_runs_the_fitted_models_with_features(tmp_path, model):
             "--verbose=0",
         ]
     )
-    results = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    results = run_lib.run(cli.config_from_flags(fv))
     assert results["model"] == model
     if model == "popular":
         assert results["train"]["popular"] == {"behavior_features": True}
@@ -290,7 +291,7 @@ def test_lift_is_the_log_odds_of_a_buy_with_each_behavior_over_without_any(data)
 
 def test_main_records_the_learned_offsets_of_the_kept_epoch(tmp_path):
     fv = flags.FlagValues()
-    main_lib.define_flags(fv)
+    cli.define_flags(fv)
     fv(
         [
             "mmrec_tf",
@@ -308,7 +309,7 @@ def test_main_records_the_learned_offsets_of_the_kept_epoch(tmp_path):
             "--verbose=0",
         ]
     )
-    results = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    results = run_lib.run(cli.config_from_flags(fv))
     weights = results["train"]["behavior_weights"]
     assert list(weights) == list(results["behaviors"][1:])
     # Uniform negatives are rarely touched, so every offset has risen from 0.

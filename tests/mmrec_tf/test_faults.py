@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from mmrec_tf import main as main_lib
+from mmrec_tf import cli
 
-QUICKSTART = os.path.join(os.path.dirname(main_lib.__file__), "configs", "quickstart.flags")
+QUICKSTART = os.path.join(os.path.dirname(cli.__file__), "configs", "quickstart.flags")
 SMALL = [
     f"--flagfile={QUICKSTART}",
     "--synthetic_users=600",

@@ -6,14 +6,15 @@ import os
 import pytest
 from absl import flags
 
-from mmrec_tf import main as main_lib
+from mmrec_tf import cli
+from mmrec_tf import run as run_lib
 
-QUICKSTART = os.path.join(os.path.dirname(main_lib.__file__), "configs", "quickstart.flags")
+QUICKSTART = os.path.join(os.path.dirname(cli.__file__), "configs", "quickstart.flags")
 
 
 def _flags(argv):
     fv = flags.FlagValues()
-    main_lib.define_flags(fv)
+    cli.define_flags(fv)
     fv(["mmrec_tf"] + argv)
     return fv
 
@@ -30,9 +31,9 @@ def test_main_end_to_end_on_the_quickstart_flagfile(tmp_path):
             "--verbose=0",
         ]
     )
-    config = main_lib.config_from_flags(fv)
+    config = cli.config_from_flags(fv)
     assert config.model.model == "mmf" and config.train.epochs == 2
-    results = main_lib.run_experiment(config)
+    results = run_lib.run(config)
     written = json.load(open(tmp_path / "results.json"))
     assert written["dataset"] == "synthetic" and written["model"] == "mmf"
     assert written["seed"] == 0
@@ -50,8 +51,8 @@ def test_main_end_to_end_on_the_quickstart_flagfile(tmp_path):
     assert os.listdir(tmp_path / "logs")
 
     # --mode=evaluate on the same model_dir restores the trained weights.
-    evaluated = main_lib.run_experiment(
-        main_lib.config_from_flags(
+    evaluated = run_lib.run(
+        cli.config_from_flags(
             _flags(
                 [
                     f"--flagfile={QUICKSTART}",
@@ -70,12 +71,12 @@ def test_main_end_to_end_on_the_quickstart_flagfile(tmp_path):
 
 def test_missing_model_dir_is_a_clear_error():
     with pytest.raises(ValueError, match="--model_dir is required"):
-        main_lib.config_from_flags(_flags([]))
+        cli.config_from_flags(_flags([]))
 
 
 def test_bad_flag_value_names_the_field():
     with pytest.raises(ValueError, match="num_negatives=0 is invalid"):
-        main_lib.config_from_flags(_flags(["--model_dir=x", "--num_negatives=0"]))
+        cli.config_from_flags(_flags(["--model_dir=x", "--num_negatives=0"]))
 
 
 FLAGFILES = sorted(
@@ -91,7 +92,7 @@ def test_every_flagfile_parses_into_a_valid_config(name, monkeypatch):
     if name == "paper":
         path = f"{os.path.join(os.path.dirname(QUICKSTART), 'taobao_cml.flags')} --flagfile={path}"
     argv = [f"--flagfile={p}" for p in path.split(" --flagfile=")]
-    config = main_lib.config_from_flags(_flags(argv + ["--model_dir=x"]))
+    config = cli.config_from_flags(_flags(argv + ["--model_dir=x"]))
     assert config.train.num_negatives >= 1
     if name.endswith("_als"):
         assert config.model.model == "als" and config.model.mf_dim >= 64
@@ -101,7 +102,7 @@ def test_every_flagfile_parses_into_a_valid_config(name, monkeypatch):
 
 @pytest.mark.parametrize("protocol", ["sampled", "full"])
 def test_early_stopping_follows_the_validation_protocol_it_is_given(tmp_path, protocol):
-    config = main_lib.config_from_flags(
+    config = cli.config_from_flags(
         _flags(
             [
                 f"--model_dir={tmp_path}",
@@ -116,7 +117,7 @@ def test_early_stopping_follows_the_validation_protocol_it_is_given(tmp_path, pr
             ]
         )
     )
-    results = main_lib.run_experiment(config)
+    results = run_lib.run(config)
     with open(tmp_path / "history.json") as f:
         history = json.load(f)
     # Each epoch's validation is the protocol's, and the kept epoch is the

@@ -6,9 +6,9 @@ import socket
 import subprocess
 import sys
 
-from mmrec_tf import main as main_lib
+from mmrec_tf import cli
 
-QUICKSTART = os.path.join(os.path.dirname(main_lib.__file__), "configs", "quickstart.flags")
+QUICKSTART = os.path.join(os.path.dirname(cli.__file__), "configs", "quickstart.flags")
 
 
 def _free_ports(n):

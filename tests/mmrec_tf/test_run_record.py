@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from mmrec_tf import cli
 from mmrec_tf import locks
-from mmrec_tf import main as main_lib
+from mmrec_tf import run as run_lib
 from mmrec_tf import run_record
 from tests.mmrec_tf.test_main import _flags
 
@@ -28,7 +29,7 @@ TINY = [
 
 def _run(model_dir, *extra):
     fv = _flags([f"--model_dir={model_dir}", *TINY, *extra])
-    return main_lib.run_experiment(main_lib.config_from_flags(fv))
+    return run_lib.run(cli.config_from_flags(fv))
 
 
 def test_a_rerun_with_other_training_flags_is_an_error_naming_the_field(tmp_path):

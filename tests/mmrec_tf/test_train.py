@@ -9,8 +9,8 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
-from mmrec_tf import main as main_lib
 from mmrec_tf import models
+from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import samplers
@@ -42,7 +42,7 @@ def _ranker(split, strategy=None, **train_kwargs):
 
 
 def _train(split, model_dir, epochs, validation=None, **kwargs):
-    strategy = main_lib.make_strategy(kwargs.get("distribution_strategy", "default"))
+    strategy = run_lib.make_strategy(kwargs.get("distribution_strategy", "default"))
     ranker, config = _ranker(split, strategy, epochs=epochs, early_stopping_patience=0, **kwargs)
     result = train_lib.train(
         ranker=ranker,
@@ -94,7 +94,7 @@ def test_early_stopping_keeps_the_best_epoch(split, tmp_path):
 
 
 def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(split, tmp_path):
-    strategy = main_lib.make_strategy("mirrored")
+    strategy = run_lib.make_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     # Log loss: under BPR the head's bias has an exactly-zero gradient, and
     # Adam turns its rounding noise into +-lr steps that differ by device.

@@ -254,7 +254,8 @@ def test_discovery_excludes_exactly_the_touched_items():
 
 @pytest.mark.parametrize("hard_negatives", [0, 4])
 def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard_negatives):
-    from mmrec_tf import main as main_lib
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
 
     fv = _flags(
         [
@@ -278,7 +279,7 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard
             "--valid_full_ranking_cases=50",
         ]
     )
-    results = main_lib.run_experiment(main_lib.config_from_flags(fv))
+    results = run_lib.run(cli.config_from_flags(fv))
     assert set(results["test"]) >= {"sampled", "full", "discovery"}
     assert 0 < results["test"]["discovery"]["cases"] < results["test"]["full"]["cases"]
     history = json.load(open(tmp_path / "history.json"))
@@ -370,7 +371,7 @@ def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
 
 def test_mf_part_starts_at_the_als_factors():
     from mmrec_tf import als
-    from mmrec_tf import main as main_lib
+    from mmrec_tf import run as run_lib
 
     split = test_samplers._split()
     config = config_lib.ExperimentConfig(
@@ -382,8 +383,8 @@ def test_mf_part_starts_at_the_als_factors():
     scorer = models.build_model(
         config.model, num_users=split.num_users, num_items=split.num_items, behaviors=BEHAVIORS
     )
-    main_lib._start_from_als(scorer, config, split)
-    x, y, _ = als.fit(split, main_lib._als_config(config), verbose=False)
+    run_lib._start_from_als(scorer, config, split)
+    x, y, _ = als.fit(split, run_lib._als_config(config), verbose=False)
     users = np.arange(split.num_users, dtype=np.int32)
     items = np.arange(split.num_items, dtype=np.int32)
     np.testing.assert_allclose(
@@ -399,14 +400,14 @@ def test_mf_part_starts_at_the_als_factors():
     fixed = dataclasses.replace(
         config, model=dataclasses.replace(config.model, mf_init="als_fixed")
     )
-    main_lib._start_from_als(scorer, fixed, split)
+    run_lib._start_from_als(scorer, fixed, split)
     trainable = {id(v) for v in scorer.trainable_variables}
     mf = scorer.get_layer("mf")
     assert id(mf.user_embedding.embeddings) not in trainable
     assert id(mf.item_embedding.embeddings) not in trainable
     assert id(scorer.get_layer("head").dense.kernel) in trainable
     with pytest.raises(ValueError, match="history"):
-        main_lib._start_from_als(
+        run_lib._start_from_als(
             models.build_model(
                 config_lib.ModelConfig(model="gmf", mf_dim=4, history_length=3),
                 num_users=split.num_users,
@@ -420,7 +421,8 @@ def test_mf_part_starts_at_the_als_factors():
 
 @pytest.mark.parametrize("mf_init", ["als", "als_fixed"])
 def test_an_als_start_is_validated_as_epoch_zero(tmp_path, mf_init):
-    from mmrec_tf import main as main_lib
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
 
     fv = _flags(
         [
@@ -442,8 +444,8 @@ def test_an_als_start_is_validated_as_epoch_zero(tmp_path, mf_init):
             "--learning_rate=5",
         ]
     )
-    config = main_lib.config_from_flags(fv)
-    results = main_lib.run_experiment(config)
+    config = cli.config_from_flags(fv)
+    results = run_lib.run(config)
     history = json.load(open(tmp_path / "history.json"))
     assert [h["epoch"] for h in history] == [0, 1, 2]
     best = max(history, key=lambda h: h["val_HR@10"])

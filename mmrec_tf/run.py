@@ -1,0 +1,469 @@
+"""One run as a library call: load, build, fit, evaluate, export.
+
+    from mmrec_tf import config, run
+    results = run.run(config.ExperimentConfig(model_dir="runs/demo"))
+
+`run(config)` loads and splits the log, builds the model named by
+`config.model`, trains it (or fits ALS / popularity), evaluates it under the
+sampled, full-ranking and discovery protocols, exports it when
+`config.export.export_dir` is set, and writes `results.json` (dataset,
+model, seed, validation and test metrics, TFRS retrieval metrics, training
+summary) into `config.model_dir`. The command line (`mmrec_tf.main`) and the
+tuner call it; so do the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from mmrec_tf import als
+from mmrec_tf import config as config_lib
+from mmrec_tf import evaluate
+from mmrec_tf import locks
+from mmrec_tf import models
+from mmrec_tf import popularity
+from mmrec_tf import run_record
+from mmrec_tf import train as train_lib
+from mmrec_tf.export import evaluation as export_evaluation
+from mmrec_tf.export import exporter
+from mmrec_tf.export import fitted as fitted_export
+from mmrec_tf.export import serving
+from mmrec_tf.pipelines import histories
+from mmrec_tf.pipelines import loading
+from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import splits as splits_lib
+from mmrec_tf.pipelines import vocabularies
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy called `name`.
+
+    `mirrored` uses every GPU, or, on a machine without one, every logical
+    CPU device when there are several (this is how it is tested).
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "multi_worker":
+        # Before anything lists devices: that would initialize the runtime.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "mirrored":
+        cpus = tf.config.list_logical_devices("CPU")
+        if not gpus and len(cpus) > 1:
+            return tf.distribute.MirroredStrategy([d.name for d in cpus])
+        return tf.distribute.MirroredStrategy()
+    raise ValueError(
+        f"distribution_strategy={name!r} is unknown: use one of {config_lib.STRATEGIES}."
+    )
+
+
+def dataset_name(config: config_lib.ExperimentConfig, given: str = "") -> str:
+    if given:
+        return given
+    if config.data.data_format == "synthetic":
+        return "synthetic"
+    first = config.data.data_path.split(",")[0]
+    return os.path.basename(os.path.dirname(os.path.abspath(first))) or first
+
+
+def run(
+    config: config_lib.ExperimentConfig,
+    *,
+    name: str = "",
+    on_validation: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Loads data, trains and/or evaluates, and writes results.json.
+
+    Args:
+      config: the experiment.
+      name: the dataset name for results.json (derived when empty).
+      on_validation: called with (epoch, validation metrics of the early
+        stopping protocol) after each epoch (a tuner reports and prunes
+        through it; an exception it raises ends the run).
+
+    Returns:
+      The results dict that was written to `<model_dir>/results.json`.
+    """
+    # Multi-worker collectives must be configured before any other TensorFlow op.
+    strategy = make_strategy(config.train.distribution_strategy)
+    tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
+    model_dir = config.model_dir
+    if not train_lib.is_chief(strategy):
+        # Only the chief writes into model_dir (checkpoints, exports, results);
+        # another worker keeps its own records in a subfolder.
+        resolver = strategy.cluster_resolver
+        model_dir = os.path.join(model_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
+    os.makedirs(model_dir, exist_ok=True)
+    with locks.exclusive(model_dir, what="--model_dir"):
+        return _run_locked(config, strategy, model_dir, name, on_validation)
+
+
+def _trained(model_dir: str) -> bool:
+    """Whether a run has trained (or fitted) anything in `model_dir`."""
+    return bool(
+        tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        or os.path.exists(os.path.join(model_dir, "results.json"))
+    )
+
+
+def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> dict:
+    tf_keras.utils.set_random_seed(config.train.seed)
+    started = time.perf_counter()
+    data, split = loading.load(config.data, work_dir=model_dir)
+    load_seconds = time.perf_counter() - started
+    report = data.report.to_dict()
+    print(f"data: {data.report.summary()}")
+    if data.report.skipped or data.report.empty_files:
+        for example in data.report.examples[:5]:
+            print(f"  skipped {example[0]}:{example[1]}: {example[2]}: {example[3]!r}")
+    print(f"split: {split.info}")
+    data_fingerprint = run_record.fingerprint(data, split)
+    training = config.mode in ("train", "train_and_evaluate")
+    if training and not _trained(model_dir):
+        # A new run: its record, data report and vocabularies, written once.
+        run_record.write(model_dir, config, data_fingerprint)
+        run_record.write_json(
+            os.path.join(model_dir, "data_report.json"), {"report": report, "split": split.info}
+        )
+        data.user_vocab.save(os.path.join(model_dir, "vocab", "users.txt"))
+        data.item_vocab.save(os.path.join(model_dir, "vocab", "items.txt"))
+        vocabularies.Vocabulary(np.array(split.behaviors.behaviors, dtype=object)).save(
+            os.path.join(model_dir, "vocab", "behaviors.txt")
+        )
+    else:
+        # A resume, an evaluation or an export reads the record and writes
+        # nothing over the run's files.
+        run_record.check(model_dir, config, data_fingerprint, training=training)
+
+    if config.mode == "evaluate_export":
+        return _evaluate_export(config, data, split, name)
+    results = {
+        "dataset": name or dataset_name(config),
+        "model": config.model.model,
+        "seed": config.train.seed,
+        "behaviors": list(split.behaviors.behaviors),
+        "num_users": split.num_users,
+        "num_items": split.num_items,
+        "data_report": {
+            k: report[k]
+            for k in ("lines", "records", "skipped", "bad_records", "excluded_behaviors")
+        },
+        "split": split.info,
+        "seconds": {"load": round(load_seconds, 2)},
+    }
+    if config.model.model in ("als", "popular"):
+        return _run_fitted(config, data, split, model_dir, results)
+    with strategy.scope():
+        ranker = models.build_ranker(
+            config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+        )
+    if config.model.history_length:
+        models.set_histories(
+            ranker.scorer,
+            histories.build(split, length=config.model.history_length, seed=config.data.seed),
+            target=split.behaviors.target,
+        )
+    num_behaviors = split.behaviors.num_behaviors
+    valid_cases = (
+        evaluate.EvalCases.build(split, "valid", config.eval) if len(split.valid_users) else None
+    )
+
+    index = samplers.TrainingIndex.from_split(split)
+    bias = models.behavior_bias(ranker.scorer)
+    if bias is not None and config.model.behavior_init == "lift":
+        lift = models.behavior_lift(index)
+        bias.kernel.assign(lift)
+        start = {b: round(float(w), 3) for b, w in zip(split.behaviors.behaviors[1:], lift)}
+        print(f"behavior feature weights start at {start}")
+    if config.model.mf_init != "random" and config.mode in ("train", "train_and_evaluate"):
+        seconds = _start_from_als(ranker.scorer, config, split)
+        results["seconds"]["mf_init"] = round(seconds, 2)
+    score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size, index=index)
+
+    protocol = config.train.early_stopping_protocol
+
+    epochs_validated = [0]
+
+    def validation():
+        metrics = evaluate.evaluate(
+            score,
+            valid_cases,
+            config=config.eval,
+            protocols=(protocol,),
+            case_limit=config.eval.valid_full_ranking_cases,
+        )[protocol]
+        epochs_validated[0] += 1
+        if on_validation is not None:
+            on_validation(epochs_validated[0], metrics)
+        return metrics
+
+    if config.mode in ("train", "train_and_evaluate"):
+        started = time.perf_counter()
+        result = train_lib.train(
+            ranker=ranker,
+            index=index,
+            config=config.train,
+            model_dir=model_dir,
+            validation=validation if valid_cases is not None else None,
+            validate_start=config.model.mf_init != "random",
+        )
+        results["seconds"]["train"] = round(time.perf_counter() - started, 2)
+        results["train"] = {k: v for k, v in result.to_dict().items() if k != "history"}
+        # A fingerprint of the trained weights: replicas of one run must agree.
+        results["train"]["weights_sum_abs"] = float(
+            sum(np.abs(w).sum(dtype=np.float64) for w in ranker.scorer.get_weights())
+        )
+        if bias is not None:
+            # The kept epoch's offsets, in logits, per supportive behavior.
+            results["train"]["behavior_weights"] = {
+                b: round(float(w), 4)
+                for b, w in zip(split.behaviors.behaviors[1:], bias.kernel.numpy())
+            }
+    else:
+        _restore_for_evaluation(ranker, model_dir)
+    if config.mode in ("evaluate", "train_and_evaluate"):
+        started = time.perf_counter()
+        test_cases = evaluate.EvalCases.build(split, "test", config.eval)
+        results["test"] = evaluate.evaluate(score, test_cases, config=config.eval)
+        if valid_cases is not None:
+            results["validation"] = evaluate.evaluate(
+                score,
+                valid_cases,
+                config=config.eval,
+                case_limit=config.eval.valid_full_ranking_cases,
+            )
+        retrieval = evaluate.retrieval_metrics(ranker.scorer, test_cases, config=config.eval)
+        if retrieval is not None:
+            results["test"]["retrieval"] = retrieval
+        results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
+        _print_metrics(results)
+    exporting = config.mode in ("train", "train_and_evaluate", "export")
+    if config.export.export_dir and exporting and train_lib.is_chief(strategy):
+        _export(config, ranker.scorer, data, split, results)
+    # An evaluation or an export leaves the training run's results.json as it was.
+    name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
+    run_record.write_json(os.path.join(model_dir, name), results)
+    return results
+
+
+def _als_config(config: config_lib.ExperimentConfig) -> als.ALSConfig:
+    m = config.model
+    return als.ALSConfig(
+        factors=m.mf_dim,
+        l2=m.als_l2,
+        alpha=m.als_alpha,
+        supportive_weight=m.als_supportive_weight,
+        iterations=m.als_iterations,
+        seed=config.train.seed,
+        solver=m.als_solver,
+    )
+
+
+def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float:
+    """--mf_init=als|als_fixed: the MF part starts at the ALS factors (`--als_*` flags).
+
+    The head's MF weights start at 1 and its weights on the branches' fusion
+    at 0, so the first logit is the ALS score (plus the behavior offsets,
+    when there are any) and the branches start as a zero residual: training
+    can only move away from the ALS ranking where the loss says so, and the
+    start is validated as epoch 0. `als_fixed` keeps the MF tables at the
+    ALS factors. Only a fresh run starts so: a resumed run restores its
+    checkpoint over these values (the tables stay fixed either way).
+    """
+    mf, _, _, head = models.parts(scorer)
+    if mf is None or mf.history_length:
+        raise ValueError(
+            "mf_init='als' needs an MF part without user histories (the ALS user factor is "
+            "the whole user vector): use --model=mmf|ncf|gmf with --history_length=0."
+        )
+    x, y, seconds = als.fit(split, _als_config(config), verbose=config.train.verbose > 0)
+    mf.user_embedding.set_weights([x.astype(np.float32)])
+    mf.item_embedding.set_weights([y.astype(np.float32)])
+    kernel, bias = head.get_weights()
+    kernel[: mf.embedding_dim] = 1.0
+    kernel[mf.embedding_dim :] = 0.0
+    head.set_weights([kernel, bias])
+    if config.model.mf_init == "als_fixed":
+        mf.user_embedding.trainable = False
+        mf.item_embedding.trainable = False
+    print(f"MF part starts at the ALS factors ({seconds:.1f} s)")
+    return seconds
+
+
+def _export(config, scorer, data, split, results: dict) -> None:
+    """Exports `scorer` as a new SavedModel version; records it in `results`."""
+    started = time.perf_counter()
+    module = serving.from_training(
+        scorer,
+        split,
+        user_tokens=data.user_vocab.tokens,
+        item_tokens=data.item_vocab.tokens,
+        top_k=config.export.top_k,
+        retrieval_candidates=config.export.retrieval_candidates,
+        exclude_seen=config.export.exclude_seen,
+        max_request_users=config.export.max_request_users,
+        max_request_pairs=config.export.max_request_pairs,
+    )
+    path = exporter.export(
+        module,
+        config.export.export_dir,
+        warmup_user_ids=list(data.user_vocab.tokens[split.test_users[:4]]),
+        warmup_item_ids=list(data.item_vocab.tokens[split.test_items[:4]]),
+        version=config.export.version or None,
+    )
+    results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
+    print(f"exported {path}")
+    if config.mode == "train_and_evaluate":
+        # The same two-stage figures from the in-memory module, for
+        # comparison with --mode=evaluate_export on the SavedModel.
+        results["test"]["two_stage_in_memory"] = export_evaluation.evaluate_signatures(
+            {"retrieve": module.retrieve, "recommend": module.recommend},
+            users=split.test_users,
+            items=split.test_items,
+            user_tokens=data.user_vocab.tokens,
+            item_tokens=data.item_vocab.tokens,
+            retrieval_ks=config.eval.retrieval_ks,
+            touched_keys=splits_lib.train_pair_keys(split),
+        )
+
+
+def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
+    """--model=als (weighted ALS) or popular, in the same split and evaluation.
+
+    `results` holds what every run records (dataset, data report, split,
+    load time); the fit and both protocols are added to it.
+    """
+    m = config.model
+    if config.mode not in ("train", "train_and_evaluate"):
+        raise ValueError(
+            f"--model={m.model} runs with --mode=train_and_evaluate (or train: validation "
+            f"only; either exports with --export_dir), not --mode={config.mode}: it fits, "
+            "evaluates and exports in one go."
+        )
+    if m.behavior_features:
+        models.require_supportive(split.behaviors)
+    index = None
+    if m.model == "popular" or m.behavior_features:
+        index = samplers.TrainingIndex.from_split(split)
+    if m.model == "popular":
+        started = time.perf_counter()
+        score = popularity.PopularityScorer(index)
+        results["seconds"]["train"] = round(time.perf_counter() - started, 2)
+        results["train"] = {"popular": {"behavior_features": m.behavior_features}}
+    else:
+        als_config = _als_config(config)
+        user_factors, item_factors, seconds = als.fit(
+            split, als_config, verbose=config.train.verbose > 0
+        )
+        score = als.FactorScorer(user_factors, item_factors)
+        results["seconds"]["train"] = round(seconds, 2)
+        results["train"] = {
+            "als": dataclasses.asdict(als_config),
+            "behavior_features": m.behavior_features,
+        }
+    if m.behavior_features:
+        score = popularity.TouchedFirst(score, index)
+    started = time.perf_counter()
+    if config.mode == "train_and_evaluate":
+        results["test"] = evaluate.evaluate(
+            score, evaluate.EvalCases.build(split, "test", config.eval), config=config.eval
+        )
+    if len(split.valid_users):
+        valid_cases = evaluate.EvalCases.build(split, "valid", config.eval)
+        results["validation"] = evaluate.evaluate(
+            score, valid_cases, config=config.eval, case_limit=config.eval.valid_full_ranking_cases
+        )
+    results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
+    if "test" in results:
+        _print_metrics(results)
+    if config.export.export_dir:
+        # The same signatures as the neural models: a GMF scorer computing
+        # exactly the fitted scores (export.fitted).
+        scorer = fitted_export.as_scorer(
+            score, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+        )
+        _export(config, scorer, data, split, results)
+    run_record.write_json(os.path.join(model_dir, "results.json"), results)
+    return results
+
+
+def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str) -> dict:
+    """--mode=evaluate_export: the SavedModel alone, on the test split."""
+    present = exporter.versions(config.export.export_dir)
+    version = config.export.version or (present[-1] if present else None)
+    path = os.path.join(config.export.export_dir, str(version))
+    if version is None or not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"no export version {version or ''} in {config.export.export_dir}: export first "
+            "(--export_dir with training, or --mode=export)."
+        )
+    started = time.perf_counter()
+    metrics = export_evaluation.evaluate_export(
+        path,
+        users=split.test_users,
+        items=split.test_items,
+        user_tokens=data.user_vocab.tokens,
+        item_tokens=data.item_vocab.tokens,
+        retrieval_ks=config.eval.retrieval_ks,
+        touched_keys=splits_lib.train_pair_keys(split),
+    )
+    results = {
+        "dataset": name or dataset_name(config),
+        "export": path,
+        "test": metrics,
+        "seconds": {"evaluate": round(time.perf_counter() - started, 2)},
+    }
+    print(f"export {path}: retrieval {metrics['retrieval']}")
+    print(f"export {path}: recommend {metrics['recommend']}")
+    print(f"export {path}: recommend, discovery {metrics['recommend_discovery']}")
+    run_record.write_json(os.path.join(config.model_dir, "export_evaluation.json"), results)
+    return results
+
+
+def _restore_for_evaluation(ranker: models.Ranker, model_dir: str) -> None:
+    """Loads the best validation weights, else the latest checkpoint."""
+    best = os.path.join(model_dir, "best", "weights")
+    if os.path.exists(best + ".index"):
+        # Every saved weight must find its variable and every variable its
+        # value: a checkpoint of another model is an error, not a partial load.
+        ranker.scorer.load_weights(best).assert_consumed()
+        return
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(
+            f"--mode=evaluate found no checkpoint in {model_dir}: train "
+            "first (--mode=train) or point --model_dir at a trained run."
+        )
+    tf.train.Checkpoint(model=ranker).restore(
+        latest
+    ).expect_partial().assert_existing_objects_matched()
+
+
+def _print_metrics(results: dict) -> None:
+    test = results["test"]
+    s = test["sampled"]
+    print(
+        f"test sampled ({s['protocol']}): HR@10 {s['HR@10']:.4f} ± {s['HR@10_se']:.4f}  "
+        f"NDCG@10 {s['NDCG@10']:.4f} ± {s['NDCG@10_se']:.4f}  cases {s['cases']}"
+    )
+    for name, title in (("full", "full ranking"), ("discovery", "discovery")):
+        if name in test and not test[name]["cases"]:
+            print(f"test {title}: no case ({test[name]['protocol']})")
+        elif name in test:
+            f = test[name]
+            print(
+                f"test {title} ({f['protocol']}): HR@10 {f['HR@10']:.4f} ± "
+                f"{f['HR@10_se']:.4f}  NDCG@10 {f['NDCG@10']:.4f} ± {f['NDCG@10_se']:.4f}  "
+                f"cases {f['cases']}"
+            )
+    if "retrieval" in test:
+        print(f"test retrieval (TFRS FactorizedTopK, MF stage): {test['retrieval']}")

@@ -1,0 +1,92 @@
+"""The flags generated from the config dataclasses."""
+
+import dataclasses
+import glob
+import os
+
+import pytest
+from absl import flags
+
+from mmrec_tf import cli
+from mmrec_tf import config as config_lib
+
+CONFIGS = os.path.join(os.path.dirname(cli.__file__), "configs")
+
+
+def _parse(argv):
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(["mmrec_tf"] + argv)
+    return fv
+
+
+def test_every_config_field_is_one_flag_with_its_docstring_as_help():
+    fv = _parse([])
+    for section, cls in cli.SECTIONS.items():
+        docs = cli._docs(cls)
+        for field in dataclasses.fields(cls):
+            name = cli.flag_name(section, field.name)
+            assert name in fv, f"{section}.{field.name} has no flag"
+            assert docs.get(field.name), f"{section}.{field.name} has no docstring entry"
+            assert docs[field.name] in fv[name].help
+            if field.name in config_lib.CHOICES:
+                assert fv[name].parser.enum_values == list(config_lib.CHOICES[field.name])
+
+
+def test_default_flags_give_the_default_config():
+    config = cli.config_from_flags(_parse(["--model_dir=runs/x"]))
+    assert config == config_lib.ExperimentConfig(model_dir="runs/x")
+
+
+def test_one_seed_flag_sets_the_split_and_the_training_seed():
+    config = cli.config_from_flags(_parse(["--model_dir=x", "--seed=7", "--eval_seed=3"]))
+    assert config.data.seed == config.train.seed == 7 and config.eval.seed == 3
+
+
+def test_list_flags_convert_to_the_field_types():
+    config = cli.config_from_flags(
+        _parse(
+            [
+                "--model_dir=x",
+                "--data_format=csv",
+                "--data_path=log.csv",
+                "--columns=user=uid,item=iid,behavior=act",
+                "--delimiter=tab",
+                "--loss=softmax",
+                "--behavior_weights=buy:1,cart:0.5",
+                "--supportive_positive_weight=0",
+                "--eval_ks=5,10",
+            ]
+        )
+    )
+    assert config.data.columns == (("user", "uid"), ("item", "iid"), ("behavior", "act"))
+    assert config.data.delimiter == "\t"
+    assert config.train.behavior_weights == (("buy", 1.0), ("cart", 0.5))
+    assert config.eval.ks == (5, 10)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--behavior_weights=buy", "behavior:weight"),
+        ("--behavior_weights=buy:x", "behavior:weight"),
+        ("--columns=user", "field=column"),
+        ("--eval_ks=ten", "eval_ks"),
+    ],
+)
+def test_a_bad_list_entry_names_the_flag_and_the_form(flag, message):
+    with pytest.raises(ValueError, match=message):
+        cli.config_from_flags(_parse(["--model_dir=x", flag]))
+
+
+def test_model_dir_is_required():
+    with pytest.raises(ValueError, match="--model_dir"):
+        cli.config_from_flags(_parse([]))
+
+
+@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(CONFIGS, "*.flags"))))
+def test_every_shipped_flagfile_parses_into_a_config(flagfile, monkeypatch):
+    # The flagfiles nest their dataset flagfile by a path from the repository root.
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(CONFIGS)))
+    config = cli.config_from_flags(_parse([f"--flagfile={flagfile}", "--model_dir=x"]))
+    assert config.model_dir == "x"
