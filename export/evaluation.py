@@ -32,8 +32,8 @@ from mmrec_tf.pipelines import schema
 class SignatureTopK(tfrs.layers.factorized_top_k.TopK):
     """A TFRS top-K layer backed by an exported `retrieve` signature.
 
-    Queries are user indices (as [batch, 1] floats, the shape TFRS metrics
-    pass around); the layer maps them to raw ids, calls the signature and
+    Queries are user indices (`query_tensor`: [batch, 1] int64, the shape
+    TFRS metrics pass around, exact for any catalog); the layer maps them to raw ids, calls the signature and
     maps the returned raw item ids back to indices.
     """
 
@@ -60,9 +60,15 @@ class SignatureTopK(tfrs.layers.factorized_top_k.TopK):
 
     def call(self, queries, k=None):
         k = k or self._k
-        users = tf.gather(self._user_ids, tf.cast(queries[:, 0], tf.int32))
+        users = tf.gather(self._user_ids, tf.cast(queries[:, 0], tf.int64))
         out = self._retrieve(**{schema.USER_ID: users})
         return out["scores"][:, :k], self._item_index.lookup(out["item_ids"][:, :k])
+
+
+def query_tensor(users: np.ndarray) -> tf.Tensor:
+    """User indices as the [batch, 1] int64 queries of `SignatureTopK` (floats
+    would round indices above 2**24)."""
+    return tf.constant(np.asarray(users, np.int64)[:, None])
 
 
 def evaluate_export(path: str, **kwargs) -> dict:
@@ -127,7 +133,7 @@ def evaluate_signatures(
     for start in range(0, len(users), batch_size):
         u = users[start : start + batch_size]
         i = items[start : start + batch_size]
-        queries = tf.constant(u.astype(np.float32)[:, None])
+        queries = query_tensor(u)
         metric.update_state(
             queries, tf.zeros_like(queries), true_candidate_ids=tf.constant(i.astype(np.int32))
         )

@@ -63,6 +63,18 @@ def flag_name(section: str, field: str) -> str:
     return SHARED.get((section, field)) or RENAMED.get((section, field)) or field
 
 
+def fields_of(name: str) -> list[tuple[str, str]]:
+    """The (section, field) pairs that the flag `name` sets ("" for a run-level field).
+
+    Raises:
+      ValueError: for a name that is not a config flag.
+    """
+    found = [(section, field.name) for section, field, flag, _ in _fields() if flag == name]
+    if not found:
+        raise ValueError(f"{name!r} is not a config flag: see python -m mmrec_tf.main --helpfull.")
+    return found
+
+
 def _fields():
     """(section, field, flag name, help) of every config field."""
     for section, cls in SECTIONS.items():

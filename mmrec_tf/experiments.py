@@ -20,6 +20,7 @@ matplotlib is installed (the `bench` extra).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -29,6 +30,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from mmrec_tf import cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "configs")
@@ -285,6 +288,23 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
 
+def config_key(args: list[str]) -> str:
+    """A short hash of the config that `python -m mmrec_tf.main <args>` resolves to.
+
+    The flags are parsed as the binary parses them (flagfiles read, nested
+    ones included), so two argument lists that resolve to the same config
+    share a key and any difference in a value gives another. The model
+    folder is not part of it.
+    """
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(["mmrec_tf", *args, "--model_dir=_"])
+    resolved = cli.config_from_flags(fv).to_dict()
+    resolved.pop("model_dir")
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def _flag_args(overrides: dict) -> list[str]:
     return [f"--{k}={v}" for k, v in sorted(overrides.items())]
 
@@ -327,9 +347,23 @@ class Runner:
         self.launched = 0
 
     def run(self, overrides: dict, seed: int) -> dict:
-        """results.json of one run, running it first when it is missing."""
+        """results.json of one run, running it first when it is missing.
+
+        A run is found by its resolved config (flagfile contents, overrides,
+        extra flags and seed): its folder ends with that config's hash, so a
+        run with other flags (e.g. `--extra_flags=--epochs=5`) is never
+        reused for this one.
+        """
+        args = [
+            f"--flagfile={self.flagfile}",
+            *self.data_args,
+            f"--seed={seed}",
+            "--verbose=0",
+            *_flag_args(overrides),
+            *self.extra_flags,
+        ]
         name = _slug("_".join(f"{k}-{v}" for k, v in sorted(overrides.items()))) or "defaults"
-        run_dir = os.path.join(self.runs_dir, f"{name}__seed{seed}")
+        run_dir = os.path.join(self.runs_dir, f"{name}__seed{seed}__{config_key(args)}")
         results_path = os.path.join(run_dir, "results.json")
         if not os.path.exists(results_path) and self.report_only:
             raise MissingRun(run_dir)
@@ -339,14 +373,9 @@ class Runner:
                 sys.executable,
                 "-m",
                 "mmrec_tf.main",
-                f"--flagfile={self.flagfile}",
-                *self.data_args,
+                *args,
                 f"--model_dir={run_dir}",
                 f"--dataset_name={self.dataset}",
-                f"--seed={seed}",
-                "--verbose=0",
-                *_flag_args(overrides),
-                *self.extra_flags,
             ]
             started = time.perf_counter()
             print(f"run {os.path.basename(run_dir)} ...", flush=True)

@@ -1,9 +1,9 @@
 """The multi-feedback model, its comparison models, and the ranking trainer.
 
-`build_model` assembles a Keras functional *scorer* from the parts in
-`layers.py`: inputs `user`, `item` (indices) and `gate` (the per-behavior
-mask, used only by the backward pass), outputs `logit`, `score` and, with
-`gating="gradient_aux"`, `branch_logits`. `Ranker` wraps a scorer with the
+`Scorer` (built by `build_model`) is the Keras functional *scorer* that owns
+its parts from `layers.py`: inputs `user`, `item` (indices) and `gate` (the
+per-behavior mask, used only by the backward pass), outputs `logit`, `score`
+and, with `gating="gradient_aux"`, `branch_logits`. `Ranker` wraps a scorer with the
 paper's pairwise training (or a pointwise log loss).
 
 Models (`ModelConfig.model`):
@@ -14,6 +14,8 @@ Models (`ModelConfig.model`):
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -44,90 +46,142 @@ def build_model(
     num_users: int,
     num_items: int,
     behaviors: schema.BehaviorSchema,
-) -> tf_keras.Model:
-    """Builds the functional scorer for `config.model`.
+) -> Scorer:
+    """The scorer for `config.model` (see `Scorer`)."""
+    return Scorer(config, num_users=num_users, num_items=num_items, behaviors=behaviors)
+
+
+@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
+class Scorer(tf_keras.Model):
+    """The multi-feedback scorer: a functional graph that owns its parts.
+
+    Inputs `user`, `item` (indices) and `gate` (the per-behavior mask, used
+    only by the backward pass); outputs `logit`, `score` and, with
+    `gating="gradient_aux"`, `branch_logits`. Its parts are attributes:
+    `mf` (or None), `towers` in branch order (`branch_names` names them),
+    `fusion` (or None), `head`, `behavior_bias` (or None). Its config is the
+    ModelConfig and the table sizes, so `from_config(get_config())` rebuilds
+    the same parts, tables shared as `shared_embeddings` declares.
 
     Args:
-      config: the model configuration.
+      config: the model configuration (a ModelConfig or its dict).
       num_users: rows of the user tables.
       num_items: rows of the item tables.
-      behaviors: the behavior schema; branch t serves `behaviors.behaviors[t]`.
-
-    Returns:
-      A functional tf_keras.Model from {user, item, gate} to {logit, score
-      [, branch_logits]}.
+      behaviors: the behavior schema (or its dict); branch t serves
+        `behaviors.behaviors[t]`.
 
     Raises:
       ValueError: for an unknown model name.
     """
-    if config.model not in _PARTS:
-        raise ValueError(f"model={config.model!r} is unknown: use one of {sorted(_PARTS)}.")
-    use_mf, branch_set = _PARTS[config.model]
-    names = {"all": behaviors.behaviors, "target": behaviors.behaviors[:1], "none": ()}[branch_set]
-    inputs = {
-        name: tf_keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=name)
-        for name, spec in schema.model_input_spec(behaviors.num_behaviors).items()
-    }
-    user, item, gate = inputs[schema.USER], inputs[schema.ITEM], inputs[schema.GATE]
-    common = dict(
-        num_users=num_users,
-        num_items=num_items,
-        init_stddev=config.init_stddev,
-        l2=config.l2,
-        history_length=config.history_length,
-    )
 
-    parts = []
-    if use_mf:
-        parts.append(
-            layers.MatrixFactorization(
-                embedding_dim=config.mf_dim, name="mf", exclude_self=True, **common
-            )((user, item))
-        )
-    branch_outputs, towers = [], []
-    for t, name in enumerate(names):
-        tower = layers.FeedbackTower(
-            embedding_dim=config.mlp_dim,
-            num_layers=config.mlp_layers,
-            name=f"tower_{name}",
-            exclude_self=t == 0,
-            **common,
-        )
-        if config.shared_embeddings and t > 0:
-            # One pair of tables for every branch: the first tower's.
-            tower.user_embedding = towers[0].user_embedding
-            tower.item_embedding = towers[0].item_embedding
-        towers.append(tower)
-        x = tower((user, item))
-        if t > 0 and config.gating != "none":
-            x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))
-        branch_outputs.append(x)
-    if len(branch_outputs) > 1:
-        parts.append(
-            layers.Fusion(
-                config.fusion_dim or config.mlp_dim, init_stddev=config.init_stddev, name="fusion"
-            )(branch_outputs)
-        )
-    elif branch_outputs:
-        parts.append(branch_outputs[0])
-    # The head and the losses stay in float32 under a mixed-precision policy.
-    logit = layers.ScoreHead(init_stddev=config.init_stddev, name="head", dtype="float32")(parts)
-    if config.behavior_features:
-        require_supportive(behaviors)
-        bias = layers.BehaviorBias(name=BEHAVIOR_BIAS, dtype="float32")(gate[:, 1:])
-        logit = tf_keras.layers.Add(name="logit", dtype="float32")([logit, bias])
-    outputs = {
-        schema.LOGIT: logit,
-        schema.SCORE: tf_keras.layers.Activation("sigmoid", name="score", dtype="float32")(logit),
-    }
-    if config.gating == "gradient_aux" and len(branch_outputs) > 1:
-        outputs[schema.BRANCH_LOGITS] = layers.BranchScores(
-            len(branch_outputs) - 1,
+    def __init__(self, config, *, num_users: int, num_items: int, behaviors, **kwargs):
+        if isinstance(config, dict):
+            config = config_lib.ModelConfig(**config)
+        if isinstance(behaviors, dict):
+            behaviors = schema.BehaviorSchema(
+                target=behaviors["target"], supportive=tuple(behaviors["supportive"])
+            )
+        if config.model not in _PARTS:
+            raise ValueError(f"model={config.model!r} is unknown: use one of {sorted(_PARTS)}.")
+        use_mf, branch_set = _PARTS[config.model]
+        names = {"all": behaviors.behaviors, "target": behaviors.behaviors[:1], "none": ()}[
+            branch_set
+        ]
+        inputs = {
+            name: tf_keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=name)
+            for name, spec in schema.model_input_spec(behaviors.num_behaviors).items()
+        }
+        user, item, gate = inputs[schema.USER], inputs[schema.ITEM], inputs[schema.GATE]
+        common = dict(
+            num_users=num_users,
+            num_items=num_items,
             init_stddev=config.init_stddev,
-            name="branch_scores",
-            dtype="float32",
-        )(branch_outputs[1:])
-    return tf_keras.Model(inputs=inputs, outputs=outputs, name=config.model)
+            l2=config.l2,
+            history_length=config.history_length,
+        )
+
+        parts, mf, fusion, bias_layer, branch_scores = [], None, None, None, None
+        if use_mf:
+            mf = layers.MatrixFactorization(
+                embedding_dim=config.mf_dim, name="mf", exclude_self=True, **common
+            )
+            parts.append(mf((user, item)))
+        branch_outputs, towers = [], []
+        for t, name in enumerate(names):
+            tower = layers.FeedbackTower(
+                embedding_dim=config.mlp_dim,
+                num_layers=config.mlp_layers,
+                name=f"tower_{name}",
+                exclude_self=t == 0,
+                **common,
+            )
+            if config.shared_embeddings and t > 0:
+                # One pair of tables for every branch: the first tower's.
+                tower.user_embedding = towers[0].user_embedding
+                tower.item_embedding = towers[0].item_embedding
+            towers.append(tower)
+            x = tower((user, item))
+            if t > 0 and config.gating != "none":
+                x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))
+            branch_outputs.append(x)
+        if len(branch_outputs) > 1:
+            fusion = layers.Fusion(
+                config.fusion_dim or config.mlp_dim, init_stddev=config.init_stddev, name="fusion"
+            )
+            parts.append(fusion(branch_outputs))
+        elif branch_outputs:
+            parts.append(branch_outputs[0])
+        # The head and the losses stay in float32 under a mixed-precision policy.
+        head = layers.ScoreHead(init_stddev=config.init_stddev, name="head", dtype="float32")
+        logit = head(parts)
+        if config.behavior_features:
+            require_supportive(behaviors)
+            bias_layer = layers.BehaviorBias(name=BEHAVIOR_BIAS, dtype="float32")
+            logit = tf_keras.layers.Add(name="logit", dtype="float32")(
+                [logit, bias_layer(gate[:, 1:])]
+            )
+        outputs = {
+            schema.LOGIT: logit,
+            schema.SCORE: tf_keras.layers.Activation("sigmoid", name="score", dtype="float32")(
+                logit
+            ),
+        }
+        if config.gating == "gradient_aux" and len(branch_outputs) > 1:
+            branch_scores = layers.BranchScores(
+                len(branch_outputs) - 1,
+                init_stddev=config.init_stddev,
+                name="branch_scores",
+                dtype="float32",
+            )
+            outputs[schema.BRANCH_LOGITS] = branch_scores(branch_outputs[1:])
+        kwargs.setdefault("name", config.model)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.model_config = config
+        self.num_users, self.num_items = num_users, num_items
+        self.behaviors = behaviors
+        self.branch_names = tuple(names)
+        self.mf = mf
+        self.towers = towers
+        self.fusion = fusion
+        self.head = head
+        self.behavior_bias = bias_layer
+        self.branch_scores = branch_scores
+
+    def get_config(self):
+        return {
+            "config": dataclasses.asdict(self.model_config),
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "behaviors": {
+                "target": self.behaviors.target,
+                "supportive": list(self.behaviors.supportive),
+            },
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
 
 
 def require_supportive(behaviors: schema.BehaviorSchema) -> None:
@@ -139,7 +193,7 @@ def require_supportive(behaviors: schema.BehaviorSchema) -> None:
         )
 
 
-def set_histories(scorer: tf_keras.Model, histories: dict, *, target: str) -> None:
+def set_histories(scorer: Scorer, histories: dict, *, target: str) -> None:
     """Assigns each part its training history (see `pipelines.histories`).
 
     Args:
@@ -148,34 +202,21 @@ def set_histories(scorer: tf_keras.Model, histories: dict, *, target: str) -> No
         (-1 pads).
       target: the target behavior, whose history the MF part takes.
     """
-    mf, towers, _, _ = parts(scorer)
-    if mf is not None and mf.history_length:
-        mf.set_history(histories[target])
-    for tower in towers:
+    if scorer.mf is not None and scorer.mf.history_length:
+        scorer.mf.set_history(histories[target])
+    for name, tower in zip(scorer.branch_names, scorer.towers):
         if tower.history_length:
-            tower.set_history(histories[tower.name[len("tower_") :]])
+            tower.set_history(histories[name])
 
 
-def parts(scorer: tf_keras.Model):
+def parts(scorer: Scorer):
     """(MF layer or None, towers in branch order, fusion or None, head) of a scorer."""
-    names = [layer.name for layer in scorer.layers]
-    mf = scorer.get_layer("mf") if "mf" in names else None
-    fusion = scorer.get_layer("fusion") if "fusion" in names else None
-    if fusion is not None:
-        towers = []
-        for layer in fusion.inbound_nodes[0].inbound_layers:
-            if isinstance(layer, layers.GradientGate):
-                layer = layer.inbound_nodes[0].inbound_layers[0]
-            towers.append(layer)
-    else:
-        towers = [layer for layer in scorer.layers if isinstance(layer, layers.FeedbackTower)]
-    return mf, towers, fusion, scorer.get_layer("head")
+    return scorer.mf, list(scorer.towers), scorer.fusion, scorer.head
 
 
-def behavior_bias(scorer: tf_keras.Model):
+def behavior_bias(scorer: Scorer):
     """The scorer's `BehaviorBias` layer, or None without behavior features."""
-    names = [layer.name for layer in scorer.layers]
-    return scorer.get_layer(BEHAVIOR_BIAS) if BEHAVIOR_BIAS in names else None
+    return scorer.behavior_bias
 
 
 def behavior_lift(index) -> np.ndarray:
@@ -200,7 +241,7 @@ def behavior_lift(index) -> np.ndarray:
 
 
 def score_grid(
-    scorer: tf_keras.Model,
+    scorer: Scorer,
     users: tf.Tensor,
     items: tf.Tensor,
     gates: tf.Tensor | None = None,
@@ -263,12 +304,12 @@ def score_grid(
     return (logits, raw) if return_branches else logits
 
 
-def scorer_gating(scorer: tf_keras.Model) -> bool:
+def scorer_gating(scorer: Scorer) -> bool:
     """Whether the scorer's supportive branches pass through gradient gates."""
     return any(isinstance(layer, layers.GradientGate) for layer in scorer.layers)
 
 
-def grid_l2(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+def grid_l2(scorer: Scorer, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """The L2 penalty of a grid's rows: each part's `l2` times the squared user
     and item vectors looked up, over the number of users (as the pairwise
     call's penalty is over its batch)."""
@@ -291,14 +332,14 @@ def _query_vectors(mf, head, users: tf.Tensor) -> tf.Tensor:
     )
 
 
-def factorized_grid(scorer: tf_keras.Model, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+def factorized_grid(scorer: Scorer, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """[U, I] the MF part of the logit, <p_u * w, q_i>, for every pair (the retrieval stage)."""
     mf, _, _, head = parts(scorer)
     v = _query_vectors(mf, head, users)
     return tf.matmul(v, mf.item_embedding(items), transpose_b=True)
 
 
-def whole_data_term(scorer: tf_keras.Model, users: tf.Tensor) -> tf.Tensor:
+def whole_data_term(scorer: Scorer, users: tf.Tensor) -> tf.Tensor:
     """[batch] sum over every catalog item of the squared MF part of the logit.
 
     The MF part of user u's logit for item i is <p_u * w, q_i> (w: the head's
@@ -325,7 +366,7 @@ def whole_data_term(scorer: tf_keras.Model, users: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.matmul(v, gram) * v, axis=-1)
 
 
-def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.Model]:
+def retrieval_towers(scorer: Scorer) -> tuple[tf_keras.Model, tf_keras.Model]:
     """Query and candidate towers of the factorized MF part of the score.
 
     The head weights the MF output by w (its first mf_dim kernel rows), so
@@ -342,11 +383,9 @@ def retrieval_towers(scorer: tf_keras.Model) -> tuple[tf_keras.Model, tf_keras.M
     Raises:
       ValueError: if the scorer has no MF part (`model="mlp"`).
     """
-    names = [layer.name for layer in scorer.layers]
-    if "mf" not in names:
+    mf, head = scorer.mf, scorer.head
+    if mf is None:
         raise ValueError(f"model {scorer.name!r} has no MF part to factorize for retrieval.")
-    mf = scorer.get_layer("mf")
-    head = scorer.get_layer("head")
     user = tf_keras.Input(shape=(), dtype=tf.int32, name=schema.USER)
     item = tf_keras.Input(shape=(), dtype=tf.int32, name=schema.ITEM)
     weights = head.dense.kernel[: mf.embedding_dim, 0]
@@ -495,7 +534,7 @@ class Ranker(tf_keras.Model):
         what it learned over to the target (EHCF's transfer, through the
         paper's branches). Ungated: the rows are the pairs with its feedback.
         """
-        heads = self.scorer.get_layer("branch_scores")
+        heads = self.scorer.branch_scores
         scores = tf.cast(heads(branches[1:]), tf.float32)  # [batch, candidates, S]
         total = 0.0
         for s in range(len(branches) - 1):

@@ -40,33 +40,6 @@ from mmrec_tf import run as run_lib
 
 FAMILIES = ("mmf", "bpr", "als")
 
-# Flag name -> (config section, field) of every tuned parameter.
-_FIELDS = {
-    "model": ("model", "model"),
-    "mf_dim": ("model", "mf_dim"),
-    "mlp_dim": ("model", "mlp_dim"),
-    "mlp_layers": ("model", "mlp_layers"),
-    "gating": ("model", "gating"),
-    "l2": ("model", "l2"),
-    "behavior_features": ("model", "behavior_features"),
-    "history_length": ("model", "history_length"),
-    "als_alpha": ("model", "als_alpha"),
-    "als_l2": ("model", "als_l2"),
-    "als_supportive_weight": ("model", "als_supportive_weight"),
-    "learning_rate": ("train", "learning_rate"),
-    "loss": ("train", "loss"),
-    "num_negatives": ("train", "num_negatives"),
-    "shared_negatives": ("train", "shared_negatives"),
-    "negative_distribution": ("train", "negative_distribution"),
-    "temperature": ("train", "temperature"),
-    "hard_negatives": ("train", "hard_negatives"),
-    "behavior_weights": ("train", "behavior_weights"),
-    "whole_data_weight": ("train", "whole_data_weight"),
-    "supportive_positive_weight": ("train", "supportive_positive_weight"),
-    "supportive_negative_ratio": ("train", "supportive_negative_ratio"),
-    "early_stopping_protocol": ("train", "early_stopping_protocol"),
-}
-
 
 def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
     """The overrides of one trial: flag name -> value.
@@ -145,16 +118,15 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
 
 
 def apply(config: config_lib.ExperimentConfig, overrides: dict) -> config_lib.ExperimentConfig:
-    """`config` with the overrides (flag names of `_FIELDS`) set."""
-    sections = {}
+    """`config` with the overrides (flag name -> value) set, as the flags would set them."""
+    sections, top = {}, {}
     for flag, value in overrides.items():
-        if flag not in _FIELDS:
-            raise ValueError(f"tuned parameter {flag!r} has no config field: add it to _FIELDS.")
-        section, field = _FIELDS[flag]
-        sections.setdefault(section, {})[field] = value
+        for section, field in cli.fields_of(flag):
+            (sections.setdefault(section, {}) if section else top)[field] = value
     return dataclasses.replace(
         config,
         **{s: dataclasses.replace(getattr(config, s), **f) for s, f in sections.items()},
+        **top,
     )
 
 

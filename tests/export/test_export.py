@@ -434,3 +434,24 @@ def test_exclude_seen_with_too_few_candidates_returns_the_sentinel():
     # Unseen: items 2 and 4; the third slot is empty, never a purchased item.
     assert ids == ["i2", "i4", serving.EMPTY_ITEM_ID]
     assert np.isfinite(scores[:2]).all() and scores[2] == -np.inf
+
+
+def test_signature_top_k_queries_keep_user_indices_above_2_to_the_24_exact():
+    from mmrec_tf.export import evaluation
+
+    users = np.array([2**24 + 1, 2**31 + 3, 5])
+    queries = evaluation.query_tensor(users)
+    assert queries.shape == (3, 1)
+    np.testing.assert_array_equal(queries.numpy()[:, 0], users)
+    # The layer maps a query back to its user's raw id by that index.
+    calls = []
+
+    def retrieve(user_id):
+        calls.append(user_id.numpy())
+        return {"scores": tf.zeros([1, 2]), "item_ids": tf.constant([["b", "a"]])}
+
+    layer = evaluation.SignatureTopK(
+        retrieve, user_tokens=np.array(["u0", "u1", "u2"]), item_tokens=np.array(["a", "b"]), k=2
+    )
+    _, ids = layer(evaluation.query_tensor(np.array([2])))
+    assert calls[0].tolist() == [b"u2"] and ids.numpy().tolist() == [[1, 0]]

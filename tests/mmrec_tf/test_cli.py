@@ -90,3 +90,12 @@ def test_every_shipped_flagfile_parses_into_a_config(flagfile, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(CONFIGS)))
     config = cli.config_from_flags(_parse([f"--flagfile={flagfile}", "--model_dir=x"]))
     assert config.model_dir == "x"
+
+
+def test_fields_of_names_what_a_flag_sets():
+    assert cli.fields_of("mf_dim") == [("model", "mf_dim")]
+    assert sorted(cli.fields_of("seed")) == [("data", "seed"), ("train", "seed")]
+    assert cli.fields_of("eval_batch_size") == [("eval", "batch_size")]
+    assert cli.fields_of("mode") == [("", "mode")]
+    with pytest.raises(ValueError, match="no_such_flag"):
+        cli.fields_of("no_such_flag")

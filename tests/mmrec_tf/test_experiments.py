@@ -109,14 +109,44 @@ def test_a_suite_runs_resumes_without_rerunning_and_writes_its_report(tmp_path):
         assert any(p.endswith(".png") for p in written)
 
 
+def test_runs_are_keyed_by_their_resolved_config(tmp_path):
+    base = ["--flagfile=" + os.path.join(experiments.CONFIGS, "quickstart.flags"), "--seed=0"]
+    key = experiments.config_key(base)
+    assert experiments.config_key(list(base)) == key
+    # Another value, even through an extra flag, is another run.
+    assert experiments.config_key(base + ["--epochs=5"]) != key
+    # A flag set to its flagfile value resolves to the same config.
+    assert experiments.config_key(base + ["--model=mmf"]) == key
+    # The flagfile's contents, not its name, count.
+    copy = tmp_path / "copy.flags"
+    copy.write_text(open(os.path.join(experiments.CONFIGS, "quickstart.flags")).read())
+    assert experiments.config_key([f"--flagfile={copy}", "--seed=0"]) == key
+    copy.write_text(copy.read_text() + "\n--learning_rate=0.5\n")
+    assert experiments.config_key([f"--flagfile={copy}", "--seed=0"]) != key
+    # So a runner with extra flags never reuses another runner's folder.
+    kwargs = dict(dataset="quickstart", data_dir="", runs_dir=str(tmp_path / "runs"))
+    short = experiments.Runner(**kwargs, extra_flags=["--epochs=5"], report_only=True)
+    full = experiments.Runner(**kwargs, extra_flags=[], report_only=True)
+    dirs = []
+    for runner in (short, full):
+        with pytest.raises(experiments.MissingRun) as missing:
+            runner.run({"model": "gmf"}, 0)
+        dirs.append(str(missing.value))
+    assert dirs[0] != dirs[1]
+
+
 def test_a_failed_run_names_its_log_and_unknown_datasets_are_named(tmp_path):
     runner = experiments.Runner(
         dataset="quickstart",
         data_dir="",
         runs_dir=str(tmp_path),
-        extra_flags=[*TINY, "--mf_dim=0"],
+        extra_flags=[*TINY, "--data_format=tsv", f"--data_path={tmp_path}/missing.tsv"],
     )
     with pytest.raises(RuntimeError, match="log.txt"):
+        runner.run({"model": "als"}, 0)
+    # A config that does not validate is named before anything runs.
+    runner.extra_flags = [*TINY, "--mf_dim=0"]
+    with pytest.raises(ValueError, match="mf_dim"):
         runner.run({"model": "als"}, 0)
     with pytest.raises(ValueError, match="no_such_set"):
         experiments.Runner(dataset="no_such_set", data_dir="", runs_dir="", extra_flags=[])

@@ -119,16 +119,44 @@ def test_retrieval_towers_factorize_the_mf_logit(history_length):
         models.retrieval_towers(_scorer(model="mlp"))
 
 
-def test_functional_scorer_round_trips_through_config():
-    scorer = _scorer()
-    clone = tf_keras.Model.from_config(scorer.get_config())
-    clone.set_weights(scorer.get_weights())
-    inputs = {
-        schema.USER: tf.constant([1]),
-        schema.ITEM: tf.constant([2]),
-        schema.GATE: tf.ones([1, 3]),
-    }
-    np.testing.assert_allclose(clone(inputs)[schema.SCORE], scorer(inputs)[schema.SCORE])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"model": "ncf"},
+        {"model": "gmf"},
+        {"model": "mlp"},
+        {"shared_embeddings": True},
+        {"gating": "none"},
+        {"gating": "gradient_aux"},
+        {"behavior_features": True},
+        {"history_length": 3},
+        {"fusion_dim": 6, "mlp_layers": 1},
+    ],
+)
+def test_scorer_round_trips_through_its_config(options):
+    scorer = _scorer(**options)
+    for clone in (
+        models.Scorer.from_config(scorer.get_config()),
+        tf_keras.utils.deserialize_keras_object(tf_keras.utils.serialize_keras_object(scorer)),
+    ):
+        assert type(clone) is models.Scorer
+        # The same parts and tables (shared ones counted once).
+        assert clone.count_params() == scorer.count_params()
+        assert [w.shape for w in clone.weights] == [w.shape for w in scorer.weights]
+        clone.set_weights(scorer.get_weights())
+        inputs = {
+            schema.USER: tf.constant([1, 4]),
+            schema.ITEM: tf.constant([2, 0]),
+            schema.GATE: tf.ones([2, 3]),
+        }
+        if options.get("history_length"):
+            histories = {b: np.full([6, 3], -1, np.int32) for b in BEHAVIORS.behaviors}
+            models.set_histories(scorer, histories, target="buy")
+            models.set_histories(clone, histories, target="buy")
+        np.testing.assert_allclose(clone(inputs)[schema.LOGIT], scorer(inputs)[schema.LOGIT])
+        if options.get("shared_embeddings"):
+            assert all(t.user_embedding is clone.towers[0].user_embedding for t in clone.towers)
 
 
 @pytest.mark.parametrize(
