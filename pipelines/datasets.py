@@ -54,8 +54,11 @@ def training_dataset(
       index: the training index.
       config: batch size, negatives, sampler ratio, seed, epochs.
       start_epoch: the first epoch to draw (after a resume).
-      input_context: when given (multi-worker input), this pipeline takes
-        every `num_input_pipelines`-th positive and the per-replica batch.
+      input_context: when given (`distribute_datasets_from_function`), this
+        pipeline takes every `num_input_pipelines`-th positive and the
+        per-replica batch; with R replicas per pipeline a step takes R of its
+        batches, so an epoch yields R times `steps_per_epoch` batches and a
+        step consumes the same global batch as without replicas.
 
     Returns:
       A dataset of dicts with the training fields of `schema` (USER, POS_ITEM, POS_GATE, POS_WEIGHT, NEG_ITEM, NEG_GATE, USER_SHARE); each epoch
@@ -66,11 +69,13 @@ def training_dataset(
       generator seeded by (seed, epoch, shard, chunk, batch).
     """
     batch_size = config.batch_size
-    shard, num_shards = 0, 1
+    shard, num_shards, local_replicas = 0, 1, 1
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(config.batch_size)
         shard, num_shards = input_context.input_pipeline_id, input_context.num_input_pipelines
-    steps = steps_per_epoch(index, config)
+        local_replicas = max(1, input_context.num_replicas_in_sync // num_shards)
+    # Batches of this pipeline per epoch: each step takes one per local replica.
+    steps = steps_per_epoch(index, config) * local_replicas
     t = index.num_behaviors
     softmax = config.loss == "softmax"
     n = 0 if softmax else config.num_negatives

@@ -51,3 +51,34 @@ def test_a_shard_with_fewer_batches_starts_over_to_fill_the_epoch():
         np.concatenate([b[schema.USER] for b in batches[:per_shard]]), shard
     )
     np.testing.assert_array_equal(batches[per_shard][schema.USER], shard[:8])
+
+
+def test_replicas_of_one_worker_consume_exactly_each_epochs_examples():
+    # Mirrored on the two logical CPUs: one input pipeline, two replicas, each
+    # step takes a per-replica batch for each; an epoch's steps take the
+    # epoch's draw, no more (the next epoch's) and no less.
+    from mmrec_tf import run as run_lib
+
+    strategy = run_lib.make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    index = samplers.TrainingIndex.from_split(test_samplers._split())
+    config = config_lib.TrainConfig(batch_size=8, epochs=2, num_negatives=1, seed=3)
+    steps = datasets.steps_per_epoch(index, config)
+    distributed = strategy.distribute_datasets_from_function(
+        lambda context: datasets.training_dataset(index, config, input_context=context)
+    )
+    iterator = iter(distributed)
+    for epoch in range(config.epochs):
+        users = []
+        for _ in range(steps):
+            batch = next(iterator)
+            for part in strategy.experimental_local_results(batch[schema.USER]):
+                users.append(part.numpy())
+        drawn = samplers.sample_epoch(
+            index, num_negatives=1, supportive_ratio=1.0, seed=3, epoch=epoch
+        )[schema.USER]
+        got = np.concatenate(users)
+        # The epoch's examples in order, the last step filled from the start.
+        np.testing.assert_array_equal(got[: len(drawn)], drawn)
+        assert len(got) == steps * config.batch_size
+        np.testing.assert_array_equal(got[len(drawn) :], drawn[: len(got) - len(drawn)])
