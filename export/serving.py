@@ -2,8 +2,11 @@
 
 A `ServingModule` holds the trained scorer, the vocabularies, a TFRS
 brute-force index over the MF item factors, the users' training purchases
-and the item popularity, all as constants or variables of the SavedModel, so
-TensorFlow Serving runs it without this package.
+and the item popularity, so TensorFlow Serving runs it without this package.
+The vocabularies are SavedModel assets (text files read by a
+`TextFileInitializer`) and every other table is a variable: nothing large is
+a constant of the graph, so `saved_model.pb` stays small and a catalog of
+millions of items stays clear of protobuf's 2 GB limit.
 
 Signatures (each a `tf.function` over named `TensorSpec`s):
 
@@ -42,6 +45,9 @@ Unknown ids are not errors:
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -78,10 +84,36 @@ def _vector(ids: tf.Tensor, name: str, limit: int) -> tf.Tensor:
         return tf.reshape(ids, [-1])
 
 
-def _lookup_table(tokens: np.ndarray) -> tf.lookup.StaticHashTable:
-    keys = tf.constant([str(t) for t in tokens], tf.string)
-    values = tf.range(len(tokens), dtype=tf.int32)
-    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), -1)
+def _vocabulary_asset(tokens: np.ndarray, folder: str, name: str) -> tf.saved_model.Asset:
+    """The tokens written one per line (line number = index) as a SavedModel asset."""
+    path = os.path.join(folder, f"{name}.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        for token in tokens:
+            token = str(token)
+            if not token or "\n" in token or "\r" in token:
+                raise ValueError(
+                    f"{name} id {token!r} cannot be a vocabulary line: ids must be non-empty "
+                    "and hold no line break."
+                )
+            f.write(token + "\n")
+    return tf.saved_model.Asset(path)
+
+
+def _lookup_table(asset: tf.saved_model.Asset) -> tf.lookup.StaticHashTable:
+    """Raw id -> index (-1 when unknown), read from a vocabulary asset."""
+    initializer = tf.lookup.TextFileInitializer(
+        asset,
+        key_dtype=tf.string,
+        key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+        value_dtype=tf.int64,
+        value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+    )
+    return tf.lookup.StaticHashTable(initializer, -1)
+
+
+def _table(values, dtype, name: str) -> tf.Variable:
+    """A fixed table of the export, saved as a variable (not a graph constant)."""
+    return tf.Variable(np.asarray(values), dtype=dtype, trainable=False, name=name)
 
 
 class ServingModule(tf.Module):
@@ -143,15 +175,20 @@ class ServingModule(tf.Module):
         self.max_request_users = max_request_users
         self.max_request_pairs = max_request_pairs
         self.num_behaviors = num_behaviors
-        self.user_table = _lookup_table(user_tokens)
-        self.item_table = _lookup_table(item_tokens)
-        self.item_ids = tf.constant([str(t) for t in item_tokens], tf.string)
+        # The vocabulary files live until the module is saved (then as assets).
+        self._vocabulary_folder = tempfile.TemporaryDirectory(prefix="mmrec_vocab_")
+        folder = self._vocabulary_folder.name
+        self.user_vocabulary = _vocabulary_asset(user_tokens, folder, "users")
+        self.item_vocabulary = _vocabulary_asset(item_tokens, folder, "items")
+        self.user_table = _lookup_table(self.user_vocabulary)
+        self.item_table = _lookup_table(self.item_vocabulary)
+        self.item_ids = _table([str(t) for t in item_tokens], tf.string, "item_ids")
         share = np.asarray(popularity, np.float64) / (float(np.max(popularity, initial=0)) + 1.0)
-        self.popularity = tf.constant(share, tf.float32)
+        self.popularity = _table(share, tf.float32, "popularity")
         order = np.argsort(-share, kind="stable")[:retrieval_candidates]
-        self.popular_items = tf.constant(order, tf.int32)
-        self.seen_row_splits = tf.constant(seen_row_splits, tf.int64)
-        self.seen_items = tf.constant(seen_items, tf.int32)
+        self.popular_items = _table(order, tf.int32, "popular_items")
+        self.seen_row_splits = _table(seen_row_splits, tf.int64, "seen_row_splits")
+        self.seen_items = _table(seen_items, tf.int32, "seen_items")
         self.query_tower, candidate_tower = models.retrieval_towers(scorer)
         self.index = tfrs.layers.factorized_top_k.BruteForce(k=retrieval_candidates)
         all_items = tf.range(num_items, dtype=tf.int32)
@@ -164,15 +201,18 @@ class ServingModule(tf.Module):
                     "the scorer has behavior features: pass the training pairs "
                     "(pair_keys, pair_bits) whose behaviors it scores."
                 )
-            self.pair_keys = tf.constant(pair_keys, tf.int64)
-            self.pair_bits = tf.constant(pair_bits.astype(np.int32), tf.int32)
+            self.pair_keys = _table(pair_keys, tf.int64, "pair_keys")
+            self.pair_bits = _table(pair_bits.astype(np.int32), tf.int32, "pair_bits")
             # Each user's items with supportive feedback: extra candidates.
             supportive = pair_keys[(pair_bits >> 1) != 0]
             num_users = len(user_tokens)
-            self.touched_row_splits = tf.constant(
-                samplers.row_offsets(supportive, num_users, num_items), tf.int64
+            self.touched_row_splits = _table(
+                samplers.row_offsets(supportive, num_users, num_items), tf.int64, "touched_splits"
             )
-            self.touched_items = tf.constant(supportive % num_items, tf.int32)
+            self.touched_items = _table(supportive % num_items, tf.int32, "touched_items")
+
+    def _users(self, user_id: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.user_table.lookup(user_id), tf.int32)
 
     def _gates(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         """[n, num_behaviors] behavior flags of the training pairs (ones without features)."""
@@ -213,8 +253,8 @@ class ServingModule(tf.Module):
             message="user_id and item_id must have the same length (one pair each)",
         )
         with tf.control_dependencies([same]):
-            users = self.user_table.lookup(user_id)
-        items = self.item_table.lookup(item_id)
+            users = self._users(user_id)
+        items = tf.cast(self.item_table.lookup(item_id), tf.int32)
         logits = self._logits(tf.maximum(users, 0), tf.maximum(items, 0))
         share = tf.gather(self.popularity, tf.maximum(items, 0))
         share = tf.clip_by_value(share, 1e-6, 1 - 1e-6)
@@ -234,13 +274,13 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[_IDS])
     def retrieve(self, user_id):
         user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
-        candidates, scores = self._retrieve(self.user_table.lookup(user_id))
+        candidates, scores = self._retrieve(self._users(user_id))
         return {"item_ids": tf.gather(self.item_ids, candidates), "scores": scores}
 
     @tf.function(input_signature=[_IDS])
     def recommend(self, user_id):
         user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
-        users = self.user_table.lookup(user_id)
+        users = self._users(user_id)
         known = users >= 0
         candidates, _ = self._retrieve(users)
         if self.behavior_features:

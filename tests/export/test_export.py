@@ -455,3 +455,25 @@ def test_signature_top_k_queries_keep_user_indices_above_2_to_the_24_exact():
     )
     _, ids = layer(evaluation.query_tensor(np.array([2])))
     assert calls[0].tolist() == [b"u2"] and ids.numpy().tolist() == [[1, 0]]
+
+
+def test_vocabularies_are_assets_and_no_table_is_a_graph_constant(trained):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    split, path = trained["split"], trained["path"]
+    data = trained["data"]
+    for name, vocab in (("users", data.user_vocab), ("items", data.item_vocab)):
+        lines = open(os.path.join(path, "assets", f"{name}.txt")).read().splitlines()
+        assert lines == [str(t) for t in vocab.tokens]
+    model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        model.ParseFromString(f.read())
+    graph = model.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
+    sizes = [
+        int(np.prod([d.size for d in n.attr["value"].tensor.tensor_shape.dim]))
+        for n in nodes
+        if n.op == "Const"
+    ]
+    # Every per-user or per-item table is a variable or an asset, never a constant.
+    assert max(sizes) < min(split.num_items, split.num_users)
