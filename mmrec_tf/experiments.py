@@ -362,7 +362,9 @@ class Runner:
             *_flag_args(overrides),
             *self.extra_flags,
         ]
-        name = _slug("_".join(f"{k}-{v}" for k, v in sorted(overrides.items()))) or "defaults"
+        # A readable prefix (the hash names the run; long override lists are cut).
+        name = _slug("_".join(f"{k}-{v}" for k, v in sorted(overrides.items())))[:80]
+        name = name.strip("_") or "defaults"
         run_dir = os.path.join(self.runs_dir, f"{name}__seed{seed}__{config_key(args)}")
         results_path = os.path.join(run_dir, "results.json")
         if not os.path.exists(results_path) and self.report_only:
