@@ -42,7 +42,8 @@ from mmrec_tf import models
 from mmrec_tf import optimizers
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import loading
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import negatives
+from mmrec_tf.pipelines import training_index
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH = 4096
@@ -93,7 +94,7 @@ def _ranker(split, config):
     return ranker
 
 
-def _subset(index: samplers.TrainingIndex, examples: int) -> samplers.TrainingIndex:
+def _subset(index: training_index.TrainingIndex, examples: int) -> training_index.TrainingIndex:
     """The index with `examples` random positives, so one epoch is the timed work."""
     take = np.random.default_rng(0).choice(len(index.pos_users), examples, replace=False)
     return dataclasses.replace(
@@ -217,7 +218,7 @@ def main():
     args = parser.parse_args()
 
     _, split = loading.load(synthetic_catalog(), work_dir=args.cache_dir)
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     print(f"{split.num_users} users, {split.num_items} items, {len(index.pos_users)} positives")
     results = {
         "label": args.label,
@@ -237,7 +238,7 @@ def main():
     sampler_seconds = []
     for epoch in range(3):
         t0 = time.perf_counter()
-        samplers.sample_epoch(
+        negatives.sample_epoch(
             _subset(index, args.steps * BATCH),
             num_negatives=3,
             supportive_ratio=1.0,

@@ -33,9 +33,9 @@ from mmrec_tf import optimizers
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import interactions
 from mmrec_tf.pipelines import readers
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import splits
 from mmrec_tf.pipelines import synthetic
+from mmrec_tf.pipelines import training_index
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -110,7 +110,7 @@ def main():
         valid_cases=split.info["valid_cases"],
     )
     start = time.perf_counter()
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     stage(
         "index", time.perf_counter() - start, len(split.train_users), positives=len(index.pos_users)
     )

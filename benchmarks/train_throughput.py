@@ -33,7 +33,7 @@ from mmrec_tf import models
 from mmrec_tf import optimizers
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import loading
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import training_index
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Steps timed per (batch size, optimizer): enough for a stable figure, few
@@ -90,7 +90,7 @@ def measure(
     model: dict | None = None,
 ) -> dict:
     """Examples per second of one timed epoch of `steps` steps."""
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     rng = np.random.default_rng(seed)
     take = rng.choice(
         len(index.pos_users), min(steps * batch_size, len(index.pos_users)), replace=False
@@ -136,7 +136,7 @@ def measure(
 
 def pipeline_only(split, *, batch_size: int, seconds: float = 5.0) -> float:
     """Examples per second of the input pipeline alone (sampling included)."""
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     config = config_lib.TrainConfig(batch_size=batch_size, epochs=1000, num_negatives=3)
     start = time.perf_counter()
     n = 0

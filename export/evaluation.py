@@ -25,8 +25,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from mmrec_tf import evaluate
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
 
 
 class SignatureTopK(tfrs.layers.factorized_top_k.TopK):
@@ -128,7 +128,7 @@ def evaluate_signatures(
 
     def touched(user, indices):
         keys = np.int64(user) * num_items + np.asarray(indices, np.int64)
-        return samplers.contains(touched_keys, keys)
+        return training_index.contains(touched_keys, keys)
 
     for start in range(0, len(users), batch_size):
         u = users[start : start + batch_size]
@@ -164,7 +164,7 @@ def evaluate_signatures(
     result["retrieval"]["cases"] = int(len(users))
     if touched_keys is not None:
         keys = users.astype(np.int64) * num_items + items.astype(np.int64)
-        fresh = ~samplers.contains(touched_keys, keys)
+        fresh = ~training_index.contains(touched_keys, keys)
         discovery = evaluate.metrics_from_ranks(
             found[fresh], ks=tuple(k for k in (1, 5, 10, 20, 50) if k <= top_k)
         )

@@ -54,9 +54,9 @@ import tensorflow_recommenders as tfrs
 import tf_keras
 
 from mmrec_tf import models
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
+from mmrec_tf.pipelines import training_index
 
 UNKNOWN_LOGIT = -30.0
 # The item id of `recommend`'s empty slots (fewer candidates than K).
@@ -207,7 +207,9 @@ class ServingModule(tf.Module):
             supportive = pair_keys[(pair_bits >> 1) != 0]
             num_users = len(user_tokens)
             self.touched_row_splits = _table(
-                samplers.row_offsets(supportive, num_users, num_items), tf.int64, "touched_splits"
+                training_index.row_offsets(supportive, num_users, num_items),
+                tf.int64,
+                "touched_splits",
             )
             self.touched_items = _table(supportive % num_items, tf.int32, "touched_items")
 
@@ -346,10 +348,10 @@ def from_training(
         split.train_items[split.train_branches == 0], minlength=split.num_items
     )
     keys = splits_lib.train_target_keys(split)
-    row_splits = samplers.row_offsets(keys, split.num_users, split.num_items)
+    row_splits = training_index.row_offsets(keys, split.num_users, split.num_items)
     pairs = {}
     if models.behavior_bias(scorer) is not None:
-        index = samplers.TrainingIndex.from_split(split)
+        index = training_index.TrainingIndex.from_split(split)
         pairs = {"pair_keys": index.keys, "pair_bits": index.bits}
     return ServingModule(
         scorer,

@@ -19,9 +19,10 @@ import tf_keras
 
 from mmrec_tf import config as config_lib
 from mmrec_tf import models
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import eval_candidates
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
+from mmrec_tf.pipelines import training_index
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks=(10,)) -> dict:
@@ -58,7 +59,7 @@ class Scorer:
         num_behaviors: int,
         batch_size: int = 65536,
         *,
-        index: samplers.TrainingIndex | None = None,
+        index: training_index.TrainingIndex | None = None,
     ):
         """Wraps `scorer`.
 
@@ -150,7 +151,7 @@ def _row_mask(users: np.ndarray, sorted_keys: np.ndarray, num_items: int) -> np.
     users = users.astype(np.int64)
     lo = np.searchsorted(sorted_keys, users * num_items)
     hi = np.searchsorted(sorted_keys, (users + 1) * num_items)
-    rows, positions = samplers.run_positions(lo, hi)
+    rows, positions = training_index.run_positions(lo, hi)
     mask = np.zeros((len(users), num_items), bool)
     mask[rows, sorted_keys[positions] % num_items] = True
     return mask
@@ -245,7 +246,7 @@ class EvalCases:
     def build(cls, split: splits_lib.Split, which: str, config: config_lib.EvalConfig) -> EvalCases:
         users = split.valid_users if which == "valid" else split.test_users
         items = split.valid_items if which == "valid" else split.test_items
-        candidates = samplers.sampled_candidates(
+        candidates = eval_candidates.sampled_candidates(
             users,
             items,
             split.all_pair_keys,
@@ -329,7 +330,7 @@ def evaluate(
         if discovery:
             ranks, found = ranks
             keys = splits_lib.pair_keys(users, items, cases.num_items)
-            fresh = ~samplers.contains(cases.touched_keys, keys)
+            fresh = ~training_index.contains(cases.touched_keys, keys)
             result["discovery"] = metrics_from_ranks(found[fresh], ks=config.ks)
             result["discovery"]["protocol"] = (
                 "whole catalog, every item the user touched in training excluded; "

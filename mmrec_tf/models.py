@@ -25,8 +25,8 @@ import tf_keras
 from mmrec_tf import config as config_lib
 from mmrec_tf import layers
 from mmrec_tf import losses
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
 
 BEHAVIOR_BIAS = "behavior_bias"
 # Added to the logits of masked candidates (as TFRS's accidental-hit removal).
@@ -222,7 +222,7 @@ def behavior_bias(scorer: Scorer):
 def behavior_lift(index) -> np.ndarray:
     """[S] log-odds of a buy given each supportive behavior over given none.
 
-    Over the training data (`pipelines.samplers.TrainingIndex`): for behavior
+    Over the training data (`pipelines.training_index.TrainingIndex`): for behavior
     s, logit(P(buy | the user had s with the item)) - logit(P(buy | the user
     had no supportive behavior with it)), the second over every other cell of
     the user x item matrix; add-one smoothed.
@@ -723,7 +723,7 @@ def positive_bits(config: config_lib.TrainConfig, behaviors: schema.BehaviorSche
     Raises:
       ValueError: for a behavior weight naming a behavior the data lacks.
     """
-    weights = samplers.behavior_weight_vector(behaviors.behaviors, config.behavior_weights)
+    weights = training_index.behavior_weight_vector(behaviors.behaviors, config.behavior_weights)
     if weights is not None:
         return sum(1 << t for t, w in enumerate(weights) if w > 0)
     if config.supportive_positive_weight > 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import training_index
 
 
 class PopularityScorer:
@@ -21,7 +21,7 @@ class PopularityScorer:
 
     bound = 1.0  # every score lies in [0, bound)
 
-    def __init__(self, index: samplers.TrainingIndex):
+    def __init__(self, index: training_index.TrainingIndex):
         counts = np.bincount(index.pos_items, minlength=index.num_items).astype(np.float64)
         self.share = counts / (counts.max(initial=0.0) + 1.0)
 
@@ -44,7 +44,7 @@ class TouchedFirst:
       index: the training index the behaviors are looked up in.
     """
 
-    def __init__(self, base, index: samplers.TrainingIndex):
+    def __init__(self, base, index: training_index.TrainingIndex):
         self.base = base
         self.index = index
         self.step = 2.0 * float(base.bound)

@@ -37,8 +37,8 @@ from mmrec_tf.export import fitted as fitted_export
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import splits as splits_lib
+from mmrec_tf.pipelines import training_index
 from mmrec_tf.pipelines import vocabularies
 
 
@@ -177,7 +177,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         evaluate.EvalCases.build(split, "valid", config.eval) if len(split.valid_users) else None
     )
 
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     bias = models.behavior_bias(ranker.scorer)
     if bias is not None and config.model.behavior_init == "lift":
         lift = models.behavior_lift(index)
@@ -353,7 +353,7 @@ def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
         models.require_supportive(split.behaviors)
     index = None
     if m.model == "popular" or m.behavior_features:
-        index = samplers.TrainingIndex.from_split(split)
+        index = training_index.TrainingIndex.from_split(split)
     if m.model == "popular":
         started = time.perf_counter()
         score = popularity.PopularityScorer(index)

@@ -24,7 +24,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import models
 from mmrec_tf import optimizers
 from mmrec_tf.pipelines import datasets
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import training_index
 
 VALIDATION_METRIC = "HR@10"
 
@@ -173,7 +173,7 @@ def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManage
 def train(
     *,
     ranker: models.Ranker,
-    index: samplers.TrainingIndex,
+    index: training_index.TrainingIndex,
     config: config_lib.TrainConfig,
     model_dir: str,
     validation: Callable[[], dict] | None = None,

@@ -1,1 +1,1 @@
-"""tf.data pipelines: readers, schema, vocabularies, splits, samplers, synthetic data."""
+"""tf.data pipelines: readers, schema, vocabularies, splits, the training index, negatives, evaluation candidates, synthetic data."""

@@ -1,7 +1,7 @@
 """tf.data training input: sampled examples streamed epoch after epoch.
 
-Each epoch's positives are ordered by `samplers.epoch_positives` and their
-negatives drawn chunk by chunk by `samplers.draw_examples` inside the
+Each epoch's positives are ordered by `negatives.epoch_positives` and their
+negatives drawn chunk by chunk by `negatives.draw_examples` inside the
 pipeline (through `tf.numpy_function`), seeded by (seed, epoch, shard,
 chunk): negatives are fresh every epoch, the next chunk is drawn while the
 model trains on the current one, and a run resumed at epoch e draws what an
@@ -16,8 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from mmrec_tf import config as config_lib
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
 
 _FIELDS = (
     schema.USER,
@@ -30,19 +31,19 @@ _FIELDS = (
 _DTYPES = (tf.int32, tf.int32, tf.float32, tf.float32, tf.int32, tf.float32)
 
 
-def steps_per_epoch(index: samplers.TrainingIndex, config: config_lib.TrainConfig) -> int:
+def steps_per_epoch(index: training_index.TrainingIndex, config: config_lib.TrainConfig) -> int:
     """Steps in one pass over the positives, capped by `config.steps_per_epoch`."""
-    positives = samplers.num_positives(
+    positives = training_index.num_positives(
         index,
         config.supportive_positive_weight,
-        samplers.behavior_weight_vector(index.behaviors, config.behavior_weights),
+        training_index.behavior_weight_vector(index.behaviors, config.behavior_weights),
     )
     steps = max(1, math.ceil(positives / config.batch_size))
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
 
 def training_dataset(
-    index: samplers.TrainingIndex,
+    index: training_index.TrainingIndex,
     config: config_lib.TrainConfig,
     *,
     start_epoch: int = 0,
@@ -65,7 +66,7 @@ def training_dataset(
       yields exactly `steps_per_epoch(index, config)` batches. With the
       `softmax` loss there are no per-example negatives; each batch holds
       instead its candidate set (`schema.CANDIDATES`, `CANDIDATE_LOG_Q`,
-      `CANDIDATE_BITS`, see `samplers.SharedNegatives`), drawn from a
+      `CANDIDATE_BITS`, see `negatives.SharedNegatives`), drawn from a
       generator seeded by (seed, epoch, shard, chunk, batch).
     """
     batch_size = config.batch_size
@@ -79,10 +80,10 @@ def training_dataset(
     t = index.num_behaviors
     softmax = config.loss == "softmax"
     n = 0 if softmax else config.num_negatives
-    weights = samplers.behavior_weight_vector(index.behaviors, config.behavior_weights)
+    weights = training_index.behavior_weight_vector(index.behaviors, config.behavior_weights)
     shared = None
     if softmax:
-        everything = samplers.epoch_positives(
+        everything = negatives.epoch_positives(
             index,
             seed=config.seed,
             epoch=0,
@@ -90,7 +91,7 @@ def training_dataset(
             supportive_positive_weight=config.supportive_positive_weight,
             behavior_weights=weights,
         )
-        shared = samplers.SharedNegatives(
+        shared = negatives.SharedNegatives(
             everything.items,
             index.num_items,
             batch_size=batch_size,
@@ -99,11 +100,11 @@ def training_dataset(
             exponent=config.negative_exponent,
         )
     # Whole batches per chunk, so every chunk but an epoch's last is full.
-    chunk_batches = max(1, samplers.CHUNK_EXAMPLES // batch_size)
+    chunk_batches = max(1, negatives.CHUNK_EXAMPLES // batch_size)
     chunk_size = chunk_batches * batch_size
 
     def order(epoch):
-        positives = samplers.epoch_positives(
+        positives = negatives.epoch_positives(
             index,
             seed=config.seed,
             epoch=int(epoch),
@@ -124,12 +125,12 @@ def training_dataset(
         )
 
     def draw(epoch, chunk, users, items, weights, is_target, share):
-        examples = samplers.draw_examples(
+        examples = negatives.draw_examples(
             index,
-            samplers.EpochPositives(users, items, weights, is_target),
+            negatives.EpochPositives(users, items, weights, is_target),
             num_negatives=n,
             supportive_ratio=config.supportive_negative_ratio,
-            rng=samplers.chunk_rng(config.seed, int(epoch), shard, int(chunk)),
+            rng=negatives.chunk_rng(config.seed, int(epoch), shard, int(chunk)),
         )
         return tuple(examples[f] for f in _FIELDS) + (share,)
 

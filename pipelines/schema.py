@@ -15,7 +15,7 @@ USER = "user"
 ITEM = "item"
 GATE = "gate"
 
-# Training example fields produced by the samplers.
+# Training example fields produced by the negatives sampler.
 POS_ITEM = "pos_item"
 POS_GATE = "pos_gate"
 POS_WEIGHT = "pos_weight"
@@ -23,7 +23,7 @@ NEG_ITEM = "neg_item"
 NEG_GATE = "neg_gate"
 # 1 / the user's positives in the epoch (weighs the whole-data term).
 USER_SHARE = "user_share"
-# The softmax loss's per-batch candidate set (see samplers.SharedNegatives).
+# The softmax loss's per-batch candidate set (see negatives.SharedNegatives).
 CANDIDATES = "candidates"
 CANDIDATE_LOG_Q = "candidate_log_q"
 CANDIDATE_BITS = "candidate_bits"

@@ -20,8 +20,8 @@ from mmrec_tf import train as train_lib
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import loading
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
 
 DATA = config_lib.DataConfig(synthetic_users=300, synthetic_items=400, seed=0)
 K, C = 5, 40
@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     )
     train_lib.train(
         ranker=ranker,
-        index=samplers.TrainingIndex.from_split(split),
+        index=training_index.TrainingIndex.from_split(split),
         config=config.train,
         model_dir=str(work / "model"),
     )

@@ -11,7 +11,7 @@ from mmrec_tf import als
 from mmrec_tf import models
 from mmrec_tf import popularity
 from mmrec_tf.export import fitted
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import training_index
 from tests.mmrec_tf.test_main import QUICKSTART
 from tests.mmrec_tf.test_main import _flags
 from tests.pipelines import test_samplers
@@ -26,7 +26,7 @@ def _grid(scorer, index, users, items):
 @pytest.mark.parametrize("touched_first", [False, True])
 def test_exported_scorer_scores_as_the_fitted_model(kind, touched_first):
     split = test_samplers._split()
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     if kind == "als":
         config = als.ALSConfig(factors=4, supportive_weight=0.5, iterations=3)
         score = als.FactorScorer(*als.fit(split, config, verbose=False)[:2])

@@ -18,8 +18,8 @@ from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import loading
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
 
 DATA = config_lib.DataConfig(synthetic_users=120, synthetic_items=90, seed=0)
 
@@ -27,7 +27,7 @@ DATA = config_lib.DataConfig(synthetic_users=120, synthetic_items=90, seed=0)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     loaded, split = loading.load(DATA, work_dir=str(tmp_path_factory.mktemp("features")))
-    return loaded, split, samplers.TrainingIndex.from_split(split)
+    return loaded, split, training_index.TrainingIndex.from_split(split)
 
 
 def _scorer(split, model="mmf", **kwargs):

@@ -9,8 +9,8 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import models
 from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import loading
-from mmrec_tf.pipelines import samplers
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
 
 DATA = config_lib.DataConfig(synthetic_users=200, synthetic_items=300, seed=1)
 
@@ -41,7 +41,7 @@ def _train(split, model_dir, **train_kwargs):
         )
         result = train_lib.train(
             ranker=ranker,
-            index=samplers.TrainingIndex.from_split(split),
+            index=training_index.TrainingIndex.from_split(split),
             config=config.train,
             model_dir=str(model_dir),
         )

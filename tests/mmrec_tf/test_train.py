@@ -13,7 +13,7 @@ from mmrec_tf import models
 from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import loading
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import training_index
 
 DATA = config_lib.DataConfig(synthetic_users=300, synthetic_items=400, seed=0)
 
@@ -46,7 +46,7 @@ def _train(split, model_dir, epochs, validation=None, **kwargs):
     ranker, config = _ranker(split, strategy, epochs=epochs, early_stopping_patience=0, **kwargs)
     result = train_lib.train(
         ranker=ranker,
-        index=samplers.TrainingIndex.from_split(split),
+        index=training_index.TrainingIndex.from_split(split),
         config=config,
         model_dir=str(model_dir),
         validation=validation,
@@ -80,7 +80,7 @@ def test_early_stopping_keeps_the_best_epoch(split, tmp_path):
 
     result = train_lib.train(
         ranker=ranker,
-        index=samplers.TrainingIndex.from_split(split),
+        index=training_index.TrainingIndex.from_split(split),
         config=config,
         model_dir=str(tmp_path),
         validation=validation,

@@ -12,8 +12,9 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
 from mmrec_tf.pipelines import datasets
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
 from tests.mmrec_tf.test_evaluate import _TableScorer
 from tests.mmrec_tf.test_main import QUICKSTART
 from tests.mmrec_tf.test_main import _flags
@@ -150,7 +151,7 @@ def test_whole_data_term_needs_an_mf_part():
 
 def test_whole_data_term_weighs_each_user_once_per_epoch():
     split = test_samplers._split()
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     config = config_lib.TrainConfig(batch_size=16, epochs=1, seed=3, loss="softmax")
     shares = {}
     for batch in datasets.training_dataset(index, config):
@@ -161,29 +162,29 @@ def test_whole_data_term_weighs_each_user_once_per_epoch():
 
 def test_graded_positives_weigh_the_sum_of_their_behaviors():
     split = test_samplers._split()
-    index = samplers.TrainingIndex.from_split(split)
-    vector = samplers.behavior_weight_vector(index.behaviors, (("buy", 1.0), ("cart", 0.5)))
+    index = training_index.TrainingIndex.from_split(split)
+    vector = training_index.behavior_weight_vector(index.behaviors, (("buy", 1.0), ("cart", 0.5)))
     assert vector.tolist() == [1.0, 0.5, 0.0]
-    positives = samplers.epoch_positives(
+    positives = negatives.epoch_positives(
         index, seed=0, epoch=0, shuffle=False, behavior_weights=vector
     )
     gates = index.gates(positives.users, positives.items)
     np.testing.assert_allclose(positives.weights, gates[:, 0] + 0.5 * gates[:, 1])
     # Favorite-only pairs weigh 0, so they are not positives.
     assert (positives.weights > 0).all()
-    assert len(positives) == samplers.num_positives(index, 0.0, vector)
+    assert len(positives) == training_index.num_positives(index, 0.0, vector)
     assert positives.is_target.tolist() == (gates[:, 0] == 1).tolist()
     with pytest.raises(ValueError, match="'view'"):
-        samplers.behavior_weight_vector(index.behaviors, (("view", 1.0),))
+        training_index.behavior_weight_vector(index.behaviors, (("view", 1.0),))
 
 
 def test_pair_bits_match_the_training_index():
     split = test_samplers._split()
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     rng = np.random.default_rng(0)
     users = rng.integers(0, split.num_users, 25)
     items = rng.integers(0, split.num_items, 60)  # repeats included
-    bits = samplers.pair_bits(index, users, items)
+    bits = training_index.pair_bits(index, users, items)
     expected = index.gate_grid(users, items) @ (1 << np.arange(3))
     np.testing.assert_array_equal(bits, expected)
 
@@ -191,7 +192,7 @@ def test_pair_bits_match_the_training_index():
 @pytest.mark.parametrize("distribution", ["uniform", "popularity"])
 def test_shared_negatives_log_q_is_the_expected_count_in_the_set(distribution):
     positives = np.array([0, 0, 0, 1, 2, 2])
-    shared = samplers.SharedNegatives(
+    shared = negatives.SharedNegatives(
         positives, 4, batch_size=3, num_shared=5, distribution=distribution, exponent=1.0
     )
     f = np.array([3, 1, 2, 0]) / 6
@@ -203,7 +204,7 @@ def test_shared_negatives_log_q_is_the_expected_count_in_the_set(distribution):
 
 def test_softmax_batches_hold_their_candidate_sets():
     split = test_samplers._split()
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     config = config_lib.TrainConfig(
         batch_size=8, epochs=1, loss="softmax", shared_negatives=5, steps_per_epoch=3
     )
@@ -217,7 +218,7 @@ def test_softmax_batches_hold_their_candidate_sets():
         np.testing.assert_array_equal(candidates, same[schema.CANDIDATES].numpy())
         users = batch[schema.USER].numpy()
         np.testing.assert_array_equal(
-            batch[schema.CANDIDATE_BITS].numpy(), samplers.pair_bits(index, users, candidates)
+            batch[schema.CANDIDATE_BITS].numpy(), training_index.pair_bits(index, users, candidates)
         )
 
 

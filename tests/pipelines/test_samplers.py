@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from mmrec_tf.pipelines import samplers
+from mmrec_tf.pipelines import eval_candidates
+from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits
+from mmrec_tf.pipelines import training_index
 
 
 def _split(num_users=30, num_items=40, seed=0):
@@ -44,8 +46,8 @@ def _sets(split):
 
 def test_uniform_negatives_are_never_touched_items():
     split = _split()
-    index = samplers.TrainingIndex.from_split(split)
-    examples = samplers.sample_epoch(index, num_negatives=4, supportive_ratio=0.0, seed=1, epoch=0)
+    index = training_index.TrainingIndex.from_split(split)
+    examples = negatives.sample_epoch(index, num_negatives=4, supportive_ratio=0.0, seed=1, epoch=0)
     touched, _ = _sets(split)
     keys = examples[schema.USER][:, None].astype(np.int64) * 40 + examples[schema.NEG_ITEM]
     assert not set(keys.ravel().tolist()) & touched
@@ -54,8 +56,8 @@ def test_uniform_negatives_are_never_touched_items():
 
 def test_supportive_negatives_are_supportive_only_items():
     split = _split()
-    index = samplers.TrainingIndex.from_split(split)
-    examples = samplers.sample_epoch(index, num_negatives=4, supportive_ratio=1.0, seed=1, epoch=0)
+    index = training_index.TrainingIndex.from_split(split)
+    examples = negatives.sample_epoch(index, num_negatives=4, supportive_ratio=1.0, seed=1, epoch=0)
     touched, bought = _sets(split)
     keys = examples[schema.USER][:, None].astype(np.int64) * 40 + examples[schema.NEG_ITEM]
     keys = set(keys.ravel().tolist())
@@ -66,8 +68,10 @@ def test_supportive_negatives_are_supportive_only_items():
 
 def test_mixed_ratio_draws_both_kinds():
     split = _split()
-    index = samplers.TrainingIndex.from_split(split)
-    examples = samplers.sample_epoch(index, num_negatives=20, supportive_ratio=0.5, seed=1, epoch=0)
+    index = training_index.TrainingIndex.from_split(split)
+    examples = negatives.sample_epoch(
+        index, num_negatives=20, supportive_ratio=0.5, seed=1, epoch=0
+    )
     supportive = examples[schema.NEG_GATE][..., 1:].max(axis=-1).mean()
     assert 0.4 < supportive < 0.6
 
@@ -80,8 +84,8 @@ def test_users_without_supportive_only_items_fall_back_to_uniform():
         split.train_items[only_buys],
         split.train_branches[only_buys],
     )
-    index = samplers.TrainingIndex.from_split(split)
-    examples = samplers.sample_epoch(index, num_negatives=3, supportive_ratio=1.0, seed=0, epoch=0)
+    index = training_index.TrainingIndex.from_split(split)
+    examples = negatives.sample_epoch(index, num_negatives=3, supportive_ratio=1.0, seed=0, epoch=0)
     touched, _ = _sets(split)
     keys = examples[schema.USER][:, None].astype(np.int64) * 40 + examples[schema.NEG_ITEM]
     assert not set(keys.ravel().tolist()) & touched
@@ -89,7 +93,7 @@ def test_users_without_supportive_only_items_fall_back_to_uniform():
 
 def test_gates_mark_each_behavior_of_the_pair():
     split = _split()
-    index = samplers.TrainingIndex.from_split(split)
+    index = training_index.TrainingIndex.from_split(split)
     keys = splits.pair_keys(split.train_users, split.train_items, split.num_items)
     for user, item in [(split.train_users[k], split.train_items[k]) for k in range(0, 60, 7)]:
         expected = [
@@ -100,10 +104,10 @@ def test_gates_mark_each_behavior_of_the_pair():
 
 
 def test_epochs_are_fresh_and_reproducible():
-    index = samplers.TrainingIndex.from_split(_split())
+    index = training_index.TrainingIndex.from_split(_split())
 
     def draw(epoch):
-        return samplers.sample_epoch(
+        return negatives.sample_epoch(
             index,
             num_negatives=3,
             supportive_ratio=0.5,
@@ -121,7 +125,7 @@ def test_sampled_candidates_are_distinct_and_never_interacted():
     split = _split()
     users = np.arange(30, dtype=np.int32)
     held_out = np.full(30, 39, np.int32)
-    candidates = samplers.sampled_candidates(
+    candidates = eval_candidates.sampled_candidates(
         users, held_out, split.all_pair_keys, 40, num_negatives=20, seed=0
     )
     assert candidates.shape == (30, 21) and (candidates[:, 0] == 39).all()
@@ -133,7 +137,7 @@ def test_sampled_candidates_are_distinct_and_never_interacted():
 def test_too_few_untouched_items_raises_naming_the_users():
     split = _split()
     with pytest.raises(ValueError, match="touched \\(nearly\\) every one"):
-        samplers.sampled_candidates(
+        eval_candidates.sampled_candidates(
             np.arange(3, dtype=np.int32),
             np.zeros(3, np.int32),
             split.all_pair_keys,
@@ -145,9 +149,9 @@ def test_too_few_untouched_items_raises_naming_the_users():
 
 def test_supportive_positives_are_weighted_and_take_uniform_negatives():
     split = _split()
-    index = samplers.TrainingIndex.from_split(split)
-    plain = samplers.sample_epoch(index, num_negatives=2, supportive_ratio=1.0, seed=0, epoch=0)
-    mixed = samplers.sample_epoch(
+    index = training_index.TrainingIndex.from_split(split)
+    plain = negatives.sample_epoch(index, num_negatives=2, supportive_ratio=1.0, seed=0, epoch=0)
+    mixed = negatives.sample_epoch(
         index,
         num_negatives=2,
         supportive_ratio=1.0,
@@ -161,7 +165,7 @@ def test_supportive_positives_are_weighted_and_take_uniform_negatives():
     assert (
         extra.sum()
         == len(touched - bought)
-        == samplers.num_positives(index, 0.25) - len(plain[schema.USER])
+        == training_index.num_positives(index, 0.25) - len(plain[schema.USER])
     )
     keys = mixed[schema.USER].astype(np.int64) * 40 + mixed[schema.POS_ITEM]
     assert set(keys[extra].tolist()) == touched - bought
@@ -176,9 +180,9 @@ def test_find_in_rows_agrees_with_a_search_over_every_key():
     for _ in range(200):
         num_users, num_items = int(rng.integers(1, 12)), int(rng.integers(1, 25))
         keys = np.unique(rng.integers(0, num_users * num_items, rng.integers(0, 80)))
-        offsets = samplers.row_offsets(keys, num_users, num_items)
+        offsets = training_index.row_offsets(keys, num_users, num_items)
         users = rng.integers(0, num_users, (6, 4))
         query = users * num_items + rng.integers(0, num_items, (6, 4))
-        position, found = samplers.find_in_rows(keys, offsets, users, query)
-        np.testing.assert_array_equal(found, samplers.contains(keys, query))
+        position, found = training_index.find_in_rows(keys, offsets, users, query)
+        np.testing.assert_array_equal(found, training_index.contains(keys, query))
         np.testing.assert_array_equal(keys[position[found]], query[found])
