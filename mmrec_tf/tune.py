@@ -194,6 +194,10 @@ def run_study(
         alive = owner.get("host") == socket.gethostname() and locks.process_alive(owner.get("pid"))
         if not alive and fail_stale_trials:
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    # A resumed study must not replay the sampler's first draws (its random
+    # start-up trials would repeat the finished ones): the seed moves on with
+    # the trials the study already holds.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     missing = trials - len(study.get_trials(deepcopy=False, states=finished))
     if missing <= 0:

@@ -105,3 +105,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(tmp_path):
     assert [(t.number, t.value, t.params) for t in _study(tmp_path, "als").trials] == done
     best = tmp_path / "best_bpr_sampled.json"
     assert best.exists()
+    # Resumed, a seeded study draws new configurations, not its first ones again.
+    subprocess.run(_command(tmp_path, 4), check=True, capture_output=True, timeout=600)
+    params = [t.params for t in _study(tmp_path, "als").trials]
+    assert len(params) == 4 and params[2] not in params[:2] and params[3] not in params[:2]
