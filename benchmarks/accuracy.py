@@ -21,8 +21,9 @@ import argparse
 import json
 import os
 
+import experiments  # the lab beside this script (benchmarks/experiments)
+
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from mmrec_tf import experiments
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTOCOLS = ("full", "discovery", "sampled")
@@ -154,7 +155,7 @@ def main():
                 continue
             row = {
                 "arm": label,
-                "flags": experiments._flag_args(overrides),
+                "flags": experiments.flag_args(overrides),
                 "trials": trials,
                 "seeds": [r["seed"] for r in runs],
             }

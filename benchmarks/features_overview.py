@@ -1,7 +1,7 @@
 """Behavior features across the datasets: what the user's own supportive pairs are worth.
 
 Reads the runner's `benchmarks/results/<dataset>/features.json` reports (run
-`python -m mmrec_tf.experiments --suite=features --dataset=<name> --seeds=1`
+`python -m benchmarks.experiments --suite=features --dataset=<name> --seeds=1`
 first) and writes `benchmarks/results/features_overview.md`: for each
 protocol, test HR@10 of each arm (rows) on each dataset (columns), with the
 share of test buys whose pair the user had touched through supportive
@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 
-from mmrec_tf import experiments
+import experiments  # the lab beside this script (benchmarks/experiments)
 
 DATASETS = ("taobao_cml", "beibei_ehcf", "taobao_ehcf", "tmall_mbcgcn", "jd_vcgae")
 
@@ -85,7 +85,7 @@ def write(results_dir: str, runs_dir: str) -> str:
         "# Behavior features across the datasets",
         "",
         "Command: `python benchmarks/features_overview.py` (from the reports of "
-        "`python -m mmrec_tf.experiments --suite=features --dataset=<name> --seeds=1`).",
+        "`python -m benchmarks.experiments --suite=features --dataset=<name> --seeds=1`).",
         "",
         "Test HR@10 of seed 0 ± standard error over the test cases (PROTOCOL.md). The "
         "multi-behavior ALS arms are tuned on validation for each protocol over Table 4's "

@@ -20,13 +20,13 @@ import json
 import os
 import time
 
+import experiments  # the lab beside this script (benchmarks/experiments)
 import numpy as np
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
-from mmrec_tf import experiments
 from mmrec_tf.pipelines import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))

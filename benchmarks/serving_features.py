@@ -1,7 +1,7 @@
 """Serving with behavior features, beside the same model without them.
 
 Both models are seed-0 runs of the features suite on one dataset
-(`python -m mmrec_tf.experiments --suite=features --dataset=<name> --seeds=1`):
+(`python -m benchmarks.experiments --suite=features --dataset=<name> --seeds=1`):
 "MMF, 16 factors (flagfile)" and "MMF + behavior features, 16 factors" (or the
 arm given by --features_arm). Each is exported (`--mode=export`), and its
 SavedModel is timed in a separate process that imports only TensorFlow (the
@@ -28,9 +28,8 @@ import argparse
 import json
 import os
 
+import experiments  # the lab beside this script (benchmarks/experiments)
 import serving_latency
-
-from mmrec_tf import experiments
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -65,18 +64,18 @@ def main():
             results = runner.run(overrides, 0)
         except experiments.MissingRun as missing:
             raise SystemExit(
-                f"no finished run {missing}: run `python -m mmrec_tf.experiments --suite=features "
+                f"no finished run {missing}: run `python -m benchmarks.experiments --suite=features "
                 f"--dataset={args.dataset} --seeds=1` first."
             ) from None
         model_dir = os.path.join(runner.runs_dir, os.path.basename(results["run_dir"]))
-        export_dir = os.path.join(args.work_dir, args.dataset, experiments._slug(label))
+        export_dir = os.path.join(args.work_dir, args.dataset, experiments.slug(label))
         flags = [
             f"--flagfile={runner.flagfile}",
             *runner.data_args,
             f"--model_dir={model_dir}",
             f"--dataset_name={args.dataset}",
             "--verbose=0",
-            *experiments._flag_args(overrides),
+            *experiments.flag_args(overrides),
             f"--export_dir={export_dir}",
         ]
         exported = serving_latency._run([*flags, "--mode=export"])

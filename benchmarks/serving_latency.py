@@ -158,7 +158,7 @@ def main():
             "# Serving latency (loaded SavedModel, separate process, 2 CPU cores)\n\n"
             "Command: `python benchmarks/serving_latency.py "
             "--taobao_model_dir=runs/mmf_vs_ncf/taobao_cml/mmf_seed0 --tradeoff` (the model "
-            "of `python benchmarks/mmf_vs_ncf.py`, seed 0)\n\n"
+            "of the former `benchmarks/mmf_vs_ncf.py`, now `python -m benchmarks.experiments --suite=mmf_vs_ncf`, seed 0)\n\n"
             "| model | items | serving_default 1x100 p50 / p99 ms | recommend top 10 "
             "p50 / p99 ms | export size MB |\n|---|---|---|---|---|\n"
         )
@@ -208,7 +208,7 @@ def main():
                 "# taobao_cml: retrieval candidates vs two-stage HR@10 vs latency\n\n"
                 "Command: `python benchmarks/serving_latency.py "
                 "--taobao_model_dir=runs/mmf_vs_ncf/taobao_cml/mmf_seed0 --tradeoff` (the model "
-                "of `python benchmarks/mmf_vs_ncf.py`, seed 0)\n\n"
+                "of the former `benchmarks/mmf_vs_ncf.py`, now `python -m benchmarks.experiments --suite=mmf_vs_ncf`, seed 0)\n\n"
                 "Full-ranking protocol on the test split (training purchases excluded). "
                 f"The full model ranking the whole catalog: HR@10 {full['HR@10']:.4f} ± "
                 f"{full['HR@10_se']:.4f}, NDCG@10 {full['NDCG@10']:.4f} "

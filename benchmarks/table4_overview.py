@@ -1,7 +1,7 @@
 """Table 4 across the datasets: the tuned multi-feedback model against the bars.
 
 Reads the runner's `benchmarks/results/<dataset>/table4.json` reports (run
-`python -m mmrec_tf.experiments --suite=table4 --dataset=<name> --seeds=3`
+`python -m benchmarks.experiments --suite=table4 --dataset=<name> --seeds=3`
 first) and writes `benchmarks/results/table4_overview.{md,json,png}`: per
 dataset and protocol, the tuned multi-feedback model, the multi-behavior ALS
 and the best of the other baselines (each tuned on validation for that
@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 
-from mmrec_tf import experiments
+import experiments  # the lab beside this script (benchmarks/experiments)
 
 OURS = "MMF, tuned (flagfile)"
 ALS = "ALS multi-behavior"
@@ -68,7 +68,7 @@ def write(rows: dict, results_dir: str) -> list[str]:
         "# Table 4 across the datasets",
         "",
         "Command: `python benchmarks/table4_overview.py` (from the reports of "
-        "`python -m mmrec_tf.experiments --suite=table4 --dataset=<name> --seeds=3`).",
+        "`python -m benchmarks.experiments --suite=table4 --dataset=<name> --seeds=3`).",
         "",
         "Test HR@10, mean over seeds ± standard error across seeds, each method tuned "
         "on validation for the protocol of its column (PROTOCOL.md). 'ALS bar' is the "

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mmrec_tf import experiments
+from benchmarks import experiments
 
 TINY = [
     "--synthetic_users=200",
