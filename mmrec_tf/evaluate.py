@@ -243,7 +243,19 @@ class EvalCases:
     touched_keys: np.ndarray | None = None
 
     @classmethod
-    def build(cls, split: splits_lib.Split, which: str, config: config_lib.EvalConfig) -> EvalCases:
+    def build(
+        cls,
+        split: splits_lib.Split,
+        which: str,
+        config: config_lib.EvalConfig,
+        *,
+        touched_keys: np.ndarray | None = None,
+    ) -> EvalCases:
+        """The `which` ("valid" or "test") cases of `split`.
+
+        `touched_keys` (every training pair's sorted key, as
+        `TrainingIndex.keys` holds them) saves computing them again.
+        """
         users = split.valid_users if which == "valid" else split.test_users
         items = split.valid_items if which == "valid" else split.test_items
         candidates = eval_candidates.sampled_candidates(
@@ -260,7 +272,9 @@ class EvalCases:
             candidates,
             splits_lib.train_target_keys(split),
             split.num_items,
-            touched_keys=splits_lib.train_pair_keys(split),
+            touched_keys=(
+                splits_lib.train_pair_keys(split) if touched_keys is None else touched_keys
+            ),
         )
 
 

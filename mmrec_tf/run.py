@@ -173,11 +173,13 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
             target=split.behaviors.target,
         )
     num_behaviors = split.behaviors.num_behaviors
-    valid_cases = (
-        evaluate.EvalCases.build(split, "valid", config.eval) if len(split.valid_users) else None
-    )
 
     index = training_index.TrainingIndex.from_split(split)
+    valid_cases = (
+        evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
+        if len(split.valid_users)
+        else None
+    )
     bias = models.behavior_bias(ranker.scorer)
     if bias is not None and config.model.behavior_init == "lift":
         lift = models.behavior_lift(index)
@@ -232,7 +234,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         _restore_for_evaluation(ranker, model_dir)
     if config.mode in ("evaluate", "train_and_evaluate"):
         started = time.perf_counter()
-        test_cases = evaluate.EvalCases.build(split, "test", config.eval)
+        test_cases = evaluate.EvalCases.build(split, "test", config.eval, touched_keys=index.keys)
         results["test"] = evaluate.evaluate(score, test_cases, config=config.eval)
         if valid_cases is not None:
             results["validation"] = evaluate.evaluate(

@@ -452,3 +452,14 @@ def test_an_als_start_is_validated_as_epoch_zero(tmp_path, mf_init):
     best = max(history, key=lambda h: h["val_HR@10"])
     assert results["train"]["best_epoch"] == best["epoch"]
     assert results["train"]["best_validation"]["HR@10"] == best["val_HR@10"]
+
+
+def test_eval_cases_take_the_training_index_keys_as_the_touched_pairs():
+    split = test_samplers._split()
+    index = training_index.TrainingIndex.from_split(split)
+    config = config_lib.EvalConfig(sampled_negatives=3)
+    built = evaluate.EvalCases.build(split, "test", config)
+    reused = evaluate.EvalCases.build(split, "test", config, touched_keys=index.keys)
+    np.testing.assert_array_equal(built.touched_keys, index.keys)
+    assert reused.touched_keys is index.keys
+    np.testing.assert_array_equal(built.candidates, reused.candidates)
