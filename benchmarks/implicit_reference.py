@@ -24,9 +24,9 @@ import experiments  # the lab beside this script (benchmarks/experiments)
 import numpy as np
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
+from mmrec_tf.baselines import als
 from mmrec_tf.pipelines import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))

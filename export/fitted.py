@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import tf_keras
 
-from mmrec_tf import als
 from mmrec_tf import config as config_lib
 from mmrec_tf import models
-from mmrec_tf import popularity
+from mmrec_tf.baselines import als
+from mmrec_tf.baselines import popularity
 from mmrec_tf.pipelines import schema
 
 

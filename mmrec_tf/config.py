@@ -183,9 +183,9 @@ class ModelConfig:
       model: `mmf` (the multi-feedback model), `ncf` (NeuMF on the target
         behavior only), `gmf` (MF part only; with the BPR loss on the target
         behavior, BPR-MF), `mlp` (target MLP only) or `als` (weighted ALS,
-        `mmrec_tf.als`: WMF on the target behavior, or the multi-behavior
+        `mmrec_tf.baselines.als`: WMF on the target behavior, or the multi-behavior
         confidence matrix with `als_supportive_weight` > 0) or `popular`
-        (training buy counts, `mmrec_tf.popularity`). With `behavior_features`
+        (training buy counts, `mmrec_tf.baselines.popularity`). With `behavior_features`
         these two rank the user's supportive items first
         (`popularity.TouchedFirst`).
       mf_dim: size of the MF user and item factors.

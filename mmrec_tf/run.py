@@ -14,7 +14,6 @@ tuner call it; so do the tests.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -23,12 +22,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from mmrec_tf import als
+from mmrec_tf import baselines
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import locks
 from mmrec_tf import models
-from mmrec_tf import popularity
 from mmrec_tf import run_record
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import evaluation as export_evaluation
@@ -257,19 +255,6 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
     return results
 
 
-def _als_config(config: config_lib.ExperimentConfig) -> als.ALSConfig:
-    m = config.model
-    return als.ALSConfig(
-        factors=m.mf_dim,
-        l2=m.als_l2,
-        alpha=m.als_alpha,
-        supportive_weight=m.als_supportive_weight,
-        iterations=m.als_iterations,
-        seed=config.train.seed,
-        solver=m.als_solver,
-    )
-
-
 def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float:
     """--mf_init=als|als_fixed: the MF part starts at the ALS factors (`--als_*` flags).
 
@@ -287,7 +272,11 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float
             "mf_init='als' needs an MF part without user histories (the ALS user factor is "
             "the whole user vector): use --model=mmf|ncf|gmf with --history_length=0."
         )
-    x, y, seconds = als.fit(split, _als_config(config), verbose=config.train.verbose > 0)
+    x, y, seconds = baselines.als.fit(
+        split,
+        baselines.als_config(config.model, config.train.seed),
+        verbose=config.train.verbose > 0,
+    )
     mf.user_embedding.set_weights([x.astype(np.float32)])
     mf.item_embedding.set_weights([y.astype(np.float32)])
     kernel, bias = head.get_weights()
@@ -353,27 +342,9 @@ def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
         )
     if m.behavior_features:
         models.require_supportive(split.behaviors)
-    index = None
-    if m.model == "popular" or m.behavior_features:
-        index = training_index.TrainingIndex.from_split(split)
-    if m.model == "popular":
-        started = time.perf_counter()
-        score = popularity.PopularityScorer(index)
-        results["seconds"]["train"] = round(time.perf_counter() - started, 2)
-        results["train"] = {"popular": {"behavior_features": m.behavior_features}}
-    else:
-        als_config = _als_config(config)
-        user_factors, item_factors, seconds = als.fit(
-            split, als_config, verbose=config.train.verbose > 0
-        )
-        score = als.FactorScorer(user_factors, item_factors)
-        results["seconds"]["train"] = round(seconds, 2)
-        results["train"] = {
-            "als": dataclasses.asdict(als_config),
-            "behavior_features": m.behavior_features,
-        }
-    if m.behavior_features:
-        score = popularity.TouchedFirst(score, index)
+    score, record, seconds = baselines.fit(config, split)
+    results["seconds"]["train"] = round(seconds, 2)
+    results["train"] = record
     started = time.perf_counter()
     if config.mode == "train_and_evaluate":
         results["test"] = evaluate.evaluate(

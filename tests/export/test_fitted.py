@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mmrec_tf import als
 from mmrec_tf import models
-from mmrec_tf import popularity
+from mmrec_tf.baselines import als
+from mmrec_tf.baselines import popularity
 from mmrec_tf.export import fitted
 from mmrec_tf.pipelines import training_index
 from tests.mmrec_tf.test_main import QUICKSTART

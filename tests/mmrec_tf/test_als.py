@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmrec_tf import als
+from mmrec_tf.baselines import als
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits
 

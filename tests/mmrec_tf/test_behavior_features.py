@@ -6,14 +6,14 @@ import tensorflow as tf
 import tf_keras
 from absl import flags
 
-from mmrec_tf import als
 from mmrec_tf import cli
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
-from mmrec_tf import popularity
 from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
+from mmrec_tf.baselines import als
+from mmrec_tf.baselines import popularity
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import datasets

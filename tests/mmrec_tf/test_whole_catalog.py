@@ -371,8 +371,9 @@ def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
 
 
 def test_mf_part_starts_at_the_als_factors():
-    from mmrec_tf import als
+    from mmrec_tf import baselines
     from mmrec_tf import run as run_lib
+    from mmrec_tf.baselines import als
 
     split = test_samplers._split()
     config = config_lib.ExperimentConfig(
@@ -385,7 +386,7 @@ def test_mf_part_starts_at_the_als_factors():
         config.model, num_users=split.num_users, num_items=split.num_items, behaviors=BEHAVIORS
     )
     run_lib._start_from_als(scorer, config, split)
-    x, y, _ = als.fit(split, run_lib._als_config(config), verbose=False)
+    x, y, _ = als.fit(split, baselines.als_config(config.model, config.train.seed), verbose=False)
     users = np.arange(split.num_users, dtype=np.int32)
     items = np.arange(split.num_items, dtype=np.int32)
     np.testing.assert_allclose(

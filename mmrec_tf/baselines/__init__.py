@@ -1,0 +1,82 @@
+"""Fitted baselines: the multi-behavior weighted ALS and item popularity.
+
+Every baseline is a *fitted scorer* with one protocol, the one the evaluator
+and the exporter read (`evaluate.evaluate`, `export.fitted.as_scorer`):
+
+- `scorer(users, items)` -> [n] scores of the pairs;
+- `scorer.grid(users, items)` -> [len(users), len(items)] scores;
+- `scorer.bound`: every score lies in (-bound, bound).
+
+`als.FactorScorer` (`--model=als`) and `popularity.PopularityScorer`
+(`--model=popular`) are fitted by `fit`; `popularity.TouchedFirst` wraps
+either to rank the user's touched items first (`--behavior_features`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import numpy as np
+
+from mmrec_tf import config as config_lib
+from mmrec_tf.baselines import als
+from mmrec_tf.baselines import popularity
+from mmrec_tf.pipelines import splits as splits_lib
+from mmrec_tf.pipelines import training_index
+
+
+class FittedScorer(Protocol):
+    """What every fitted baseline provides."""
+
+    bound: float
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+    def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+
+def als_config(model: config_lib.ModelConfig, seed: int) -> als.ALSConfig:
+    """The ALS settings of a model config (`--als_*`, `mf_dim` factors)."""
+    return als.ALSConfig(
+        factors=model.mf_dim,
+        l2=model.als_l2,
+        alpha=model.als_alpha,
+        supportive_weight=model.als_supportive_weight,
+        iterations=model.als_iterations,
+        seed=seed,
+        solver=model.als_solver,
+    )
+
+
+def fit(
+    config: config_lib.ExperimentConfig, split: splits_lib.Split
+) -> tuple[FittedScorer, dict, float]:
+    """Fits the baseline `config.model.model` names (`als` or `popular`).
+
+    Returns:
+      (the fitted scorer, wrapped in `TouchedFirst` with behavior features;
+       what was fitted, for results.json; seconds spent fitting).
+    """
+    m = config.model
+    index = None
+    if m.model == "popular" or m.behavior_features:
+        index = training_index.TrainingIndex.from_split(split)
+    if m.model == "popular":
+        started = time.perf_counter()
+        score = popularity.PopularityScorer(index)
+        seconds = time.perf_counter() - started
+        record = {"popular": {"behavior_features": m.behavior_features}}
+    elif m.model == "als":
+        settings = als_config(m, config.train.seed)
+        user_factors, item_factors, seconds = als.fit(
+            split, settings, verbose=config.train.verbose > 0
+        )
+        score = als.FactorScorer(user_factors, item_factors)
+        record = {"als": dataclasses.asdict(settings), "behavior_features": m.behavior_features}
+    else:
+        raise ValueError(f"model={m.model!r} is not a fitted baseline: use als or popular.")
+    if m.behavior_features:
+        score = popularity.TouchedFirst(score, index)
+    return score, record, seconds
