@@ -42,11 +42,13 @@ ROOT = os.path.dirname(HERE)
 
 TIMER = textwrap.dedent(
     """
-    import json, sys, time
+    import json, resource, sys, time
     import numpy as np
     import tensorflow as tf
     path, users, items, calls = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+    start = time.perf_counter()
     model = tf.saved_model.load(path)
+    load_seconds = time.perf_counter() - start
     score, recommend = model.signatures["serving_default"], model.signatures["recommend"]
     def timed(fn):
         for k in range(20):
@@ -59,16 +61,19 @@ TIMER = textwrap.dedent(
         return {"p50_ms": float(np.percentile(out, 50)), "p99_ms": float(np.percentile(out, 99)),
                 "mean_ms": float(np.mean(out)), "calls": calls}
     result = {
+        "load_seconds": load_seconds,
         "serving_default_1x100": timed(lambda k: score(
             user_id=tf.constant([users[k % len(users)]] * 100), item_id=tf.constant(items[:100]))),
         "recommend_1_user": timed(lambda k: recommend(user_id=tf.constant([users[k % len(users)]]))),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(result))
     """
 )
 
 
-def _size(path: str) -> int:
+def disk_bytes(path: str) -> int:
+    """Bytes of every file below `path`."""
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
@@ -82,6 +87,12 @@ def _run(argv: list[str]) -> dict:
 def _time_export(path: str, model_dir: str, calls: int) -> dict:
     users = [u for u in open(os.path.join(model_dir, "vocab", "users.txt")).read().split()][:200]
     items = [i for i in open(os.path.join(model_dir, "vocab", "items.txt")).read().split()][:100]
+    return time_export(path, users, items, calls)
+
+
+def time_export(path: str, users: list[str], items: list[str], calls: int) -> dict:
+    """Load time, latency and peak memory of the SavedModel at `path` in a clean
+    process that imports only TensorFlow; plus its size on disk."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     out = subprocess.run(
@@ -92,7 +103,7 @@ def _time_export(path: str, model_dir: str, calls: int) -> dict:
         check=True,
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    result["export_bytes"] = _size(path)
+    result["export_bytes"] = disk_bytes(path)
     return result
 
 
@@ -159,14 +170,17 @@ def main():
             "Command: `python benchmarks/serving_latency.py "
             "--taobao_model_dir=runs/mmf_vs_ncf/taobao_cml/mmf_seed0 --tradeoff` (the model "
             "of the former `benchmarks/mmf_vs_ncf.py`, now `python -m benchmarks.experiments --suite=mmf_vs_ncf`, seed 0)\n\n"
+            "Up to a 10M-item catalog (vocabularies as assets, tables as variables): "
+            "[serving_scale.md](serving_scale.md) (`python benchmarks/serving_scale.py`).\n\n"
             "| model | items | serving_default 1x100 p50 / p99 ms | recommend top 10 "
-            "p50 / p99 ms | export size MB |\n|---|---|---|---|---|\n"
+            "p50 / p99 ms | export size MB | load s |\n|---|---|---|---|---|---|\n"
         )
         for name, r in rows.items():
             s, c = r["serving_default_1x100"], r["recommend_1_user"]
             f.write(
                 f"| {name} | {r['num_items']} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | "
-                f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['export_bytes'] / 2**20:.1f} |\n"
+                f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['export_bytes'] / 2**20:.1f} | "
+                f"{r.get('load_seconds', float('nan')):.1f} |\n"
             )
 
     if args.tradeoff and "taobao_cml" in rows:

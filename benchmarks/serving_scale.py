@@ -7,7 +7,7 @@ For each catalog size: a multi-feedback scorer with small dims (MF 4, one
 `exporter.export` (vocabularies as assets, tables as variables). Then, in a
 clean process that imports only TensorFlow: the SavedModel's load time, and
 p50 / p99 of `recommend` for 1 user (top 10 of 500 MF candidates) and of
-`serving_default` for 1 user x 100 items. The weights are untrained: size
+`serving_default` for 1 user x 100 items (serving_latency.py's timer). The weights are untrained: size
 and latency do not depend on their values.
 
 Writes benchmarks/results/serving_scale.{json,md}; serving_latency.md links it.
@@ -19,12 +19,10 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
+import serving_latency  # beside this script
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import config as config_lib
@@ -35,46 +33,6 @@ from mmrec_tf.pipelines import schema
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-CLEAN_PROCESS = textwrap.dedent(
-    """
-    import json, resource, sys, time
-    start = time.perf_counter()
-    import numpy as np
-    import tensorflow as tf
-    imported = time.perf_counter()
-    path, calls = sys.argv[1], int(sys.argv[2])
-    model = tf.saved_model.load(path)
-    loaded = time.perf_counter()
-    score, recommend = model.signatures["serving_default"], model.signatures["recommend"]
-    users = [f"u{k}" for k in range(50)]
-    items = tf.constant([f"i{k}" for k in range(100)])
-    def timed(fn):
-        for k in range(10):
-            fn(k)
-        out = []
-        for k in range(calls):
-            t = time.perf_counter()
-            fn(k)
-            out.append((time.perf_counter() - t) * 1000)
-        return {"p50_ms": float(np.percentile(out, 50)), "p99_ms": float(np.percentile(out, 99)),
-                "calls": calls}
-    first = recommend(user_id=tf.constant(["u1"]))["item_ids"].numpy()[0]
-    print(json.dumps({
-        "import_seconds": imported - start,
-        "load_seconds": loaded - imported,
-        "recommend_1_user": timed(lambda k: recommend(user_id=tf.constant([users[k % 50]]))),
-        "serving_default_1x100": timed(
-            lambda k: score(user_id=tf.constant([users[k % 50]] * 100), item_id=items)),
-        "first_recommendation": [x.decode() for x in first[:3]],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }))
-    """
-)
-
-
-def _bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def measure(num_items: int, num_users: int, work_dir: str, calls: int) -> dict:
@@ -107,25 +65,17 @@ def measure(num_items: int, num_users: int, work_dir: str, calls: int) -> dict:
         module, export_dir, warmup_user_ids=["u0", "u1"], warmup_item_ids=["i0", "i1"]
     )
     exported = time.perf_counter() - started
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    out = subprocess.run(
-        [sys.executable, "-c", CLEAN_PROCESS, path, str(calls)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    ).stdout
-    result = json.loads(out.strip().splitlines()[-1])
+    users = [f"u{k}" for k in range(50)]
+    result = serving_latency.time_export(path, users, [f"i{k}" for k in range(100)], calls)
     result.update(
         num_items=num_items,
         num_users=num_users,
         build_seconds=round(built, 1),
         export_seconds=round(exported, 1),
-        export_bytes=_bytes(path),
+        export_bytes=serving_latency.disk_bytes(path),
         saved_model_pb_bytes=os.path.getsize(os.path.join(path, "saved_model.pb")),
-        variables_bytes=_bytes(os.path.join(path, "variables")),
-        assets_bytes=_bytes(os.path.join(path, "assets")),
+        variables_bytes=serving_latency.disk_bytes(os.path.join(path, "variables")),
+        assets_bytes=serving_latency.disk_bytes(os.path.join(path, "assets")),
         exporter_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     return result

@@ -71,11 +71,6 @@ def query_tensor(users: np.ndarray) -> tf.Tensor:
     return tf.constant(np.asarray(users, np.int64)[:, None])
 
 
-def evaluate_export(path: str, **kwargs) -> dict:
-    """`evaluate_signatures` on the SavedModel at `path` (a version folder)."""
-    return evaluate_signatures(tf.saved_model.load(path).signatures, **kwargs)
-
-
 def evaluate_signatures(
     signatures,
     *,

@@ -316,15 +316,22 @@ def _export(config, scorer, data, split, results: dict) -> None:
     if config.mode == "train_and_evaluate":
         # The same two-stage figures from the in-memory module, for
         # comparison with --mode=evaluate_export on the SavedModel.
-        results["test"]["two_stage_in_memory"] = export_evaluation.evaluate_signatures(
-            {"retrieve": module.retrieve, "recommend": module.recommend},
-            users=split.test_users,
-            items=split.test_items,
-            user_tokens=data.user_vocab.tokens,
-            item_tokens=data.item_vocab.tokens,
-            retrieval_ks=config.eval.retrieval_ks,
-            touched_keys=splits_lib.train_pair_keys(split),
+        results["test"]["two_stage_in_memory"] = _signature_metrics(
+            {"retrieve": module.retrieve, "recommend": module.recommend}, config, data, split
         )
+
+
+def _signature_metrics(signatures, config, data, split) -> dict:
+    """Two-stage test metrics through `retrieve` and `recommend` (in memory or loaded)."""
+    return export_evaluation.evaluate_signatures(
+        signatures,
+        users=split.test_users,
+        items=split.test_items,
+        user_tokens=data.user_vocab.tokens,
+        item_tokens=data.item_vocab.tokens,
+        retrieval_ks=config.eval.retrieval_ks,
+        touched_keys=splits_lib.train_pair_keys(split),
+    )
 
 
 def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
@@ -380,15 +387,7 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
             "(--export_dir with training, or --mode=export)."
         )
     started = time.perf_counter()
-    metrics = export_evaluation.evaluate_export(
-        path,
-        users=split.test_users,
-        items=split.test_items,
-        user_tokens=data.user_vocab.tokens,
-        item_tokens=data.item_vocab.tokens,
-        retrieval_ks=config.eval.retrieval_ks,
-        touched_keys=splits_lib.train_pair_keys(split),
-    )
+    metrics = _signature_metrics(tf.saved_model.load(path).signatures, config, data, split)
     results = {
         "dataset": name or dataset_name(config),
         "export": path,
