@@ -44,30 +44,24 @@ def _tuned(tune_dir: str, dataset: str, family: str) -> dict | None:
     return overrides
 
 
-# Our model on top of the tuned ALS: the MF part held at the ALS factors
-# (`--mf_init=als_fixed`), the branches, fusion, head and behavior offsets
-# learning a residual with the whole-catalog softmax on the target's pairs.
-# The start (the ALS itself) is validated as epoch 0 and kept unless an
-# epoch beats it. Chosen by hand on jd_vcgae's validation cases only
-# (benchmarks/results/README.md), then applied unchanged to every dataset.
-RESIDUAL = {
-    "model": "mmf",
-    "mf_init": "als_fixed",
-    "behavior_features": True,
-    "loss": "softmax",
-    "shared_negatives": 512,
-    "batch_size": 1024,
-    "temperature": 0.1,
-    "learning_rate": 0.003,
-    "supportive_positive_weight": 0,
-    "history_length": 0,
-    "mlp_dim": 8,
-    "mlp_layers": 1,
-    "epochs": 3,
-    "early_stopping_patience": 1,
-    "early_stopping_protocol": "full",
-    "valid_full_ranking_cases": 5000,
-}
+# Our model on top of the tuned ALS: the recipe of mmrec_tf/configs/residual.flags
+# (the MF part held at the ALS factors, the branches, fusion, head and
+# behavior offsets learning a residual with the whole-catalog softmax; the
+# start validated as epoch 0). Chosen by hand on jd_vcgae's validation cases
+# only (benchmarks/results/README.md), applied unchanged to every dataset.
+def flagfile_overrides(path: str) -> dict:
+    """A flat flagfile's flags as overrides (`--name` alone means True)."""
+    overrides = {}
+    for line in open(path):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line[2:].partition("=")
+        overrides[name] = value if sep else True
+    return overrides
+
+
+RESIDUAL = flagfile_overrides(os.path.join(experiments.CONFIGS, "residual.flags"))
 
 # The ablations: the same recipe and start, one part changed.
 ABLATIONS = (
@@ -131,7 +125,8 @@ def main():
             dataset=dataset,
             data_dir=args.data_dir,
             runs_dir=args.runs_dir,
-            extra_flags=[],
+            # Each seed's ALS is fitted once and shared by the arms built on it.
+            extra_flags=[f"--als_cache_dir={os.path.join(args.runs_dir, 'als_cache')}"],
             report_only=args.report_only,
         )
         rows = []

@@ -228,6 +228,10 @@ class ModelConfig:
       als_iterations: ALS sweeps.
       als_solver: `implicit` (the implicit library's exact solver, fast) or
         `numpy` (this project's reference solver); the same factors.
+      als_cache_dir: a folder where fitted ALS factors are kept and reused,
+        keyed by the training data and every ALS setting (seed included), so
+        the ALS baselines and the models started from it fit it once; empty:
+        fit every time.
       mf_init: where the neural models' MF part starts: `random`; `als`
         (the multi-behavior ALS fitted with the `als_*` fields and `mf_dim`
         factors, the head's MF weights at 1 and its other weights at 0, so
@@ -257,6 +261,7 @@ class ModelConfig:
     als_supportive_weight: float = 0.0
     als_iterations: int = 15
     als_solver: str = "implicit"
+    als_cache_dir: str = ""
     mf_init: str = "random"
 
     def __post_init__(self):

@@ -272,9 +272,10 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float
             "mf_init='als' needs an MF part without user histories (the ALS user factor is "
             "the whole user vector): use --model=mmf|ncf|gmf with --history_length=0."
         )
-    x, y, seconds = baselines.als.fit(
+    x, y, seconds, cached = baselines.fit_factors(
         split,
         baselines.als_config(config.model, config.train.seed),
+        cache_dir=config.model.als_cache_dir,
         verbose=config.train.verbose > 0,
     )
     mf.user_embedding.set_weights([x.astype(np.float32)])
@@ -286,7 +287,7 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float
     if config.model.mf_init == "als_fixed":
         mf.user_embedding.trainable = False
         mf.item_embedding.trainable = False
-    print(f"MF part starts at the ALS factors ({seconds:.1f} s)")
+    print(f"MF part starts at the ALS factors ({seconds:.1f} s{', ' + cached if cached else ''})")
     return seconds
 
 

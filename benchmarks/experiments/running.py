@@ -31,13 +31,15 @@ def config_key(args: list[str]) -> str:
     The flags are parsed as the binary parses them (flagfiles read, nested
     ones included), so two argument lists that resolve to the same config
     share a key and any difference in a value gives another. The model
-    folder is not part of it.
+    folder and the ALS cache folder are not part of it.
     """
     fv = flags.FlagValues()
     cli.define_flags(fv)
     fv(["mmrec_tf", *args, "--model_dir=_"])
     resolved = cli.config_from_flags(fv).to_dict()
     resolved.pop("model_dir")
+    # Where fitted ALS factors are cached changes no result (a hit is the fit).
+    resolved["model"].pop("als_cache_dir")
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

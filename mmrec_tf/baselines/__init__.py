@@ -15,6 +15,9 @@ either to rank the user's touched items first (`--behavior_features`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import time
 from typing import Protocol
 
@@ -50,6 +53,44 @@ def als_config(model: config_lib.ModelConfig, seed: int) -> als.ALSConfig:
     )
 
 
+def fit_factors(
+    split: splits_lib.Split, settings: als.ALSConfig, *, cache_dir: str = "", verbose: bool = False
+) -> tuple[np.ndarray, np.ndarray, float, str]:
+    """ALS factors of `split`, from `cache_dir` when the same fit is there.
+
+    The cache key is a hash of the training pairs (users, items, behaviors)
+    and every ALS setting, seed included: a hit returns exactly what the fit
+    would (the fit is deterministic for a seed).
+
+    Returns:
+      (user factors, item factors, seconds spent fitting or reading, the
+       cache file read or written, or "" without a cache).
+    """
+    if not cache_dir:
+        x, y, seconds = als.fit(split, settings, verbose=verbose)
+        return x, y, seconds, ""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    for array in (split.train_users, split.train_items, split.train_branches):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(f"{split.num_users},{split.num_items}".encode())
+    path = os.path.join(cache_dir, f"als_{digest.hexdigest()[:16]}.npz")
+    started = time.perf_counter()
+    if os.path.exists(path):
+        with np.load(path) as cached:
+            return (
+                cached["user_factors"],
+                cached["item_factors"],
+                time.perf_counter() - started,
+                path,
+            )
+    x, y, seconds = als.fit(split, settings, verbose=verbose)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, user_factors=x, item_factors=y)
+    os.replace(tmp, path)
+    return x, y, seconds, path
+
+
 def fit(
     config: config_lib.ExperimentConfig, split: splits_lib.Split
 ) -> tuple[FittedScorer, dict, float]:
@@ -70,11 +111,15 @@ def fit(
         record = {"popular": {"behavior_features": m.behavior_features}}
     elif m.model == "als":
         settings = als_config(m, config.train.seed)
-        user_factors, item_factors, seconds = als.fit(
-            split, settings, verbose=config.train.verbose > 0
+        user_factors, item_factors, seconds, cached = fit_factors(
+            split, settings, cache_dir=m.als_cache_dir, verbose=config.train.verbose > 0
         )
         score = als.FactorScorer(user_factors, item_factors)
-        record = {"als": dataclasses.asdict(settings), "behavior_features": m.behavior_features}
+        record = {
+            "als": dataclasses.asdict(settings),
+            "behavior_features": m.behavior_features,
+            "als_cache": cached,
+        }
     else:
         raise ValueError(f"model={m.model!r} is not a fitted baseline: use als or popular.")
     if m.behavior_features:

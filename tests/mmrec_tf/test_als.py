@@ -120,3 +120,24 @@ def test_the_implicit_solver_gives_the_reference_factors(iterations):
         fitted[solver] = als.fit(split, config, verbose=False)[:2]
     for ours, theirs in zip(fitted["numpy"], fitted["implicit"]):
         np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+
+def test_cached_factors_are_the_fit_and_keyed_by_data_and_settings(tmp_path):
+    from mmrec_tf import baselines
+
+    split = _split()
+    settings = als.ALSConfig(factors=4, l2=0.5, alpha=5.0, supportive_weight=0.5, seed=3)
+    x, y, _ = als.fit(split, settings, verbose=False)
+    first = baselines.fit_factors(split, settings, cache_dir=str(tmp_path))
+    again = baselines.fit_factors(split, settings, cache_dir=str(tmp_path))
+    assert first[3] == again[3] and len(list(tmp_path.iterdir())) == 1
+    for got in (first, again):
+        np.testing.assert_allclose(got[0], x)
+        np.testing.assert_allclose(got[1], y)
+    # Another seed, another setting or other data: another entry.
+    other_seed = baselines.fit_factors(
+        split, als.ALSConfig(**{**settings.__dict__, "seed": 4}), cache_dir=str(tmp_path)
+    )
+    other_data = baselines.fit_factors(_split(seed=1), settings, cache_dir=str(tmp_path))
+    assert len({first[3], other_seed[3], other_data[3]}) == 3
+    assert not baselines.fit_factors(split, settings)[3]  # no cache: fitted, nothing kept
