@@ -38,8 +38,8 @@ from train_throughput import EpochTimer
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import config as config_lib
-from mmrec_tf import models
 from mmrec_tf import optimizers
+from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import negatives
@@ -83,7 +83,7 @@ def _config(steps: int, **overrides) -> config_lib.ExperimentConfig:
 
 def _ranker(split, config):
     tf_keras.utils.set_random_seed(0)
-    ranker = models.build_ranker(
+    ranker = ranking.build_ranker(
         config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
     )
     ranker.compile(

@@ -28,8 +28,8 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
-from mmrec_tf import models
 from mmrec_tf import optimizers
+from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import interactions
 from mmrec_tf.pipelines import readers
@@ -123,7 +123,7 @@ def main():
     stage("pipeline", time.perf_counter() - start, count, examples=count)
 
     tf_keras.utils.set_random_seed(0)
-    ranker = models.build_ranker(
+    ranker = ranking.build_ranker(
         config_lib.ExperimentConfig(train=train),
         num_users=split.num_users,
         num_items=split.num_items,

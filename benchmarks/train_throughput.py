@@ -29,8 +29,8 @@ import tf_keras
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import config as config_lib
-from mmrec_tf import models
 from mmrec_tf import optimizers
+from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import training_index
@@ -107,7 +107,7 @@ def measure(
         ),
     )
     tf_keras.utils.set_random_seed(seed)
-    ranker = models.build_ranker(
+    ranker = ranking.build_ranker(
         config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
     )
     opt = optimizers.build_optimizer(config.train)

@@ -27,6 +27,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import locks
 from mmrec_tf import models
+from mmrec_tf import ranking
 from mmrec_tf import run_record
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import evaluation as export_evaluation
@@ -161,7 +162,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
     if config.model.model in ("als", "popular"):
         return _run_fitted(config, data, split, model_dir, results)
     with strategy.scope():
-        ranker = models.build_ranker(
+        ranker = ranking.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
         )
     if config.model.history_length:
@@ -402,7 +403,7 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
     return results
 
 
-def _restore_for_evaluation(ranker: models.Ranker, model_dir: str) -> None:
+def _restore_for_evaluation(ranker: ranking.Ranker, model_dir: str) -> None:
     """Loads the best validation weights, else the latest checkpoint."""
     best = os.path.join(model_dir, "best", "weights")
     if os.path.exists(best + ".index"):

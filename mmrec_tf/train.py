@@ -21,8 +21,8 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
-from mmrec_tf import models
 from mmrec_tf import optimizers
+from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import training_index
 
@@ -172,7 +172,7 @@ def _restore(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManage
 
 def train(
     *,
-    ranker: models.Ranker,
+    ranker: ranking.Ranker,
     index: training_index.TrainingIndex,
     config: config_lib.TrainConfig,
     model_dir: str,

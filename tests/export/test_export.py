@@ -16,6 +16,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import locks
 from mmrec_tf import models
+from mmrec_tf import ranking
 from mmrec_tf import train as train_lib
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
@@ -39,7 +40,7 @@ def trained(tmp_path_factory):
         ),
     )
     tf_keras.utils.set_random_seed(0)
-    ranker = models.build_ranker(
+    ranker = ranking.build_ranker(
         config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
     )
     train_lib.train(

@@ -10,6 +10,7 @@ from mmrec_tf import cli
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
+from mmrec_tf import ranking
 from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
 from mmrec_tf.baselines import als
@@ -108,7 +109,7 @@ def test_training_learns_that_supportive_pairs_are_bought(data, tmp_path, fit):
         ),
     )
     tf_keras.utils.set_random_seed(0)
-    ranker = models.build_ranker(
+    ranker = ranking.build_ranker(
         config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
     )
     train_lib.train(ranker=ranker, index=index, config=config.train, model_dir=str(tmp_path))
@@ -132,7 +133,7 @@ def test_fitting_apart_trains_the_rest_as_without_features_and_only_the_offsets_
 
     def ranker(fit, features=True):
         tf_keras.utils.set_random_seed(0)
-        return models.Ranker(
+        return ranking.Ranker(
             _scorer(split, behavior_features=features, behavior_fit=fit), behavior_fit=fit
         )
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
-from mmrec_tf import models
+from mmrec_tf import ranking
 from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import schema
@@ -36,7 +36,7 @@ def _train(split, model_dir, **train_kwargs):
     tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
     try:
         tf_keras.utils.set_random_seed(0)
-        ranker = models.build_ranker(
+        ranker = ranking.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
         )
         result = train_lib.train(

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
-from mmrec_tf import models
+from mmrec_tf import ranking
 from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import loading
@@ -32,7 +32,7 @@ def _ranker(split, strategy=None, **train_kwargs):
     )
     tf_keras.utils.set_random_seed(0)
     with (strategy or tf.distribute.get_strategy()).scope():
-        ranker = models.build_ranker(
+        ranker = ranking.build_ranker(
             config,
             num_users=split.num_users,
             num_items=split.num_items,

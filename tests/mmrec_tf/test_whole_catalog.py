@@ -11,6 +11,7 @@ import tensorflow as tf
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
+from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
@@ -94,7 +95,7 @@ def _numpy_softmax_loss(logits, log_q, candidates, bits, positive_bits, temperat
 @pytest.mark.parametrize("positive_bits", [1, 0b111])
 def test_softmax_loss_matches_a_numpy_reference(positive_bits):
     scorer = _scorer("gmf")
-    ranker = models.Ranker(scorer, loss="softmax", temperature=0.5, positive_bits=positive_bits)
+    ranker = ranking.Ranker(scorer, loss="softmax", temperature=0.5, positive_bits=positive_bits)
     users = np.array([0, 1, 2, 1], np.int32)
     # Column 3 repeats row 0's item (an accidental hit for row 0); column 5 is
     # item 4 again, row 3's positive.
@@ -115,7 +116,7 @@ def test_softmax_loss_matches_a_numpy_reference(positive_bits):
 @pytest.mark.parametrize("carted", [False, True])
 def test_softmax_grid_gates_the_supportive_branch_gradients(carted):
     scorer = _scorer("mmf", positive=True)
-    ranker = models.Ranker(scorer, loss="softmax")
+    ranker = ranking.Ranker(scorer, loss="softmax")
     bits = [[1, 0, 0], [0, 1, 0]] if not carted else [[3, 0, 0], [0, 1, 0]]
     # Target bits, and with `carted` user 0 also carted item 2.
     batch = _softmax_batch([0, 1], [2, 3, 5], bits)
@@ -146,7 +147,7 @@ def test_whole_data_term_equals_the_sum_over_every_cell():
 
 def test_whole_data_term_needs_an_mf_part():
     with pytest.raises(ValueError, match="whole_data_weight"):
-        models.Ranker(_scorer("mlp"), whole_data_weight=1.0)
+        ranking.Ranker(_scorer("mlp"), whole_data_weight=1.0)
 
 
 def test_whole_data_term_weighs_each_user_once_per_epoch():
@@ -324,7 +325,7 @@ def test_discovery_through_recommend_takes_touched_items_out_of_the_list():
 
 def test_softmax_l2_penalizes_the_grid_rows():
     scorer = _scorer("gmf", l2=0.5)
-    ranker = models.Ranker(scorer, loss="softmax")
+    ranker = ranking.Ranker(scorer, loss="softmax")
     batch = _softmax_batch(
         [0, 1],
         [2, 3, 5],
@@ -341,8 +342,8 @@ def test_softmax_l2_penalizes_the_grid_rows():
 
 def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
     scorer = _scorer("mmf", gating="gradient_aux")
-    with_aux = models.Ranker(scorer, loss="softmax", branch_loss_weight=0.5)
-    without = models.Ranker(scorer, loss="softmax")
+    with_aux = ranking.Ranker(scorer, loss="softmax", branch_loss_weight=0.5)
+    without = ranking.Ranker(scorer, loss="softmax")
     users = np.array([0, 1, 2], np.int32)
     candidates = np.array([3, 4, 5, 6, 7], np.int32)
     bits = np.zeros((3, 5), np.int32)
