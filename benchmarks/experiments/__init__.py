@@ -32,8 +32,10 @@ from .running import CONFIGS
 from .running import MissingRun
 from .running import Runner
 from .running import config_key
+from .running import flag_args
 from .running import run_suite
 from .running import select_arms
+from .running import slug
 from .running import summarize
 from .suites import _PAPER_MMF
 from .suites import ALS_BAR

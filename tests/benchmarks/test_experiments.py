@@ -197,3 +197,8 @@ def test_arms_filter_runs_only_the_matching_arms_and_names_the_labels_when_none_
     assert sorted(o["mf_dim"] for o, _ in runner.calls) == [4, 4, 16, 16]
     with pytest.raises(ValueError, match="BPR.*MMF, paper training; MMF, tuned; NCF"):
         experiments.run_suite("_three", _FakeRunner(), seeds=1, only=["BPR"])
+
+
+def test_the_package_exports_what_it_lists():
+    for name in experiments.__all__:
+        assert hasattr(experiments, name), name
