@@ -101,8 +101,8 @@ def evaluate_signatures(
       {"retrieval": {"top_K_categorical_accuracy": ...}, "recommend":
        {"HR@K", "NDCG@K", ..., "cases"}, "top_k", "retrieval_candidates"}.
     """
-    retrieve = signatures["retrieve"]
-    recommend = signatures["recommend"]
+    retrieve = signatures[schema.RETRIEVE]
+    recommend = signatures[schema.RECOMMEND]
     probe = retrieve(**{schema.USER_ID: tf.constant([str(user_tokens[0])])})
     candidates = int(probe["item_ids"].shape[1])
     top_k = int(

@@ -313,9 +313,9 @@ class ServingModule(tf.Module):
     def signatures(self) -> dict:
         """The SavedModel signatures by name."""
         return {
-            "serving_default": self.score.get_concrete_function(),
-            "recommend": self.recommend.get_concrete_function(),
-            "retrieve": self.retrieve.get_concrete_function(),
+            schema.SERVING_DEFAULT: self.score.get_concrete_function(),
+            schema.RECOMMEND: self.recommend.get_concrete_function(),
+            schema.RETRIEVE: self.retrieve.get_concrete_function(),
         }
 
 

@@ -46,9 +46,9 @@ def write(saved_model_dir: str, *, user_ids: list, item_ids: list) -> str:
     items = [str(i) for i in item_ids]
     with tf.io.TFRecordWriter(path) as writer:
         for log in (
-            _request("serving_default", {schema.USER_ID: users, schema.ITEM_ID: items}),
-            _request("recommend", {schema.USER_ID: users}),
-            _request("retrieve", {schema.USER_ID: users}),
+            _request(schema.SERVING_DEFAULT, {schema.USER_ID: users, schema.ITEM_ID: items}),
+            _request(schema.RECOMMEND, {schema.USER_ID: users}),
+            _request(schema.RETRIEVE, {schema.USER_ID: users}),
         ):
             writer.write(log.SerializeToString())
     return path

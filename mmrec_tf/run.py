@@ -36,6 +36,7 @@ from mmrec_tf.export import fitted as fitted_export
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
+from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
 from mmrec_tf.pipelines import training_index
 from mmrec_tf.pipelines import vocabularies
@@ -319,7 +320,10 @@ def _export(config, scorer, data, split, results: dict) -> None:
         # The same two-stage figures from the in-memory module, for
         # comparison with --mode=evaluate_export on the SavedModel.
         results["test"]["two_stage_in_memory"] = _signature_metrics(
-            {"retrieve": module.retrieve, "recommend": module.recommend}, config, data, split
+            {schema.RETRIEVE: module.retrieve, schema.RECOMMEND: module.recommend},
+            config,
+            data,
+            split,
         )
 
 

@@ -34,6 +34,12 @@ SCORE = "score"
 PROBABILITY = "probability"
 BRANCH_LOGITS = "branch_logits"
 
+# The SavedModel's signature names (serving, warm-up and export evaluation).
+SERVING_DEFAULT = "serving_default"
+RECOMMEND = "recommend"
+RETRIEVE = "retrieve"
+SIGNATURES = (SERVING_DEFAULT, RECOMMEND, RETRIEVE)
+
 # Raw string ids at the serving boundary.
 USER_ID = "user_id"
 ITEM_ID = "item_id"
