@@ -179,6 +179,24 @@ class Scorer(tf_keras.Model):
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
 
+    def score_grid(self, users, items, gates=None, *, training=False, return_branches=False):
+        """[U, I] logits of every (user, item) pair (see `score_grid`)."""
+        return score_grid(
+            self, users, items, gates, training=training, return_branches=return_branches
+        )
+
+    def factorized_grid(self, users, items):
+        """[U, I] MF part of the logits (see `factorized_grid`)."""
+        return factorized_grid(self, users, items)
+
+    def retrieval_towers(self):
+        """(query, candidate) towers of the factorized MF part (see `retrieval_towers`)."""
+        return retrieval_towers(self)
+
+    def set_histories(self, histories: dict) -> None:
+        """Assigns each part its training history (see `set_histories`)."""
+        set_histories(self, histories, target=self.behaviors.target)
+
 
 def require_supportive(behaviors: schema.BehaviorSchema) -> None:
     """Behavior features need supportive behaviors to look up."""

@@ -231,3 +231,18 @@ def test_shared_embeddings_give_every_branch_one_pair_of_tables():
     ranker.fit(tf.data.Dataset.from_tensors(_batch(0.0)), epochs=1, verbose=0)
     after = [w.numpy() for w in layer.trainable_weights if "embedding" not in w.name]
     assert before and all(np.array_equal(a, b) for a, b in zip(after, before))
+
+
+def test_scorer_methods_are_the_grid_towers_and_histories():
+    scorer = _scorer(history_length=2)
+    histories = {b: np.array([[1, -1]] * 6, np.int32) for b in BEHAVIORS.behaviors}
+    scorer.set_histories(histories)
+    users, items = tf.constant([0, 3]), tf.constant([1, 2, 5])
+    np.testing.assert_allclose(
+        scorer.score_grid(users, items), models.score_grid(scorer, users, items)
+    )
+    np.testing.assert_allclose(
+        scorer.factorized_grid(users, items), models.factorized_grid(scorer, users, items)
+    )
+    query, candidate = scorer.retrieval_towers()
+    assert query(users).shape == (2, 4) and candidate(items).shape == (3, 4)
