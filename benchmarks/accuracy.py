@@ -206,9 +206,48 @@ def main():
         lines += ["", "Flags per arm:", ""]
         lines += [f"- {r['arm']}: `{' '.join(r['flags'])}`" for r in rows if "flags" in r]
         lines.append("")
+    if _plot(report, os.path.join(out, "accuracy.png")):
+        lines += ["![Test HR@10 per dataset and protocol](accuracy.png)", ""]
+    else:
+        lines += [experiments.NO_PLOT, ""]
     with open(os.path.join(out, "accuracy.md"), "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
+
+
+def _plot(report: dict, path: str) -> bool:
+    """Grouped bars: test HR@10 (± SE) per dataset, one panel per protocol."""
+    plt = experiments.pyplot()
+    if plt is None:
+        return False
+    datasets = list(report["datasets"])
+    labels = []
+    for rows in report["datasets"].values():
+        labels += [r["arm"] for r in rows if "full" in r and r["arm"] not in labels]
+    fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(6 * len(PROTOCOLS), 4.5))
+    width = 0.8 / max(len(labels), 1)
+    for ax, protocol in zip(axes, PROTOCOLS):
+        for k, label in enumerate(labels):
+            values, errors = [], []
+            for dataset in datasets:
+                row = next(
+                    (r for r in report["datasets"][dataset] if r["arm"] == label and "full" in r),
+                    None,
+                )
+                summary = row[protocol] if row else {"HR@10": 0.0, "HR@10_se": 0.0}
+                values.append(summary["HR@10"])
+                se = summary["HR@10_se"]
+                errors.append(0.0 if se != se else se)
+            xs = [d + (k - (len(labels) - 1) / 2) * width for d in range(len(datasets))]
+            ax.bar(xs, values, width, yerr=errors, label=label)
+        ax.set_xticks(range(len(datasets)))
+        ax.set_xticklabels(datasets, rotation=20, fontsize=8)
+        ax.set_title(f"{protocol}: test HR@10")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":
