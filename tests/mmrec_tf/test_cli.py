@@ -1,16 +1,12 @@
 """The flags generated from the config dataclasses."""
 
 import dataclasses
-import glob
-import os
 
 import pytest
 from absl import flags
 
 from mmrec_tf import cli
 from mmrec_tf import config as config_lib
-
-CONFIGS = os.path.join(os.path.dirname(cli.__file__), "configs")
 
 
 def _parse(argv):
@@ -82,16 +78,6 @@ def test_a_bad_list_entry_names_the_flag_and_the_form(flag, message):
 def test_model_dir_is_required():
     with pytest.raises(ValueError, match="--model_dir"):
         cli.config_from_flags(_parse([]))
-
-
-@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(CONFIGS, "*.flags"))))
-def test_every_shipped_flagfile_parses_into_a_config(flagfile, monkeypatch):
-    # The flagfiles nest their dataset flagfile by a path from the repository root.
-    monkeypatch.chdir(os.path.dirname(os.path.dirname(CONFIGS)))
-    # The shared base of the real datasets' flagfiles names no data file itself.
-    data = ["--data_path=log.tsv"] if os.path.basename(flagfile) == "real_data.flags" else []
-    config = cli.config_from_flags(_parse([f"--flagfile={flagfile}", "--model_dir=x", *data]))
-    assert config.model_dir == "x"
 
 
 def test_fields_of_names_what_a_flag_sets():

@@ -92,10 +92,24 @@ def test_every_flagfile_parses_into_a_valid_config(name, monkeypatch):
     if name == "paper":
         path = f"{os.path.join(os.path.dirname(QUICKSTART), 'taobao_cml.flags')} --flagfile={path}"
     argv = [f"--flagfile={p}" for p in path.split(" --flagfile=")]
+    # The shared base of the real datasets' flagfiles names no data file itself.
+    if name == "real_data":
+        argv.append("--data_path=log.tsv")
     config = cli.config_from_flags(_flags(argv + ["--model_dir=x"]))
     assert config.train.num_negatives >= 1
     if name.endswith("_als"):
         assert config.model.model == "als" and config.model.mf_dim >= 64
+    if name.endswith("_mmf"):
+        # Our model on the dataset's tuned ALS: the residual recipe on its factors.
+        als = cli.config_from_flags(
+            _flags([f"--flagfile={path[: -len('_mmf.flags')]}_als.flags", "--model_dir=x"])
+        )
+        assert config.model.model == "mmf" and config.model.mf_init == "als_fixed"
+        assert config.train.loss == "softmax" and config.model.behavior_features
+        assert (config.model.mf_dim, config.model.als_alpha) == (
+            als.model.mf_dim,
+            als.model.als_alpha,
+        )
     if name == "paper":
         assert config.model.mf_dim == 4 and config.train.supportive_negative_ratio == 1
 
