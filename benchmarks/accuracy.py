@@ -1,18 +1,19 @@
-"""Accuracy across datasets and protocols: the tuned whole-catalog model against the ALS.
+"""Accuracy across datasets and protocols: our model on the tuned ALS against the ALS.
 
     python benchmarks/accuracy.py --datasets=jd_vcgae [--seeds=3] [--tune_dir=runs/tune]
-        [--report_only]
+        [--arms=residual,touched] [--report_only]
 
 For each dataset, every arm runs with seeds 0..seeds-1 (through the
 experiment runner, which keeps finished runs) and is reported under the three
 protocols (sampled, full ranking, discovery): test HR@10 and NDCG@10, mean
-over seeds ± the standard error across seeds. The tuned arms take their
-flags from the Optuna studies of `python -m mmrec_tf.tune` (`--protocol=full`,
-the protocol a product serves, with the same number of trials for our model
-and for the ALS): `<tune_dir>/<dataset>/best_<family>_full.json`. An arm whose
-study is missing is left out and said so.
+over seeds ± the standard error across seeds. The ALS arms take their flags
+from the dataset's Optuna study (`python -m mmrec_tf.tune --family=als
+--protocol=full`: `<tune_dir>/<dataset>/best_als_full.json`); our model and
+its ablations train on that ALS's factors with residual.flags' recipe, so
+they add no search of their own. An arm whose study is missing is left out
+and said so. One ALS cache (`--als_cache_dir`) serves every arm.
 
-Writes benchmarks/results/accuracy.{md,json}.
+Writes benchmarks/results/accuracy.{md,json,png}.
 """
 
 from __future__ import annotations
