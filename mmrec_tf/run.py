@@ -9,7 +9,8 @@ sampled, full-ranking and discovery protocols, exports it when
 `config.export.export_dir` is set, and writes `results.json` (dataset,
 model, seed, validation and test metrics, TFRS retrieval metrics, training
 summary) into `config.model_dir`. The command line (`mmrec_tf.main`) and the
-tuner call it; so do the tests.
+tuner call it; so do the tests. Its steps are functions of their own:
+`load`, `build`, `fit`, `test` (and the export).
 """
 
 from __future__ import annotations
@@ -117,6 +118,42 @@ def _trained(model_dir: str) -> bool:
 
 def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> dict:
     tf_keras.utils.set_random_seed(config.train.seed)
+    data, split, results = load(config, model_dir, name)
+    if config.mode == "evaluate_export":
+        return _evaluate_export(config, data, split, name)
+    if config.model.model in ("als", "popular"):
+        return _run_fitted(config, data, split, model_dir, results)
+    ranker, index = build(config, split, strategy)
+    valid_cases = (
+        evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
+        if len(split.valid_users)
+        else None
+    )
+    score = evaluate.Scorer(
+        ranker.scorer, split.behaviors.num_behaviors, config.eval.batch_size, index=index
+    )
+    if config.mode in ("train", "train_and_evaluate"):
+        fit(config, ranker, index, split, model_dir, results, score, valid_cases, on_validation)
+    else:
+        _restore_for_evaluation(ranker, model_dir)
+    if config.mode in ("evaluate", "train_and_evaluate"):
+        test(config, ranker, index, split, results, score, valid_cases)
+    exporting = config.mode in ("train", "train_and_evaluate", "export")
+    if config.export.export_dir and exporting and train_lib.is_chief(strategy):
+        _export(config, ranker.scorer, data, split, results)
+    # An evaluation or an export leaves the training run's results.json as it was.
+    name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
+    run_record.write_json(os.path.join(model_dir, name), results)
+    return results
+
+
+def load(config: config_lib.ExperimentConfig, model_dir: str, name: str = ""):
+    """Step 1: reads and splits the log; writes a new run's record or checks a resumed one.
+
+    Returns:
+      (data, split, the results dict that every run records: dataset, data
+       report, split, load time).
+    """
     started = time.perf_counter()
     data, split = loading.load(config.data, work_dir=model_dir)
     load_seconds = time.perf_counter() - started
@@ -143,9 +180,6 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         # A resume, an evaluation or an export reads the record and writes
         # nothing over the run's files.
         run_record.check(model_dir, config, data_fingerprint, training=training)
-
-    if config.mode == "evaluate_export":
-        return _evaluate_export(config, data, split, name)
     results = {
         "dataset": name or dataset_name(config),
         "model": config.model.model,
@@ -160,8 +194,15 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         "split": split.info,
         "seconds": {"load": round(load_seconds, 2)},
     }
-    if config.model.model in ("als", "popular"):
-        return _run_fitted(config, data, split, model_dir, results)
+    return data, split, results
+
+
+def build(config: config_lib.ExperimentConfig, split, strategy: tf.distribute.Strategy):
+    """Step 2: the Ranker under `strategy`, its histories, and the training index.
+
+    Returns:
+      (ranker, training index).
+    """
     with strategy.scope():
         ranker = ranking.build_ranker(
             config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
@@ -172,27 +213,24 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
             histories.build(split, length=config.model.history_length, seed=config.data.seed),
             target=split.behaviors.target,
         )
-    num_behaviors = split.behaviors.num_behaviors
-
     index = training_index.TrainingIndex.from_split(split)
-    valid_cases = (
-        evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
-        if len(split.valid_users)
-        else None
-    )
     bias = models.behavior_bias(ranker.scorer)
     if bias is not None and config.model.behavior_init == "lift":
         lift = models.behavior_lift(index)
         bias.kernel.assign(lift)
         start = {b: round(float(w), 3) for b, w in zip(split.behaviors.behaviors[1:], lift)}
         print(f"behavior feature weights start at {start}")
-    if config.model.mf_init != "random" and config.mode in ("train", "train_and_evaluate"):
+    return ranker, index
+
+
+def fit(
+    config, ranker, index, split, model_dir, results, score, valid_cases, on_validation=None
+) -> None:
+    """Step 3: the ALS start when asked, then training with validation; into `results`."""
+    if config.model.mf_init != "random":
         seconds = _start_from_als(ranker.scorer, config, split)
         results["seconds"]["mf_init"] = round(seconds, 2)
-    score = evaluate.Scorer(ranker.scorer, num_behaviors, config.eval.batch_size, index=index)
-
     protocol = config.train.early_stopping_protocol
-
     epochs_validated = [0]
 
     def validation():
@@ -208,53 +246,47 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
             on_validation(epochs_validated[0], metrics)
         return metrics
 
-    if config.mode in ("train", "train_and_evaluate"):
-        started = time.perf_counter()
-        result = train_lib.train(
-            ranker=ranker,
-            index=index,
-            config=config.train,
-            model_dir=model_dir,
-            validation=validation if valid_cases is not None else None,
-            validate_start=config.model.mf_init != "random",
+    started = time.perf_counter()
+    result = train_lib.train(
+        ranker=ranker,
+        index=index,
+        config=config.train,
+        model_dir=model_dir,
+        validation=validation if valid_cases is not None else None,
+        validate_start=config.model.mf_init != "random",
+    )
+    results["seconds"]["train"] = round(time.perf_counter() - started, 2)
+    results["train"] = {k: v for k, v in result.to_dict().items() if k != "history"}
+    # A fingerprint of the trained weights: replicas of one run must agree.
+    results["train"]["weights_sum_abs"] = float(
+        sum(np.abs(w).sum(dtype=np.float64) for w in ranker.scorer.get_weights())
+    )
+    bias = models.behavior_bias(ranker.scorer)
+    if bias is not None:
+        # The kept epoch's offsets, in logits, per supportive behavior.
+        results["train"]["behavior_weights"] = {
+            b: round(float(w), 4)
+            for b, w in zip(split.behaviors.behaviors[1:], bias.kernel.numpy())
+        }
+
+
+def test(config, ranker, index, split, results, score, valid_cases) -> None:
+    """Step 4: the three protocols on the test cases (and validation); into `results`."""
+    started = time.perf_counter()
+    test_cases = evaluate.EvalCases.build(split, "test", config.eval, touched_keys=index.keys)
+    results["test"] = evaluate.evaluate(score, test_cases, config=config.eval)
+    if valid_cases is not None:
+        results["validation"] = evaluate.evaluate(
+            score,
+            valid_cases,
+            config=config.eval,
+            case_limit=config.eval.valid_full_ranking_cases,
         )
-        results["seconds"]["train"] = round(time.perf_counter() - started, 2)
-        results["train"] = {k: v for k, v in result.to_dict().items() if k != "history"}
-        # A fingerprint of the trained weights: replicas of one run must agree.
-        results["train"]["weights_sum_abs"] = float(
-            sum(np.abs(w).sum(dtype=np.float64) for w in ranker.scorer.get_weights())
-        )
-        if bias is not None:
-            # The kept epoch's offsets, in logits, per supportive behavior.
-            results["train"]["behavior_weights"] = {
-                b: round(float(w), 4)
-                for b, w in zip(split.behaviors.behaviors[1:], bias.kernel.numpy())
-            }
-    else:
-        _restore_for_evaluation(ranker, model_dir)
-    if config.mode in ("evaluate", "train_and_evaluate"):
-        started = time.perf_counter()
-        test_cases = evaluate.EvalCases.build(split, "test", config.eval, touched_keys=index.keys)
-        results["test"] = evaluate.evaluate(score, test_cases, config=config.eval)
-        if valid_cases is not None:
-            results["validation"] = evaluate.evaluate(
-                score,
-                valid_cases,
-                config=config.eval,
-                case_limit=config.eval.valid_full_ranking_cases,
-            )
-        retrieval = evaluate.retrieval_metrics(ranker.scorer, test_cases, config=config.eval)
-        if retrieval is not None:
-            results["test"]["retrieval"] = retrieval
-        results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
-        _print_metrics(results)
-    exporting = config.mode in ("train", "train_and_evaluate", "export")
-    if config.export.export_dir and exporting and train_lib.is_chief(strategy):
-        _export(config, ranker.scorer, data, split, results)
-    # An evaluation or an export leaves the training run's results.json as it was.
-    name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
-    run_record.write_json(os.path.join(model_dir, name), results)
-    return results
+    retrieval = evaluate.retrieval_metrics(ranker.scorer, test_cases, config=config.eval)
+    if retrieval is not None:
+        results["test"]["retrieval"] = retrieval
+    results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
+    _print_metrics(results)
 
 
 def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float:
