@@ -37,6 +37,13 @@ RENAMED = {
 # Fields set by another section's flag: one seed for the split and for training.
 SHARED = {("train", "seed"): "seed", ("data", "seed"): "seed"}
 
+# How a pair-list flag's entries are written: separator, form, example.
+_PAIR_FORMS = {
+    "columns": ("=", "field=column", "user=uid"),
+    "behavior_weights": (":", "behavior:weight", "buy:1,cart:0.5"),
+}
+
+
 # Flags of the run that are not config fields.
 RUN_FLAGS = {
     "dataset_name": "Name recorded in results.json (default: the data folder's name, or "
@@ -114,27 +121,22 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         elif kind == "str":
             flags.DEFINE_string(name, default, help_text, **f)
         elif kind.startswith("tuple"):
-            flags.DEFINE_list(name, [_format_item(v) for v in default], help_text, **f)
+            separator = _PAIR_FORMS.get(field.name, (":",))[0]
+            flags.DEFINE_list(name, [_format_item(v, separator) for v in default], help_text, **f)
         else:
             raise TypeError(f"config field {section}.{field.name} has type {kind}: give it a flag")
     for name, help_text in RUN_FLAGS.items():
         flags.DEFINE_string(name, "", help_text, **f)
 
 
-def _format_item(value) -> str:
+def _format_item(value, separator: str) -> str:
+    """A default list entry as the flag writes it (pairs joined by their separator)."""
     if isinstance(value, tuple):
-        return ":".join(str(v) for v in value)
+        return separator.join(str(v) for v in value)
     return str(value)
 
 
-# How a pair-list flag's entries are written.
-_PAIR_FORMS = {
-    "columns": ("field=column", "user=uid"),
-    "behavior_weights": ("behavior:weight", "buy:1,cart:0.5"),
-}
-
-
-def _convert(section: str, field: dataclasses.Field, name: str, value):
+def _convert(field: dataclasses.Field, name: str, value):
     """A parsed flag value as the field's type; a bad entry names the flag and the form."""
     kind = field.type
     if not kind.startswith("tuple"):
@@ -149,9 +151,10 @@ def _convert(section: str, field: dataclasses.Field, name: str, value):
             return tuple(int(v) for v in entries)
         except ValueError:
             raise ValueError(f"--{name}={','.join(entries)} must be integers, e.g. 10,20") from None
+    separator, form, example = _PAIR_FORMS.get(field.name, (":", "key:value", "a:b"))
     pairs = []
     for entry in entries:
-        key, sep, rest = entry.replace("=", ":", 1).partition(":")
+        key, sep, rest = entry.partition(separator)
         ok = bool(sep and key.strip() and rest.strip())
         if ok and kind == "tuple[tuple[str, float], ...]":
             try:
@@ -159,7 +162,6 @@ def _convert(section: str, field: dataclasses.Field, name: str, value):
             except ValueError:
                 ok = False
         if not ok:
-            form, example = _PAIR_FORMS.get(field.name, ("key:value", "a:b"))
             raise ValueError(f"--{name} entry {entry!r} is not {form}, e.g. {example}.")
         pairs.append((key.strip(), rest.strip() if isinstance(rest, str) else rest))
     return tuple(pairs)
@@ -172,7 +174,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
     sections = {section: {} for section in SECTIONS}
     top = {}
     for section, field, name, _ in _fields():
-        value = _convert(section, field, name, fv[name].value)
+        value = _convert(field, name, fv[name].value)
         (sections[section] if section else top)[field.name] = value
     return config_lib.ExperimentConfig(
         **{section: cls(**sections[section]) for section, cls in SECTIONS.items()}, **top

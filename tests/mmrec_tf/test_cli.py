@@ -66,7 +66,9 @@ def test_list_flags_convert_to_the_field_types():
     [
         ("--behavior_weights=buy", "behavior:weight"),
         ("--behavior_weights=buy:x", "behavior:weight"),
+        ("--behavior_weights=buy=1", "behavior:weight"),
         ("--columns=user", "field=column"),
+        ("--columns=user:uid", "field=column"),
         ("--eval_ks=ten", "eval_ks"),
     ],
 )
