@@ -77,6 +77,11 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     )
 
 
+def _validation_fields(metrics: dict) -> dict:
+    """The numeric validation metrics as `val_<name>` history fields."""
+    return {f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 class _EpochEnd(tf_keras.callbacks.Callback):
     """Validation, early stopping, history and the per-epoch checkpoint."""
 
@@ -117,11 +122,9 @@ class _EpochEnd(tf_keras.callbacks.Callback):
         }
         if self.validation is not None:
             metrics = self.validation()
-            for name, value in metrics.items():
-                if not isinstance(value, (int, float)):
-                    continue
-                logs[f"val_{name}"] = value
-                record[f"val_{name}"] = value
+            fields = _validation_fields(metrics)
+            logs.update(fields)
+            record.update(fields)
             value = metrics[VALIDATION_METRIC]
             if value > float(self.state.best.numpy()):
                 self.state.best.assign(value)
@@ -223,12 +226,12 @@ def train(
     start = int(state.epoch.numpy())
     best_path = os.path.join(model_dir, "best", "weights")
     steps = datasets.steps_per_epoch(index, config)
-    if validate_start and validation is not None and start == 0 and not history:
+    # A fresh run (a resumed one has a checkpoint, so start > 0).
+    if validate_start and validation is not None and start == 0:
         started = time.perf_counter()
         metrics = validation()
         record = {"epoch": 0, "seconds": round(time.perf_counter() - started, 3)}
-        record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        history.append(record)
+        history.append({**record, **_validation_fields(metrics)})
         state.best.assign(metrics[VALIDATION_METRIC])
         ranker.scorer.save_weights(best_path)
     if start < config.epochs and not bool(state.stopped.numpy()):
