@@ -19,18 +19,21 @@ def _flags(argv):
     return fv
 
 
+def tiny_quickstart(model_dir, *, steps: int) -> list[str]:
+    """The quickstart flagfile on a small synthetic log: 2 epochs of `steps` steps."""
+    return [
+        f"--flagfile={QUICKSTART}",
+        f"--model_dir={model_dir}",
+        "--synthetic_users=300",
+        "--synthetic_items=400",
+        "--epochs=2",
+        f"--steps_per_epoch={steps}",
+        "--verbose=0",
+    ]
+
+
 def test_main_end_to_end_on_the_quickstart_flagfile(tmp_path):
-    fv = _flags(
-        [
-            f"--flagfile={QUICKSTART}",
-            f"--model_dir={tmp_path}",
-            "--synthetic_users=300",
-            "--synthetic_items=400",
-            "--epochs=2",
-            "--steps_per_epoch=15",
-            "--verbose=0",
-        ]
-    )
+    fv = _flags(tiny_quickstart(tmp_path, steps=15))
     config = cli.config_from_flags(fv)
     assert config.model.model == "mmf" and config.train.epochs == 2
     results = run_lib.run(config)

@@ -17,8 +17,8 @@ from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import training_index
 from tests.mmrec_tf.test_evaluate import _TableScorer
-from tests.mmrec_tf.test_main import QUICKSTART
 from tests.mmrec_tf.test_main import _flags
+from tests.mmrec_tf.test_main import tiny_quickstart
 from tests.pipelines import test_samplers
 
 BEHAVIORS = schema.BehaviorSchema("buy", ("cart", "fav"))
@@ -261,13 +261,7 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard
 
     fv = _flags(
         [
-            f"--flagfile={QUICKSTART}",
-            f"--model_dir={tmp_path}",
-            "--synthetic_users=300",
-            "--synthetic_items=400",
-            "--epochs=2",
-            "--steps_per_epoch=10",
-            "--verbose=0",
+            *tiny_quickstart(tmp_path, steps=10),
             "--loss=softmax",
             "--shared_negatives=64",
             "--negative_distribution=popularity",
@@ -429,13 +423,7 @@ def test_an_als_start_is_validated_as_epoch_zero(tmp_path, mf_init):
 
     fv = _flags(
         [
-            f"--flagfile={QUICKSTART}",
-            f"--model_dir={tmp_path}",
-            "--synthetic_users=300",
-            "--synthetic_items=400",
-            "--epochs=2",
-            "--steps_per_epoch=5",
-            "--verbose=0",
+            *tiny_quickstart(tmp_path, steps=5),
             "--loss=softmax",
             "--shared_negatives=32",
             "--supportive_positive_weight=0",
