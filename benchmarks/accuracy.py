@@ -9,8 +9,9 @@ protocols (sampled, full ranking, discovery): test HR@10 and NDCG@10, mean
 over seeds ± the standard error across seeds. The ALS arms take their flags
 from the dataset's Optuna study (`python -m mmrec_tf.tune --family=als
 --protocol=full`: `<tune_dir>/<dataset>/best_als_full.json`); our model and
-its ablations train on that ALS's factors with residual.flags' recipe, so
-they add no search of their own. An arm whose study is missing is left out
+its ablations train on that ALS's factors with residual.flags' recipe (one
+recipe, picked among four hand-run settings on jd_vcgae's validation cases),
+so they add no per-dataset search. An arm whose study is missing is left out
 and said so. One ALS cache (`--als_cache_dir`) serves every arm.
 
 Writes benchmarks/results/accuracy.{md,json,png}.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 import experiments  # the lab beside this script (benchmarks/experiments)
@@ -238,7 +240,7 @@ def _plot(report: dict, path: str) -> bool:
                 summary = row[protocol] if row else {"HR@10": 0.0, "HR@10_se": 0.0}
                 values.append(summary["HR@10"])
                 se = summary["HR@10_se"]
-                errors.append(0.0 if se != se else se)
+                errors.append(0.0 if math.isnan(se) else se)
             xs = [d + (k - (len(labels) - 1) / 2) * width for d in range(len(datasets))]
             ax.bar(xs, values, width, yerr=errors, label=label)
         ax.set_xticks(range(len(datasets)))
