@@ -240,6 +240,12 @@ class ModelConfig:
         no epoch beats them); or `als_fixed` (the same start with the MF
         tables held at the ALS factors: the branches, fusion and head learn
         a residual over the ALS).
+      als_holdout: with `mf_init` als or als_fixed, target pairs held out
+        per user (users with at least 3) from the ALS fit, drawn with the
+        seed; training then takes only these pairs as positives, so the
+        residual learns from pairs the ALS has not seen, as a test pair is
+        unseen (stacking). 0: the ALS fits every training pair and training
+        takes them all.
     """
 
     model: str = "mmf"
@@ -263,8 +269,15 @@ class ModelConfig:
     als_solver: str = "implicit"
     als_cache_dir: str = ""
     mf_init: str = "random"
+    als_holdout: int = 0
 
     def __post_init__(self):
+        _check(
+            self.als_holdout == 0 or (self.als_holdout > 0 and self.mf_init != "random"),
+            "als_holdout",
+            self.als_holdout,
+            "0, or a positive count with --mf_init=als or als_fixed",
+        )
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
         _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
         _check(self.gating in GATINGS, "gating", self.gating, f"one of {GATINGS}")

@@ -15,6 +15,7 @@ from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import splits as splits_lib
 from mmrec_tf.pipelines import training_index
 from tests.mmrec_tf.test_evaluate import _TableScorer
 from tests.mmrec_tf.test_main import _flags
@@ -453,3 +454,86 @@ def test_eval_cases_take_the_training_index_keys_as_the_touched_pairs():
     np.testing.assert_array_equal(built.touched_keys, index.keys)
     assert reused.touched_keys is index.keys
     np.testing.assert_array_equal(built.candidates, reused.candidates)
+
+
+def test_held_out_positives_are_per_user_draws_the_als_never_sees():
+    split = test_samplers._split()
+    index = training_index.TrainingIndex.from_split(split)
+    held = training_index.hold_out_positives(index, 1, seed=3)
+    counts = np.bincount(index.pos_users, minlength=split.num_users)
+    users = held // split.num_items
+    # One pair of each user with 3+ target pairs, none of the others.
+    np.testing.assert_array_equal(users, np.flatnonzero(counts >= 3))
+    assert np.isin(held, index.keys[(index.bits & 1) == 1]).all()
+    np.testing.assert_array_equal(held, training_index.hold_out_positives(index, 1, seed=3))
+    # Every user keeps 2 target pairs out of the draw, whatever is asked.
+    many = training_index.hold_out_positives(index, 100, seed=3)
+    np.testing.assert_array_equal(
+        np.bincount(many // split.num_items, minlength=split.num_users),
+        np.where(counts >= 3, counts - 2, 0),
+    )
+    # The residual trains on the held-out pairs; gates and masks keep them all.
+    restricted = training_index.with_positives(index, held)
+    np.testing.assert_array_equal(
+        restricted.pos_users.astype(np.int64) * split.num_items + restricted.pos_items, held
+    )
+    assert restricted.keys is index.keys and restricted.bits is index.bits
+    # The ALS split loses exactly the held-out buy records, no supportive one.
+    fitted = splits_lib.without_target_pairs(split, held)
+    keys = splits_lib.pair_keys(split.train_users, split.train_items, split.num_items)
+    dropped = (split.train_branches == 0) & np.isin(keys, held)
+    assert len(fitted.train_users) == len(split.train_users) - dropped.sum() > 0
+    fitted_keys = splits_lib.pair_keys(fitted.train_users, fitted.train_items, split.num_items)
+    assert not np.isin(held, fitted_keys[fitted.train_branches == 0]).any()
+    np.testing.assert_array_equal(
+        np.sort(fitted_keys[fitted.train_branches != 0]), np.sort(keys[split.train_branches != 0])
+    )
+
+
+def test_als_holdout_trains_the_residual_on_pairs_the_als_did_not_fit(tmp_path):
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
+
+    args = [
+        *tiny_quickstart(tmp_path, steps=5),
+        "--loss=softmax",
+        "--shared_negatives=32",
+        "--supportive_positive_weight=0",
+        "--history_length=0",
+        "--mf_init=als_fixed",
+        "--als_holdout=1",
+        "--als_cache_dir=" + str(tmp_path / "als"),
+    ]
+    results = run_lib.run(cli.config_from_flags(_flags(args)))
+    held = results["als_holdout"]
+    assert held["per_user"] == 1 and 0 < held["positives"] <= results["num_users"]
+    # The cached ALS fit is of the training data without the held-out pairs.
+    from mmrec_tf.pipelines import loading
+
+    config = cli.config_from_flags(_flags(args))
+    _, split = loading.load(config.data, work_dir=str(tmp_path / "again"))
+    index = training_index.TrainingIndex.from_split(split)
+    keys = training_index.hold_out_positives(index, 1, config.train.seed)
+    assert len(keys) == held["positives"]
+    from mmrec_tf import baselines
+
+    _, _, _, path = baselines.fit_factors(
+        splits_lib.without_target_pairs(split, keys),
+        baselines.als_config(config.model, config.train.seed),
+        cache_dir=str(tmp_path / "als"),
+    )
+    assert len(list((tmp_path / "als").iterdir())) == 1 and path.startswith(str(tmp_path))
+    with pytest.raises(ValueError, match="als_holdout"):
+        run_lib.run(
+            cli.config_from_flags(
+                _flags(
+                    [
+                        *args,
+                        "--supportive_positive_weight=0.5",
+                        "--model_dir=" + str(tmp_path / "b"),
+                    ]
+                )
+            )
+        )
+    with pytest.raises(ValueError, match="als_holdout"):
+        config_lib.ModelConfig(als_holdout=1)
