@@ -25,6 +25,10 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
 
+# (section, field, default) of config fields added since runs were first keyed.
+ADDED_AT_DEFAULT = (("model", "als_holdout", 0),)
+
+
 def config_key(args: list[str]) -> str:
     """A short hash of the config that `python -m mmrec_tf.main <args>` resolves to.
 
@@ -40,6 +44,11 @@ def config_key(args: list[str]) -> str:
     resolved.pop("model_dir")
     # Where fitted ALS factors are cached changes no result (a hit is the fit).
     resolved["model"].pop("als_cache_dir")
+    # Fields added after runs were recorded stay out of the key at their
+    # default, so those runs keep their keys.
+    for section, field, default in ADDED_AT_DEFAULT:
+        if resolved[section][field] == default:
+            resolved[section].pop(field)
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
