@@ -15,7 +15,7 @@ DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
 BAD_RECORD_POLICIES = ("error", "skip")
 MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
 GATINGS = ("gradient", "gradient_aux", "none")
-BEHAVIOR_INITS = ("zero", "lift")
+BEHAVIOR_INITS = ("zero", "lift", "touched_first", "validated")
 BEHAVIOR_FITS = ("joint", "apart")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
@@ -215,7 +215,11 @@ class ModelConfig:
       behavior_init: where the offsets w start: `zero`, or `lift`, the
         training data's log-odds of a buy with the behavior over without any
         (`models.behavior_lift`), so training starts from "touched items
-        first".
+        first"; with `mf_init` als or als_fixed, `touched_first` (each
+        offset at twice the bound of the ALS scores: the start is the
+        "ALS, touched items first" ranking) or `validated` (whichever of
+        `zero` and `touched_first` scores higher on the validation cases,
+        under the early-stopping protocol).
       behavior_fit: how the offsets and the rest of the model share the
         loss: `joint` (one loss on the summed logit: once the offsets separate
         a touched buy from its negatives, the embeddings stop learning from
@@ -286,6 +290,14 @@ class ModelConfig:
             "behavior_init",
             self.behavior_init,
             f"one of {BEHAVIOR_INITS}",
+        )
+        _check(
+            self.behavior_init not in ("touched_first", "validated")
+            or (self.behavior_features and self.mf_init != "random"),
+            "behavior_init",
+            self.behavior_init,
+            "zero or lift, unless --behavior_features and --mf_init=als or als_fixed "
+            "(the touched-first offsets are set from the ALS scores' bound)",
         )
         _check(
             self.behavior_fit in BEHAVIOR_FITS,

@@ -238,6 +238,10 @@ def fit(
             }
         seconds = _start_from_als(ranker.scorer, config, als_split)
         results["seconds"]["mf_init"] = round(seconds, 2)
+        if config.model.behavior_init in ("touched_first", "validated"):
+            results["behavior_init"] = _touched_first_start(
+                ranker.scorer, config, score, valid_cases
+            )
     protocol = config.train.early_stopping_protocol
     epochs_validated = [0]
 
@@ -295,6 +299,46 @@ def test(config, ranker, index, split, results, score, valid_cases) -> None:
         results["test"]["retrieval"] = retrieval
     results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
     _print_metrics(results)
+
+
+def _touched_first_start(scorer, config: config_lib.ExperimentConfig, score, valid_cases) -> dict:
+    """--behavior_init=touched_first|validated: the offsets of the ALS start.
+
+    Each offset at twice the bound of the MF part's scores makes any touched
+    item outrank any untouched one, the ALS ranking within each group (the
+    "ALS, touched items first" baseline). `validated` keeps it only if it
+    beats the offsets at 0 on the validation cases (a tie keeps 0).
+    """
+    mf = models.parts(scorer)[0]
+    users = mf.user_embedding.embeddings.numpy()
+    items = mf.item_embedding.embeddings.numpy()
+    bound = float(np.linalg.norm(users, axis=1).max() * np.linalg.norm(items, axis=1).max())
+    bias = models.behavior_bias(scorer)
+    touched = np.full(bias.kernel.shape, 2.0 * bound + 1.0, np.float32)
+    bias.kernel.assign(touched)
+    record = {"touched_first_offset": round(2.0 * bound + 1.0, 4)}
+    if config.model.behavior_init == "touched_first":
+        return {**record, "kept": "touched_first"}
+    if valid_cases is None:
+        raise ValueError(
+            "behavior_init=validated needs validation cases: keep --validation, or choose "
+            "--behavior_init=zero or touched_first."
+        )
+    protocol = config.train.early_stopping_protocol
+    figures = {}
+    for name, kernel in (("zero", np.zeros_like(touched)), ("touched_first", touched)):
+        bias.kernel.assign(kernel)
+        figures[name] = evaluate.evaluate(
+            score,
+            valid_cases,
+            config=config.eval,
+            protocols=(protocol,),
+            case_limit=config.eval.valid_full_ranking_cases,
+        )[protocol]["HR@10"]
+    kept = max(figures, key=figures.get)
+    bias.kernel.assign(touched if kept == "touched_first" else np.zeros_like(touched))
+    print(f"behavior offsets start {kept}: validation HR@10 {figures}")
+    return {**record, "validation_HR@10": figures, "kept": kept}
 
 
 def _hold_out_for_residual(config: config_lib.ExperimentConfig, index, split):

@@ -125,10 +125,9 @@ def test_runs_are_keyed_by_their_resolved_config(tmp_path):
     assert experiments.config_key([f"--flagfile={copy}", "--seed=0"]) != key
     # A field added later keys nothing at its default, and a value of it does.
     assert experiments.config_key(base + ["--als_holdout=0"]) == key
-    assert (
-        experiments.config_key(base + ["--mf_init=als_fixed", "--als_holdout=1"])
-        != experiments.config_key(base + ["--mf_init=als_fixed"])
-    )
+    assert experiments.config_key(
+        base + ["--mf_init=als_fixed", "--als_holdout=1"]
+    ) != experiments.config_key(base + ["--mf_init=als_fixed"])
     # So a runner with extra flags never reuses another runner's folder.
     kwargs = dict(dataset="quickstart", data_dir="", runs_dir=str(tmp_path / "runs"))
     short = experiments.Runner(**kwargs, extra_flags=["--epochs=5"], report_only=True)

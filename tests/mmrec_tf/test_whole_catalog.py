@@ -537,3 +537,72 @@ def test_als_holdout_trains_the_residual_on_pairs_the_als_did_not_fit(tmp_path):
         )
     with pytest.raises(ValueError, match="als_holdout"):
         config_lib.ModelConfig(als_holdout=1)
+
+
+@pytest.mark.parametrize("behavior_init", ["touched_first", "validated"])
+def test_a_touched_first_start_is_the_touched_first_als(tmp_path, behavior_init):
+    from mmrec_tf import baselines
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
+    from mmrec_tf.baselines import als
+    from mmrec_tf.baselines import popularity
+
+    args = [
+        *tiny_quickstart(tmp_path, steps=5),
+        "--loss=softmax",
+        "--shared_negatives=32",
+        "--supportive_positive_weight=0",
+        "--history_length=0",
+        "--mf_init=als_fixed",
+        "--behavior_features",
+        f"--behavior_init={behavior_init}",
+        "--early_stopping_protocol=full",
+        "--valid_full_ranking_cases=50",
+        # A rate that wrecks the start: the kept weights are epoch 0's.
+        "--learning_rate=5",
+        "--mode=train",
+    ]
+    config = cli.config_from_flags(_flags(args))
+    data, split, results = run_lib.load(config, str(tmp_path))
+    ranker, index = run_lib.build(config, split, tf.distribute.get_strategy())
+    score = evaluate.Scorer(
+        ranker.scorer, split.behaviors.num_behaviors, config.eval.batch_size, index=index
+    )
+    valid = evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
+    x, y, _ = als.fit(split, baselines.als_config(config.model, config.train.seed), verbose=False)
+    touched_first = popularity.TouchedFirst(als.FactorScorer(x, y), index)
+    expected = evaluate.evaluate(
+        touched_first, valid, config=config.eval, protocols=("full",), case_limit=50
+    )["full"]["HR@10"]
+    plain = evaluate.evaluate(
+        als.FactorScorer(x, y), valid, config=config.eval, protocols=("full",), case_limit=50
+    )["full"]["HR@10"]
+    run_lib.fit(config, ranker, index, split, str(tmp_path), results, score, valid)
+    start = results["behavior_init"]
+    if behavior_init == "validated":
+        assert start["validation_HR@10"]["touched_first"] == pytest.approx(expected, abs=1e-9)
+        assert start["validation_HR@10"]["zero"] == pytest.approx(plain, abs=1e-9)
+        assert start["kept"] == ("touched_first" if expected > plain else "zero")
+    else:
+        assert start["kept"] == "touched_first"
+    # The start (epoch 0, kept) ranks every touched item above every untouched one.
+    history = json.load(open(tmp_path / "history.json"))
+    assert results["train"]["best_epoch"] == 0
+    assert history[0]["val_HR@10"] == pytest.approx(
+        expected if start["kept"] == "touched_first" else plain, abs=1e-9
+    )
+    users = np.arange(split.num_users, dtype=np.int32)
+    items = np.arange(split.num_items, dtype=np.int32)
+    offsets = models.behavior_bias(ranker.scorer).kernel.numpy()
+    if start["kept"] == "touched_first":
+        grid = models.score_grid(
+            ranker.scorer, users[:20], items, index.gate_grid(users[:20], items)
+        )
+        grid = grid.numpy()
+        touched = index.gate_grid(users[:20], items)[..., 1:].sum(-1) > 0
+        for row, mask in zip(grid, touched):
+            if mask.any() and (~mask).any():
+                assert row[mask].min() > row[~mask].max()
+        assert (offsets > 0).all()
+    with pytest.raises(ValueError, match="behavior_init"):
+        config_lib.ModelConfig(behavior_features=True, behavior_init="touched_first")
