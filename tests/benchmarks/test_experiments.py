@@ -207,3 +207,39 @@ def test_arms_filter_runs_only_the_matching_arms_and_names_the_labels_when_none_
 def test_the_package_exports_what_it_lists():
     for name in experiments.__all__:
         assert hasattr(experiments, name), name
+
+
+def test_our_model_takes_the_start_whose_seed_0_run_validates_higher(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
+    import accuracy
+
+    class Runner:
+        def __init__(self, figures):
+            self.figures, self.calls = figures, []
+
+        def run(self, overrides, seed):
+            self.calls.append((overrides.get("behavior_init", "zero"), seed))
+            figure = self.figures[overrides.get("behavior_init", "zero")]
+            if figure is None:
+                raise accuracy.experiments.MissingRun("not run")
+            return {"train": {"best_validation": {"HR@10": figure}}}
+
+    residual = {"mf_init": "als_fixed"}
+    at_0, touched = (label for label, _ in accuracy.STARTS)
+    runner = Runner({"zero": 0.30, "touched_first": 0.31})
+    chosen, figures = accuracy.choose_start(runner, residual)
+    assert chosen == {"mf_init": "als_fixed", "behavior_init": "touched_first"}
+    assert figures == {at_0: 0.30, touched: 0.31}
+    assert runner.calls == [("zero", 0), ("touched_first", 0)]
+    # A tie keeps the offsets at 0; a start that has not run is not chosen.
+    assert accuracy.choose_start(Runner({"zero": 0.3, "touched_first": 0.3}), residual)[0] == {
+        "mf_init": "als_fixed"
+    }
+    assert accuracy.choose_start(Runner({"zero": None, "touched_first": 0.1}), residual)[0] == {
+        "mf_init": "als_fixed",
+        "behavior_init": "touched_first",
+    }
+    assert accuracy.choose_start(Runner({"zero": None, "touched_first": None}), residual) == (
+        None,
+        {},
+    )
