@@ -98,6 +98,10 @@ ABLATIONS = (
     ("ablation: one branch (NCF: the target's)", {"model": "ncf"}),
     ("ablation: no gate", {"gating": "none"}),
     ("ablation: shared tables", {"shared_embeddings": True}),
+    # What could make the branches earn their place: each supportive branch's
+    # head also ranks its own behavior's items, and the fusion carries that
+    # to the target (EHCF's transfer, in the paper's architecture).
+    ("variant: a loss per supportive branch (gradient_aux)", {"gating": "gradient_aux"}),
 )
 
 
