@@ -242,17 +242,10 @@ def fit(
             results["behavior_init"] = _touched_first_start(
                 ranker.scorer, config, score, valid_cases
             )
-    protocol = config.train.early_stopping_protocol
     epochs_validated = [0]
 
     def validation():
-        metrics = evaluate.evaluate(
-            score,
-            valid_cases,
-            config=config.eval,
-            protocols=(protocol,),
-            case_limit=config.eval.valid_full_ranking_cases,
-        )[protocol]
+        metrics = _validation_metrics(config, score, valid_cases)
         epochs_validated[0] += 1
         if on_validation is not None:
             on_validation(epochs_validated[0], metrics)
@@ -301,6 +294,18 @@ def test(config, ranker, index, split, results, score, valid_cases) -> None:
     _print_metrics(results)
 
 
+def _validation_metrics(config: config_lib.ExperimentConfig, score, valid_cases) -> dict:
+    """The early-stopping protocol's metrics on the (seeded sample of the) validation cases."""
+    protocol = config.train.early_stopping_protocol
+    return evaluate.evaluate(
+        score,
+        valid_cases,
+        config=config.eval,
+        protocols=(protocol,),
+        case_limit=config.eval.valid_full_ranking_cases,
+    )[protocol]
+
+
 def _touched_first_start(scorer, config: config_lib.ExperimentConfig, score, valid_cases) -> dict:
     """--behavior_init=touched_first|validated: the offsets of the ALS start.
 
@@ -324,17 +329,10 @@ def _touched_first_start(scorer, config: config_lib.ExperimentConfig, score, val
             "behavior_init=validated needs validation cases: keep --validation, or choose "
             "--behavior_init=zero or touched_first."
         )
-    protocol = config.train.early_stopping_protocol
     figures = {}
     for name, kernel in (("zero", np.zeros_like(touched)), ("touched_first", touched)):
         bias.kernel.assign(kernel)
-        figures[name] = evaluate.evaluate(
-            score,
-            valid_cases,
-            config=config.eval,
-            protocols=(protocol,),
-            case_limit=config.eval.valid_full_ranking_cases,
-        )[protocol]["HR@10"]
+        figures[name] = _validation_metrics(config, score, valid_cases)[train_lib.VALIDATION_METRIC]
     kept = max(figures, key=figures.get)
     bias.kernel.assign(touched if kept == "touched_first" else np.zeros_like(touched))
     print(f"behavior offsets start {kept}: validation HR@10 {figures}")

@@ -417,6 +417,17 @@ def test_mf_part_starts_at_the_als_factors():
         )
 
 
+def _als_start_args(tmp_path) -> list[str]:
+    """A tiny quickstart run with the softmax objective and no histories, as an ALS start needs."""
+    return [
+        *tiny_quickstart(tmp_path, steps=5),
+        "--loss=softmax",
+        "--shared_negatives=32",
+        "--supportive_positive_weight=0",
+        "--history_length=0",
+    ]
+
+
 @pytest.mark.parametrize("mf_init", ["als", "als_fixed"])
 def test_an_als_start_is_validated_as_epoch_zero(tmp_path, mf_init):
     from mmrec_tf import cli
@@ -424,11 +435,7 @@ def test_an_als_start_is_validated_as_epoch_zero(tmp_path, mf_init):
 
     fv = _flags(
         [
-            *tiny_quickstart(tmp_path, steps=5),
-            "--loss=softmax",
-            "--shared_negatives=32",
-            "--supportive_positive_weight=0",
-            "--history_length=0",
+            *_als_start_args(tmp_path),
             f"--mf_init={mf_init}",
             "--early_stopping_protocol=full",
             "--valid_full_ranking_cases=50",
@@ -495,11 +502,7 @@ def test_als_holdout_trains_the_residual_on_pairs_the_als_did_not_fit(tmp_path):
     from mmrec_tf import run as run_lib
 
     args = [
-        *tiny_quickstart(tmp_path, steps=5),
-        "--loss=softmax",
-        "--shared_negatives=32",
-        "--supportive_positive_weight=0",
-        "--history_length=0",
+        *_als_start_args(tmp_path),
         "--mf_init=als_fixed",
         "--als_holdout=1",
         "--als_cache_dir=" + str(tmp_path / "als"),
@@ -548,11 +551,7 @@ def test_a_touched_first_start_is_the_touched_first_als(tmp_path, behavior_init)
     from mmrec_tf.baselines import popularity
 
     args = [
-        *tiny_quickstart(tmp_path, steps=5),
-        "--loss=softmax",
-        "--shared_negatives=32",
-        "--supportive_positive_weight=0",
-        "--history_length=0",
+        *_als_start_args(tmp_path),
         "--mf_init=als_fixed",
         "--behavior_features",
         f"--behavior_init={behavior_init}",
