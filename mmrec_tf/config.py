@@ -385,6 +385,12 @@ class TrainConfig:
         Keras Adam, dense table updates; for comparison only).
       early_stopping_patience: epochs without a better validation HR@10
         before training stops; 0 disables early stopping.
+      early_stopping_margin: how much better an epoch must validate to
+        replace the kept weights (and reset the patience), in standard errors
+        of the per-case difference between the two epochs' hits on the same
+        validation cases (a paired test); 0 keeps any gain. With a validated
+        start (an ALS warm start) a margin keeps the start unless an epoch
+        beats it beyond the noise of the validation sample.
       early_stopping_protocol: the protocol of that validation HR@10, which
         also picks the kept epoch: `sampled` (1 + 99, cheap), `full` (whole
         catalog, the `EvalConfig.valid_full_ranking_cases` sample) or
@@ -419,6 +425,7 @@ class TrainConfig:
     supportive_positive_weight: float = 0.0
     optimizer: str = "lazy_adam"
     early_stopping_patience: int = 3
+    early_stopping_margin: float = 0.0
     early_stopping_protocol: str = "sampled"
     steps_per_epoch: int = 0
     steps_per_execution: int = 1
@@ -489,6 +496,12 @@ class TrainConfig:
             "early_stopping_patience",
             self.early_stopping_patience,
             ">= 0",
+        )
+        _check(
+            self.early_stopping_margin >= 0,
+            "early_stopping_margin",
+            self.early_stopping_margin,
+            ">= 0 (standard errors of the paired difference)",
         )
         _check(
             self.early_stopping_protocol in VALIDATION_PROTOCOLS,

@@ -24,6 +24,9 @@ from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
 from mmrec_tf.pipelines import training_index
 
+# Each case's hit at 10, returned by `evaluate(..., case_hits=True)`.
+CASE_HITS = "HR@10_hits"
+
 
 def metrics_from_ranks(ranks: np.ndarray, ks=(10,)) -> dict:
     """HR@K and NDCG@K from 0-based ranks, with standard errors.
@@ -286,6 +289,7 @@ def evaluate(
     full_ranking: bool | None = None,
     protocols: tuple[str, ...] | None = None,
     case_limit: int | None = None,
+    case_hits: bool = False,
 ) -> dict:
     """The protocols on `cases` (PROTOCOL.md: sampled, full ranking, discovery).
 
@@ -303,6 +307,9 @@ def evaluate(
         and discovery when full ranking is on).
       case_limit: overrides `config.full_ranking_cases` (e.g. a validation
         limit of its own).
+      case_hits: also return each case's hit at 10 (`CASE_HITS`, a boolean
+        array in case order), for paired comparisons of two models on the
+        same cases.
 
     Returns:
       {"sampled": metrics at K=10, "full" and "discovery": metrics at
@@ -319,6 +326,8 @@ def evaluate(
         started = time.perf_counter()
         ranks = sampled_ranks(score, cases.users, cases.candidates)
         result["sampled"] = metrics_from_ranks(ranks, ks=(10,))
+        if case_hits:
+            result["sampled"][CASE_HITS] = np.asarray(ranks) < 10
         result["sampled"]["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
         result["sampled"]["seconds"] = round(time.perf_counter() - started, 2)
     discovery = "discovery" in protocols and cases.touched_keys is not None
@@ -346,6 +355,8 @@ def evaluate(
             keys = splits_lib.pair_keys(users, items, cases.num_items)
             fresh = ~training_index.contains(cases.touched_keys, keys)
             result["discovery"] = metrics_from_ranks(found[fresh], ks=config.ks)
+            if case_hits:
+                result["discovery"][CASE_HITS] = np.asarray(found[fresh]) < 10
             result["discovery"]["protocol"] = (
                 "whole catalog, every item the user touched in training excluded; "
                 f"{int(fresh.sum())} of {len(users)} cases whose item the user had not "
@@ -354,6 +365,8 @@ def evaluate(
             result["discovery"]["seconds"] = seconds
         if "full" in protocols:
             result["full"] = metrics_from_ranks(ranks, ks=config.ks)
+            if case_hits:
+                result["full"][CASE_HITS] = np.asarray(ranks) < 10
             result["full"]["protocol"] = "whole catalog, training target items excluded" + sample
             result["full"]["seconds"] = seconds
     return result

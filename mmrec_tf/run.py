@@ -303,6 +303,8 @@ def _validation_metrics(config: config_lib.ExperimentConfig, score, valid_cases)
         config=config.eval,
         protocols=(protocol,),
         case_limit=config.eval.valid_full_ranking_cases,
+        # For the paired comparison of --early_stopping_margin.
+        case_hits=True,
     )[protocol]
 
 

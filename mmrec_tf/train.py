@@ -17,10 +17,12 @@ import os
 import time
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
+from mmrec_tf import evaluate
 from mmrec_tf import optimizers
 from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
@@ -77,6 +79,57 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     )
 
 
+class _Kept:
+    """The kept epoch's weights and per-case validation hits, and the rule that replaces them.
+
+    An epoch replaces the kept one when its validation HR@10 is higher, and,
+    with `margin` > 0, higher by more than `margin` standard errors of the
+    per-case difference of the two epochs' hits (the same validation cases
+    scored by both). The hits are saved beside the weights, so a resumed run
+    compares against the same kept epoch.
+    """
+
+    def __init__(self, state, scorer, best_path: str, margin: float):
+        self.state = state
+        self.scorer = scorer
+        self.best_path = best_path
+        self.hits_path = os.path.join(os.path.dirname(best_path), "validation_hits.npy")
+        self.margin = margin
+
+    def beaten_by(self, metrics: dict) -> bool:
+        value, best = metrics[VALIDATION_METRIC], float(self.state.best.numpy())
+        if not value > best:
+            return False
+        if not self.margin or best < 0:
+            return True
+        hits = metrics.get(evaluate.CASE_HITS)
+        if hits is None or not os.path.exists(self.hits_path):
+            raise ValueError(
+                "--early_stopping_margin needs each validation's per-case hits "
+                f"({evaluate.CASE_HITS}) and the kept epoch's ({self.hits_path}); "
+                "validate with run.fit, or set --early_stopping_margin=0."
+            )
+        kept = np.load(self.hits_path)
+        if kept.shape != np.shape(hits):
+            raise ValueError(
+                f"{self.hits_path} holds {kept.shape[0]} validation cases, this validation "
+                f"{len(hits)}: the validation cases changed mid-run; start a new --model_dir."
+            )
+        diff = np.asarray(hits, np.float64) - kept.astype(np.float64)
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        return bool(diff.mean() > self.margin * se)
+
+    def keep(self, metrics: dict, epoch: int) -> None:
+        self.state.best.assign(metrics[VALIDATION_METRIC])
+        self.state.best_epoch.assign(epoch)
+        self.scorer.save_weights(self.best_path)
+        hits = metrics.get(evaluate.CASE_HITS)
+        if hits is not None:
+            tmp = f"{self.hits_path}.tmp-{os.getpid()}.npy"
+            np.save(tmp, np.asarray(hits, bool))
+            os.replace(tmp, self.hits_path)
+
+
 def _validation_fields(metrics: dict) -> dict:
     """The numeric validation metrics as `val_<name>` history fields."""
     return {f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -92,7 +145,7 @@ class _EpochEnd(tf_keras.callbacks.Callback):
         manager,
         validation,
         patience,
-        best_path,
+        kept,
         history,
         history_path,
         examples_per_epoch,
@@ -102,7 +155,7 @@ class _EpochEnd(tf_keras.callbacks.Callback):
         self.manager = manager
         self.validation = validation
         self.patience = patience
-        self.best_path = best_path
+        self.kept = kept
         self.history = history
         self.history_path = history_path
         self.examples_per_epoch = examples_per_epoch
@@ -125,12 +178,9 @@ class _EpochEnd(tf_keras.callbacks.Callback):
             fields = _validation_fields(metrics)
             logs.update(fields)
             record.update(fields)
-            value = metrics[VALIDATION_METRIC]
-            if value > float(self.state.best.numpy()):
-                self.state.best.assign(value)
-                self.state.best_epoch.assign(epoch + 1)
+            if self.kept.beaten_by(metrics):
+                self.kept.keep(metrics, epoch + 1)
                 self.state.wait.assign(0)
-                self.model.scorer.save_weights(self.best_path)
             else:
                 self.state.wait.assign_add(1)
             if self.patience and int(self.state.wait.numpy()) >= self.patience:
@@ -225,6 +275,7 @@ def train(
                 history = json.load(f)
     start = int(state.epoch.numpy())
     best_path = os.path.join(model_dir, "best", "weights")
+    kept = _Kept(state, ranker.scorer, best_path, config.early_stopping_margin)
     steps = datasets.steps_per_epoch(index, config)
     # A fresh run (a resumed one has a checkpoint, so start > 0).
     if validate_start and validation is not None and start == 0:
@@ -232,8 +283,7 @@ def train(
         metrics = validation()
         record = {"epoch": 0, "seconds": round(time.perf_counter() - started, 3)}
         history.append({**record, **_validation_fields(metrics)})
-        state.best.assign(metrics[VALIDATION_METRIC])
-        ranker.scorer.save_weights(best_path)
+        kept.keep(metrics, 0)
     if start < config.epochs and not bool(state.stopped.numpy()):
         if config.distribution_strategy == "multi_worker":
             dataset = strategy.distribute_datasets_from_function(
@@ -249,7 +299,7 @@ def train(
                 manager=manager,
                 validation=validation,
                 patience=config.early_stopping_patience,
-                best_path=best_path,
+                kept=kept,
                 history=history,
                 history_path=history_path,
                 examples_per_epoch=steps * config.batch_size,

@@ -107,6 +107,12 @@ def test_full_ranking_case_cap_ranks_a_fixed_sample_and_says_so():
     ranked = evaluate.full_ranking_subset(num_cases, 10, config.seed)
     assert len(set(ranked.tolist())) == 10 and ranked.tolist() == sorted(ranked.tolist())
     assert first["full"]["HR@10"] == np.mean(items[ranked] < 10)
+    # Per-case hits, in the sample's case order, for paired comparisons.
+    hits = evaluate.evaluate(_TableScorer(table), cases, config=config, case_hits=True)
+    np.testing.assert_array_equal(hits["full"][evaluate.CASE_HITS], items[ranked] < 10)
+    # (The sampled candidates put item 0 first: every case ranks its item first.)
+    assert hits["sampled"][evaluate.CASE_HITS].tolist() == [True] * num_cases
+    assert evaluate.CASE_HITS not in first["full"]
     # No cap (or a cap at least the case count) ranks every case.
     assert evaluate.full_ranking_subset(num_cases, 0, 1).tolist() == list(range(num_cases))
     assert evaluate.full_ranking_subset(num_cases, 40, 1).tolist() == list(range(num_cases))

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
+from mmrec_tf import evaluate
 from mmrec_tf import ranking
 from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
@@ -91,6 +92,70 @@ def test_early_stopping_keeps_the_best_epoch(split, tmp_path):
         np.testing.assert_array_equal(a, b)
     history = json.load(open(os.path.join(tmp_path, "history.json")))
     assert [h["val_HR@10"] for h in history] == [0.3, 0.5, 0.4, 0.2]
+
+
+def _hits(gained: int, lost: int, cases: int = 400) -> np.ndarray:
+    """Per-case hits: a start with 120 of `cases` hits, then `gained` misses hit and `lost` hits missed."""
+    hits = np.zeros(cases, bool)
+    hits[:120] = True
+    hits[120 : 120 + gained] = True
+    hits[:lost] = False
+    return hits
+
+
+def _train_on_hits(split, model_dir, epochs, hits, margin):
+    """Trains with a warm-start validation that returns the given per-case hits in turn."""
+    ranker, config = _ranker(
+        split, epochs=epochs, early_stopping_patience=0, early_stopping_margin=margin
+    )
+    hits = iter(hits)
+
+    def validation():
+        case_hits = next(hits)
+        return {"HR@10": float(case_hits.mean()), evaluate.CASE_HITS: case_hits}
+
+    return train_lib.train(
+        ranker=ranker,
+        index=training_index.TrainingIndex.from_split(split),
+        config=config,
+        model_dir=str(model_dir),
+        validation=validation,
+        validate_start=True,
+    )
+
+
+def test_early_stopping_margin_keeps_the_start_through_a_gain_within_the_noise(split, tmp_path):
+    # Epoch 1: 20 cases gained, 12 lost of 400: +0.02, 1.4 standard errors of
+    # the paired difference; epoch 2: 40 gained, none lost: +0.1, 6.7 of them.
+    start, small, large = _hits(0, 0), _hits(20, 12), _hits(40, 0)
+    diff = small.astype(float) - start
+    assert 1 < diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff))) < 2
+    anygain = _train_on_hits(split, tmp_path / "anygain", 1, [start, small], margin=0)
+    assert anygain.best_epoch == 1
+    result = _train_on_hits(split, tmp_path / "margin", 1, [start, small], margin=2)
+    assert result.best_epoch == 0 and result.best_validation["HR@10"] == 0.3
+    # Resumed, the run compares against the kept start's hits, saved beside its weights.
+    result = _train_on_hits(split, tmp_path / "margin", 2, [large], margin=2)
+    assert result.resumed_from_epoch == 1 and result.best_epoch == 2
+    assert result.best_validation["HR@10"] == 0.4
+    # Only numbers reach the history: the hits stay out of history.json.
+    history = json.load(open(tmp_path / "margin" / "history.json"))
+    assert [h["val_HR@10"] for h in history] == [0.3, 0.32, 0.4]
+    assert all(evaluate.CASE_HITS not in str(h) for h in history)
+
+
+def test_early_stopping_margin_needs_per_case_hits(split, tmp_path):
+    ranker, config = _ranker(split, epochs=1, early_stopping_patience=0, early_stopping_margin=2)
+    values = iter([0.3, 0.4])
+    with pytest.raises(ValueError, match="early_stopping_margin"):
+        train_lib.train(
+            ranker=ranker,
+            index=training_index.TrainingIndex.from_split(split),
+            config=config,
+            model_dir=str(tmp_path),
+            validation=lambda: {"HR@10": next(values)},
+            validate_start=True,
+        )
 
 
 def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(split, tmp_path):
