@@ -226,7 +226,10 @@ def main():
         "drops the cases whose item was touched. The validation column is the mean full-ranking "
         "HR@10 on the seeded sample of validation cases (`--valid_full_ranking_cases`). Our "
         "model's behavior offsets start at 0 or at 'touched items first', whichever start's "
-        "seed-0 run ends higher on validation (both start rows are its seed-0 runs).",
+        "seed-0 run ends higher on validation (both start rows are its seed-0 runs); an epoch "
+        "replaces the kept weights (the start first) only when it beats them on validation by "
+        "more than two standard errors of the paired per-case difference "
+        "(`--early_stopping_margin=2`).",
         "",
     ]
     for dataset, rows in report["datasets"].items():

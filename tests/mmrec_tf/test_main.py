@@ -109,6 +109,8 @@ def test_every_flagfile_parses_into_a_valid_config(name, monkeypatch):
         )
         assert config.model.model == "mmf" and config.model.mf_init == "als_fixed"
         assert config.train.loss == "softmax" and config.model.behavior_features
+        # The start is kept unless an epoch beats it beyond the validation noise.
+        assert config.train.early_stopping_margin == 2
         assert (config.model.mf_dim, config.model.als_alpha) == (
             als.model.mf_dim,
             als.model.als_alpha,
