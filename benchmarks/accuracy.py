@@ -92,7 +92,7 @@ def choose_start(runner, residual: dict) -> tuple[dict | None, dict]:
     return {**residual, **dict(STARTS)[best]}, figures
 
 
-# The ablations: the same recipe, offsets at 0, one part changed. The last
+# The ablations: our model (the recipe from the chosen start), one part changed. The last
 # three were run before the recipe's start-keeping margin
 # (--early_stopping_margin=2) and keep any validation gain, as the recipe then did.
 ANY_GAIN = {"early_stopping_margin": 0}
@@ -170,7 +170,7 @@ def main():
             report_only=args.report_only,
         )
         rows = []
-        chosen = {}
+        chosen, start = {}, {}
         for label, overrides in arms(args.tune_dir, dataset):
             if overrides is None:
                 rows.append({"arm": label, "missing": "no tuning study yet"})
@@ -185,6 +185,10 @@ def main():
                 if overrides is None:
                     rows.append({"arm": label, "missing": "no start has run yet"})
                     continue
+                # The ablations change one part of our model: from its chosen start.
+                start = {k: overrides[k] for k in ("behavior_init",) if k in overrides}
+            elif label in dict(ABLATIONS):
+                overrides = {**overrides, **start}
             runs = []
             for seed in range(1 if label in dict(STARTS) else args.seeds):
                 try:
@@ -229,7 +233,8 @@ def main():
         "seed-0 run ends higher on validation (both start rows are its seed-0 runs); an epoch "
         "replaces the kept weights (the start first) only when it beats them on validation by "
         "more than two standard errors of the paired per-case difference "
-        "(`--early_stopping_margin=2`).",
+        "(`--early_stopping_margin=2`). The ablations change one part of our model and start "
+        "where it does.",
         "",
     ]
     for dataset, rows in report["datasets"].items():
