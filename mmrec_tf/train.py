@@ -128,6 +128,9 @@ class _Kept:
             tmp = f"{self.hits_path}.tmp-{os.getpid()}.npy"
             np.save(tmp, np.asarray(hits, bool))
             os.replace(tmp, self.hits_path)
+        elif os.path.exists(self.hits_path):
+            # Never compare a later epoch against hits of an epoch no longer kept.
+            os.remove(self.hits_path)
 
 
 def _validation_fields(metrics: dict) -> dict:
