@@ -456,23 +456,33 @@ def test_a_start_keeping_margin_compares_per_case_validation_hits(tmp_path):
     from mmrec_tf import cli
     from mmrec_tf import run as run_lib
 
-    args = [
-        *_als_start_args(tmp_path),
-        "--mf_init=als_fixed",
-        "--early_stopping_protocol=full",
-        "--valid_full_ranking_cases=50",
-        "--learning_rate=0.05",
-    ]
-    # A margin no gain can clear keeps the start, whatever the epochs validate.
-    results = run_lib.run(cli.config_from_flags(_flags([*args, "--early_stopping_margin=1e6"])))
+    def run(name, *extra):
+        args = [
+            *_als_start_args(tmp_path / name),
+            "--early_stopping_protocol=full",
+            "--valid_full_ranking_cases=50",
+            "--learning_rate=0.05",
+            "--steps_per_epoch=60",
+            "--early_stopping_margin=2",
+            *extra,
+        ]
+        results = run_lib.run(cli.config_from_flags(_flags(args)))
+        return results, json.load(open(tmp_path / name / "history.json"))
+
+    # Trainable ALS tables: epoch 1 gains a case or so of the 50 (0.06 -> 0.08),
+    # which keeping any gain would take and the margin does not.
+    results, history = run("noise", "--mf_init=als")
+    assert history[1]["val_HR@10"] > history[0]["val_HR@10"]
     assert results["train"]["best_epoch"] == 0
-    history = json.load(open(tmp_path / "history.json"))
-    assert [h["epoch"] for h in history] == [0, 1, 2]
     # The kept epoch's per-case hits sit beside its weights: the validation
     # sample's cases, their mean the kept validation HR@10.
-    hits = np.load(tmp_path / "best" / "validation_hits.npy")
+    hits = np.load(tmp_path / "noise" / "best" / "validation_hits.npy")
     assert len(hits) == history[0]["val_cases"] == 50
     assert hits.mean() == pytest.approx(results["train"]["best_validation"]["HR@10"])
+    # With the behavior offsets each epoch gains far beyond the margin: both are taken.
+    results, history = run("signal", "--mf_init=als_fixed", "--behavior_features")
+    assert history[2]["val_HR@10"] > history[1]["val_HR@10"] > history[0]["val_HR@10"]
+    assert results["train"]["best_epoch"] == 2
 
 
 def test_eval_cases_take_the_training_index_keys_as_the_touched_pairs():
