@@ -28,12 +28,13 @@ from mmrec_tf.pipelines import training_index
 CASE_HITS = "HR@10_hits"
 
 
-def metrics_from_ranks(ranks: np.ndarray, ks=(10,)) -> dict:
+def metrics_from_ranks(ranks: np.ndarray, ks=(10,), case_hits: bool = False) -> dict:
     """HR@K and NDCG@K from 0-based ranks, with standard errors.
 
     Args:
       ranks: [cases] 0-based ranks of the held-out items (0 is best).
       ks: cut-offs.
+      case_hits: also return each case's hit at 10 (`CASE_HITS`).
 
     Returns:
       {"HR@K", "HR@K_se", "NDCG@K", "NDCG@K_se" for each K, "cases"}.
@@ -47,6 +48,8 @@ def metrics_from_ranks(ranks: np.ndarray, ks=(10,)) -> dict:
         for name, values in ((f"HR@{k}", hit), (f"NDCG@{k}", gain)):
             result[name] = float(values.mean()) if n else 0.0
             result[f"{name}_se"] = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    if case_hits:
+        result[CASE_HITS] = ranks < 10
     return result
 
 
@@ -325,9 +328,7 @@ def evaluate(
     if "sampled" in protocols:
         started = time.perf_counter()
         ranks = sampled_ranks(score, cases.users, cases.candidates)
-        result["sampled"] = metrics_from_ranks(ranks, ks=(10,))
-        if case_hits:
-            result["sampled"][CASE_HITS] = np.asarray(ranks) < 10
+        result["sampled"] = metrics_from_ranks(ranks, ks=(10,), case_hits=case_hits)
         result["sampled"]["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
         result["sampled"]["seconds"] = round(time.perf_counter() - started, 2)
     discovery = "discovery" in protocols and cases.touched_keys is not None
@@ -354,9 +355,9 @@ def evaluate(
             ranks, found = ranks
             keys = splits_lib.pair_keys(users, items, cases.num_items)
             fresh = ~training_index.contains(cases.touched_keys, keys)
-            result["discovery"] = metrics_from_ranks(found[fresh], ks=config.ks)
-            if case_hits:
-                result["discovery"][CASE_HITS] = np.asarray(found[fresh]) < 10
+            result["discovery"] = metrics_from_ranks(
+                found[fresh], ks=config.ks, case_hits=case_hits
+            )
             result["discovery"]["protocol"] = (
                 "whole catalog, every item the user touched in training excluded; "
                 f"{int(fresh.sum())} of {len(users)} cases whose item the user had not "
@@ -364,9 +365,7 @@ def evaluate(
             )
             result["discovery"]["seconds"] = seconds
         if "full" in protocols:
-            result["full"] = metrics_from_ranks(ranks, ks=config.ks)
-            if case_hits:
-                result["full"][CASE_HITS] = np.asarray(ranks) < 10
+            result["full"] = metrics_from_ranks(ranks, ks=config.ks, case_hits=case_hits)
             result["full"]["protocol"] = "whole catalog, training target items excluded" + sample
             result["full"]["seconds"] = seconds
     return result
