@@ -365,6 +365,14 @@ class TrainConfig:
         the full scorer learns to rank each positive above the K candidates
         that part scores highest (a softmax over 1 + K). Costs B x K full
         scores per step instead of B x (B + shared_negatives).
+      row_negatives: with `softmax`, K negatives of each row's own, drawn as
+        the pairwise losses draw theirs (`supportive_negative_ratio` of them
+        from the items the user touched only through supportive feedback,
+        the paper's negatives), scored by the full scorer with their pairs'
+        gates and added to the row's candidates without a sampling
+        correction. The shared candidates are almost never touched by the
+        row's user, so without them a supportive branch, gated to the pairs
+        with its behavior, sees positives and hardly any negatives.
       behavior_weights: graded positives: (behavior, weight) pairs; every
         training pair with a behavior of positive weight is a positive whose
         loss weight is the sum of the weights of its behaviors (the
@@ -419,6 +427,7 @@ class TrainConfig:
     negative_exponent: float = 0.75
     temperature: float = 1.0
     hard_negatives: int = 0
+    row_negatives: int = 0
     behavior_weights: tuple[tuple[str, float], ...] = ()
     whole_data_weight: float = 0.0
     supportive_negative_ratio: float = 1.0
@@ -456,6 +465,19 @@ class TrainConfig:
             "hard_negatives",
             self.hard_negatives,
             "0 unless loss='softmax' (they are picked from its candidate grid)",
+        )
+        _check(self.row_negatives >= 0, "row_negatives", self.row_negatives, ">= 0")
+        _check(
+            self.loss == "softmax" or not self.row_negatives,
+            "row_negatives",
+            self.row_negatives,
+            "0 unless loss='softmax' (the pairwise losses take --num_negatives)",
+        )
+        _check(
+            not (self.row_negatives and self.hard_negatives),
+            "row_negatives",
+            self.row_negatives,
+            "0 with --hard_negatives (the two-stage loss picks its own candidates)",
         )
         _check(self.whole_data_weight >= 0, "whole_data_weight", self.whole_data_weight, ">= 0")
         names = [name for name, _ in self.behavior_weights]

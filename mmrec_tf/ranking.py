@@ -125,9 +125,18 @@ class Ranker(tf_keras.Model):
         log_q = batch[schema.CANDIDATE_LOG_Q][None, :]
         remove_hits = tfrs.layers.loss.RemoveAccidentalHits()
 
-        def loss_of(grid):
+        # The rows' own negatives (`row_negatives`), scored pair by pair with
+        # their gates: columns after the grid's, without a sampling correction.
+        rows, row_labels = self._row_logits(batch, training)
+        grid_labels = labels
+        if rows is not None:
+            labels = tf.concat([labels, tf.zeros_like(rows)], axis=1)
+
+        def loss_of(grid, row=None):
             x = tf.cast(grid, tf.float32) / self.temperature - log_q
-            x = remove_hits(labels, x, candidates) + mask * _MIN_LOGIT
+            x = remove_hits(grid_labels, x, candidates) + mask * _MIN_LOGIT
+            if row is not None:
+                x = tf.concat([x, row / self.temperature + row_labels], axis=1)
             return tf.nn.softmax_cross_entropy_with_logits(labels, x), x
 
         if self.hard_negatives:
@@ -137,15 +146,23 @@ class Ranker(tf_keras.Model):
             per_example, x = loss_of(logits)
             per_example += self._hard_loss(users, candidates, bits, gates, x, labels, training)
         elif self.behavior_fit == "apart":
-            offsets = models.behavior_bias(self.scorer)(gates[..., 1:])
+            bias = models.behavior_bias(self.scorer)
+            offsets = bias(gates[..., 1:])
             rest = logits - offsets
-            per_example, x = loss_of(rest)
-            per_example += loss_of(tf.stop_gradient(rest) + offsets)[0]
+            row_rest = row_offsets = None
+            if rows is not None:
+                row_offsets = bias(batch[schema.NEG_GATE][..., 1:])
+                row_rest = rows - row_offsets
+            per_example, x = loss_of(rest, row_rest)
+            per_example += loss_of(
+                tf.stop_gradient(rest) + offsets,
+                None if rows is None else tf.stop_gradient(row_rest) + row_offsets,
+            )[0]
         else:
-            per_example, x = loss_of(logits)
+            per_example, x = loss_of(logits, rows)
         if branches is not None and len(branches) > 1:
             per_example += self.branch_loss_weight * self._behavior_losses(
-                branches, gates, labels, log_q, candidates, remove_hits
+                branches, gates, grid_labels, log_q, candidates, remove_hits
             )
         positive = tf.reduce_sum(x * labels, axis=1, keepdims=True)
         valid = tf.cast(x > _MIN_LOGIT / 2, tf.float32) * (1.0 - labels)
@@ -153,6 +170,29 @@ class Ranker(tf_keras.Model):
             tf.reduce_sum(valid, axis=1), 1.0
         )
         return per_example, correct
+
+    def _row_logits(self, batch, training):
+        """([batch, K] full logits of the rows' own negatives, [batch, K] 0 or
+        the masking logit for those that are training positives of the user
+        under the graded weights), or (None, None) without row negatives."""
+        negatives = batch.get(schema.NEG_ITEM)
+        if negatives is None or not negatives.shape[1]:
+            return None, None
+        users = batch[schema.USER]
+        gates = batch[schema.NEG_GATE]
+        k, t = negatives.shape[1], gates.shape[-1]
+        outputs = self.scorer(
+            {
+                schema.USER: tf.reshape(tf.repeat(users[:, None], k, axis=1), [-1]),
+                schema.ITEM: tf.reshape(negatives, [-1]),
+                schema.GATE: tf.reshape(gates, [-1, t]),
+            },
+            training=training,
+        )
+        logits = tf.reshape(tf.cast(outputs[schema.LOGIT], tf.float32), tf.shape(negatives))
+        positive = tf.constant([(self.positive_bits >> b) & 1 for b in range(t)], tf.float32)
+        own = tf.cast(tf.reduce_sum(gates * positive, axis=-1) > 0, tf.float32)
+        return logits, own * _MIN_LOGIT
 
     def _behavior_losses(self, branches, gates, labels, log_q, candidates, remove_hits):
         """[batch] the supportive branches' own softmax losses, summed.

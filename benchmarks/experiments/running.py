@@ -26,7 +26,11 @@ def slug(text: str) -> str:
 
 
 # (section, field, default) of config fields added since runs were first keyed.
-ADDED_AT_DEFAULT = (("model", "als_holdout", 0), ("train", "early_stopping_margin", 0.0))
+ADDED_AT_DEFAULT = (
+    ("model", "als_holdout", 0),
+    ("train", "early_stopping_margin", 0.0),
+    ("train", "row_negatives", 0),
+)
 
 
 def config_key(args: list[str]) -> str:

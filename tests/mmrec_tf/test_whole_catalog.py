@@ -72,8 +72,12 @@ def _softmax_batch(users, candidates, bits, log_q=None, **extra):
     }
 
 
-def _numpy_softmax_loss(logits, log_q, candidates, bits, positive_bits, temperature):
-    """Reference: row b's positive is column b; corrected, hits removed, own positives masked."""
+def _numpy_softmax_loss(
+    logits, log_q, candidates, bits, positive_bits, temperature, rows=None, row_bits=None
+):
+    """Reference: row b's positive is column b; corrected, hits removed, own
+    positives masked; then the row's own negatives (`rows` [B, K] logits),
+    uncorrected, those that are training positives of the user left out."""
     batch, width = logits.shape
     losses = np.empty(batch)
     for b in range(batch):
@@ -88,6 +92,9 @@ def _numpy_softmax_loss(logits, log_q, candidates, bits, positive_bits, temperat
             else:
                 keep.append(c)
         x = logits[b, keep] / temperature - log_q[keep]
+        if rows is not None:
+            own = [k for k in range(rows.shape[1]) if not row_bits[b, k] & positive_bits]
+            x = np.concatenate([x, rows[b, own] / temperature])
         x = x - x.max()
         losses[b] = -(x[keep.index(b)] - np.log(np.exp(x).sum()))
     return losses
@@ -112,6 +119,115 @@ def test_softmax_loss_matches_a_numpy_reference(positive_bits):
     grid = models.score_grid(scorer, users, candidates).numpy()
     expected = _numpy_softmax_loss(grid, log_q, candidates, bits, positive_bits, 0.5)
     np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _gates_of(bits, t=3):
+    """[..., t] float gate masks of behavior bitmasks."""
+    bits = np.asarray(bits)
+    return ((bits[..., None] >> np.arange(t)) & 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("positive_bits", [1, 0b111])
+def test_softmax_row_negatives_match_a_numpy_reference(positive_bits):
+    scorer = _scorer("mmf", behavior_features=True)
+    ranker = ranking.Ranker(scorer, loss="softmax", temperature=0.5, positive_bits=positive_bits)
+    users = np.array([0, 1, 2], np.int32)
+    candidates = np.array([4, 5, 6, 7, 0], np.int32)
+    bits = np.zeros((3, 5), np.int32)
+    for b in range(3):
+        bits[b, b] = 0b001
+    # Each row's own negatives: user 0 carted 1 and favorited 2, user 1 carted
+    # 3, user 2's draws are untouched (no supportive-only items).
+    negatives = np.array([[1, 2], [3, 3], [8, 7]], np.int32)
+    row_bits = np.array([[0b010, 0b100], [0b010, 0b010], [0, 0]], np.int32)
+    batch = _softmax_batch(
+        users,
+        candidates,
+        bits,
+        **{
+            schema.NEG_ITEM: tf.constant(negatives),
+            schema.NEG_GATE: tf.constant(_gates_of(row_bits)),
+        },
+    )
+    per_example, _ = ranker._softmax_losses(batch, training=True)
+    grid = models.score_grid(scorer, users, candidates, tf.constant(_gates_of(bits))).numpy()
+    pairs = scorer(
+        {
+            schema.USER: tf.constant(np.repeat(users, 2)),
+            schema.ITEM: tf.constant(negatives.reshape(-1)),
+            schema.GATE: tf.constant(_gates_of(row_bits).reshape(-1, 3)),
+        }
+    )
+    rows = pairs[schema.LOGIT].numpy().reshape(3, 2)
+    log_q = np.zeros(5, np.float32)
+    expected = _numpy_softmax_loss(
+        grid, log_q, candidates, bits, positive_bits, 0.5, rows=rows, row_bits=row_bits
+    )
+    np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-4, atol=1e-5)
+    # With every behavior a positive, user 0's and 1's own negatives are masked
+    # and their losses are the grid's alone.
+    without = _numpy_softmax_loss(grid, log_q, candidates, bits, positive_bits, 0.5)
+    assert (np.isclose(expected, without)[:2]).all() == (positive_bits == 0b111)
+
+
+def test_row_negatives_give_a_supportive_branch_its_negatives():
+    """No positive of the batch is carted, so the grid alone gives the cart
+    branch no gradient; a carted-only row negative does."""
+    scorer = _scorer("mmf", positive=True)
+    ranker = ranking.Ranker(scorer, loss="softmax")
+    _, towers, _, _ = models.parts(scorer)
+
+    def cart_gradient(row_bit):
+        batch = _softmax_batch(
+            [0, 1],
+            [2, 3, 5],
+            [[1, 0, 0], [0, 1, 0]],
+            **{
+                schema.NEG_ITEM: tf.constant([[4], [6]], tf.int32),
+                schema.NEG_GATE: tf.constant(_gates_of([[row_bit], [0]])),
+            },
+        )
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(ranker._softmax_losses(batch, training=True)[0])
+        grads = tape.gradient(loss, towers[1].trainable_weights)
+        return sum(
+            0.0 if g is None else np.abs(tf.convert_to_tensor(g).numpy()).sum() for g in grads
+        )
+
+    assert cart_gradient(0) == 0
+    assert cart_gradient(0b010) > 0
+
+
+def test_softmax_batches_hold_the_rows_own_negatives():
+    split = test_samplers._split()
+    index = training_index.TrainingIndex.from_split(split)
+    config = config_lib.TrainConfig(
+        batch_size=8,
+        epochs=1,
+        loss="softmax",
+        shared_negatives=5,
+        steps_per_epoch=3,
+        row_negatives=2,
+        supportive_negative_ratio=1.0,
+    )
+    drawn_supportive = 0
+    for batch in datasets.training_dataset(index, config):
+        users = batch[schema.USER].numpy()
+        negatives = batch[schema.NEG_ITEM].numpy()
+        assert negatives.shape == (len(users), 2)
+        assert batch[schema.CANDIDATES].shape == (13,)
+        gates = batch[schema.NEG_GATE].numpy()
+        np.testing.assert_array_equal(
+            gates, index.gates(np.repeat(users, 2), negatives.reshape(-1)).reshape(gates.shape)
+        )
+        # Never one of the user's buys: a supportive-only item, or untouched.
+        assert (gates[..., 0] == 0).all()
+        drawn_supportive += int((gates[..., 1:].sum(-1) > 0).sum())
+    assert drawn_supportive > 0
+    with pytest.raises(ValueError, match="row_negatives"):
+        config_lib.TrainConfig(loss="bpr", row_negatives=2)
+    with pytest.raises(ValueError, match="row_negatives"):
+        config_lib.TrainConfig(loss="softmax", row_negatives=2, hard_negatives=4)
 
 
 @pytest.mark.parametrize("carted", [False, True])
@@ -255,8 +371,10 @@ def test_discovery_excludes_exactly_the_touched_items():
     assert set(only) == {"discovery"}
 
 
-@pytest.mark.parametrize("hard_negatives", [0, 4])
-def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard_negatives):
+@pytest.mark.parametrize(
+    "candidates", ["--hard_negatives=0", "--hard_negatives=4", "--row_negatives=2"]
+)
+def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, candidates):
     from mmrec_tf import cli
     from mmrec_tf import run as run_lib
 
@@ -266,7 +384,7 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, hard
             "--loss=softmax",
             "--shared_negatives=64",
             "--negative_distribution=popularity",
-            f"--hard_negatives={hard_negatives}",
+            candidates,
             "--supportive_positive_weight=0",
             # Without views, some held-out buys were never touched: discovery has cases.
             "--ignore_behaviors=pv",
