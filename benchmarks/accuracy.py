@@ -77,8 +77,9 @@ STARTS = (
 
 
 def choose_start(runner, residual: dict) -> tuple[dict | None, dict]:
-    """(our model's overrides: the start whose seed-0 run validates higher, a tie
-    keeping offsets at 0; each start's validation HR@10). None when no start has run."""
+    """(the start whose seed-0 run validates higher, as overrides added to the
+    recipe, a tie keeping offsets at 0; each start's validation HR@10). None
+    when no start has run."""
     figures = {}
     for label, start in STARTS:
         try:
@@ -89,7 +90,7 @@ def choose_start(runner, residual: dict) -> tuple[dict | None, dict]:
     if not figures:
         return None, figures
     best = max(figures, key=figures.get)
-    return {**residual, **dict(STARTS)[best]}, figures
+    return dict(STARTS)[best], figures
 
 
 # The ablations: our model (the recipe from the chosen start), one part changed. The last
@@ -107,6 +108,15 @@ ABLATIONS = (
     (
         "variant: a loss per supportive branch (gradient_aux; any validation gain kept)",
         {"gating": "gradient_aux", **ANY_GAIN},
+    ),
+    # The paper's negatives in the softmax: each row also against 3 items its
+    # user touched only through supportive feedback, so a supportive branch
+    # (gated to the pairs with its behavior) sees negatives, not only
+    # positives. With one branch fed the same negatives beside it.
+    ("variant: each row's own supportive-only negatives (row_negatives=3)", {"row_negatives": 3}),
+    (
+        "variant: one branch (NCF) with each row's own supportive-only negatives",
+        {"model": "ncf", "row_negatives": 3},
     ),
 )
 
@@ -181,12 +191,13 @@ def main():
             )
             runner.report_only = args.report_only or not selected
             if label == OURS:
-                overrides, chosen = choose_start(runner, overrides)
-                if overrides is None:
-                    rows.append({"arm": label, "missing": "no start has run yet"})
-                    continue
                 # The ablations change one part of our model: from its chosen start.
-                start = {k: overrides[k] for k in ("behavior_init",) if k in overrides}
+                start, chosen = choose_start(runner, overrides)
+                if start is None:
+                    rows.append({"arm": label, "missing": "no start has run yet"})
+                    start = {}
+                    continue
+                overrides = {**overrides, **start}
             elif label in dict(ABLATIONS):
                 overrides = {**overrides, **start}
             runs = []

@@ -228,16 +228,13 @@ def test_our_model_takes_the_start_whose_seed_0_run_validates_higher(monkeypatch
     at_0, touched = (label for label, _ in accuracy.STARTS)
     runner = Runner({"zero": 0.30, "touched_first": 0.31})
     chosen, figures = accuracy.choose_start(runner, residual)
-    assert chosen == {"mf_init": "als_fixed", "behavior_init": "touched_first"}
+    assert chosen == {"behavior_init": "touched_first"}
     assert figures == {at_0: 0.30, touched: 0.31}
     assert runner.calls == [("zero", 0), ("touched_first", 0)]
     # A tie keeps the offsets at 0; a start that has not run is not chosen.
-    assert accuracy.choose_start(Runner({"zero": 0.3, "touched_first": 0.3}), residual)[0] == {
-        "mf_init": "als_fixed"
-    }
+    assert accuracy.choose_start(Runner({"zero": 0.3, "touched_first": 0.3}), residual)[0] == {}
     assert accuracy.choose_start(Runner({"zero": None, "touched_first": 0.1}), residual)[0] == {
-        "mf_init": "als_fixed",
-        "behavior_init": "touched_first",
+        "behavior_init": "touched_first"
     }
     assert accuracy.choose_start(Runner({"zero": None, "touched_first": None}), residual) == (
         None,
