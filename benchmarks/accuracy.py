@@ -118,6 +118,13 @@ ABLATIONS = (
         "variant: one branch (NCF) with each row's own supportive-only negatives",
         {"model": "ncf", "row_negatives": 3},
     ),
+    # And each supportive branch speaking only for the pairs with its
+    # behavior (--gating=forward): its part of the score is a personal
+    # "bought after a cart" term, where the offsets are one weight per behavior.
+    (
+        "variant: forward-gated supportive branches with each row's own supportive-only negatives",
+        {"gating": "forward", "row_negatives": 3},
+    ),
 )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
 BAD_RECORD_POLICIES = ("error", "skip")
 MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
-GATINGS = ("gradient", "gradient_aux", "none")
+GATINGS = ("gradient", "gradient_aux", "forward", "none")
 BEHAVIOR_INITS = ("zero", "lift", "touched_first", "validated")
 BEHAVIOR_FITS = ("joint", "apart")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
@@ -198,7 +198,11 @@ class ModelConfig:
         supportive branch: with `bpr`/`logloss` it predicts the target on
         the gated examples; with `softmax` it learns to rank the branch's own
         behavior over the candidates, and the fusion carries that to the
-        target), `none` (ablation).
+        target), `forward` (supportive branch t's output is multiplied by
+        the pair's feedback t in every pass, training and serving: it
+        speaks only for the pairs with its behavior, and so learns only from
+        them; needs `behavior_features`, whose lookup gives serving the
+        pairs' behaviors), `none` (ablation).
       branch_loss_weight: weight of each auxiliary branch loss.
       init_stddev: standard deviation of the N(0, s) weight initializer.
       l2: L2 penalty on the embeddings a batch looks up.
@@ -285,6 +289,12 @@ class ModelConfig:
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
         _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
         _check(self.gating in GATINGS, "gating", self.gating, f"one of {GATINGS}")
+        _check(
+            self.gating != "forward" or self.behavior_features,
+            "gating",
+            self.gating,
+            "'forward' only with --behavior_features (serving must know each pair's behaviors)",
+        )
         _check(
             self.behavior_init in BEHAVIOR_INITS,
             "behavior_init",

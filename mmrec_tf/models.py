@@ -117,7 +117,9 @@ class Scorer(tf_keras.Model):
                 tower.item_embedding = towers[0].item_embedding
             towers.append(tower)
             x = tower((user, item))
-            if t > 0 and config.gating != "none":
+            if t > 0 and config.gating == "forward":
+                x = layers.ForwardGate(name=f"gate_{name}")((x, gate[:, t]))
+            elif t > 0 and config.gating != "none":
                 x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))
             branch_outputs.append(x)
         if len(branch_outputs) > 1:
@@ -299,7 +301,13 @@ def score_grid(
     branches = [tower.grid(users, items) for tower in towers]
     raw = list(branches)
     gated = training and scorer_gating(scorer)
-    if gated:
+    if forward_gating(scorer):
+        if gates is None:
+            raise ValueError("a forward-gated scorer scores a grid with the pairs' gates.")
+        branches = [branches[0]] + [
+            x * tf.cast(gates[..., t : t + 1], x.dtype) for t, x in enumerate(branches) if t > 0
+        ]
+    elif gated:
         if gates is None:
             raise ValueError("training on a grid needs the pairs' gates for the gradient gates.")
         branches = [branches[0]] + [
@@ -321,6 +329,11 @@ def score_grid(
 def scorer_gating(scorer: Scorer) -> bool:
     """Whether the scorer's supportive branches pass through gradient gates."""
     return any(isinstance(layer, layers.GradientGate) for layer in scorer.layers)
+
+
+def forward_gating(scorer: Scorer) -> bool:
+    """Whether the scorer's supportive branches are multiplied by their pairs' gates."""
+    return any(isinstance(layer, layers.ForwardGate) for layer in scorer.layers)
 
 
 def grid_l2(scorer: Scorer, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:

@@ -67,10 +67,10 @@ def test_gate_grid_equals_the_pairwise_gates(data):
     assert grid[..., 1:].sum() > 0  # some supportive pairs are in the grid
 
 
-@pytest.mark.parametrize("model", ["mmf", "ncf"])
-def test_grid_scores_equal_pairwise_scores_with_the_training_flags(data, model):
+@pytest.mark.parametrize("model,kwargs", [("mmf", {}), ("ncf", {}), ("mmf", {"gating": "forward"})])
+def test_grid_scores_equal_pairwise_scores_with_the_training_flags(data, model, kwargs):
     _, split, index = data
-    scorer = _scorer(split, model=model)
+    scorer = _scorer(split, model=model, **kwargs)
     _set_bias(scorer, np.linspace(1.0, 3.0, split.behaviors.num_behaviors - 1))
     score = evaluate.Scorer(scorer, split.behaviors.num_behaviors, index=index)
     users, items = np.arange(0, 30, 2), np.arange(split.num_items)
@@ -83,6 +83,51 @@ def test_grid_scores_equal_pairwise_scores_with_the_training_flags(data, model):
     _set_bias(scorer, np.zeros(split.behaviors.num_behaviors - 1))
     np.testing.assert_allclose(plain.grid(users, items)[~flagged], grid[~flagged], atol=1e-4)
     assert np.all(plain.grid(users, items)[flagged] < grid[flagged])
+
+
+def test_a_forward_gated_branch_moves_only_the_pairs_with_its_behavior(data, tmp_path):
+    loaded, split, index = data
+    scorer = _scorer(split, gating="forward")
+    score = evaluate.Scorer(scorer, split.behaviors.num_behaviors, index=index)
+    users, items = np.arange(0, 40, 2), np.arange(split.num_items)
+    before = score.grid(users, items)
+    gates = index.gate_grid(users, items)
+    _, towers, _, _ = models.parts(scorer)
+    for t in range(1, len(towers)):
+        for weight in towers[t].trainable_weights:
+            weight.assign(weight * 3.0 + 0.05)
+        after = score.grid(users, items)
+        has = gates[..., t] > 0
+        assert has.any() and (~has).any()
+        # Pairs without behavior t keep their score; those with it move.
+        np.testing.assert_allclose(after[~has], before[~has], atol=1e-5)
+        assert np.abs(after[has] - before[has]).max() > 1e-3
+        before = after
+    # Served as evaluated: the SavedModel looks up each pair's behaviors.
+    module = serving.from_training(
+        scorer,
+        split,
+        user_tokens=loaded.user_vocab.tokens,
+        item_tokens=loaded.item_vocab.tokens,
+        top_k=3,
+        retrieval_candidates=3,
+        exclude_seen=True,
+    )
+    path = exporter.export(
+        module,
+        str(tmp_path / "forward"),
+        warmup_user_ids=list(loaded.user_vocab.tokens[:2]),
+        warmup_item_ids=list(loaded.item_vocab.tokens[:2]),
+    )
+    served = tf.saved_model.load(path)
+    pairs_u, pairs_i = np.repeat(users, len(items)), np.tile(items, len(users))
+    got = served.signatures["serving_default"](
+        user_id=tf.constant(loaded.user_vocab.tokens[pairs_u].astype(str)),
+        item_id=tf.constant(loaded.item_vocab.tokens[pairs_i].astype(str)),
+    )["logit"].numpy()
+    np.testing.assert_allclose(got, before.reshape(-1), atol=1e-4)
+    with pytest.raises(ValueError, match="behavior_features"):
+        config_lib.ModelConfig(gating="forward")
 
 
 def test_a_scorer_with_features_needs_the_index_and_the_data_supportive_behaviors(data):
