@@ -39,6 +39,26 @@ def _scorer(split, model="mmf", **kwargs):
     )
 
 
+def _served(scorer, loaded, split, path):
+    """The scorer exported (top 3 of 3 MF candidates, buys excluded) and loaded back."""
+    module = serving.from_training(
+        scorer,
+        split,
+        user_tokens=loaded.user_vocab.tokens,
+        item_tokens=loaded.item_vocab.tokens,
+        top_k=3,
+        retrieval_candidates=3,
+        exclude_seen=True,
+    )
+    path = exporter.export(
+        module,
+        path,
+        warmup_user_ids=list(loaded.user_vocab.tokens[:2]),
+        warmup_item_ids=list(loaded.item_vocab.tokens[:2]),
+    )
+    return tf.saved_model.load(path)
+
+
 def _set_bias(scorer, values):
     models.behavior_bias(scorer).kernel.assign(np.asarray(values, np.float32))
 
@@ -104,22 +124,7 @@ def test_a_forward_gated_branch_moves_only_the_pairs_with_its_behavior(data, tmp
         assert np.abs(after[has] - before[has]).max() > 1e-3
         before = after
     # Served as evaluated: the SavedModel looks up each pair's behaviors.
-    module = serving.from_training(
-        scorer,
-        split,
-        user_tokens=loaded.user_vocab.tokens,
-        item_tokens=loaded.item_vocab.tokens,
-        top_k=3,
-        retrieval_candidates=3,
-        exclude_seen=True,
-    )
-    path = exporter.export(
-        module,
-        str(tmp_path / "forward"),
-        warmup_user_ids=list(loaded.user_vocab.tokens[:2]),
-        warmup_item_ids=list(loaded.item_vocab.tokens[:2]),
-    )
-    served = tf.saved_model.load(path)
+    served = _served(scorer, loaded, split, str(tmp_path / "forward"))
     pairs_u, pairs_i = np.repeat(users, len(items)), np.tile(items, len(users))
     got = served.signatures["serving_default"](
         user_id=tf.constant(loaded.user_vocab.tokens[pairs_u].astype(str)),
@@ -217,22 +222,7 @@ def test_serving_scores_with_the_flags_and_recommends_touched_items(data, tmp_pa
     loaded, split, index = data
     scorer = _scorer(split)
     _set_bias(scorer, np.full(split.behaviors.num_behaviors - 1, 50.0))
-    module = serving.from_training(
-        scorer,
-        split,
-        user_tokens=loaded.user_vocab.tokens,
-        item_tokens=loaded.item_vocab.tokens,
-        top_k=3,
-        retrieval_candidates=3,
-        exclude_seen=True,
-    )
-    path = exporter.export(
-        module,
-        str(tmp_path / "serving"),
-        warmup_user_ids=list(loaded.user_vocab.tokens[:2]),
-        warmup_item_ids=list(loaded.item_vocab.tokens[:2]),
-    )
-    served = tf.saved_model.load(path)
+    served = _served(scorer, loaded, split, str(tmp_path / "serving"))
     users = np.repeat(np.arange(20), split.num_items)
     items = np.tile(np.arange(split.num_items), 20)
     want = evaluate.Scorer(scorer, split.behaviors.num_behaviors, index=index)(users, items)
