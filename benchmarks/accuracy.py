@@ -93,9 +93,10 @@ def choose_start(runner, residual: dict) -> tuple[dict | None, dict]:
     return dict(STARTS)[best], figures
 
 
-# The ablations: our model (the recipe from the chosen start), one part changed. The last
-# three were run before the recipe's start-keeping margin
-# (--early_stopping_margin=2) and keep any validation gain, as the recipe then did.
+# The ablations: our model (the recipe from the chosen start), one part changed. The
+# no-gate, shared-tables and gradient_aux rows were run before the recipe's
+# start-keeping margin (--early_stopping_margin=2) and keep any validation gain, as
+# the recipe then did.
 ANY_GAIN = {"early_stopping_margin": 0}
 ABLATIONS = (
     ("ablation: MF part alone (GMF: the ALS + offsets and head)", {"model": "gmf"}),
@@ -199,11 +200,11 @@ def main():
             runner.report_only = args.report_only or not selected
             if label == OURS:
                 # The ablations change one part of our model: from its chosen start.
-                start, chosen = choose_start(runner, overrides)
-                if start is None:
+                picked, chosen = choose_start(runner, overrides)
+                if picked is None:
                     rows.append({"arm": label, "missing": "no start has run yet"})
-                    start = {}
                     continue
+                start = picked
                 overrides = {**overrides, **start}
             elif label in dict(ABLATIONS):
                 overrides = {**overrides, **start}

@@ -262,8 +262,17 @@ class ForwardGate(tf_keras.layers.Layer):
     """
 
     def call(self, inputs):
-        x, mask = inputs
-        return x * tf.cast(mask, x.dtype)[..., None]
+        return gate_forward(*inputs)
+
+
+def gate_forward(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Each x[..., :] times mask[...], forward and backward.
+
+    Args:
+      x: [..., d] values (a batch of pairs, or a [users, items] grid of them).
+      mask: [...] 0/1 gates of the pairs.
+    """
+    return x * tf.cast(mask, x.dtype)[..., None]
 
 
 def gate_gradient(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:

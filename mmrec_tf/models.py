@@ -305,7 +305,7 @@ def score_grid(
         if gates is None:
             raise ValueError("a forward-gated scorer scores a grid with the pairs' gates.")
         branches = [branches[0]] + [
-            x * tf.cast(gates[..., t : t + 1], x.dtype) for t, x in enumerate(branches) if t > 0
+            layers.gate_forward(x, gates[..., t]) for t, x in enumerate(branches) if t > 0
         ]
     elif gated:
         if gates is None:

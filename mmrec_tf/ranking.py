@@ -178,21 +178,25 @@ class Ranker(tf_keras.Model):
         negatives = batch.get(schema.NEG_ITEM)
         if negatives is None or not negatives.shape[1]:
             return None, None
-        users = batch[schema.USER]
         gates = batch[schema.NEG_GATE]
-        k, t = negatives.shape[1], gates.shape[-1]
+        logits = self._score_rows(batch[schema.USER], negatives, gates, training)
+        positive = models.unpack_bits(tf.constant(self.positive_bits), gates.shape[-1])
+        own = tf.cast(tf.reduce_sum(gates * positive, axis=-1) > 0, tf.float32)
+        return logits, own * _MIN_LOGIT
+
+    def _score_rows(self, users, items, gates, training):
+        """[batch, K] float32 full logits of each row's user with its K items
+        ([batch, K], their pairs' gates [batch, K, T]), pair by pair."""
+        width = tf.shape(items)[1]
         outputs = self.scorer(
             {
-                schema.USER: tf.reshape(tf.repeat(users[:, None], k, axis=1), [-1]),
-                schema.ITEM: tf.reshape(negatives, [-1]),
-                schema.GATE: tf.reshape(gates, [-1, t]),
+                schema.USER: tf.reshape(tf.repeat(users[:, None], width, axis=1), [-1]),
+                schema.ITEM: tf.reshape(items, [-1]),
+                schema.GATE: tf.reshape(gates, [-1, gates.shape[-1]]),
             },
             training=training,
         )
-        logits = tf.reshape(tf.cast(outputs[schema.LOGIT], tf.float32), tf.shape(negatives))
-        positive = tf.constant([(self.positive_bits >> b) & 1 for b in range(t)], tf.float32)
-        own = tf.cast(tf.reduce_sum(gates * positive, axis=-1) > 0, tf.float32)
-        return logits, own * _MIN_LOGIT
+        return tf.reshape(tf.cast(outputs[schema.LOGIT], tf.float32), tf.shape(items))
 
     def _behavior_losses(self, branches, gates, labels, log_q, candidates, remove_hits):
         """[batch] the supportive branches' own softmax losses, summed.
@@ -235,18 +239,9 @@ class Ranker(tf_keras.Model):
         picked = tf.gather(candidates, columns)  # [batch, k], the positive first
         masked = tf.cast(tf.gather(x, columns, batch_dims=1) <= _MIN_LOGIT / 2, tf.float32)
         pair_gates = tf.gather(gates, columns, batch_dims=1)
-        width = tf.shape(picked)[1]
-        outputs = self.scorer(
-            {
-                schema.USER: tf.reshape(tf.repeat(users[:, None], width, axis=1), [-1]),
-                schema.ITEM: tf.reshape(picked, [-1]),
-                schema.GATE: tf.reshape(pair_gates, [-1, pair_gates.shape[-1]]),
-            },
-            training=training,
-        )
-        full = tf.reshape(tf.cast(outputs[schema.LOGIT], tf.float32), tf.shape(picked))
+        full = self._score_rows(users, picked, pair_gates, training)
         full = full / self.temperature + masked * _MIN_LOGIT
-        hard_labels = tf.one_hot(tf.zeros_like(users), width, dtype=tf.float32)
+        hard_labels = tf.one_hot(tf.zeros_like(users), tf.shape(picked)[1], dtype=tf.float32)
         return tf.nn.softmax_cross_entropy_with_logits(hard_labels, full)
 
     def _compute_losses(self, batch, training):

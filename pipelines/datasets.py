@@ -65,8 +65,9 @@ def training_dataset(
       A dataset of dicts with the training fields of `schema` (USER, POS_ITEM, POS_GATE, POS_WEIGHT, NEG_ITEM, NEG_GATE, USER_SHARE); each epoch
       yields exactly `steps_per_epoch(index, config)` batches. With the
       `softmax` loss the per-example negatives are its `row_negatives`
-      (none by default); each batch also holds its candidate set (`schema.CANDIDATES`, `CANDIDATE_LOG_Q`,
-      `CANDIDATE_BITS`, see `negatives.SharedNegatives`), drawn from a
+      (none by default); each batch also holds its candidate set
+      (`schema.CANDIDATES`, `CANDIDATE_LOG_Q`, `CANDIDATE_BITS`, see
+      `negatives.SharedNegatives`), drawn from a
       generator seeded by (seed, epoch, shard, chunk, batch).
     """
     batch_size = config.batch_size
