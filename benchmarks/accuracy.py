@@ -32,8 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PROTOCOLS = ("full", "discovery", "sampled")
 
 
-def _tuned(tune_dir: str, dataset: str, family: str) -> dict | None:
-    path = os.path.join(tune_dir, dataset, f"best_{family}_full.json")
+def _tuned(tune_dir: str, dataset: str, family: str, protocol: str = "full") -> dict | None:
+    path = os.path.join(tune_dir, dataset, f"best_{family}_{protocol}.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -69,6 +69,12 @@ RESIDUAL = flagfile_overrides(os.path.join(experiments.CONFIGS, "residual.flags"
 # Our model: the recipe from the start whose seed-0 run ends higher on
 # validation (`choose_start`), run for every seed.
 OURS = "MMF on the tuned ALS (residual, whole-catalog softmax; start chosen on validation)"
+# The sampled protocol's own choice (PROTOCOL.md: tune for the protocol you
+# report): the ALS from a study on sampled validation, and our model on it
+# with its start and its kept epoch chosen on sampled validation.
+SAMPLED_ALS = "ALS multi-behavior (tuned on sampled validation)"
+SAMPLED_OURS = "MMF on the sampled-tuned ALS (start and epochs chosen on sampled validation)"
+CHOSEN_START = (OURS, SAMPLED_OURS)
 # The two starts of the behavior offsets, each run for seed 0 to choose.
 STARTS = (
     ("start: the ALS (offsets at 0)", {}),
@@ -132,11 +138,12 @@ ABLATIONS = (
 def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
     """(label, overrides or None when its study is missing), in report order."""
     als = _tuned(tune_dir, dataset, "als")
+    als_sampled = _tuned(tune_dir, dataset, "als", "sampled")
 
-    def on_als(extra: dict) -> dict | None:
-        if als is None:
+    def on_als(extra: dict, fit: dict | None = als) -> dict | None:
+        if fit is None:
             return None
-        fitted = {k: v for k, v in als.items() if k not in ("model", "behavior_features")}
+        fitted = {k: v for k, v in fit.items() if k not in ("model", "behavior_features")}
         return {**fitted, **RESIDUAL, **extra}
 
     return [
@@ -155,7 +162,25 @@ def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
             {"model": "ncf", "supportive_positive_weight": 0, "history_length": 0},
         ),
         ("MMF, the paper's training", dict(experiments._PAPER_MMF)),
+        (SAMPLED_OURS, on_als({"early_stopping_protocol": "sampled"}, als_sampled)),
+        (SAMPLED_ALS, als_sampled),
     ]
+
+
+def carried_rows(path: str) -> dict:
+    """{(dataset, arm): row} of a previous report's measured rows (empty when
+    there is none). A row whose runs are no longer in the run store is carried
+    into the new report when its flags are unchanged."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        report = json.load(f)
+    return {
+        (dataset, row["arm"]): row
+        for dataset, rows in report["datasets"].items()
+        for row in rows
+        if "full" in row
+    }
 
 
 def main():
@@ -178,6 +203,8 @@ def main():
         + " ".join(f"--{k}={v}" for k, v in (("datasets", args.datasets), ("seeds", args.seeds))),
         "datasets": {},
     }
+    out = os.path.join(HERE, "results")
+    carried = carried_rows(os.path.join(out, "accuracy.json"))
     for dataset in args.datasets.split(","):
         runner = experiments.Runner(
             dataset=dataset,
@@ -198,14 +225,27 @@ def main():
                 a.lower() in label.lower() for a in args.arms.split(",")
             )
             runner.report_only = args.report_only or not selected
-            if label == OURS:
+            earlier = carried.get((dataset, label))
+            if label in CHOSEN_START:
                 # The ablations change one part of our model: from its chosen start.
                 picked, chosen = choose_start(runner, overrides)
+                if picked is None and earlier is not None:
+                    # The start the earlier report chose, read back from its flags.
+                    picked = next(
+                        (
+                            s
+                            for _, s in STARTS
+                            if experiments.flag_args({**overrides, **s}) == earlier["flags"]
+                        ),
+                        None,
+                    )
+                    chosen = earlier.get("start_validation_HR@10", {})
                 if picked is None:
                     rows.append({"arm": label, "missing": "no start has run yet"})
                     continue
-                start = picked
-                overrides = {**overrides, **start}
+                if label == OURS:
+                    start = picked
+                overrides = {**overrides, **picked}
             elif label in dict(ABLATIONS):
                 overrides = {**overrides, **start}
             runs = []
@@ -215,7 +255,10 @@ def main():
                 except experiments.MissingRun:
                     break
             if not runs:
-                rows.append({"arm": label, "missing": "not run yet"})
+                if earlier is not None and earlier["flags"] == experiments.flag_args(overrides):
+                    rows.append({**earlier, "carried": True})
+                else:
+                    rows.append({"arm": label, "missing": "not run yet"})
                 continue
             row = {
                 "arm": label,
@@ -223,7 +266,7 @@ def main():
                 "trials": trials,
                 "seeds": [r["seed"] for r in runs],
             }
-            if label == OURS:
+            if label in CHOSEN_START:
                 row["start_validation_HR@10"] = chosen
             for protocol in PROTOCOLS:
                 row[protocol] = experiments.summarize(runs, protocol)
@@ -234,7 +277,6 @@ def main():
             row["valid_full_HR@10"] = sum(valid) / len(valid) if valid else None
             rows.append(row)
         report["datasets"][dataset] = rows
-    out = os.path.join(HERE, "results")
     with open(os.path.join(out, "accuracy.json"), "w") as f:
         json.dump(report, f, indent=1)
     lines = [
@@ -245,7 +287,10 @@ def main():
         "Test HR@10 / NDCG@10, mean over seeds ± the standard error across seeds (one seed: "
         "over cases). Tuned arms: Optuna on full-ranking validation only, the same trials for "
         "our model and the ALS (`python -m mmrec_tf.tune`); every protocol reports the "
-        "full-ranking choice. Discovery excludes every item the user touched in training and "
+        "full-ranking choice, except the two rows whose label says sampled validation: the "
+        "sampled protocol's own choice (an ALS study on sampled validation with as many trials "
+        "as the full-ranking one, and our model on that ALS with its start and kept epoch "
+        "chosen on sampled validation). Discovery excludes every item the user touched in training and "
         "drops the cases whose item was touched. The validation column is the mean full-ranking "
         "HR@10 on the seeded sample of validation cases (`--valid_full_ranking_cases`). Our "
         "model's behavior offsets start at 0 or at 'touched items first', whichever start's "
@@ -253,7 +298,8 @@ def main():
         "replaces the kept weights (the start first) only when it beats them on validation by "
         "more than two standard errors of the paired per-case difference "
         "(`--early_stopping_margin=2`). The ablations change one part of our model and start "
-        "where it does.",
+        "where it does. Rows whose runs are no longer in the run store are carried from the "
+        "previous report when their flags are unchanged (`carried` in the JSON).",
         "",
     ]
     for dataset, rows in report["datasets"].items():
@@ -286,12 +332,11 @@ def main():
                 "",
                 f"Cases: full {cases['full']['cases']}, discovery {cases['discovery']['cases']}, sampled {cases['sampled']['cases']}.",
             ]
-        ours = next((r for r in rows if r["arm"] == OURS and "full" in r), None)
-        if ours:
+        for ours in (r for r in rows if r["arm"] in CHOSEN_START and "full" in r):
             figures = ", ".join(
                 f"{label}: {value:.4f}" for label, value in ours["start_validation_HR@10"].items()
             )
-            lines += ["", f"Our model's start, chosen on seed 0's validation HR@10: {figures}."]
+            lines += ["", f"{ours['arm']}: start chosen on seed 0's validation HR@10: {figures}."]
         lines += ["", "Flags per arm:", ""]
         lines += [f"- {r['arm']}: `{' '.join(r['flags'])}`" for r in rows if "flags" in r]
         lines.append("")

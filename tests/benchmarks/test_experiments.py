@@ -240,3 +240,39 @@ def test_our_model_takes_the_start_whose_seed_0_run_validates_higher(monkeypatch
         None,
         {},
     )
+
+
+def test_the_sampled_protocol_has_its_own_tuned_rows(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
+    import accuracy
+
+    study = tmp_path / "toy"
+    study.mkdir()
+    for protocol, dim in (("full", 64), ("sampled", 32)):
+        (study / f"best_als_{protocol}.json").write_text(
+            json.dumps({"trials": 5, "best_overrides": {"model": "als", "mf_dim": dim}})
+        )
+    arms = dict(accuracy.arms(str(tmp_path), "toy"))
+    assert arms[accuracy.SAMPLED_ALS] == {"model": "als", "mf_dim": 32, "trials": 5}
+    ours = arms[accuracy.SAMPLED_OURS]
+    assert ours["mf_dim"] == 32 and ours["early_stopping_protocol"] == "sampled"
+    assert arms[accuracy.OURS]["mf_dim"] == 64
+    assert arms[accuracy.OURS]["early_stopping_protocol"] == "full"
+    # Without a sampled study the two rows say so (None), the others stand.
+    (study / "best_als_sampled.json").unlink()
+    arms = dict(accuracy.arms(str(tmp_path), "toy"))
+    assert arms[accuracy.SAMPLED_ALS] is None and arms[accuracy.SAMPLED_OURS] is None
+    assert arms[accuracy.OURS] is not None
+
+
+def test_a_previous_reports_measured_rows_are_carried(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
+    import accuracy
+
+    measured = {"arm": "a", "flags": ["--x=1"], "full": {"HR@10": 0.1}}
+    path = tmp_path / "accuracy.json"
+    path.write_text(
+        json.dumps({"datasets": {"toy": [measured, {"arm": "b", "missing": "not run yet"}]}})
+    )
+    assert accuracy.carried_rows(str(path)) == {("toy", "a"): measured}
+    assert accuracy.carried_rows(str(tmp_path / "none.json")) == {}
