@@ -183,6 +183,12 @@ def carried_rows(path: str) -> dict:
     }
 
 
+def carries(earlier: dict | None, flags: list[str], runs: list[dict]) -> bool:
+    """Whether the previous report's row stands for an arm: same flags, and
+    more of its seeds than this run store holds."""
+    return earlier is not None and earlier["flags"] == flags and len(earlier["seeds"]) > len(runs)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="jd_vcgae")
@@ -254,11 +260,11 @@ def main():
                     runs.append(runner.run(overrides, seed))
                 except experiments.MissingRun:
                     break
+            if carries(earlier, experiments.flag_args(overrides), runs):
+                rows.append({**earlier, "carried": True})
+                continue
             if not runs:
-                if earlier is not None and earlier["flags"] == experiments.flag_args(overrides):
-                    rows.append({**earlier, "carried": True})
-                else:
-                    rows.append({"arm": label, "missing": "not run yet"})
+                rows.append({"arm": label, "missing": "not run yet"})
                 continue
             row = {
                 "arm": label,

@@ -276,3 +276,9 @@ def test_a_previous_reports_measured_rows_are_carried(monkeypatch, tmp_path):
     )
     assert accuracy.carried_rows(str(path)) == {("toy", "a"): measured}
     assert accuracy.carried_rows(str(tmp_path / "none.json")) == {}
+    # It stands for an arm only with the same flags and more seeds than the store holds.
+    row = {**measured, "seeds": [0, 1, 2]}
+    assert accuracy.carries(row, ["--x=1"], runs=[{"seed": 0}])
+    assert not accuracy.carries(row, ["--x=2"], runs=[])
+    assert not accuracy.carries(row, ["--x=1"], runs=[{"seed": s} for s in range(3)])
+    assert not accuracy.carries(None, ["--x=1"], runs=[])
