@@ -189,6 +189,15 @@ def carries(earlier: dict | None, flags: list[str], runs: list[dict]) -> bool:
     return earlier is not None and earlier["flags"] == flags and len(earlier["seeds"]) > len(runs)
 
 
+def earlier_start(earlier: dict, recipe: dict) -> dict | None:
+    """The start (one of STARTS, as overrides) a previous report's row of our
+    model ran from, read back from its flags; None when none matches."""
+    return next(
+        (s for _, s in STARTS if experiments.flag_args({**recipe, **s}) == earlier["flags"]),
+        None,
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="jd_vcgae")
@@ -236,15 +245,7 @@ def main():
                 # The ablations change one part of our model: from its chosen start.
                 picked, chosen = choose_start(runner, overrides)
                 if picked is None and earlier is not None:
-                    # The start the earlier report chose, read back from its flags.
-                    picked = next(
-                        (
-                            s
-                            for _, s in STARTS
-                            if experiments.flag_args({**overrides, **s}) == earlier["flags"]
-                        ),
-                        None,
-                    )
+                    picked = earlier_start(earlier, overrides)
                     chosen = earlier.get("start_validation_HR@10", {})
                 if picked is None:
                     rows.append({"arm": label, "missing": "no start has run yet"})
@@ -260,7 +261,8 @@ def main():
                     runs.append(runner.run(overrides, seed))
                 except experiments.MissingRun:
                     break
-            if carries(earlier, experiments.flag_args(overrides), runs):
+            flags = experiments.flag_args(overrides)
+            if carries(earlier, flags, runs):
                 rows.append({**earlier, "carried": True})
                 continue
             if not runs:
@@ -268,7 +270,7 @@ def main():
                 continue
             row = {
                 "arm": label,
-                "flags": experiments.flag_args(overrides),
+                "flags": flags,
                 "trials": trials,
                 "seeds": [r["seed"] for r in runs],
             }

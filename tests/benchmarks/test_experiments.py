@@ -282,3 +282,15 @@ def test_a_previous_reports_measured_rows_are_carried(monkeypatch, tmp_path):
     assert not accuracy.carries(row, ["--x=2"], runs=[])
     assert not accuracy.carries(row, ["--x=1"], runs=[{"seed": s} for s in range(3)])
     assert not accuracy.carries(None, ["--x=1"], runs=[])
+
+
+def test_the_start_of_a_carried_row_is_read_back_from_its_flags(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
+    import accuracy
+
+    recipe = {"mf_init": "als_fixed"}
+    touched = {"behavior_init": "touched_first"}
+    row = {"flags": experiments.flag_args({**recipe, **touched})}
+    assert accuracy.earlier_start(row, recipe) == touched
+    assert accuracy.earlier_start({"flags": experiments.flag_args(recipe)}, recipe) == {}
+    assert accuracy.earlier_start({"flags": ["--mf_init=random"]}, recipe) is None
