@@ -116,6 +116,20 @@ ABLATIONS = (
         "variant: a loss per supportive branch (gradient_aux; any validation gain kept)",
         {"gating": "gradient_aux", **ANY_GAIN},
     ),
+    # EHCF's transfer with all of each behavior's data: every supportive
+    # pair is a training row of its branches' own losses (and not a positive
+    # of the target), so a cart branch learns to rank carts from every cart,
+    # and the fusion carries its prediction to the target.
+    (
+        "variant: each supportive branch trained on all its behavior's pairs "
+        "(supportive_rows=branches, gradient_aux)",
+        {
+            "gating": "gradient_aux",
+            "branch_loss_weight": 1.0,
+            "supportive_positive_weight": 1.0,
+            "supportive_rows": "branches",
+        },
+    ),
     # The paper's negatives in the softmax: each row also against 3 items its
     # user touched only through supportive feedback, so a supportive branch
     # (gated to the pairs with its behavior) sees negatives, not only

@@ -20,6 +20,7 @@ BEHAVIOR_FITS = ("joint", "apart")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
 NEGATIVE_DISTRIBUTIONS = ("uniform", "popularity")
+SUPPORTIVE_ROWS = ("positives", "branches")
 MF_INITS = ("random", "als", "als_fixed")
 OPTIMIZERS = ("lazy_adam", "adam")
 ALS_SOLVERS = ("implicit", "numpy")
@@ -39,6 +40,7 @@ CHOICES = {
     "als_solver": ALS_SOLVERS,
     "loss": LOSSES,
     "negative_distribution": NEGATIVE_DISTRIBUTIONS,
+    "supportive_rows": SUPPORTIVE_ROWS,
     "optimizer": OPTIMIZERS,
     "early_stopping_protocol": VALIDATION_PROTOCOLS,
     "distribution_strategy": STRATEGIES,
@@ -399,6 +401,18 @@ class TrainConfig:
       supportive_positive_weight: when > 0, pairs the user touched only
         through supportive feedback are also positives, with this loss
         weight (an extension beyond the paper, which uses 0).
+      supportive_rows: what a training row whose positive pair has no
+        target feedback trains (the rows that `supportive_positive_weight` or
+        `behavior_weights` add): `positives` (a graded positive of the
+        target, as the multi-behavior ALS's confidence) or `branches` (only
+        the supportive branches' own softmax losses, `gating=gradient_aux`;
+        the target's loss is taken on the target rows alone, where the
+        user's supportive-only pairs stay valid negatives, as without
+        supportive positives). So
+        each supportive branch learns to rank its behavior's items from all
+        of that behavior's pairs, and the fusion layer carries its
+        prediction to the target: EHCF's transfer through the paper's
+        branches. Needs `softmax`.
       optimizer: `lazy_adam` (sparse embedding updates) or `adam` (plain
         Keras Adam, dense table updates; for comparison only).
       early_stopping_patience: epochs without a better validation HR@10
@@ -442,6 +456,7 @@ class TrainConfig:
     whole_data_weight: float = 0.0
     supportive_negative_ratio: float = 1.0
     supportive_positive_weight: float = 0.0
+    supportive_rows: str = "positives"
     optimizer: str = "lazy_adam"
     early_stopping_patience: int = 3
     early_stopping_margin: float = 0.0
@@ -521,6 +536,23 @@ class TrainConfig:
             "supportive_positive_weight",
             self.supportive_positive_weight,
             "a weight in [0, 1]",
+        )
+        _check(
+            self.supportive_rows in SUPPORTIVE_ROWS,
+            "supportive_rows",
+            self.supportive_rows,
+            f"one of {SUPPORTIVE_ROWS}",
+        )
+        _check(
+            self.supportive_rows == "positives"
+            or (
+                self.loss == "softmax"
+                and (self.supportive_positive_weight > 0 or bool(self.behavior_weights))
+            ),
+            "supportive_rows",
+            self.supportive_rows,
+            "'positives' unless loss='softmax' and supportive pairs are training rows "
+            "(--supportive_positive_weight > 0 or --behavior_weights)",
         )
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(

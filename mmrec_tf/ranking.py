@@ -52,6 +52,7 @@ class Ranker(tf_keras.Model):
         whole_data_weight: float = 0.0,
         positive_bits: int = 1,
         hard_negatives: int = 0,
+        target_rows_only: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,6 +78,12 @@ class Ranker(tf_keras.Model):
                     "the softmax loss's per-behavior branch losses (--gating=gradient_aux) score "
                     "the whole grid: use --hard_negatives=0."
                 )
+        if target_rows_only and (loss != "softmax" or not branch_loss_weight):
+            raise ValueError(
+                "supportive_rows='branches' trains the supportive branches' own losses on the "
+                "supportive rows: it needs loss='softmax', --gating=gradient_aux, "
+                "--branch_loss_weight > 0 and a model with supportive branches (mmf)."
+            )
         if whole_data_weight:
             models.whole_data_term(scorer, tf.zeros([0], tf.int32))  # raises without an MF part
         if hard_negatives and (loss != "softmax" or models.parts(scorer)[0] is None):
@@ -85,6 +92,7 @@ class Ranker(tf_keras.Model):
                 "part (mmf, ncf, gmf): the MF grid picks them."
             )
         self.hard_negatives = hard_negatives
+        self.target_rows_only = target_rows_only
         self.scorer = scorer
         self.loss_name = loss
         self.temperature = temperature
@@ -160,6 +168,9 @@ class Ranker(tf_keras.Model):
             )[0]
         else:
             per_example, x = loss_of(logits, rows)
+        if self.target_rows_only:
+            # A supportive-only row trains its branches' losses, not the target's.
+            per_example *= tf.reduce_sum(gates[..., 0] * grid_labels, axis=1)
         if branches is not None and len(branches) > 1:
             per_example += self.branch_loss_weight * self._behavior_losses(
                 branches, gates, grid_labels, log_q, candidates, remove_hits
@@ -338,6 +349,7 @@ class Ranker(tf_keras.Model):
             "whole_data_weight": self.whole_data_weight,
             "positive_bits": self.positive_bits,
             "hard_negatives": self.hard_negatives,
+            "target_rows_only": self.target_rows_only,
             "name": self.name,
         }
 
@@ -368,6 +380,7 @@ def build_ranker(
         whole_data_weight=config.train.whole_data_weight,
         positive_bits=positive_bits(config.train, behaviors),
         hard_negatives=config.train.hard_negatives,
+        target_rows_only=config.train.supportive_rows == "branches",
         name="ranker",
     )
 
@@ -376,11 +389,15 @@ def positive_bits(config: config_lib.TrainConfig, behaviors: schema.BehaviorSche
     """Bitmask of the behaviors whose pairs are training positives.
 
     A pair with any of them is a positive of some row, so the softmax loss
-    never takes it as a negative of its user.
+    never takes it as a negative of its user. With `supportive_rows=
+    "branches"` only the target's pairs are positives of the target's loss
+    (the branches' own losses mask their behavior's pairs themselves).
 
     Raises:
       ValueError: for a behavior weight naming a behavior the data lacks.
     """
+    if config.supportive_rows == "branches":
+        return 1
     weights = training_index.behavior_weight_vector(behaviors.behaviors, config.behavior_weights)
     if weights is not None:
         return sum(1 << t for t, w in enumerate(weights) if w > 0)

@@ -372,7 +372,14 @@ def test_discovery_excludes_exactly_the_touched_items():
 
 
 @pytest.mark.parametrize(
-    "candidates", ["--hard_negatives=0", "--hard_negatives=4", "--row_negatives=2"]
+    "candidates",
+    [
+        ["--hard_negatives=0"],
+        ["--hard_negatives=4"],
+        ["--row_negatives=2"],
+        # The supportive pairs train their branches' losses only.
+        ["--supportive_rows=branches", "--gating=gradient_aux"],
+    ],
 )
 def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, candidates):
     from mmrec_tf import cli
@@ -384,7 +391,7 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, cand
             "--loss=softmax",
             "--shared_negatives=64",
             "--negative_distribution=popularity",
-            candidates,
+            *candidates,
             "--supportive_positive_weight=0",
             # Without views, some held-out buys were never touched: discovery has cases.
             "--ignore_behaviors=pv",
@@ -482,6 +489,52 @@ def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
             expected[b] += np.log(np.exp(x - x.max()).sum()) + x.max() - x[keep.index(b)]
     np.testing.assert_allclose(extra, 0.5 * expected, rtol=1e-4, atol=1e-5)
     assert extra[0] > 0 and extra[1] > 0 and extra[2] == 0
+
+
+def test_supportive_rows_train_only_their_branches_losses():
+    """supportive_rows='branches': a row whose positive has no target
+    feedback adds its branches' losses alone; a target row adds the target's
+    loss (its user's supportive pairs valid negatives) and its branches'."""
+    scorer = _scorer("mmf", gating="gradient_aux")
+    transfer = ranking.Ranker(
+        scorer, loss="softmax", branch_loss_weight=0.5, target_rows_only=True, positive_bits=1
+    )
+    aux_only = ranking.Ranker(scorer, loss="softmax", branch_loss_weight=0.5)
+    plain = ranking.Ranker(scorer, loss="softmax")
+    users = np.array([0, 1, 2], np.int32)
+    candidates = np.array([3, 4, 5, 6, 7], np.int32)
+    bits = np.zeros((3, 5), np.int32)
+    bits[0, 0] = 0b011  # bought and carted
+    bits[1, 1] = 0b010  # only carted: a supportive row
+    bits[2, 2] = 0b001
+    bits[2, 4] = 0b100  # user 2 faved item 7: still a negative of the target
+    log_q = np.log(np.array([0.2, 0.2, 0.1, 0.3, 0.2], np.float32))
+    batch = _softmax_batch(users, candidates, bits, log_q)
+    got = transfer._softmax_losses(batch, training=False)[0].numpy()
+    branch_part = (
+        aux_only._softmax_losses(batch, training=False)[0]
+        - plain._softmax_losses(batch, training=False)[0]
+    ).numpy()
+    grid = models.score_grid(scorer, users, candidates).numpy()
+    target_part = _numpy_softmax_loss(grid, log_q, candidates, bits, 1, 1.0)
+    is_target = np.array([1.0, 0.0, 1.0])
+    np.testing.assert_allclose(got, is_target * target_part + branch_part, rtol=1e-4, atol=1e-5)
+    assert got[1] > 0 and branch_part[1] > 0 and branch_part[2] == 0
+
+
+def test_supportive_rows_for_the_branches_need_branch_losses():
+    with pytest.raises(ValueError, match="gradient_aux"):
+        ranking.Ranker(_scorer("mmf"), loss="softmax", target_rows_only=True)
+    with pytest.raises(ValueError, match="supportive_rows"):
+        config_lib.TrainConfig(
+            loss="bpr", supportive_positive_weight=0.5, supportive_rows="branches"
+        )
+    with pytest.raises(ValueError, match="supportive_rows"):
+        config_lib.TrainConfig(loss="softmax", supportive_rows="branches")
+    train = config_lib.TrainConfig(
+        loss="softmax", supportive_positive_weight=0.5, supportive_rows="branches"
+    )
+    assert ranking.positive_bits(train, BEHAVIORS) == 1
 
 
 def test_mf_part_starts_at_the_als_factors():
