@@ -16,6 +16,10 @@ kill, it keeps every finished trial, marks the trial that was running as
 failed, and runs only the trials still missing. Every family gets the same
 `--trials`, so the comparison between them has one budget.
 
+    python -m mmrec_tf.tune --study_dir=runs/tune/jd_vcgae --report
+
+prints every study in the folder as Markdown tables, a row per trial.
+
 Optuna (`pip install -e .[tune]`) is used rather than a hand-written grid: it
 stores studies in a database, samples with TPE, and prunes from intermediate
 values, which is what equal-budget tuning over a dozen parameters needs.
@@ -236,6 +240,66 @@ def run_study(
     return study
 
 
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def study_tables(study_dir: str) -> str:
+    """Markdown: one table per study in `study_dir`'s databases, a row per trial.
+
+    Each row gives the trial's number, state, validation HR@10 (a pruned
+    trial's last reported epoch, a failed or running trial's none) and the
+    parameters the sampler drew, so a study's README is rendered from its
+    database, not copied by hand.
+
+    Raises:
+      FileNotFoundError: when `study_dir` holds no study database.
+    """
+    import optuna
+
+    paths = sorted(
+        os.path.join(study_dir, name)
+        for name in os.listdir(study_dir)
+        if name.endswith(".db") and name[: -len(".db")] in FAMILIES
+    )
+    if not paths:
+        raise FileNotFoundError(
+            f"{study_dir} holds no study database ({', '.join(f + '.db' for f in FAMILIES)}): "
+            "give the --study_dir a study ran in."
+        )
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    sections = []
+    for path in paths:
+        storage = f"sqlite:///{os.path.abspath(path)}"
+        for summary in sorted(optuna.get_all_study_summaries(storage), key=lambda s: s.study_name):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            trials = study.get_trials(deepcopy=False)
+            done = sum(t.state in finished for t in trials)
+            lines = [
+                f"## {summary.study_name}: {done} finished trials of {len(trials)}",
+                "",
+                "| trial | state | validation HR@10 | parameters |",
+                "|---|---|---|---|",
+            ]
+            for t in trials:
+                state = t.state.name.lower()
+                if t.state == optuna.trial.TrialState.RUNNING:
+                    # A database copied from a stopped study holds its last trial so.
+                    state = "running, or stopped by a kill (failed when the study resumes)"
+                value = t.value
+                if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
+                    epoch = max(t.intermediate_values)
+                    value = t.intermediate_values[epoch]
+                    state = f"pruned at epoch {epoch}"
+                shown = "" if value is None else f"{value:.4f}"
+                params = ", ".join(f"{k}={_value(v)}" for k, v in t.params.items())
+                lines.append(f"| {t.number} | {state} | {shown} | {params} |")
+            sections.append("\n".join(lines))
+    return "\n\n".join(sections) + "\n"
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_flags(fv)
     f = {"flag_values": fv}
@@ -253,6 +317,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_integer("study_seed", 0, "Seed of the TPE sampler.", **f)
     flags.DEFINE_boolean(
+        "report",
+        False,
+        "Print every study in --study_dir as Markdown tables (a row per trial) and exit; "
+        "runs no trial.",
+        **f,
+    )
+    flags.DEFINE_boolean(
         "fail_stale_trials",
         True,
         "Fail the trials left running by dead processes before running more.",
@@ -267,6 +338,9 @@ def main(argv):
     fv = flags.FLAGS
     if not fv.study_dir:
         raise app.UsageError("--study_dir is required: the study and its trials go there.")
+    if fv.report:
+        print(study_tables(fv.study_dir), end="")
+        return
     if not fv.model_dir:
         fv.model_dir = fv.study_dir  # each trial replaces it with its own folder
     base = cli.config_from_flags(fv)

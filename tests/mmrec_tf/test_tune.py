@@ -109,3 +109,35 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(tmp_path):
     subprocess.run(_command(tmp_path, 4), check=True, capture_output=True, timeout=600)
     params = [t.params for t in _study(tmp_path, "als").trials]
     assert len(params) == 4 and params[2] not in params[:2] and params[3] not in params[:2]
+
+
+def test_the_report_renders_every_trial_of_every_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'als.db'}"
+    study = optuna.create_study(study_name="als-full", storage=storage, direction="maximize")
+
+    def objective(trial):
+        factors = trial.suggest_categorical("mf_dim", [32, 64])
+        weight = trial.suggest_float("als_supportive_weight", 0.0, 4.0)
+        if trial.number == 1:
+            trial.report(0.05, 0)
+            trial.report(0.0612345, 1)
+            raise optuna.TrialPruned()
+        if trial.number == 2:
+            raise RuntimeError("a broken trial")
+        return factors / 1000 + weight / 100
+
+    study.enqueue_trial({"mf_dim": 64, "als_supportive_weight": 1.23456})
+    study.optimize(objective, n_trials=3, catch=(RuntimeError,))
+    optuna.create_study(study_name="als-sampled", storage=storage).enqueue_trial({"mf_dim": 32})
+    text = tune.study_tables(str(tmp_path))
+    full, sampled = text.split("\n\n## ")
+    assert full.startswith("## als-full: 2 finished trials of 3")
+    assert "| 0 | complete | 0.0763 | mf_dim=64, als_supportive_weight=1.235 |" in full
+    assert "| 1 | pruned at epoch 1 | 0.0612 | " in full
+    assert "| 2 | fail |  | " in full
+    assert sampled.startswith("als-sampled: 0 finished trials of 1")
+    assert "| 0 | waiting |  |  |" in sampled
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no study database"):
+        tune.study_tables(str(empty))
