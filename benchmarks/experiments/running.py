@@ -30,6 +30,7 @@ ADDED_AT_DEFAULT = (
     ("model", "als_holdout", 0),
     ("train", "early_stopping_margin", 0.0),
     ("train", "row_negatives", 0),
+    ("train", "supportive_rows", "positives"),
 )
 
 

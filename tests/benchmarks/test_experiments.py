@@ -123,8 +123,13 @@ def test_runs_are_keyed_by_their_resolved_config(tmp_path):
     assert experiments.config_key([f"--flagfile={copy}", "--seed=0"]) == key
     copy.write_text(copy.read_text() + "\n--learning_rate=0.5\n")
     assert experiments.config_key([f"--flagfile={copy}", "--seed=0"]) != key
+    # The key the recorded runs hold: a config field added later must join
+    # ADDED_AT_DEFAULT, or every recorded run would be missed (editing
+    # quickstart.flags changes it too).
+    assert key == "c2304abead"
     # A field added later keys nothing at its default, and a value of it does.
     assert experiments.config_key(base + ["--als_holdout=0"]) == key
+    assert experiments.config_key(base + ["--supportive_rows=positives"]) == key
     assert experiments.config_key(
         base + ["--mf_init=als_fixed", "--als_holdout=1"]
     ) != experiments.config_key(base + ["--mf_init=als_fixed"])
