@@ -386,7 +386,11 @@ def _plot(report: dict, path: str) -> bool:
     labels = []
     for rows in report["datasets"].values():
         labels += [r["arm"] for r in rows if "full" in r and r["arm"] not in labels]
-    fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(6 * len(PROTOCOLS), 4.5))
+    # The legend goes under the panels, three labels a line, so it hides no bar.
+    legend_lines = math.ceil(len(labels) / 3)
+    height = 4.5 + 0.17 * legend_lines
+    fig, axes = plt.subplots(1, len(PROTOCOLS), figsize=(6 * len(PROTOCOLS), height))
+    colors = plt.get_cmap("tab20")
     width = 0.8 / max(len(labels), 1)
     for ax, protocol in zip(axes, PROTOCOLS):
         for k, label in enumerate(labels):
@@ -401,12 +405,13 @@ def _plot(report: dict, path: str) -> bool:
                 se = summary["HR@10_se"]
                 errors.append(0.0 if math.isnan(se) else se)
             xs = [d + (k - (len(labels) - 1) / 2) * width for d in range(len(datasets))]
-            ax.bar(xs, values, width, yerr=errors, label=label)
+            ax.bar(xs, values, width, yerr=errors, label=label, color=colors(k % 20))
         ax.set_xticks(range(len(datasets)))
         ax.set_xticklabels(datasets, rotation=20, fontsize=8)
         ax.set_title(f"{protocol}: test HR@10")
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.17 * legend_lines / height + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
