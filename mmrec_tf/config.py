@@ -408,11 +408,10 @@ class TrainConfig:
         the supportive branches' own softmax losses, `gating=gradient_aux`;
         the target's loss is taken on the target rows alone, where the
         user's supportive-only pairs stay valid negatives, as without
-        supportive positives). So
-        each supportive branch learns to rank its behavior's items from all
-        of that behavior's pairs, and the fusion layer carries its
-        prediction to the target: EHCF's transfer through the paper's
-        branches. Needs `softmax`.
+        supportive positives). So each supportive branch learns to rank its
+        behavior's items from all of that behavior's pairs, and the fusion
+        layer carries its prediction to the target: EHCF's transfer through
+        the paper's branches. Needs `softmax`.
       optimizer: `lazy_adam` (sparse embedding updates) or `adam` (plain
         Keras Adam, dense table updates; for comparison only).
       early_stopping_patience: epochs without a better validation HR@10

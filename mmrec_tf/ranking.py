@@ -78,7 +78,11 @@ class Ranker(tf_keras.Model):
                     "the softmax loss's per-behavior branch losses (--gating=gradient_aux) score "
                     "the whole grid: use --hard_negatives=0."
                 )
-        if target_rows_only and (loss != "softmax" or not branch_loss_weight):
+        if target_rows_only and (
+            loss != "softmax"
+            or not branch_loss_weight
+            or getattr(scorer, "branch_scores", None) is None
+        ):
             raise ValueError(
                 "supportive_rows='branches' trains the supportive branches' own losses on the "
                 "supportive rows: it needs loss='softmax', --gating=gradient_aux, "

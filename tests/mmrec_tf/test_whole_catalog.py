@@ -525,6 +525,14 @@ def test_supportive_rows_train_only_their_branches_losses():
 def test_supportive_rows_for_the_branches_need_branch_losses():
     with pytest.raises(ValueError, match="gradient_aux"):
         ranking.Ranker(_scorer("mmf"), loss="softmax", target_rows_only=True)
+    # One branch has no supportive branch to train on those rows.
+    with pytest.raises(ValueError, match="supportive branches"):
+        ranking.Ranker(
+            _scorer("ncf", gating="gradient_aux"),
+            loss="softmax",
+            branch_loss_weight=0.5,
+            target_rows_only=True,
+        )
     with pytest.raises(ValueError, match="supportive_rows"):
         config_lib.TrainConfig(
             loss="bpr", supportive_positive_weight=0.5, supportive_rows="branches"
