@@ -25,6 +25,13 @@ from mmrec_tf.pipelines import training_index
 _MIN_LOGIT = float(np.finfo(np.float32).min) / 100.0
 
 
+def _positive_has(gates: tf.Tensor, labels: tf.Tensor, behavior: int) -> tf.Tensor:
+    """[batch] 1.0 where row b's positive pair (its labelled column) has
+    `behavior`, else 0.0; gates [batch, candidates, T], labels one-hot
+    [batch, candidates]."""
+    return tf.reduce_sum(gates[..., behavior] * labels, axis=1)
+
+
 @tf_keras.utils.register_keras_serializable(package="mmrec_tf")
 class Ranker(tf_keras.Model):
     """Trains a scorer on (user, positive, negatives) examples.
@@ -174,7 +181,7 @@ class Ranker(tf_keras.Model):
             per_example, x = loss_of(logits, rows)
         if self.target_rows_only:
             # A supportive-only row trains its branches' losses, not the target's.
-            per_example *= tf.reduce_sum(gates[..., 0] * grid_labels, axis=1)
+            per_example *= _positive_has(gates, grid_labels, 0)
         if branches is not None and len(branches) > 1:
             per_example += self.branch_loss_weight * self._behavior_losses(
                 branches, gates, grid_labels, log_q, candidates, remove_hits
@@ -229,7 +236,7 @@ class Ranker(tf_keras.Model):
         total = 0.0
         for s in range(len(branches) - 1):
             has = gates[..., s + 1]
-            rows = tf.reduce_sum(has * labels, axis=1)  # the row's positive has it
+            rows = _positive_has(gates, labels, s + 1)
             x = scores[..., s] / self.temperature - log_q
             x = remove_hits(labels, x, candidates) + has * (1.0 - labels) * _MIN_LOGIT
             total += rows * tf.nn.softmax_cross_entropy_with_logits(labels, x)

@@ -141,6 +141,24 @@ def _behaviors(config: config_lib.ExperimentConfig, work_dir: str) -> tuple[str,
     return split.behaviors.behaviors
 
 
+def _database(study_dir: str, family: str) -> str:
+    """The SQLite file of a family's studies (one per family, so studies of
+    two families can run at once)."""
+    return os.path.join(study_dir, f"{family}.db")
+
+
+def _storage(path: str) -> str:
+    """The Optuna storage URL of a study database file."""
+    return f"sqlite:///{os.path.abspath(path)}"
+
+
+def _finished_states() -> tuple:
+    """The trial states a study's trial count takes: complete and pruned."""
+    import optuna
+
+    return (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
 def run_study(
     base: config_lib.ExperimentConfig,
     *,
@@ -179,8 +197,7 @@ def run_study(
     if not base.data.validation:
         raise ValueError("tuning needs validation cases: drop --novalidation.")
     os.makedirs(study_dir, exist_ok=True)
-    # One database per family, so studies of two families can run at once.
-    storage = f"sqlite:///{os.path.abspath(os.path.join(study_dir, f'{family}.db'))}"
+    storage = _storage(_database(study_dir, family))
     study = optuna.create_study(
         study_name=f"{family}-{protocol}",
         storage=storage,
@@ -202,8 +219,7 @@ def run_study(
     # start-up trials would repeat the finished ones): the seed moves on with
     # the trials the study already holds.
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    missing = trials - len(study.get_trials(deepcopy=False, states=finished))
+    missing = trials - len(study.get_trials(deepcopy=False, states=_finished_states()))
     if missing <= 0:
         return study
     behaviors = behaviors or _behaviors(base, study_dir)
@@ -259,20 +275,20 @@ def study_tables(study_dir: str) -> str:
     """
     import optuna
 
-    paths = sorted(
-        os.path.join(study_dir, name)
-        for name in os.listdir(study_dir)
-        if name.endswith(".db") and name[: -len(".db")] in FAMILIES
-    )
+    paths = [
+        path
+        for path in (_database(study_dir, family) for family in sorted(FAMILIES))
+        if os.path.exists(path)
+    ]
     if not paths:
         raise FileNotFoundError(
             f"{study_dir} holds no study database ({', '.join(f + '.db' for f in FAMILIES)}): "
             "give the --study_dir a study ran in."
         )
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    finished = _finished_states()
     sections = []
     for path in paths:
-        storage = f"sqlite:///{os.path.abspath(path)}"
+        storage = _storage(path)
         for summary in sorted(optuna.get_all_study_summaries(storage), key=lambda s: s.study_name):
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             trials = study.get_trials(deepcopy=False)
