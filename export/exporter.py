@@ -16,8 +16,10 @@ import shutil
 import tensorflow as tf
 
 from mmrec_tf import locks
+from mmrec_tf.export import cascade
 from mmrec_tf.export import serving
 from mmrec_tf.export import warmup
+from mmrec_tf.pipelines import schema
 
 TMP_PREFIX = ".tmp-"
 
@@ -39,7 +41,7 @@ def _remove_stale_temporaries(export_dir: str) -> None:
 
 
 def export(
-    module: serving.ServingModule,
+    module: serving.ServingModule | cascade.CascadeModule,
     export_dir: str,
     *,
     warmup_user_ids: list,
@@ -49,7 +51,8 @@ def export(
     """Writes `module` as the next version under `export_dir`.
 
     Args:
-      module: the serving module.
+      module: the serving module (`recommend_from_history` gets a warm-up
+        request too when the module has it).
       export_dir: the folder TensorFlow Serving watches.
       warmup_user_ids: a few known raw user ids for the warm-up requests.
       warmup_item_ids: as many known raw item ids.
@@ -80,7 +83,14 @@ def _export_locked(module, export_dir, warmup_user_ids, warmup_item_ids, version
         )
     tmp = os.path.join(export_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tf.saved_model.save(module, tmp, signatures=module.signatures())
-    warmup.write(tmp, user_ids=warmup_user_ids, item_ids=warmup_item_ids)
+    signatures = module.signatures()
+    tf.saved_model.save(module, tmp, signatures=signatures)
+    history = schema.RECOMMEND_FROM_HISTORY in signatures
+    warmup.write(
+        tmp,
+        user_ids=warmup_user_ids,
+        item_ids=warmup_item_ids,
+        history_behavior=module.behavior_names[0] if history else "",
+    )
     os.rename(tmp, final)  # atomic on one file system; fails if `final` appeared meanwhile
     return final

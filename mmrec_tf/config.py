@@ -13,7 +13,7 @@ from typing import Any
 
 DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
 BAD_RECORD_POLICIES = ("error", "skip")
-MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular")
+MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular", "cascade")
 GATINGS = ("gradient", "gradient_aux", "forward", "none")
 BEHAVIOR_INITS = ("zero", "lift", "touched_first", "validated")
 BEHAVIOR_FITS = ("joint", "apart")
@@ -187,9 +187,11 @@ class ModelConfig:
         behavior, BPR-MF), `mlp` (target MLP only) or `als` (weighted ALS,
         `mmrec_tf.baselines.als`: WMF on the target behavior, or the multi-behavior
         confidence matrix with `als_supportive_weight` > 0) or `popular`
-        (training buy counts, `mmrec_tf.baselines.popularity`). With `behavior_features`
-        these two rank the user's supportive items first
-        (`popularity.TouchedFirst`).
+        (training buy counts, `mmrec_tf.baselines.popularity`) or `cascade`
+        (CascadingRank, `mmrec_tf.baselines.cascade`: scores propagated over
+        each behavior's user-item graph in turn, nothing trained). With
+        `behavior_features` als and popular rank the user's supportive items
+        first (`popularity.TouchedFirst`).
       mf_dim: size of the MF user and item factors.
       mlp_dim: size of each branch's user and item embeddings.
       mlp_layers: ReLU layers per branch; layer k of L has
@@ -250,6 +252,10 @@ class ModelConfig:
         no epoch beats them); or `als_fixed` (the same start with the MF
         tables held at the ALS factors: the branches, fusion and head learn
         a residual over the ALS).
+      cascade_alpha: CascadingRank's pull toward the query (the user and
+        the user's items of the stage's behavior).
+      cascade_beta: CascadingRank's pull toward the previous stage's scores;
+        `cascade_alpha + cascade_beta` in (0, 1].
       als_holdout: with `mf_init` als or als_fixed, target pairs held out
         per user (users with at least 3) from the ALS fit, drawn with the
         seed; training then takes only these pairs as positives, so the
@@ -279,6 +285,8 @@ class ModelConfig:
     als_solver: str = "implicit"
     als_cache_dir: str = ""
     mf_init: str = "random"
+    cascade_alpha: float = 0.7
+    cascade_beta: float = 0.2
     als_holdout: int = 0
 
     def __post_init__(self):
@@ -287,6 +295,21 @@ class ModelConfig:
             "als_holdout",
             self.als_holdout,
             "0, or a positive count with --mf_init=als or als_fixed",
+        )
+        _check(0 <= self.cascade_alpha <= 1, "cascade_alpha", self.cascade_alpha, "in [0, 1]")
+        _check(0 <= self.cascade_beta <= 1, "cascade_beta", self.cascade_beta, "in [0, 1]")
+        _check(
+            0 < self.cascade_alpha + self.cascade_beta <= 1,
+            "cascade_beta",
+            self.cascade_beta,
+            f"in (0, {1 - self.cascade_alpha:g}]: cascade_alpha + cascade_beta in (0, 1] "
+            "(at 0 the propagation never converges)",
+        )
+        _check(
+            self.model != "cascade" or not self.behavior_features,
+            "behavior_features",
+            self.behavior_features,
+            "false with --model=cascade (its graphs already hold each pair's behaviors)",
         )
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
         _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")

@@ -31,6 +31,7 @@ from mmrec_tf import models
 from mmrec_tf import ranking
 from mmrec_tf import run_record
 from mmrec_tf import train as train_lib
+from mmrec_tf.export import cascade as cascade_export
 from mmrec_tf.export import evaluation as export_evaluation
 from mmrec_tf.export import exporter
 from mmrec_tf.export import fitted as fitted_export
@@ -121,7 +122,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
     data, split, results = load(config, model_dir, name)
     if config.mode == "evaluate_export":
         return _evaluate_export(config, data, split, name)
-    if config.model.model in ("als", "popular"):
+    if config.model.model in ("als", "popular", "cascade"):
         return _run_fitted(config, data, split, model_dir, results)
     ranker, index = build(config, split, strategy)
     valid_cases = (
@@ -397,9 +398,14 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float
 
 
 def _export(config, scorer, data, split, results: dict) -> None:
-    """Exports `scorer` as a new SavedModel version; records it in `results`."""
+    """Exports `scorer` (a Keras scorer, or a fitted CascadeScorer) as a new SavedModel version."""
     started = time.perf_counter()
-    module = serving.from_training(
+    build = (
+        cascade_export.from_training
+        if isinstance(scorer, baselines.cascade.CascadeScorer)
+        else serving.from_training
+    )
+    module = build(
         scorer,
         split,
         user_tokens=data.user_vocab.tokens,
@@ -444,7 +450,7 @@ def _signature_metrics(signatures, config, data, split) -> dict:
 
 
 def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
-    """--model=als (weighted ALS) or popular, in the same split and evaluation.
+    """--model=als (weighted ALS), popular or cascade, in the same split and evaluation.
 
     `results` holds what every run records (dataset, data report, split,
     load time); the fit and both protocols are added to it.
@@ -474,7 +480,10 @@ def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
     results["seconds"]["evaluate"] = round(time.perf_counter() - started, 2)
     if "test" in results:
         _print_metrics(results)
-    if config.export.export_dir:
+    if config.export.export_dir and m.model == "cascade":
+        # The graphs themselves, propagated per request (export.cascade).
+        _export(config, score, data, split, results)
+    elif config.export.export_dir:
         # The same signatures as the neural models: a GMF scorer computing
         # exactly the fitted scores (export.fitted).
         scorer = fitted_export.as_scorer(

@@ -42,7 +42,19 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import locks
 from mmrec_tf import run as run_lib
 
-FAMILIES = ("mmf", "bpr", "als")
+FAMILIES = ("mmf", "bpr", "als", "cascade")
+# The families that fit without training: their objective is the run's validation figure.
+FITTED = ("als", "cascade")
+
+# Known good points each study of a family tries first (Optuna's
+# `enqueue_trial`): CascadingRank's published settings, (alpha, beta) =
+# (0.0, 0.9) on its taobao and (0.7, 0.2) on its tmall.
+STARTS = {
+    "cascade": (
+        {"cascade_keep": 0.1, "cascade_query_share": 0.0},
+        {"cascade_keep": 0.1, "cascade_query_share": 0.7 / 0.9},
+    ),
+}
 
 
 def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
@@ -54,10 +66,21 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
         objective, behavior features allowed), `bpr` (the same model with the
         pairwise loss, the previous tuned recipe) or `als` (the
         multi-behavior weighted ALS; "touched items first" is the tuned ALS
-        with --behavior_features, which adds no parameter to tune).
+        with --behavior_features, which adds no parameter to tune) or
+        `cascade` (CascadingRank's alpha and beta, drawn as the share the
+        propagation keeps, 1 - alpha - beta, and the query's share of the
+        rest, alpha / (alpha + beta)).
       behaviors: the data's behaviors, target first.
     """
     supportive = behaviors[1:]
+    if family == "cascade":
+        keep = trial.suggest_float("cascade_keep", 0.02, 0.9, log=True)
+        share = trial.suggest_float("cascade_query_share", 0.0, 1.0)
+        return {
+            "model": "cascade",
+            "cascade_alpha": (1.0 - keep) * share,
+            "cascade_beta": (1.0 - keep) * (1.0 - share),
+        }
     if family == "als":
         return {
             "model": "als",
@@ -222,13 +245,16 @@ def run_study(
     missing = trials - len(study.get_trials(deepcopy=False, states=_finished_states()))
     if missing <= 0:
         return study
+    if not study.trials:
+        for start in STARTS.get(family, ())[:trials]:
+            study.enqueue_trial(start)
     behaviors = behaviors or _behaviors(base, study_dir)
 
     def objective(trial):
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
         overrides = search_space(trial, family, behaviors)
-        if family != "als":
+        if family not in FITTED:
             overrides["early_stopping_protocol"] = protocol
         run_dir = os.path.join(study_dir, f"{family}_trial_{trial.number:04d}")
         config = dataclasses.replace(apply(base, overrides), model_dir=run_dir, mode="train")
@@ -247,7 +273,7 @@ def run_study(
                 f"trial {trial.number} has no validation figures: the data gave no validation "
                 "cases (every test user needs a second training buy to hold out)."
             )
-        if family == "als":
+        if family in FITTED:
             return results["validation"][protocol]["HR@10"]
         best = results["train"]["best_validation"]
         return best["HR@10"] if best else 0.0

@@ -39,10 +39,17 @@ SERVING_DEFAULT = "serving_default"
 RECOMMEND = "recommend"
 RETRIEVE = "retrieve"
 SIGNATURES = (SERVING_DEFAULT, RECOMMEND, RETRIEVE)
+# Recommendations from a request's own events (exports that propagate over
+# the behavior graphs: `--model=cascade`).
+RECOMMEND_FROM_HISTORY = "recommend_from_history"
 
 # Raw string ids at the serving boundary.
 USER_ID = "user_id"
 ITEM_ID = "item_id"
+# A request's events: item, behavior, and the row of `user_id` each belongs to.
+HISTORY_ITEM_ID = "history_item_id"
+HISTORY_BEHAVIOR = "history_behavior"
+HISTORY_ROW = "history_row"
 
 # Split codes of interaction records.
 SPLIT_NONE = -1

@@ -28,6 +28,8 @@ def slug(text: str) -> str:
 # (section, field, default) of config fields added since runs were first keyed.
 ADDED_AT_DEFAULT = (
     ("model", "als_holdout", 0),
+    ("model", "cascade_alpha", 0.7),
+    ("model", "cascade_beta", 0.2),
     ("train", "early_stopping_margin", 0.0),
     ("train", "row_negatives", 0),
     ("train", "supportive_rows", "positives"),

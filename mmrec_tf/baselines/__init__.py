@@ -1,4 +1,4 @@
-"""Fitted baselines: the multi-behavior weighted ALS and item popularity.
+"""Fitted baselines: the multi-behavior weighted ALS, item popularity and CascadingRank.
 
 Every baseline is a *fitted scorer* with one protocol, the one the evaluator
 and the exporter read (`evaluate.evaluate`, `export.fitted.as_scorer`):
@@ -7,8 +7,9 @@ and the exporter read (`evaluate.evaluate`, `export.fitted.as_scorer`):
 - `scorer.grid(users, items)` -> [len(users), len(items)] scores;
 - `scorer.bound`: every score lies in (-bound, bound).
 
-`als.FactorScorer` (`--model=als`) and `popularity.PopularityScorer`
-(`--model=popular`) are fitted by `fit`; `popularity.TouchedFirst` wraps
+`als.FactorScorer` (`--model=als`), `popularity.PopularityScorer`
+(`--model=popular`) and `cascade.CascadeScorer` (`--model=cascade`) are
+fitted by `fit`; `popularity.TouchedFirst` wraps
 either to rank the user's touched items first (`--behavior_features`).
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from mmrec_tf import config as config_lib
 from mmrec_tf.baselines import als
+from mmrec_tf.baselines import cascade
 from mmrec_tf.baselines import popularity
 from mmrec_tf.pipelines import splits as splits_lib
 from mmrec_tf.pipelines import training_index
@@ -94,7 +96,7 @@ def fit_factors(
 def fit(
     config: config_lib.ExperimentConfig, split: splits_lib.Split
 ) -> tuple[FittedScorer, dict, float]:
-    """Fits the baseline `config.model.model` names (`als` or `popular`).
+    """Fits the baseline `config.model.model` names (`als`, `popular` or `cascade`).
 
     Returns:
       (the fitted scorer, wrapped in `TouchedFirst` with behavior features;
@@ -120,8 +122,22 @@ def fit(
             "behavior_features": m.behavior_features,
             "als_cache": cached,
         }
+    elif m.model == "cascade":
+        started = time.perf_counter()
+        settings = cascade.CascadeConfig(alpha=m.cascade_alpha, beta=m.cascade_beta)
+        score = cascade.CascadeScorer(split, settings)
+        seconds = time.perf_counter() - started
+        record = {
+            "cascade": {
+                **dataclasses.asdict(settings),
+                "order": [split.behaviors.behaviors[b] for b in score.order],
+            },
+            "behavior_features": m.behavior_features,
+        }
     else:
-        raise ValueError(f"model={m.model!r} is not a fitted baseline: use als or popular.")
+        raise ValueError(
+            f"model={m.model!r} is not a fitted baseline: use als, popular or cascade."
+        )
     if m.behavior_features:
         score = popularity.TouchedFirst(score, index)
     return score, record, seconds

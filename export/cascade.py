@@ -1,0 +1,428 @@
+"""CascadingRank as a SavedModel: the behavior graphs as variables, propagated per request.
+
+`CascadeModule` serves `--model=cascade` with the signatures of
+`serving.ServingModule` and one more:
+
+- `serving_default(user_id [B], item_id [B])` -> `score`, `logit` (the same
+  cascade score), `probability` (its sigmoid, kept for the common output
+  keys; not calibrated);
+- `retrieve(user_id [B])` -> the top C items by cascade score;
+- `recommend(user_id [B])` -> the top K, the user's training purchases
+  masked to -inf before the top-k (so a long purchase history never pushes
+  wanted items out);
+- `recommend_from_history(user_id [B], history_item_id [N],
+  history_behavior [N], history_row [N])` -> the top K for users described
+  by events: event n (an item and a behavior name) belongs to request row
+  `history_row[n]`. A known user's training events are merged with the
+  request's; an unknown (or empty) user id is a new user whose ranking comes
+  from those events alone. Purchases among the events are excluded like the
+  training purchases. `unknown_events` [B] counts each row's events whose
+  item the catalog does not hold (they cannot propagate; nothing else is
+  skipped).
+
+Each request row is propagated as one user node whose edges are its
+events (a known user's node is replaced by it), with the training degrees
+of the items, exactly as `baselines.cascade.CascadeScorer` iterates: a known
+user with no extra events gets the scores that the evaluation ranked.
+Unknown users without events fall back to the popularity share, as in
+`serving`. Every request's memory is [users + items, rows] floats a few
+times over, so `max_request_users` is capped by a budget.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from mmrec_tf.baselines import cascade
+from mmrec_tf.export import serving
+from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import splits as splits_lib
+from mmrec_tf.pipelines import training_index
+
+# The dense blocks of one request: five [users + items, rows] float32 arrays.
+REQUEST_BUDGET_BYTES = 1 << 28
+MAX_HISTORY_EVENTS = 10000
+
+_IDS = tf.TensorSpec(None, tf.string, name=schema.USER_ID)
+_ITEM_IDS = tf.TensorSpec(None, tf.string, name=schema.ITEM_ID)
+_HISTORY = (
+    tf.TensorSpec(None, tf.string, name=schema.USER_ID),
+    tf.TensorSpec(None, tf.string, name=schema.HISTORY_ITEM_ID),
+    tf.TensorSpec(None, tf.string, name=schema.HISTORY_BEHAVIOR),
+    tf.TensorSpec(None, tf.int32, name=schema.HISTORY_ROW),
+)
+
+
+class _Graph(tf.Module):
+    """One stage's graph: the users' item lists and the normalized matrix, as variables."""
+
+    def __init__(self, stage: cascade.Stage, num_items: int):
+        super().__init__()
+        pattern = stage.query
+        rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
+        user_degree = np.diff(pattern.indptr).astype(np.float64)
+        values = 1.0 / np.sqrt(user_degree[rows] * stage.item_degree[pattern.indices])
+        self.indices = serving._table(
+            np.stack([rows, pattern.indices], axis=1).astype(np.int64), tf.int64, "indices"
+        )
+        self.values = serving._table(values.astype(np.float32), tf.float32, "values")
+        self.row_splits = serving._table(pattern.indptr.astype(np.int64), tf.int64, "row_splits")
+        self.items = serving._table(pattern.indices.astype(np.int32), tf.int32, "items")
+        self.item_degree = serving._table(
+            np.maximum(stage.item_degree, 1.0).astype(np.float32), tf.float32, "item_degree"
+        )
+        self.shape = (int(pattern.shape[0]), num_items)
+
+    def matrix(self) -> tf.sparse.SparseTensor:
+        return tf.sparse.SparseTensor(self.indices, self.values, self.shape)
+
+
+class CascadeModule(tf.Module):
+    """The exported CascadingRank: graphs, vocabularies, purchases, fallbacks."""
+
+    def __init__(
+        self,
+        scorer: cascade.CascadeScorer,
+        *,
+        user_tokens: np.ndarray,
+        item_tokens: np.ndarray,
+        behaviors: tuple[str, ...],
+        popularity: np.ndarray,
+        seen_row_splits: np.ndarray,
+        seen_items: np.ndarray,
+        top_k: int = 10,
+        retrieval_candidates: int = 500,
+        exclude_seen: bool = True,
+        max_request_users: int = serving.MAX_REQUEST_USERS,
+        max_request_pairs: int = serving.MAX_REQUEST_PAIRS,
+        max_history_events: int = MAX_HISTORY_EVENTS,
+    ):
+        """Builds the module.
+
+        Args:
+          scorer: the fitted CascadeScorer (its stages and settings).
+          user_tokens: [num_users] raw user ids by index.
+          item_tokens: [num_items] raw item ids by index.
+          behaviors: behavior names by branch (the target first).
+          popularity: [num_items] training target counts (unknown users).
+          seen_row_splits: [num_users + 1] row splits of `seen_items`.
+          seen_items: the users' training target items, user by user.
+          top_k: K of `recommend`.
+          retrieval_candidates: C of `retrieve`.
+          exclude_seen: leave purchases out of `recommend` and
+            `recommend_from_history`.
+          max_request_users: most rows per request; capped so that a
+            request's dense blocks fit `REQUEST_BUDGET_BYTES`.
+          max_request_pairs: most pairs per `serving_default` request.
+          max_history_events: most events per `recommend_from_history` request.
+
+        Raises:
+          ValueError: if K exceeds C or C the catalog.
+        """
+        super().__init__()
+        num_users, num_items = len(user_tokens), len(item_tokens)
+        if not 1 <= top_k <= retrieval_candidates <= num_items:
+            raise ValueError(
+                f"export_top_k={top_k} and retrieval_candidates={retrieval_candidates} must "
+                f"satisfy 1 <= K <= C <= {num_items} (the catalog)."
+            )
+        s = scorer.settings
+        self.alpha, self.beta = float(s.alpha), float(s.beta)
+        self.tolerance, self.max_iterations = float(s.tolerance), int(s.max_iterations)
+        self.num_users, self.num_items = num_users, num_items
+        self.top_k, self.retrieval_candidates = top_k, retrieval_candidates
+        self.exclude_seen = exclude_seen
+        per_row = (num_users + num_items) * 4 * 5
+        self.max_request_users = max(1, min(max_request_users, REQUEST_BUDGET_BYTES // per_row))
+        self.max_request_pairs = max_request_pairs
+        self.max_history_events = max_history_events
+        self.order = tuple(int(b) for b in scorer.order)
+        self.graphs = [_Graph(stage, num_items) for stage in scorer.stages]
+        self._vocabulary_folder = tempfile.TemporaryDirectory(prefix="mmrec_vocab_")
+        folder = self._vocabulary_folder.name
+        self.user_vocabulary = serving._vocabulary_asset(user_tokens, folder, "users")
+        self.item_vocabulary = serving._vocabulary_asset(item_tokens, folder, "items")
+        self.user_table = serving._lookup_table(self.user_vocabulary)
+        self.item_table = serving._lookup_table(self.item_vocabulary)
+        self.item_ids = serving._table([str(t) for t in item_tokens], tf.string, "item_ids")
+        self.behavior_names = tuple(behaviors)
+        self.behavior_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(behaviors)), tf.range(len(behaviors), dtype=tf.int64)
+            ),
+            -1,
+        )
+        share = np.asarray(popularity, np.float64) / (float(np.max(popularity, initial=0)) + 1.0)
+        self.popularity = serving._table(share, tf.float32, "popularity")
+        order = np.argsort(-share, kind="stable")[:retrieval_candidates]
+        self.popular_items = serving._table(order, tf.int32, "popular_items")
+        self.seen_row_splits = serving._table(seen_row_splits, tf.int64, "seen_row_splits")
+        self.seen_items = serving._table(seen_items, tf.int32, "seen_items")
+
+    # -- the propagation --------------------------------------------------
+
+    def _edges(self, graph: _Graph, users, event_rows, event_items):
+        """Each row's distinct items of one behavior: the user's training ones and the events.
+
+        Returns:
+          (rows [E] int32, items [E] int32) with no repeated pair.
+        """
+        known = tf.maximum(users, 0)
+        train = tf.RaggedTensor.from_row_splits(graph.items, graph.row_splits)
+        train = tf.ragged.boolean_mask(tf.gather(train, known), users >= 0)
+        train_rows = tf.cast(train.value_rowids(), tf.int32)
+        rows = tf.concat([train_rows, event_rows], axis=0)
+        items = tf.concat([train.flat_values, event_items], axis=0)
+        keys, _ = tf.unique(tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64))
+        return tf.cast(keys // self.num_items, tf.int32), tf.cast(keys % self.num_items, tf.int32)
+
+    def _stage(self, graph: _Graph, users, rows, items, previous):
+        """One stage for a block of request rows; `previous` = (c_u, c_v, c_i) or None."""
+        batch = tf.shape(users)[0]
+        gamma = 1.0 - self.alpha - self.beta
+        degree = tf.math.unsorted_segment_sum(tf.ones_like(rows, tf.float32), rows, batch)
+        positions = tf.stack([items, rows], axis=1)
+        item_shape = tf.stack([self.num_items, batch])
+        query_i = tf.scatter_nd(positions, 1.0 / tf.gather(degree, rows), item_shape)
+        # The row's own edges, D^-1/2 normalized with the training item degrees.
+        edge = tf.math.rsqrt(tf.gather(degree, rows) * tf.gather(graph.item_degree, items))
+        # A known user's training node is replaced by the request's node.
+        known = tf.where(users >= 0)[:, 0]
+        drop = tf.stack([tf.gather(users, known), tf.cast(known, tf.int32)], axis=1)
+        user_mask = tf.tensor_scatter_nd_update(
+            tf.ones(tf.stack([self.num_users, batch])), drop, tf.zeros(tf.shape(known))
+        )
+        if previous is None:
+            c_u = tf.zeros(tf.stack([self.num_users, batch]))
+            c_v = tf.ones([batch])
+            c_i = query_i
+        else:
+            c_u, c_v, c_i = previous
+        matrix = graph.matrix()
+        pull_u = self.beta * c_u
+        pull_v = self.alpha + self.beta * c_v
+        pull_i = self.alpha * query_i + self.beta * c_i
+
+        def sweep(step, r_u, r_v, r_i, change):
+            del change
+            new_u = (gamma * tf.sparse.sparse_dense_matmul(matrix, r_i) + pull_u) * user_mask
+            own = tf.math.unsorted_segment_sum(edge * tf.gather_nd(r_i, positions), rows, batch)
+            new_v = gamma * own + pull_v
+            spread = tf.scatter_nd(positions, edge * tf.gather(new_v, rows), item_shape)
+            new_i = (
+                gamma * (tf.sparse.sparse_dense_matmul(matrix, new_u, adjoint_a=True) + spread)
+                + pull_i
+            )
+            change = (
+                tf.reduce_sum(tf.abs(new_u - r_u), axis=0)
+                + tf.abs(new_v - r_v)
+                + tf.reduce_sum(tf.abs(new_i - r_i), axis=0)
+            )
+            return step + 1, new_u, new_v, new_i, tf.reduce_max(change)
+
+        def running(step, r_u, r_v, r_i, change):
+            del r_u, r_v, r_i
+            return tf.logical_and(step < self.max_iterations, change >= self.tolerance)
+
+        _, r_u, r_v, r_i, _ = tf.while_loop(
+            running, sweep, (tf.constant(0), c_u, c_v, c_i, tf.constant(np.inf, tf.float32))
+        )
+        return r_u, r_v, r_i
+
+    def _scores(self, users, event_rows, event_items, event_branches) -> tf.Tensor:
+        """[rows, items] the cascade's item scores of each request row."""
+        previous = None
+        for branch, graph in zip(self.order, self.graphs):
+            mine = event_branches == branch
+            rows, items = self._edges(
+                graph,
+                users,
+                tf.boolean_mask(event_rows, mine),
+                tf.boolean_mask(event_items, mine),
+            )
+            previous = self._stage(graph, users, rows, items, previous)
+        return tf.transpose(previous[2])
+
+    def _no_events(self):
+        return (tf.zeros([0], tf.int32),) * 3
+
+    # -- the signatures ---------------------------------------------------
+
+    def _users(self, user_id: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.user_table.lookup(user_id), tf.int32)
+
+    def _popular(self, batch: tf.Tensor, k: int):
+        items = tf.tile(self.popular_items[None, :k], [batch, 1])
+        return items, tf.gather(self.popularity, items)
+
+    def _top(self, users, scores, extra_seen_rows, extra_seen_items, personal, k):
+        """The top k of `scores` [B, items], purchases masked first; popular rows where not personal."""
+        batch = tf.shape(users)[0]
+        if self.exclude_seen:
+            seen = tf.RaggedTensor.from_row_splits(self.seen_items, self.seen_row_splits)
+            seen = tf.ragged.boolean_mask(tf.gather(seen, tf.maximum(users, 0)), users >= 0)
+            rows = tf.concat([tf.cast(seen.value_rowids(), tf.int32), extra_seen_rows], axis=0)
+            items = tf.concat([seen.flat_values, extra_seen_items], axis=0)
+            scores = tf.tensor_scatter_nd_update(
+                scores,
+                tf.stack([rows, items], axis=1),
+                tf.fill(tf.shape(rows), float("-inf")),
+            )
+        top, position = tf.math.top_k(scores, k=k)
+        popular, popular_scores = self._popular(batch, k)
+        items = tf.where(personal[:, None], position, popular)
+        top = tf.where(personal[:, None], top, popular_scores)
+        empty = top == float("-inf")
+        ids = tf.where(empty, serving.EMPTY_ITEM_ID, tf.gather(self.item_ids, items))
+        return {"item_ids": ids, "scores": top}
+
+    @tf.function(input_signature=[_IDS, _ITEM_IDS])
+    def score(self, user_id, item_id):
+        user_id = serving._vector(user_id, schema.USER_ID, self.max_request_pairs)
+        item_id = serving._vector(item_id, schema.ITEM_ID, self.max_request_pairs)
+        same = tf.debugging.assert_equal(
+            tf.size(user_id),
+            tf.size(item_id),
+            message="user_id and item_id must have the same length (one pair each)",
+        )
+        with tf.control_dependencies([same]):
+            users = self._users(user_id)
+        items = tf.cast(self.item_table.lookup(item_id), tf.int32)
+        distinct, row = tf.unique(users)
+        few = tf.debugging.assert_less_equal(
+            tf.size(distinct),
+            self.max_request_users,
+            message=f"at most {self.max_request_users} distinct users per request; split it",
+        )
+        with tf.control_dependencies([few]):
+            scores = self._scores(distinct, *self._no_events())
+        logits = tf.gather_nd(scores, tf.stack([row, tf.maximum(items, 0)], axis=1))
+        share = tf.gather(self.popularity, tf.maximum(items, 0))
+        share = tf.clip_by_value(share, 1e-6, 1 - 1e-6)
+        fallback = tf.math.log(share) - tf.math.log1p(-share)
+        logits = tf.where(users >= 0, logits, fallback)
+        logits = tf.where(items >= 0, logits, serving.UNKNOWN_LOGIT)
+        return {schema.SCORE: logits, schema.LOGIT: logits, schema.PROBABILITY: tf.sigmoid(logits)}
+
+    @tf.function(input_signature=[_IDS])
+    def retrieve(self, user_id):
+        user_id = serving._vector(user_id, schema.USER_ID, self.max_request_users)
+        users = self._users(user_id)
+        scores = self._scores(users, *self._no_events())
+        top, items = tf.math.top_k(scores, k=self.retrieval_candidates)
+        popular, popular_scores = self._popular(tf.shape(users)[0], self.retrieval_candidates)
+        items = tf.where(users[:, None] >= 0, items, popular)
+        top = tf.where(users[:, None] >= 0, top, popular_scores)
+        return {"item_ids": tf.gather(self.item_ids, items), "scores": top}
+
+    @tf.function(input_signature=[_IDS])
+    def recommend(self, user_id):
+        user_id = serving._vector(user_id, schema.USER_ID, self.max_request_users)
+        users = self._users(user_id)
+        scores = self._scores(users, *self._no_events())
+        none = tf.zeros([0], tf.int32)
+        return self._top(users, scores, none, none, users >= 0, self.top_k)
+
+    @tf.function(input_signature=list(_HISTORY))
+    def recommend_from_history(self, user_id, history_item_id, history_behavior, history_row):
+        user_id = serving._vector(user_id, schema.USER_ID, self.max_request_users)
+        limit = self.max_history_events
+        item_id = serving._vector(history_item_id, schema.HISTORY_ITEM_ID, limit)
+        behavior = serving._vector(history_behavior, schema.HISTORY_BEHAVIOR, limit)
+        event_rows = tf.reshape(history_row, [-1])
+        batch = tf.shape(user_id)[0]
+        branches = self.behavior_table.lookup(behavior)
+        checks = [
+            tf.debugging.assert_rank(history_row, 1, message=f"{schema.HISTORY_ROW} must be [N]"),
+            tf.debugging.assert_equal(
+                tf.size(item_id),
+                tf.size(behavior),
+                message=f"{schema.HISTORY_ITEM_ID} and {schema.HISTORY_BEHAVIOR} must have "
+                "the same length (one event each)",
+            ),
+            tf.debugging.assert_equal(
+                tf.size(item_id),
+                tf.size(event_rows),
+                message=f"{schema.HISTORY_ROW} must give one row per event",
+            ),
+            tf.debugging.assert_non_negative(
+                event_rows, message=f"{schema.HISTORY_ROW} must index {schema.USER_ID} (>= 0)"
+            ),
+            tf.debugging.assert_less(
+                event_rows,
+                tf.maximum(batch, 1),
+                message=f"{schema.HISTORY_ROW} must index {schema.USER_ID} (< its length)",
+            ),
+            tf.debugging.assert_non_negative(
+                branches,
+                message=f"{schema.HISTORY_BEHAVIOR} must be one of {self.behavior_names}",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            # Nothing below runs on a request that failed a check.
+            users = self._users(user_id)
+            items = tf.cast(self.item_table.lookup(item_id), tf.int32)
+            branches = tf.identity(branches)
+            event_rows = tf.identity(event_rows)
+        found = items >= 0
+        unknown = tf.math.unsorted_segment_sum(tf.cast(~found, tf.int32), event_rows, batch)
+        event_rows = tf.boolean_mask(event_rows, found)
+        event_items = tf.boolean_mask(items, found)
+        event_branches = tf.cast(tf.boolean_mask(branches, found), tf.int32)
+        scores = self._scores(users, event_rows, event_items, event_branches)
+        bought = event_branches == 0
+        has_events = tf.math.unsorted_segment_sum(tf.ones_like(event_rows), event_rows, batch) > 0
+        result = self._top(
+            users,
+            scores,
+            tf.boolean_mask(event_rows, bought),
+            tf.boolean_mask(event_items, bought),
+            (users >= 0) | has_events,
+            self.top_k,
+        )
+        return {**result, "unknown_events": unknown}
+
+    def signatures(self) -> dict:
+        """The SavedModel signatures by name."""
+        return {
+            schema.SERVING_DEFAULT: self.score.get_concrete_function(),
+            schema.RECOMMEND: self.recommend.get_concrete_function(),
+            schema.RETRIEVE: self.retrieve.get_concrete_function(),
+            schema.RECOMMEND_FROM_HISTORY: self.recommend_from_history.get_concrete_function(),
+        }
+
+
+def from_training(
+    scorer: cascade.CascadeScorer,
+    split: splits_lib.Split,
+    *,
+    user_tokens: np.ndarray,
+    item_tokens: np.ndarray,
+    top_k: int,
+    retrieval_candidates: int,
+    exclude_seen: bool,
+    max_request_users: int = serving.MAX_REQUEST_USERS,
+    max_request_pairs: int = serving.MAX_REQUEST_PAIRS,
+) -> CascadeModule:
+    """A CascadeModule whose purchases and popularity come from the training split."""
+    popularity = np.bincount(
+        split.train_items[split.train_branches == 0], minlength=split.num_items
+    )
+    keys = splits_lib.train_target_keys(split)
+    return CascadeModule(
+        scorer,
+        user_tokens=user_tokens,
+        item_tokens=item_tokens,
+        behaviors=split.behaviors.behaviors,
+        popularity=popularity,
+        seen_row_splits=training_index.row_offsets(keys, split.num_users, split.num_items),
+        seen_items=(keys % split.num_items).astype(np.int32),
+        top_k=top_k,
+        retrieval_candidates=min(retrieval_candidates, split.num_items),
+        exclude_seen=exclude_seen,
+        max_request_users=max_request_users,
+        max_request_pairs=max_request_pairs,
+    )
