@@ -26,6 +26,7 @@ import numpy as np
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
+from mmrec_tf import tune
 from mmrec_tf.baselines import als
 from mmrec_tf.pipelines import loading
 
@@ -44,14 +45,15 @@ GRIDS = {
         {"factors": f, "regularization": reg, "alpha": a}
         for f, reg, a in ((32, 1.0, 10.0), (64, 1.0, 10.0), (64, 10.0, 40.0), (128, 10.0, 40.0))
     ],
+    # The same points start every ALS study of mmrec_tf.tune (tune.STARTS).
     "ALS multi-behavior (implicit)": [
-        {"factors": f, "regularization": reg, "alpha": a, "supportive_weight": w}
-        for f, reg, a, w in (
-            (64, 10.0, 40.0, 0.25),
-            (64, 10.0, 40.0, 1.0),
-            (128, 10.0, 40.0, 0.5),
-            (128, 30.0, 100.0, 0.5),
-        )
+        {
+            "factors": p["mf_dim"],
+            "regularization": p["als_l2"],
+            "alpha": p["als_alpha"],
+            "supportive_weight": p["als_supportive_weight"],
+        }
+        for p in tune.STARTS["als"]
     ],
 }
 

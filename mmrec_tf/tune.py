@@ -28,6 +28,7 @@ values, which is what equal-budget tuning over a dozen parameters needs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import socket
@@ -47,9 +48,21 @@ FAMILIES = ("mmf", "bpr", "als", "cascade")
 FITTED = ("als", "cascade")
 
 # Known good points each study of a family tries first (Optuna's
-# `enqueue_trial`): CascadingRank's published settings, (alpha, beta) =
-# (0.0, 0.9) on its taobao and (0.7, 0.2) on its tmall.
+# `enqueue_trial`), so no study ends below them on validation: for the ALS,
+# the grid of the `implicit` library's multi-behavior reference
+# (benchmarks/implicit_reference.py reads it from here); for CascadingRank,
+# its published settings, (alpha, beta) = (0.0, 0.9) on its taobao (this
+# project's tmall_mbcgcn) and (0.7, 0.2) on its tmall.
 STARTS = {
+    "als": tuple(
+        {"mf_dim": f, "als_l2": l2, "als_alpha": a, "als_supportive_weight": w}
+        for f, l2, a, w in (
+            (64, 10.0, 40.0, 0.25),
+            (64, 10.0, 40.0, 1.0),
+            (128, 10.0, 40.0, 0.5),
+            (128, 30.0, 100.0, 0.5),
+        )
+    ),
     "cascade": (
         {"cascade_keep": 0.1, "cascade_query_share": 0.0},
         {"cascade_keep": 0.1, "cascade_query_share": 0.7 / 0.9},
@@ -190,6 +203,7 @@ def run_study(
     trials: int,
     study_dir: str,
     seed: int = 0,
+    dataset: str = "",
     behaviors: tuple[str, ...] | None = None,
     fail_stale_trials: bool = True,
 ):
@@ -203,7 +217,10 @@ def run_study(
       trials: the study's total number of finished (complete or pruned)
         trials.
       study_dir: holds <family>.db and one folder per trial.
-      seed: the sampler's seed.
+      seed: the sampler's seed, mixed with `dataset`, `family` and `protocol`
+        (`sampler_seed`), so studies of different datasets do not all draw
+        the same first points.
+      dataset: the dataset's name (default: derived from the data path).
       behaviors: the data's behaviors (read from the data when None).
       fail_stale_trials: fail the trials left running by dead processes
         (those without a live process on this host). Several workers may
@@ -220,6 +237,7 @@ def run_study(
     if not base.data.validation:
         raise ValueError("tuning needs validation cases: drop --novalidation.")
     os.makedirs(study_dir, exist_ok=True)
+    seed = sampler_seed(seed, dataset or run_lib.dataset_name(base), family, protocol)
     storage = _storage(_database(study_dir, family))
     study = optuna.create_study(
         study_name=f"{family}-{protocol}",
@@ -246,7 +264,9 @@ def run_study(
     if missing <= 0:
         return study
     if not study.trials:
-        for start in STARTS.get(family, ())[:trials]:
+        # A new study tries the known good points first; those beyond its
+        # trials wait in the database for a resumed study with more.
+        for start in STARTS.get(family, ()):
             study.enqueue_trial(start)
     behaviors = behaviors or _behaviors(base, study_dir)
 
@@ -256,7 +276,8 @@ def run_study(
         overrides = search_space(trial, family, behaviors)
         if family not in FITTED:
             overrides["early_stopping_protocol"] = protocol
-        run_dir = os.path.join(study_dir, f"{family}_trial_{trial.number:04d}")
+        # Trial folders per protocol: a full and a sampled study share a database.
+        run_dir = os.path.join(study_dir, f"{family}_{protocol}_trial_{trial.number:04d}")
         config = dataclasses.replace(apply(base, overrides), model_dir=run_dir, mode="train")
         trial.set_user_attr("overrides", json.dumps(overrides, default=str))
 
@@ -280,6 +301,31 @@ def run_study(
 
     study.optimize(objective, n_trials=missing, catch=())
     return study
+
+
+def sampler_seed(seed: int, dataset: str, family: str, protocol: str) -> int:
+    """The TPE sampler's seed: `seed` mixed with the study's dataset, family and protocol."""
+    digest = hashlib.sha256(f"{dataset}/{family}/{protocol}".encode()).digest()
+    return (seed + int.from_bytes(digest[:4], "little")) % (2**31)
+
+
+def best_flags(summary: dict) -> str:
+    """The best trial's overrides as a flagfile to nest after the study's own flags."""
+    lines = [
+        f"# The best of {summary['trials']} trials of the {summary['family']} study on "
+        f"{summary['protocol']} validation",
+        f"# (trial {summary['best_trial']}, validation HR@10 "
+        f"{summary['best_validation_HR@10']:.4f}), written by mmrec_tf.tune.",
+    ]
+    for name, value in sorted(summary["best_overrides"].items()):
+        if isinstance(value, bool):
+            lines.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, list | tuple):
+            parts = [f"{p[0]}:{p[1]}" if isinstance(p, list | tuple) else str(p) for p in value]
+            lines.append(f"--{name}={','.join(parts)}")
+        else:
+            lines.append(f"--{name}={value}")
+    return "\n".join(lines) + "\n"
 
 
 def _value(value) -> str:
@@ -404,9 +450,13 @@ def main(argv):
         "best_validation_HR@10": best.value,
         "best_overrides": json.loads(best.user_attrs["overrides"]),
     }
-    with open(os.path.join(fv.study_dir, f"best_{fv.family}_{fv.protocol}.json"), "w") as f:
+    stem = os.path.join(fv.study_dir, f"best_{fv.family}_{fv.protocol}")
+    with open(stem + ".json", "w") as f:
         json.dump(summary, f, indent=2)
+    with open(stem + ".flags", "w") as f:
+        f.write(best_flags(summary))
     print(json.dumps(summary, indent=2))
+    print(f"best flags: {stem}.flags (add --flagfile={stem}.flags after the study's flags)")
 
 
 def run():

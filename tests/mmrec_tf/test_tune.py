@@ -1,5 +1,6 @@
 """The Optuna study: validation only, resumable after a kill, equal budgets."""
 
+import json
 import os
 import signal
 import subprocess
@@ -63,10 +64,15 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(tmp_path):
     subprocess.run(_command(tmp_path, 2), check=True, capture_output=True, timeout=600)
     first = _study(tmp_path, "als")
     done = [(t.number, t.value, t.params) for t in first.trials]
-    assert [t.state for t in first.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # Two trials ran; the other reference points wait for a resumed study.
+    states = [t.state for t in first.trials]
+    assert states[:2] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert set(states[2:]) <= {optuna.trial.TrialState.WAITING}
     # Trials ran in mode=train: validation only, no test figures.
-    results = (tmp_path / "als_trial_0000" / "results.json").read_text()
+    results = (tmp_path / "als_sampled_trial_0000" / "results.json").read_text()
     assert '"validation"' in results and '"test"' not in results
+    # The first trials are the implicit library's reference points.
+    assert [t.params for t in first.trials[:2]] == list(tune.STARTS["als"][:2])
 
     # Then: asked for 4, killed while a neural trial runs (the mmf study in
     # the same folder), then asked again: the finished ALS trials are kept.
@@ -105,10 +111,32 @@ def test_a_killed_study_resumes_without_rerunning_finished_trials(tmp_path):
     assert [(t.number, t.value, t.params) for t in _study(tmp_path, "als").trials] == done
     best = tmp_path / "best_bpr_sampled.json"
     assert best.exists()
+    # The best trial as a flagfile that the binary takes as it is.
+    from mmrec_tf import cli
+    from tests.mmrec_tf.test_main import _flags
+
+    overrides = json.loads(best.read_text())["best_overrides"]
+    config = cli.config_from_flags(
+        _flags([*_TINY, "--model_dir=x", f"--flagfile={tmp_path / 'best_bpr_sampled.flags'}"])
+    )
+    assert config == tune.apply(config, overrides)
+    assert config.train.loss == "bpr" and config.model.mf_dim == overrides["mf_dim"]
     # Resumed, a seeded study draws new configurations, not its first ones again.
     subprocess.run(_command(tmp_path, 4), check=True, capture_output=True, timeout=600)
     params = [t.params for t in _study(tmp_path, "als").trials]
     assert len(params) == 4 and params[2] not in params[:2] and params[3] not in params[:2]
+
+
+def test_the_sampler_seed_depends_on_dataset_family_and_protocol():
+    seeds = {
+        tune.sampler_seed(0, d, f, p)
+        for d in ("jd_vcgae", "taobao_cml")
+        for f in ("als", "cascade")
+        for p in ("full", "sampled")
+    }
+    assert len(seeds) == 8
+    assert tune.sampler_seed(0, "a", "als", "full") == tune.sampler_seed(0, "a", "als", "full")
+    assert tune.sampler_seed(1, "a", "als", "full") != tune.sampler_seed(0, "a", "als", "full")
 
 
 def test_the_report_renders_every_trial_of_every_study(tmp_path):
