@@ -116,36 +116,6 @@ ABLATIONS = (
         "variant: a loss per supportive branch (gradient_aux; any validation gain kept)",
         {"gating": "gradient_aux", **ANY_GAIN},
     ),
-    # EHCF's transfer with all of each behavior's data: every supportive
-    # pair is a training row of its branches' own losses (and not a positive
-    # of the target), so a cart branch learns to rank carts from every cart,
-    # and the fusion carries its prediction to the target.
-    (
-        "variant: each supportive branch trained on all its behavior's pairs "
-        "(supportive_rows=branches, gradient_aux)",
-        {
-            "gating": "gradient_aux",
-            "branch_loss_weight": 1.0,
-            "supportive_positive_weight": 1.0,
-            "supportive_rows": "branches",
-        },
-    ),
-    # The paper's negatives in the softmax: each row also against 3 items its
-    # user touched only through supportive feedback, so a supportive branch
-    # (gated to the pairs with its behavior) sees negatives, not only
-    # positives. With one branch fed the same negatives beside it.
-    ("variant: each row's own supportive-only negatives (row_negatives=3)", {"row_negatives": 3}),
-    (
-        "variant: one branch (NCF) with each row's own supportive-only negatives",
-        {"model": "ncf", "row_negatives": 3},
-    ),
-    # And each supportive branch speaking only for the pairs with its
-    # behavior (--gating=forward): its part of the score is a personal
-    # "bought after a cart" term, where the offsets are one weight per behavior.
-    (
-        "variant: forward-gated supportive branches with each row's own supportive-only negatives",
-        {"gating": "forward", "row_negatives": 3},
-    ),
 )
 
 

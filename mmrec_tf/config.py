@@ -16,14 +16,9 @@ BAD_RECORD_POLICIES = ("error", "skip")
 MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular", "cascade")
 GATINGS = ("gradient", "gradient_aux", "forward", "none")
 BEHAVIOR_INITS = ("zero", "lift", "touched_first", "validated")
-BEHAVIOR_FITS = ("joint", "apart")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
-NEGATIVE_DISTRIBUTIONS = ("uniform", "popularity")
-SUPPORTIVE_ROWS = ("positives", "branches")
 MF_INITS = ("random", "als", "als_fixed")
-OPTIMIZERS = ("lazy_adam", "adam")
-ALS_SOLVERS = ("implicit", "numpy")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
@@ -35,17 +30,30 @@ CHOICES = {
     "model": MODELS,
     "gating": GATINGS,
     "behavior_init": BEHAVIOR_INITS,
-    "behavior_fit": BEHAVIOR_FITS,
     "mf_init": MF_INITS,
-    "als_solver": ALS_SOLVERS,
     "loss": LOSSES,
-    "negative_distribution": NEGATIVE_DISTRIBUTIONS,
-    "supportive_rows": SUPPORTIVE_ROWS,
-    "optimizer": OPTIMIZERS,
     "early_stopping_protocol": VALIDATION_PROTOCOLS,
     "distribution_strategy": STRATEGIES,
     "mixed_precision": PRECISIONS,
     "mode": MODES,
+}
+
+
+# Fields retired from the configuration, by "section.field", with the value
+# every run they allowed still has: a run recorded before their retirement
+# with this value resumes, evaluates and exports as before (run_record), and
+# the lab keys it as before (benchmarks/README.md lists why each went).
+RETIRED = {
+    "model.als_holdout": 0,
+    "model.als_solver": "implicit",
+    "model.behavior_fit": "joint",
+    "model.fusion_dim": 0,
+    "train.hard_negatives": 0,
+    "train.negative_distribution": "uniform",
+    "train.negative_exponent": 0.75,
+    "train.optimizer": "lazy_adam",
+    "train.row_negatives": 0,
+    "train.supportive_rows": "positives",
 }
 
 
@@ -196,7 +204,6 @@ class ModelConfig:
       mlp_dim: size of each branch's user and item embeddings.
       mlp_layers: ReLU layers per branch; layer k of L has
         `mlp_dim * 2**(L-1-k)` units (a tower, as in NCF).
-      fusion_dim: units of the fusion layer; 0 means `mlp_dim`.
       gating: `gradient` (supportive branch t learns only from examples
         with feedback t), `gradient_aux` (also an auxiliary score head per
         supportive branch: with `bpr`/`logloss` it predicts the target on
@@ -228,18 +235,10 @@ class ModelConfig:
         "ALS, touched items first" ranking) or `validated` (whichever of
         `zero` and `touched_first` scores higher on the validation cases,
         under the early-stopping protocol).
-      behavior_fit: how the offsets and the rest of the model share the
-        loss: `joint` (one loss on the summed logit: once the offsets separate
-        a touched buy from its negatives, the embeddings stop learning from
-        it), or `apart` (the rest of the model learns from the loss of its
-        own logit, as without features; the offsets from the loss of the
-        summed logit with the rest held fixed).
       als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
       als_iterations: ALS sweeps.
-      als_solver: `implicit` (the implicit library's exact solver, fast) or
-        `numpy` (this project's reference solver); the same factors.
       als_cache_dir: a folder where fitted ALS factors are kept and reused,
         keyed by the training data and every ALS setting (seed included), so
         the ALS baselines and the models started from it fit it once; empty:
@@ -256,19 +255,12 @@ class ModelConfig:
         the user's items of the stage's behavior).
       cascade_beta: CascadingRank's pull toward the previous stage's scores;
         `cascade_alpha + cascade_beta` in (0, 1].
-      als_holdout: with `mf_init` als or als_fixed, target pairs held out
-        per user (users with at least 3) from the ALS fit, drawn with the
-        seed; training then takes only these pairs as positives, so the
-        residual learns from pairs the ALS has not seen, as a test pair is
-        unseen (stacking). 0: the ALS fits every training pair and training
-        takes them all.
     """
 
     model: str = "mmf"
     mf_dim: int = 8
     mlp_dim: int = 8
     mlp_layers: int = 2
-    fusion_dim: int = 0
     gating: str = "gradient"
     branch_loss_weight: float = 0.1
     init_stddev: float = 0.01
@@ -277,25 +269,16 @@ class ModelConfig:
     shared_embeddings: bool = False
     behavior_features: bool = False
     behavior_init: str = "zero"
-    behavior_fit: str = "joint"
     als_alpha: float = 10.0
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0
     als_iterations: int = 15
-    als_solver: str = "implicit"
     als_cache_dir: str = ""
     mf_init: str = "random"
     cascade_alpha: float = 0.7
     cascade_beta: float = 0.2
-    als_holdout: int = 0
 
     def __post_init__(self):
-        _check(
-            self.als_holdout == 0 or (self.als_holdout > 0 and self.mf_init != "random"),
-            "als_holdout",
-            self.als_holdout,
-            "0, or a positive count with --mf_init=als or als_fixed",
-        )
         _check(0 <= self.cascade_alpha <= 1, "cascade_alpha", self.cascade_alpha, "in [0, 1]")
         _check(0 <= self.cascade_beta <= 1, "cascade_beta", self.cascade_beta, "in [0, 1]")
         _check(
@@ -334,23 +317,9 @@ class ModelConfig:
             "zero or lift, unless --behavior_features and --mf_init=als or als_fixed "
             "(the touched-first offsets are set from the ALS scores' bound)",
         )
-        _check(
-            self.behavior_fit in BEHAVIOR_FITS,
-            "behavior_fit",
-            self.behavior_fit,
-            f"one of {BEHAVIOR_FITS}",
-        )
-        _check(
-            self.behavior_fit == "joint" or self.behavior_features,
-            "behavior_fit",
-            self.behavior_fit,
-            "joint without behavior_features (there are no offsets to fit apart); "
-            "add --behavior_features",
-        )
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
         _check(0 <= self.mlp_layers <= 8, "mlp_layers", self.mlp_layers, "0 to 8")
-        _check(self.fusion_dim >= 0, "fusion_dim", self.fusion_dim, ">= 0")
         _check(self.branch_loss_weight >= 0, "branch_loss_weight", self.branch_loss_weight, ">= 0")
         _check(self.init_stddev > 0, "init_stddev", self.init_stddev, "> 0")
         _check(self.l2 >= 0, "l2", self.l2, ">= 0")
@@ -364,9 +333,6 @@ class ModelConfig:
         )
         _check(self.als_iterations >= 1, "als_iterations", self.als_iterations, ">= 1")
         _check(self.mf_init in MF_INITS, "mf_init", self.mf_init, f"one of {MF_INITS}")
-        _check(
-            self.als_solver in ALS_SOLVERS, "als_solver", self.als_solver, f"one of {ALS_SOLVERS}"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,26 +354,7 @@ class TrainConfig:
         `logloss`).
       shared_negatives: with `softmax`, items drawn once per batch as
         negatives for every row.
-      negative_distribution: with `softmax`, the shared negatives' sampling
-        distribution: `uniform` over the catalog, or `popularity` (training
-        positive pairs per item, plus one, to the power
-        `negative_exponent`).
-      negative_exponent: exponent of the popularity distribution.
       temperature: with `softmax`, logits are divided by it.
-      hard_negatives: with `softmax`, 0 scores the whole candidate grid with
-        the full scorer; K > 0 trains in two stages, as `recommend` serves:
-        the softmax over the grid scores only the factorized (MF) part, and
-        the full scorer learns to rank each positive above the K candidates
-        that part scores highest (a softmax over 1 + K). Costs B x K full
-        scores per step instead of B x (B + shared_negatives).
-      row_negatives: with `softmax`, K negatives of each row's own, drawn as
-        the pairwise losses draw theirs (`supportive_negative_ratio` of them
-        from the items the user touched only through supportive feedback,
-        the paper's negatives), scored by the full scorer with their pairs'
-        gates and added to the row's candidates without a sampling
-        correction. The shared candidates are almost never touched by the
-        row's user, so without them a supportive branch, gated to the pairs
-        with its behavior, sees positives and hardly any negatives.
       behavior_weights: graded positives: (behavior, weight) pairs; every
         training pair with a behavior of positive weight is a positive whose
         loss weight is the sum of the weights of its behaviors (the
@@ -424,19 +371,6 @@ class TrainConfig:
       supportive_positive_weight: when > 0, pairs the user touched only
         through supportive feedback are also positives, with this loss
         weight (an extension beyond the paper, which uses 0).
-      supportive_rows: what a training row whose positive pair has no
-        target feedback trains (the rows that `supportive_positive_weight` or
-        `behavior_weights` add): `positives` (a graded positive of the
-        target, as the multi-behavior ALS's confidence) or `branches` (only
-        the supportive branches' own softmax losses, `gating=gradient_aux`;
-        the target's loss is taken on the target rows alone, where the
-        user's supportive-only pairs stay valid negatives, as without
-        supportive positives). So each supportive branch learns to rank its
-        behavior's items from all of that behavior's pairs, and the fusion
-        layer carries its prediction to the target: EHCF's transfer through
-        the paper's branches. Needs `softmax`.
-      optimizer: `lazy_adam` (sparse embedding updates) or `adam` (plain
-        Keras Adam, dense table updates; for comparison only).
       early_stopping_patience: epochs without a better validation HR@10
         before training stops; 0 disables early stopping.
       early_stopping_margin: how much better an epoch must validate to
@@ -469,17 +403,11 @@ class TrainConfig:
     loss: str = "bpr"
     num_negatives: int = 3
     shared_negatives: int = 1024
-    negative_distribution: str = "uniform"
-    negative_exponent: float = 0.75
     temperature: float = 1.0
-    hard_negatives: int = 0
-    row_negatives: int = 0
     behavior_weights: tuple[tuple[str, float], ...] = ()
     whole_data_weight: float = 0.0
     supportive_negative_ratio: float = 1.0
     supportive_positive_weight: float = 0.0
-    supportive_rows: str = "positives"
-    optimizer: str = "lazy_adam"
     early_stopping_patience: int = 3
     early_stopping_margin: float = 0.0
     early_stopping_protocol: str = "sampled"
@@ -498,34 +426,7 @@ class TrainConfig:
         _check(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
         _check(self.num_negatives >= 1, "num_negatives", self.num_negatives, ">= 1")
         _check(self.shared_negatives >= 0, "shared_negatives", self.shared_negatives, ">= 0")
-        _check(
-            self.negative_distribution in NEGATIVE_DISTRIBUTIONS,
-            "negative_distribution",
-            self.negative_distribution,
-            f"one of {NEGATIVE_DISTRIBUTIONS}",
-        )
-        _check(self.negative_exponent >= 0, "negative_exponent", self.negative_exponent, ">= 0")
         _check(self.temperature > 0, "temperature", self.temperature, "> 0")
-        _check(self.hard_negatives >= 0, "hard_negatives", self.hard_negatives, ">= 0")
-        _check(
-            self.loss == "softmax" or not self.hard_negatives,
-            "hard_negatives",
-            self.hard_negatives,
-            "0 unless loss='softmax' (they are picked from its candidate grid)",
-        )
-        _check(self.row_negatives >= 0, "row_negatives", self.row_negatives, ">= 0")
-        _check(
-            self.loss == "softmax" or not self.row_negatives,
-            "row_negatives",
-            self.row_negatives,
-            "0 unless loss='softmax' (the pairwise losses take --num_negatives)",
-        )
-        _check(
-            not (self.row_negatives and self.hard_negatives),
-            "row_negatives",
-            self.row_negatives,
-            "0 with --hard_negatives (the two-stage loss picks its own candidates)",
-        )
         _check(self.whole_data_weight >= 0, "whole_data_weight", self.whole_data_weight, ">= 0")
         names = [name for name, _ in self.behavior_weights]
         _check(
@@ -559,24 +460,6 @@ class TrainConfig:
             self.supportive_positive_weight,
             "a weight in [0, 1]",
         )
-        _check(
-            self.supportive_rows in SUPPORTIVE_ROWS,
-            "supportive_rows",
-            self.supportive_rows,
-            f"one of {SUPPORTIVE_ROWS}",
-        )
-        _check(
-            self.supportive_rows == "positives"
-            or (
-                self.loss == "softmax"
-                and (self.supportive_positive_weight > 0 or bool(self.behavior_weights))
-            ),
-            "supportive_rows",
-            self.supportive_rows,
-            "'positives' unless loss='softmax' and supportive pairs are training rows "
-            "(--supportive_positive_weight > 0 or --behavior_weights)",
-        )
-        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(
             self.early_stopping_patience >= 0,
             "early_stopping_patience",

@@ -123,9 +123,7 @@ class Scorer(tf_keras.Model):
                 x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))
             branch_outputs.append(x)
         if len(branch_outputs) > 1:
-            fusion = layers.Fusion(
-                config.fusion_dim or config.mlp_dim, init_stddev=config.init_stddev, name="fusion"
-            )
+            fusion = layers.Fusion(config.mlp_dim, init_stddev=config.init_stddev, name="fusion")
             parts.append(fusion(branch_outputs))
         elif branch_outputs:
             parts.append(branch_outputs[0])

@@ -51,15 +51,6 @@ class LazyAdam(tf_keras.optimizers.Adam):
 
 
 def build_optimizer(config: config_lib.TrainConfig) -> tf_keras.optimizers.Optimizer:
-    """`lazy_adam` (the default) or plain Keras `adam`, at `config.learning_rate`.
-
-    Raises:
-      ValueError: for any other name (never a silent fallback).
-    """
-    if config.optimizer == "lazy_adam":
-        return LazyAdam(learning_rate=config.learning_rate)
-    if config.optimizer == "adam":
-        return tf_keras.optimizers.Adam(learning_rate=config.learning_rate)
-    raise ValueError(
-        f"optimizer={config.optimizer!r} is unknown: use one of {config_lib.OPTIMIZERS}."
-    )
+    """LazyAdam at `config.learning_rate` (sparse embedding rows; plain Keras
+    Adam updates every row of a table each step)."""
+    return LazyAdam(learning_rate=config.learning_rate)

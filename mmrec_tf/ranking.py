@@ -4,8 +4,8 @@
 with the paper's pairwise loss (or a pointwise log loss), or on each batch's
 shared candidate set with the whole-catalog softmax (`loss="softmax"`: TFRS's
 accidental-hit removal, logQ correction, the user's own positives masked),
-optionally with the whole-data term, per-behavior branch losses and a
-two-stage hard-negative variant. `build_ranker` builds both from a config.
+optionally with the whole-data term and per-behavior branch losses.
+`build_ranker` builds both from a config.
 """
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ class Ranker(tf_keras.Model):
     loss (pointwise), plus, with auxiliary branch heads, the gated branch
     losses weighted by `branch_loss_weight`. Losses are averaged over the
     global batch, so mirrored replicas add up to the right gradient.
-
-    With behavior features and `behavior_fit="apart"` the ranking loss is
-    taken twice: on the scorer's logit without the behavior offsets (which
-    trains everything else exactly as without features) and on the full
-    logit with that part held fixed (which trains only the offsets).
     """
 
     def __init__(
@@ -54,25 +49,14 @@ class Ranker(tf_keras.Model):
         *,
         loss: str = "bpr",
         branch_loss_weight: float = 0.0,
-        behavior_fit: str = "joint",
         temperature: float = 1.0,
         whole_data_weight: float = 0.0,
         positive_bits: int = 1,
-        hard_negatives: int = 0,
-        target_rows_only: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if loss not in config_lib.LOSSES:
             raise ValueError(f"loss={loss!r} is unknown: use one of {config_lib.LOSSES}.")
-        if behavior_fit not in config_lib.BEHAVIOR_FITS:
-            raise ValueError(
-                f"behavior_fit={behavior_fit!r} is unknown: use one of {config_lib.BEHAVIOR_FITS}."
-            )
-        if behavior_fit == "apart" and models.behavior_bias(scorer) is None:
-            raise ValueError(
-                "behavior_fit='apart' needs a scorer with behavior features (--behavior_features)."
-            )
         if loss == "softmax":
             mf, towers, _, _ = models.parts(scorer)
             if any(p.history_length for p in [mf, *towers] if p is not None):
@@ -80,37 +64,14 @@ class Ranker(tf_keras.Model):
                     "loss='softmax' does not take user histories yet (the grid would keep "
                     "each positive in its own user's history mean): set --history_length=0."
                 )
-            if branch_loss_weight and hard_negatives:
-                raise ValueError(
-                    "the softmax loss's per-behavior branch losses (--gating=gradient_aux) score "
-                    "the whole grid: use --hard_negatives=0."
-                )
-        if target_rows_only and (
-            loss != "softmax"
-            or not branch_loss_weight
-            or getattr(scorer, "branch_scores", None) is None
-        ):
-            raise ValueError(
-                "supportive_rows='branches' trains the supportive branches' own losses on the "
-                "supportive rows: it needs loss='softmax', --gating=gradient_aux, "
-                "--branch_loss_weight > 0 and a model with supportive branches (mmf)."
-            )
         if whole_data_weight:
             models.whole_data_term(scorer, tf.zeros([0], tf.int32))  # raises without an MF part
-        if hard_negatives and (loss != "softmax" or models.parts(scorer)[0] is None):
-            raise ValueError(
-                f"hard_negatives={hard_negatives} needs loss='softmax' and a model with an MF "
-                "part (mmf, ncf, gmf): the MF grid picks them."
-            )
-        self.hard_negatives = hard_negatives
-        self.target_rows_only = target_rows_only
         self.scorer = scorer
         self.loss_name = loss
         self.temperature = temperature
         self.whole_data_weight = whole_data_weight
         self.positive_bits = positive_bits
         self.branch_loss_weight = branch_loss_weight
-        self.behavior_fit = behavior_fit
         self.loss_tracker = tf_keras.metrics.Mean(name="loss")
         self.pair_accuracy = tf_keras.metrics.Mean(name="pair_accuracy")
 
@@ -129,9 +90,7 @@ class Ranker(tf_keras.Model):
         batch_size = tf.shape(users)[0]
         gates = models.unpack_bits(bits, batch[schema.POS_GATE].shape[-1])
         branches = None
-        if self.hard_negatives:
-            logits = models.factorized_grid(self.scorer, users, candidates)
-        elif self.branch_loss_weight:
+        if self.branch_loss_weight:
             logits, branches = models.score_grid(
                 self.scorer, users, candidates, gates, training=training, return_branches=True
             )
@@ -144,47 +103,12 @@ class Ranker(tf_keras.Model):
         log_q = batch[schema.CANDIDATE_LOG_Q][None, :]
         remove_hits = tfrs.layers.loss.RemoveAccidentalHits()
 
-        # The rows' own negatives (`row_negatives`), scored pair by pair with
-        # their gates: columns after the grid's, without a sampling correction.
-        rows, row_labels = self._row_logits(batch, training)
-        grid_labels = labels
-        if rows is not None:
-            labels = tf.concat([labels, tf.zeros_like(rows)], axis=1)
-
-        def loss_of(grid, row=None):
-            x = tf.cast(grid, tf.float32) / self.temperature - log_q
-            x = remove_hits(grid_labels, x, candidates) + mask * _MIN_LOGIT
-            if row is not None:
-                x = tf.concat([x, row / self.temperature + row_labels], axis=1)
-            return tf.nn.softmax_cross_entropy_with_logits(labels, x), x
-
-        if self.hard_negatives:
-            # Two stages, as `recommend` serves: the softmax over the whole set
-            # trains the factorized part; the full scorer learns to re-rank the
-            # positive against the K candidates that part scores highest.
-            per_example, x = loss_of(logits)
-            per_example += self._hard_loss(users, candidates, bits, gates, x, labels, training)
-        elif self.behavior_fit == "apart":
-            bias = models.behavior_bias(self.scorer)
-            offsets = bias(gates[..., 1:])
-            rest = logits - offsets
-            row_rest = row_offsets = None
-            if rows is not None:
-                row_offsets = bias(batch[schema.NEG_GATE][..., 1:])
-                row_rest = rows - row_offsets
-            per_example, x = loss_of(rest, row_rest)
-            per_example += loss_of(
-                tf.stop_gradient(rest) + offsets,
-                None if rows is None else tf.stop_gradient(row_rest) + row_offsets,
-            )[0]
-        else:
-            per_example, x = loss_of(logits, rows)
-        if self.target_rows_only:
-            # A supportive-only row trains its branches' losses, not the target's.
-            per_example *= _positive_has(gates, grid_labels, 0)
+        x = tf.cast(logits, tf.float32) / self.temperature - log_q
+        x = remove_hits(labels, x, candidates) + mask * _MIN_LOGIT
+        per_example = tf.nn.softmax_cross_entropy_with_logits(labels, x)
         if branches is not None and len(branches) > 1:
             per_example += self.branch_loss_weight * self._behavior_losses(
-                branches, gates, grid_labels, log_q, candidates, remove_hits
+                branches, gates, labels, log_q, candidates, remove_hits
             )
         positive = tf.reduce_sum(x * labels, axis=1, keepdims=True)
         valid = tf.cast(x > _MIN_LOGIT / 2, tf.float32) * (1.0 - labels)
@@ -192,33 +116,6 @@ class Ranker(tf_keras.Model):
             tf.reduce_sum(valid, axis=1), 1.0
         )
         return per_example, correct
-
-    def _row_logits(self, batch, training):
-        """([batch, K] full logits of the rows' own negatives, [batch, K] 0 or
-        the masking logit for those that are training positives of the user
-        under the graded weights), or (None, None) without row negatives."""
-        negatives = batch.get(schema.NEG_ITEM)
-        if negatives is None or not negatives.shape[1]:
-            return None, None
-        gates = batch[schema.NEG_GATE]
-        logits = self._score_rows(batch[schema.USER], negatives, gates, training)
-        positive = models.unpack_bits(tf.constant(self.positive_bits), gates.shape[-1])
-        own = tf.cast(tf.reduce_sum(gates * positive, axis=-1) > 0, tf.float32)
-        return logits, own * _MIN_LOGIT
-
-    def _score_rows(self, users, items, gates, training):
-        """[batch, K] float32 full logits of each row's user with its K items
-        ([batch, K], their pairs' gates [batch, K, T]), pair by pair."""
-        width = tf.shape(items)[1]
-        outputs = self.scorer(
-            {
-                schema.USER: tf.reshape(tf.repeat(users[:, None], width, axis=1), [-1]),
-                schema.ITEM: tf.reshape(items, [-1]),
-                schema.GATE: tf.reshape(gates, [-1, gates.shape[-1]]),
-            },
-            training=training,
-        )
-        return tf.reshape(tf.cast(outputs[schema.LOGIT], tf.float32), tf.shape(items))
 
     def _behavior_losses(self, branches, gates, labels, log_q, candidates, remove_hits):
         """[batch] the supportive branches' own softmax losses, summed.
@@ -241,30 +138,6 @@ class Ranker(tf_keras.Model):
             x = remove_hits(labels, x, candidates) + has * (1.0 - labels) * _MIN_LOGIT
             total += rows * tf.nn.softmax_cross_entropy_with_logits(labels, x)
         return total
-
-    def _hard_loss(self, users, candidates, bits, gates, x, labels, training):
-        """[batch] softmax of the full logit over the positive, K hard and K random candidates.
-
-        Hard: the K columns of highest corrected factorized logit among the
-        row's valid negatives (TFRS `HardNegativeMining` picks them the same
-        way). Random: the first K shared negatives (i.i.d. draws), so the full
-        scorer also learns to keep arbitrary catalog items low, which full
-        ranking asks of it. Masked columns stay masked.
-        """
-        batch_size = tf.shape(users)[0]
-        k = tf.minimum(self.hard_negatives + 1, tf.shape(candidates)[0])
-        _, columns = tf.math.top_k(tf.stop_gradient(x) + labels * -_MIN_LOGIT, k=k)
-        shared = tf.range(batch_size, tf.minimum(batch_size + self.hard_negatives, tf.shape(x)[1]))
-        columns = tf.concat(
-            [columns, tf.broadcast_to(shared[None, :], [batch_size, tf.size(shared)])], axis=1
-        )
-        picked = tf.gather(candidates, columns)  # [batch, k], the positive first
-        masked = tf.cast(tf.gather(x, columns, batch_dims=1) <= _MIN_LOGIT / 2, tf.float32)
-        pair_gates = tf.gather(gates, columns, batch_dims=1)
-        full = self._score_rows(users, picked, pair_gates, training)
-        full = full / self.temperature + masked * _MIN_LOGIT
-        hard_labels = tf.one_hot(tf.zeros_like(users), tf.shape(picked)[1], dtype=tf.float32)
-        return tf.nn.softmax_cross_entropy_with_logits(hard_labels, full)
 
     def _compute_losses(self, batch, training):
         if self.loss_name == "softmax":
@@ -293,14 +166,7 @@ class Ranker(tf_keras.Model):
             return x[:batch_size], tf.reshape(x[batch_size:], [batch_size, num_neg])
 
         pos_logits, neg_logits = split(logits)
-        if self.behavior_fit == "apart":
-            offsets = models.behavior_bias(self.scorer)(gates[:, 1:])
-            rest = logits - offsets
-            per_example = rank_loss(*split(rest)) + rank_loss(
-                *split(tf.stop_gradient(rest) + offsets)
-            )
-        else:
-            per_example = rank_loss(pos_logits, neg_logits)
+        per_example = rank_loss(pos_logits, neg_logits)
         if schema.BRANCH_LOGITS in outputs and self.branch_loss_weight:
             branch = outputs[schema.BRANCH_LOGITS]
             # [batch, 1 + num_neg, S]: the positive first, then its negatives.
@@ -355,12 +221,9 @@ class Ranker(tf_keras.Model):
             "scorer": tf_keras.utils.serialize_keras_object(self.scorer),
             "loss": self.loss_name,
             "branch_loss_weight": self.branch_loss_weight,
-            "behavior_fit": self.behavior_fit,
             "temperature": self.temperature,
             "whole_data_weight": self.whole_data_weight,
             "positive_bits": self.positive_bits,
-            "hard_negatives": self.hard_negatives,
-            "target_rows_only": self.target_rows_only,
             "name": self.name,
         }
 
@@ -386,12 +249,9 @@ def build_ranker(
         scorer,
         loss=config.train.loss,
         branch_loss_weight=weight,
-        behavior_fit=config.model.behavior_fit,
         temperature=config.train.temperature,
         whole_data_weight=config.train.whole_data_weight,
         positive_bits=positive_bits(config.train, behaviors),
-        hard_negatives=config.train.hard_negatives,
-        target_rows_only=config.train.supportive_rows == "branches",
         name="ranker",
     )
 
@@ -400,15 +260,11 @@ def positive_bits(config: config_lib.TrainConfig, behaviors: schema.BehaviorSche
     """Bitmask of the behaviors whose pairs are training positives.
 
     A pair with any of them is a positive of some row, so the softmax loss
-    never takes it as a negative of its user. With `supportive_rows=
-    "branches"` only the target's pairs are positives of the target's loss
-    (the branches' own losses mask their behavior's pairs themselves).
+    never takes it as a negative of its user.
 
     Raises:
       ValueError: for a behavior weight naming a behavior the data lacks.
     """
-    if config.supportive_rows == "branches":
-        return 1
     weights = training_index.behavior_weight_vector(behaviors.behaviors, config.behavior_weights)
     if weights is not None:
         return sum(1 << t for t, w in enumerate(weights) if w > 0)

@@ -228,16 +228,8 @@ def fit(
     config, ranker, index, split, model_dir, results, score, valid_cases, on_validation=None
 ) -> None:
     """Step 3: the ALS start when asked, then training with validation; into `results`."""
-    train_index = index
     if config.model.mf_init != "random":
-        als_split = split
-        if config.model.als_holdout:
-            train_index, als_split = _hold_out_for_residual(config, index, split)
-            results["als_holdout"] = {
-                "per_user": config.model.als_holdout,
-                "positives": int(len(train_index.pos_users)),
-            }
-        seconds = _start_from_als(ranker.scorer, config, als_split)
+        seconds = _start_from_als(ranker.scorer, config, split)
         results["seconds"]["mf_init"] = round(seconds, 2)
         if config.model.behavior_init in ("touched_first", "validated"):
             results["behavior_init"] = _touched_first_start(
@@ -255,7 +247,7 @@ def fit(
     started = time.perf_counter()
     result = train_lib.train(
         ranker=ranker,
-        index=train_index,
+        index=index,
         config=config.train,
         model_dir=model_dir,
         validation=validation if valid_cases is not None else None,
@@ -340,25 +332,6 @@ def _touched_first_start(scorer, config: config_lib.ExperimentConfig, score, val
     bias.kernel.assign(touched if kept == "touched_first" else np.zeros_like(touched))
     print(f"behavior offsets start {kept}: validation HR@10 {figures}")
     return {**record, "validation_HR@10": figures, "kept": kept}
-
-
-def _hold_out_for_residual(config: config_lib.ExperimentConfig, index, split):
-    """--als_holdout: (the index with the held-out pairs as its only positives,
-    the split the ALS is fitted on: the training data without them)."""
-    t = config.train
-    if t.behavior_weights or t.supportive_positive_weight > 0:
-        raise ValueError(
-            "als_holdout trains on the held-out target pairs only: drop --behavior_weights "
-            "and set --supportive_positive_weight=0, or set --als_holdout=0."
-        )
-    held = training_index.hold_out_positives(index, config.model.als_holdout, t.seed)
-    if len(held) == 0:
-        raise ValueError(
-            "als_holdout found no user with 3 or more training target pairs to hold out "
-            "from; set --als_holdout=0."
-        )
-    print(f"ALS fitted without {len(held)} held-out target pairs; training takes those only")
-    return training_index.with_positives(index, held), splits_lib.without_target_pairs(split, held)
 
 
 def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float:

@@ -92,6 +92,11 @@ def _differences(
     for key in sorted(set(before) | set(after)):
         if any(key == m or (m.endswith(".") and key.startswith(m)) for m in may_differ):
             continue
+        if key not in after and key in config_lib.RETIRED:
+            if before[key] != config_lib.RETIRED[key]:
+                # The run used an option the library no longer has.
+                out.append((key, before[key], "(retired: see benchmarks/README.md)"))
+            continue
         if before.get(key) != after.get(key):
             out.append((key, before.get(key, "(absent)"), after.get(key, "(absent)")))
     return out

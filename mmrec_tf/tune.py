@@ -52,7 +52,8 @@ FITTED = ("als", "cascade")
 # the grid of the `implicit` library's multi-behavior reference
 # (benchmarks/implicit_reference.py reads it from here); for CascadingRank,
 # its published settings, (alpha, beta) = (0.0, 0.9) on its taobao (this
-# project's tmall_mbcgcn) and (0.7, 0.2) on its tmall.
+# project's tmall_mbcgcn) and (0.7, 0.2) on its tmall; for our model, the
+# shipped recipe.
 STARTS = {
     "als": tuple(
         {"mf_dim": f, "als_l2": l2, "als_alpha": a, "als_supportive_weight": w}
@@ -63,6 +64,18 @@ STARTS = {
             (128, 30.0, 100.0, 0.5),
         )
     ),
+    # The recipe residual.flags ships.
+    "mmf": (
+        {
+            "behavior_init": "zero",
+            "learning_rate": 0.003,
+            "temperature": 0.1,
+            "mlp_dim": 8,
+            "mlp_layers": 1,
+            "shared_negatives": 512,
+            "l2": 0.0,
+        },
+    ),
     "cascade": (
         {"cascade_keep": 0.1, "cascade_query_share": 0.0},
         {"cascade_keep": 0.1, "cascade_query_share": 0.7 / 0.9},
@@ -70,22 +83,22 @@ STARTS = {
 }
 
 
-def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
+def search_space(trial, family: str) -> dict:
     """The overrides of one trial: flag name -> value.
 
     Args:
       trial: an optuna Trial.
-      family: `mmf` (the multi-feedback model with the whole-catalog
-        objective, behavior features allowed), `bpr` (the same model with the
-        pairwise loss, the previous tuned recipe) or `als` (the
+      family: `mmf` (the shipped recipe: the multi-feedback model learning a
+        residual over the ALS of the base flags with the whole-catalog
+        objective; nest the dataset's `_als.flags` and `residual.flags`),
+        `bpr` (the same model with the pairwise loss, the previous tuned
+        recipe) or `als` (the
         multi-behavior weighted ALS; "touched items first" is the tuned ALS
         with --behavior_features, which adds no parameter to tune) or
         `cascade` (CascadingRank's alpha and beta, drawn as the share the
         propagation keeps, 1 - alpha - beta, and the query's share of the
         rest, alpha / (alpha + beta)).
-      behaviors: the data's behaviors, target first.
     """
-    supportive = behaviors[1:]
     if family == "cascade":
         keep = trial.suggest_float("cascade_keep", 0.02, 0.9, log=True)
         share = trial.suggest_float("cascade_query_share", 0.0, 1.0)
@@ -102,16 +115,13 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
             "als_alpha": trial.suggest_float("als_alpha", 1.0, 200.0, log=True),
             "als_supportive_weight": trial.suggest_float("als_supportive_weight", 0.0, 4.0),
         }
-    common = {
-        "model": "mmf",
-        "mf_dim": trial.suggest_categorical("mf_dim", [16, 32, 64, 128]),
-        "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
-        "behavior_features": trial.suggest_categorical("behavior_features", [False, True]),
-        "l2": trial.suggest_categorical("l2", [0.0, 1e-5, 1e-4, 1e-3]),
-    }
     if family == "bpr":
         return {
-            **common,
+            "model": "mmf",
+            "mf_dim": trial.suggest_categorical("mf_dim", [16, 32, 64, 128]),
+            "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
+            "behavior_features": trial.suggest_categorical("behavior_features", [False, True]),
+            "l2": trial.suggest_categorical("l2", [0.0, 1e-5, 1e-4, 1e-3]),
             "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
             "loss": "bpr",
             "num_negatives": trial.suggest_int("num_negatives", 1, 8),
@@ -120,40 +130,24 @@ def search_space(trial, family: str, behaviors: tuple[str, ...]) -> dict:
             ),
             "supportive_negative_ratio": 0.0,
         }
-    weights = [(behaviors[0], 1.0)] + [
-        (b, trial.suggest_float(f"weight_{b}", 0.0, 1.0)) for b in supportive
-    ]
-    hard = trial.suggest_categorical("hard_negatives", [0, 16, 64])
-    if hard:
-        branches = {
-            "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
-            "mlp_layers": trial.suggest_int("mlp_layers", 1, 2),
-            "shared_negatives": trial.suggest_categorical("shared_negatives", [512, 1024, 2048]),
-        }
-    else:
-        # The whole [B, B + N] grid goes through every branch: small branches
-        # and fewer shared negatives keep a trial within minutes.
-        branches = {
-            "mlp_dim": 8,
-            "mlp_layers": 1,
-            "shared_negatives": trial.suggest_categorical("grid_shared_negatives", [256, 512]),
-        }
+    # mmf: the shipped recipe (residual.flags) on the ALS that the base flags
+    # set (a <dataset>_als.flags): the MF part held at the ALS factors, so
+    # mf_dim and the ALS settings are not searched; the branches, fusion,
+    # head and behavior offsets learn a residual with the softmax.
     return {
-        **common,
-        **branches,
+        "model": "mmf",
+        "mf_init": "als_fixed",
+        "behavior_features": True,
         "loss": "softmax",
-        "hard_negatives": hard,
-        "gating": trial.suggest_categorical("gating", ["gradient", "none"]),
         "history_length": 0,
         "supportive_positive_weight": 0.0,
-        "behavior_weights": tuple(weights),
-        "negative_distribution": trial.suggest_categorical(
-            "negative_distribution", ["uniform", "popularity"]
-        ),
-        "temperature": trial.suggest_float("temperature", 0.1, 1.0, log=True),
-        "whole_data_weight": trial.suggest_categorical(
-            "whole_data_weight", [0.0, 1e-3, 1e-2, 1e-1]
-        ),
+        "behavior_init": trial.suggest_categorical("behavior_init", ["zero", "touched_first"]),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
+        "temperature": trial.suggest_float("temperature", 0.05, 1.0, log=True),
+        "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
+        "mlp_layers": trial.suggest_int("mlp_layers", 1, 2),
+        "shared_negatives": trial.suggest_categorical("shared_negatives", [256, 512, 1024]),
+        "l2": trial.suggest_categorical("l2", [0.0, 1e-5, 1e-4]),
     }
 
 
@@ -168,13 +162,6 @@ def apply(config: config_lib.ExperimentConfig, overrides: dict) -> config_lib.Ex
         **{s: dataclasses.replace(getattr(config, s), **f) for s, f in sections.items()},
         **top,
     )
-
-
-def _behaviors(config: config_lib.ExperimentConfig, work_dir: str) -> tuple[str, ...]:
-    from mmrec_tf.pipelines import loading
-
-    _, split = loading.load(config.data, work_dir=work_dir)
-    return split.behaviors.behaviors
 
 
 def _database(study_dir: str, family: str) -> str:
@@ -204,7 +191,6 @@ def run_study(
     study_dir: str,
     seed: int = 0,
     dataset: str = "",
-    behaviors: tuple[str, ...] | None = None,
     fail_stale_trials: bool = True,
 ):
     """Runs the trials of a study that are still missing; returns the optuna Study.
@@ -221,7 +207,6 @@ def run_study(
         (`sampler_seed`), so studies of different datasets do not all draw
         the same first points.
       dataset: the dataset's name (default: derived from the data path).
-      behaviors: the data's behaviors (read from the data when None).
       fail_stale_trials: fail the trials left running by dead processes
         (those without a live process on this host). Several workers may
         run one study at once (each takes the next trial).
@@ -268,12 +253,11 @@ def run_study(
         # trials wait in the database for a resumed study with more.
         for start in STARTS.get(family, ()):
             study.enqueue_trial(start)
-    behaviors = behaviors or _behaviors(base, study_dir)
 
     def objective(trial):
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
-        overrides = search_space(trial, family, behaviors)
+        overrides = search_space(trial, family)
         if family not in FITTED:
             overrides["early_stopping_protocol"] = protocol
         # Trial folders per protocol: a full and a sampled study share a database.

@@ -64,8 +64,8 @@ def training_dataset(
     Returns:
       A dataset of dicts with the training fields of `schema` (USER, POS_ITEM, POS_GATE, POS_WEIGHT, NEG_ITEM, NEG_GATE, USER_SHARE); each epoch
       yields exactly `steps_per_epoch(index, config)` batches. With the
-      `softmax` loss the per-example negatives are its `row_negatives`
-      (none by default); each batch also holds its candidate set
+      `softmax` loss there are no per-example negatives; each batch holds
+      its candidate set
       (`schema.CANDIDATES`, `CANDIDATE_LOG_Q`, `CANDIDATE_BITS`, see
       `negatives.SharedNegatives`), drawn from a
       generator seeded by (seed, epoch, shard, chunk, batch).
@@ -80,7 +80,7 @@ def training_dataset(
     steps = steps_per_epoch(index, config) * local_replicas
     t = index.num_behaviors
     softmax = config.loss == "softmax"
-    n = config.row_negatives if softmax else config.num_negatives
+    n = 0 if softmax else config.num_negatives
     weights = training_index.behavior_weight_vector(index.behaviors, config.behavior_weights)
     shared = None
     if softmax:
@@ -97,8 +97,6 @@ def training_dataset(
             index.num_items,
             batch_size=batch_size,
             num_shared=config.shared_negatives,
-            distribution=config.negative_distribution,
-            exponent=config.negative_exponent,
         )
     # Whole batches per chunk, so every chunk but an epoch's last is full.
     chunk_batches = max(1, negatives.CHUNK_EXAMPLES // batch_size)

@@ -211,11 +211,11 @@ class SharedNegatives:
 
     A batch of B positives is scored against C = B + N candidates: its own
     positive items (in-batch negatives for every other row) and N items drawn
-    once for the batch from `distribution`. Each candidate's logit is
-    corrected by log(B f_i + N q_i), the expected number of times item i is
-    in the set (f: the item's share of the epoch's positives, q: the shared
-    negatives' distribution): the mixed-negative logQ correction of Yang et
-    al. 2020, so the softmax estimates one over the whole catalog.
+    once for the batch, uniformly over the catalog. Each candidate's logit is
+    corrected by log(B f_i + N / I), the expected number of times item i is
+    in the set (f: the item's share of the epoch's positives, I: the catalog
+    size): the mixed-negative logQ correction of Yang et al. 2020, so the
+    softmax estimates one over the whole catalog.
     """
 
     def __init__(
@@ -225,33 +225,16 @@ class SharedNegatives:
         *,
         batch_size: int,
         num_shared: int,
-        distribution: str = "uniform",
-        exponent: float = 0.75,
     ):
         counts = np.bincount(positive_items, minlength=num_items).astype(np.float64)
-        if distribution == "uniform":
-            q = np.full(num_items, 1.0 / num_items)
-        elif distribution == "popularity":
-            q = (counts + 1.0) ** exponent
-            q /= q.sum()
-        else:
-            raise ValueError(
-                f"negative_distribution={distribution!r} is unknown: use 'uniform' or 'popularity'."
-            )
         self.num_items = num_items
         self.num_shared = num_shared
-        self.distribution = distribution
-        self.probabilities = q
-        self._cumulative = np.cumsum(q)
         f = counts / max(counts.sum(), 1.0)
-        self.log_expected = np.log(batch_size * f + num_shared * q).astype(np.float32)
+        self.log_expected = np.log(batch_size * f + num_shared / num_items).astype(np.float32)
 
     def draw(self, rng: np.random.Generator) -> np.ndarray:
-        """[num_shared] int32 items drawn with replacement from the distribution."""
-        if self.distribution == "uniform":
-            return rng.integers(0, self.num_items, self.num_shared).astype(np.int32)
-        u = rng.random(self.num_shared) * self._cumulative[-1]
-        return np.minimum(np.searchsorted(self._cumulative, u, side="right"), self.num_items - 1)
+        """[num_shared] int32 items drawn uniformly with replacement."""
+        return rng.integers(0, self.num_items, self.num_shared).astype(np.int32)
 
     def candidates(
         self,

@@ -75,18 +75,6 @@ def train_pair_keys(split: Split) -> np.ndarray:
     return np.unique(pair_keys(split.train_users, split.train_items, split.num_items))
 
 
-def without_target_pairs(split: Split, keys: np.ndarray) -> Split:
-    """`split` with the training target records of the pair keys `keys` removed."""
-    train = pair_keys(split.train_users, split.train_items, split.num_items)
-    drop = (split.train_branches == 0) & np.isin(train, keys)
-    return dataclasses.replace(
-        split,
-        train_users=split.train_users[~drop],
-        train_items=split.train_items[~drop],
-        train_branches=split.train_branches[~drop],
-    )
-
-
 def _latest_per_user(
     keys: np.ndarray, stamps: np.ndarray, num_items: int, rng, *, min_pairs: int
 ) -> np.ndarray:

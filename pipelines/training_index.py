@@ -149,31 +149,6 @@ class TrainingIndex:
         return ((bits[..., None] >> shifts) & 1).astype(np.float32)
 
 
-def hold_out_positives(index: TrainingIndex, per_user: int, seed: int) -> np.ndarray:
-    """Sorted keys of `per_user` target pairs of each user with at least 3, drawn with `seed`.
-
-    Every such user keeps at least 2 target pairs out of the draw.
-    """
-    rng = np.random.default_rng([seed, 7919])
-    users = index.pos_users
-    order = np.lexsort((rng.random(len(users)), users))
-    counts = np.bincount(users, minlength=index.num_users)
-    starts = np.cumsum(counts) - counts
-    rank = np.arange(len(users)) - starts[users[order]]
-    take = np.minimum(per_user, counts - 2)
-    chosen = order[(counts[users[order]] >= 3) & (rank < take[users[order]])]
-    return np.sort(splits_lib.pair_keys(users[chosen], index.pos_items[chosen], index.num_items))
-
-
-def with_positives(index: TrainingIndex, keys: np.ndarray) -> TrainingIndex:
-    """`index` with only the target pairs `keys` as positives (gates and masks unchanged)."""
-    return dataclasses.replace(
-        index,
-        pos_users=(keys // index.num_items).astype(np.int32),
-        pos_items=(keys % index.num_items).astype(np.int32),
-    )
-
-
 def pair_weights(index: TrainingIndex, behavior_weights: np.ndarray) -> np.ndarray:
     """[len(index.keys)] float32 loss weight of each training pair.
 

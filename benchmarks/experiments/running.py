@@ -15,6 +15,7 @@ from absl import flags
 
 import mmrec_tf
 from mmrec_tf import cli
+from mmrec_tf import config as config_lib
 
 from . import suites
 
@@ -25,14 +26,14 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
 
+# Retired fields (config.RETIRED) that were added after runs were first
+# keyed: at their default they never keyed anything.
+_NEVER_KEYED = ("model.als_holdout", "train.row_negatives", "train.supportive_rows")
 # (section, field, default) of config fields added since runs were first keyed.
 ADDED_AT_DEFAULT = (
-    ("model", "als_holdout", 0),
     ("model", "cascade_alpha", 0.7),
     ("model", "cascade_beta", 0.2),
     ("train", "early_stopping_margin", 0.0),
-    ("train", "row_negatives", 0),
-    ("train", "supportive_rows", "positives"),
 )
 
 
@@ -56,6 +57,13 @@ def config_key(args: list[str]) -> str:
     for section, field, default in ADDED_AT_DEFAULT:
         if resolved[section][field] == default:
             resolved[section].pop(field)
+    # Fields retired since, put back at the value every possible run had, so
+    # recorded runs keep their keys; those that were in ADDED_AT_DEFAULT
+    # never keyed anything and stay out.
+    for name, value in config_lib.RETIRED.items():
+        section, field = name.split(".")
+        if name not in _NEVER_KEYED:
+            resolved[section][field] = value
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

@@ -202,21 +202,6 @@ def _suite_features(behaviors):
             "MMF + behavior features from their lift",
             {**mmf, "behavior_features": True, "behavior_init": "lift"},
         ),
-        # The offsets fitted on top of the model without features, so the
-        # flags cannot explain away what the embeddings would learn.
-        Arm(
-            "MMF + behavior features fitted apart",
-            {**mmf, "behavior_features": True, "behavior_fit": "apart"},
-        ),
-        Arm(
-            "MMF + behavior features fitted apart, half the negatives supportive-only",
-            {
-                **mmf,
-                "behavior_features": True,
-                "behavior_fit": "apart",
-                "supportive_negative_ratio": 0.5,
-            },
-        ),
         # Early stopping and the kept epoch on the full-ranking validation
         # HR@10, which the flags move far more than the sampled one.
         Arm(

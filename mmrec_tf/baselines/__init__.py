@@ -51,7 +51,6 @@ def als_config(model: config_lib.ModelConfig, seed: int) -> als.ALSConfig:
         supportive_weight=model.als_supportive_weight,
         iterations=model.als_iterations,
         seed=seed,
-        solver=model.als_solver,
     )
 
 

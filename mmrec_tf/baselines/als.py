@@ -23,7 +23,7 @@ import numpy as np
 from mmrec_tf import config as config_lib
 from mmrec_tf.pipelines import splits as splits_lib
 
-SOLVERS = config_lib.ALS_SOLVERS
+SOLVERS = ("implicit", "numpy")
 
 # Bounds the [pairs, factors, factors] outer products of one solve chunk.
 _CHUNK_FLOATS = 1 << 25

@@ -124,15 +124,12 @@ def test_runs_are_keyed_by_their_resolved_config(tmp_path):
     copy.write_text(copy.read_text() + "\n--learning_rate=0.5\n")
     assert experiments.config_key([f"--flagfile={copy}", "--seed=0"]) != key
     # The key the recorded runs hold: a config field added later must join
-    # ADDED_AT_DEFAULT, or every recorded run would be missed (editing
-    # quickstart.flags changes it too).
+    # ADDED_AT_DEFAULT, and one retired RETIRED_AT, or every recorded run
+    # would be missed (editing quickstart.flags changes it too).
     assert key == "c2304abead"
     # A field added later keys nothing at its default, and a value of it does.
-    assert experiments.config_key(base + ["--als_holdout=0"]) == key
-    assert experiments.config_key(base + ["--supportive_rows=positives"]) == key
-    assert experiments.config_key(
-        base + ["--mf_init=als_fixed", "--als_holdout=1"]
-    ) != experiments.config_key(base + ["--mf_init=als_fixed"])
+    assert experiments.config_key(base + ["--cascade_alpha=0.7"]) == key
+    assert experiments.config_key(base + ["--cascade_alpha=0.5"]) != key
     # So a runner with extra flags never reuses another runner's folder.
     kwargs = dict(dataset="quickstart", data_dir="", runs_dir=str(tmp_path / "runs"))
     short = experiments.Runner(**kwargs, extra_flags=["--epochs=5"], report_only=True)

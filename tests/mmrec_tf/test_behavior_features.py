@@ -17,7 +17,6 @@ from mmrec_tf.baselines import als
 from mmrec_tf.baselines import popularity
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
-from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import training_index
@@ -146,14 +145,11 @@ def test_a_scorer_with_features_needs_the_index_and_the_data_supportive_behavior
         )
 
 
-@pytest.mark.parametrize("fit", config_lib.BEHAVIOR_FITS)
-def test_training_learns_that_supportive_pairs_are_bought(data, tmp_path, fit):
+def test_training_learns_that_supportive_pairs_are_bought(data, tmp_path):
     _, split, index = data
     config = config_lib.ExperimentConfig(
         data=DATA,
-        model=config_lib.ModelConfig(
-            mf_dim=4, mlp_dim=4, init_stddev=0.1, behavior_features=True, behavior_fit=fit
-        ),
+        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, init_stddev=0.1, behavior_features=True),
         train=config_lib.TrainConfig(
             batch_size=64, epochs=2, verbose=0, learning_rate=0.01, supportive_negative_ratio=0
         ),
@@ -166,56 +162,6 @@ def test_training_learns_that_supportive_pairs_are_bought(data, tmp_path, fit):
     # The offsets start at 0; supportive pairs are positives (weighted) and
     # uniform negatives never have a flag, so every offset rises.
     assert np.all(models.behavior_bias(ranker.scorer).kernel.numpy() > 0.0)
-
-
-def _gradients(ranker, batch):
-    with tf.GradientTape() as tape:
-        loss, _, _ = ranker._compute_losses(batch, training=True)
-    variables = ranker.scorer.trainable_variables
-    return {v.name: g for v, g in zip(variables, tape.gradient(loss, variables)) if g is not None}
-
-
-def test_fitting_apart_trains_the_rest_as_without_features_and_only_the_offsets_on_top(data):
-    _, split, index = data
-    train_config = config_lib.TrainConfig(batch_size=64, supportive_negative_ratio=0)
-    batch = next(iter(datasets.training_dataset(index, train_config)))
-    assert np.all(np.any(batch[schema.POS_GATE].numpy()[:, 1:], axis=0))
-
-    def ranker(fit, features=True):
-        tf_keras.utils.set_random_seed(0)
-        return ranking.Ranker(
-            _scorer(split, behavior_features=features, behavior_fit=fit), behavior_fit=fit
-        )
-
-    apart, joint, plain = ranker("apart"), ranker("joint"), ranker("joint", features=False)
-    offsets = models.behavior_bias(apart.scorer).kernel.name
-    reference = _gradients(plain, batch)
-    for value in (0.0, 3.0):
-        _set_bias(apart.scorer, [value] * (split.behaviors.num_behaviors - 1))
-        _set_bias(joint.scorer, [value] * (split.behaviors.num_behaviors - 1))
-        got, joint_got = _gradients(apart, batch), _gradients(joint, batch)
-        assert set(got) == set(reference) | {offsets}
-        # Every other weight gets exactly the gradient it gets without
-        # features, whatever the offsets are.
-        for path, gradient in reference.items():
-            np.testing.assert_allclose(
-                tf.convert_to_tensor(got[path]), tf.convert_to_tensor(gradient), atol=1e-6
-            )
-        # The offsets get the gradient they get when fitted jointly: the
-        # ranking loss of the summed logit. Touched positives against
-        # untouched uniform negatives push each one up.
-        np.testing.assert_allclose(got[offsets], joint_got[offsets], rtol=1e-3, atol=1e-6)
-        assert np.all(got[offsets].numpy() < 0.0)
-    # Fitted jointly, large offsets take over: the embeddings' gradient shrinks.
-    embedding = next(p for p in reference if "embedding" in p)
-    assert tf.norm(tf.convert_to_tensor(joint_got[embedding])) < 0.5 * tf.norm(
-        tf.convert_to_tensor(reference[embedding])
-    )
-
-
-def test_fitting_apart_needs_behavior_features():
-    with pytest.raises(ValueError, match="behavior_fit.*--behavior_features"):
-        config_lib.ModelConfig(behavior_fit="apart")
 
 
 def test_serving_scores_with_the_flags_and_recommends_touched_items(data, tmp_path):
@@ -332,7 +278,6 @@ def test_main_records_the_learned_offsets_of_the_kept_epoch(tmp_path):
         [
             "mmrec_tf",
             "--behavior_features",
-            "--behavior_fit=apart",
             "--mf_dim=4",
             "--mlp_dim=4",
             "--epochs=2",

@@ -132,7 +132,7 @@ def test_retrieval_towers_factorize_the_mf_logit(history_length):
         {"gating": "gradient_aux"},
         {"behavior_features": True},
         {"history_length": 3},
-        {"fusion_dim": 6, "mlp_layers": 1},
+        {"mlp_layers": 1},
     ],
 )
 def test_scorer_round_trips_through_its_config(options):

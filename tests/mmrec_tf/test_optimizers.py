@@ -1,7 +1,6 @@
 """LazyAdam: touched rows only, and Adam's arithmetic on them."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tf_keras
 
@@ -46,12 +45,3 @@ def test_dense_gradients_follow_keras_adam():
         a.apply_gradients([(grad, lazy)])
         b.apply_gradients([(grad, dense)])
     np.testing.assert_allclose(lazy.numpy(), dense.numpy(), rtol=1e-6)
-
-
-def test_an_unknown_optimizer_is_an_error_not_a_fallback():
-    from mmrec_tf import config as config_lib
-
-    config = config_lib.TrainConfig()
-    object.__setattr__(config, "optimizer", "sgd")  # past the config's own check
-    with pytest.raises(ValueError, match="optimizer='sgd' is unknown"):
-        optimizers.build_optimizer(config)

@@ -44,6 +44,24 @@ def test_a_rerun_with_other_training_flags_is_an_error_naming_the_field(tmp_path
     assert resumed["train"]["resumed_from_epoch"] == 1
 
 
+def test_a_run_recorded_before_a_field_retired_resumes_unless_it_used_it(tmp_path):
+    _run(tmp_path)
+    path = tmp_path / run_record.CONFIG
+    recorded = json.loads(path.read_text())
+    # As written before the retirement: the retired fields at their values.
+    recorded["model"]["fusion_dim"] = 0
+    recorded["train"]["optimizer"] = "lazy_adam"
+    path.write_text(json.dumps(recorded))
+    assert _run(tmp_path, "--epochs=2")["train"]["resumed_from_epoch"] == 1
+    # A run that used a retired option cannot be resumed as if it had not.
+    recorded["train"]["row_negatives"] = 3
+    path.write_text(json.dumps(recorded))
+    with pytest.raises(
+        run_record.RunRecordError, match=r"train.row_negatives: the run has 3.*retired"
+    ):
+        _run(tmp_path, "--epochs=3")
+
+
 def test_export_without_the_runs_model_flags_is_an_error(tmp_path):
     _run(tmp_path, "--behavior_features")
     with pytest.raises(run_record.RunRecordError, match="model.behavior_features"):

@@ -49,12 +49,12 @@ def _command(study_dir, trials, family="als"):
 def test_search_spaces_map_to_config_fields():
     for family in tune.FAMILIES:
         trial = optuna.create_study().ask()
-        overrides = tune.search_space(trial, family, ("buy", "cart", "pv"))
+        overrides = tune.search_space(trial, family)
         config = tune.apply(config_lib.ExperimentConfig(), overrides)
         assert config.model.model == overrides["model"]
     # The ALS space reaches 128+ factors and supportive weights of 3+.
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    als = [tune.search_space(study.ask(), "als", ("buy", "cart")) for _ in range(40)]
+    als = [tune.search_space(study.ask(), "als") for _ in range(40)]
     assert max(o["mf_dim"] for o in als) >= 128
     assert max(o["als_supportive_weight"] for o in als) >= 3
 

@@ -15,7 +15,6 @@ from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
-from mmrec_tf.pipelines import splits as splits_lib
 from mmrec_tf.pipelines import training_index
 from tests.mmrec_tf.test_evaluate import _TableScorer
 from tests.mmrec_tf.test_main import _flags
@@ -72,12 +71,9 @@ def _softmax_batch(users, candidates, bits, log_q=None, **extra):
     }
 
 
-def _numpy_softmax_loss(
-    logits, log_q, candidates, bits, positive_bits, temperature, rows=None, row_bits=None
-):
+def _numpy_softmax_loss(logits, log_q, candidates, bits, positive_bits, temperature):
     """Reference: row b's positive is column b; corrected, hits removed, own
-    positives masked; then the row's own negatives (`rows` [B, K] logits),
-    uncorrected, those that are training positives of the user left out."""
+    positives masked."""
     batch, width = logits.shape
     losses = np.empty(batch)
     for b in range(batch):
@@ -92,9 +88,6 @@ def _numpy_softmax_loss(
             else:
                 keep.append(c)
         x = logits[b, keep] / temperature - log_q[keep]
-        if rows is not None:
-            own = [k for k in range(rows.shape[1]) if not row_bits[b, k] & positive_bits]
-            x = np.concatenate([x, rows[b, own] / temperature])
         x = x - x.max()
         losses[b] = -(x[keep.index(b)] - np.log(np.exp(x).sum()))
     return losses
@@ -119,115 +112,6 @@ def test_softmax_loss_matches_a_numpy_reference(positive_bits):
     grid = models.score_grid(scorer, users, candidates).numpy()
     expected = _numpy_softmax_loss(grid, log_q, candidates, bits, positive_bits, 0.5)
     np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-4, atol=1e-5)
-
-
-def _gates_of(bits, t=3):
-    """[..., t] float gate masks of behavior bitmasks."""
-    bits = np.asarray(bits)
-    return ((bits[..., None] >> np.arange(t)) & 1).astype(np.float32)
-
-
-@pytest.mark.parametrize("positive_bits", [1, 0b111])
-def test_softmax_row_negatives_match_a_numpy_reference(positive_bits):
-    scorer = _scorer("mmf", behavior_features=True)
-    ranker = ranking.Ranker(scorer, loss="softmax", temperature=0.5, positive_bits=positive_bits)
-    users = np.array([0, 1, 2], np.int32)
-    candidates = np.array([4, 5, 6, 7, 0], np.int32)
-    bits = np.zeros((3, 5), np.int32)
-    for b in range(3):
-        bits[b, b] = 0b001
-    # Each row's own negatives: user 0 carted 1 and favorited 2, user 1 carted
-    # 3, user 2's draws are untouched (no supportive-only items).
-    negatives = np.array([[1, 2], [3, 3], [8, 7]], np.int32)
-    row_bits = np.array([[0b010, 0b100], [0b010, 0b010], [0, 0]], np.int32)
-    batch = _softmax_batch(
-        users,
-        candidates,
-        bits,
-        **{
-            schema.NEG_ITEM: tf.constant(negatives),
-            schema.NEG_GATE: tf.constant(_gates_of(row_bits)),
-        },
-    )
-    per_example, _ = ranker._softmax_losses(batch, training=True)
-    grid = models.score_grid(scorer, users, candidates, tf.constant(_gates_of(bits))).numpy()
-    pairs = scorer(
-        {
-            schema.USER: tf.constant(np.repeat(users, 2)),
-            schema.ITEM: tf.constant(negatives.reshape(-1)),
-            schema.GATE: tf.constant(_gates_of(row_bits).reshape(-1, 3)),
-        }
-    )
-    rows = pairs[schema.LOGIT].numpy().reshape(3, 2)
-    log_q = np.zeros(5, np.float32)
-    expected = _numpy_softmax_loss(
-        grid, log_q, candidates, bits, positive_bits, 0.5, rows=rows, row_bits=row_bits
-    )
-    np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-4, atol=1e-5)
-    # With every behavior a positive, user 0's and 1's own negatives are masked
-    # and their losses are the grid's alone.
-    without = _numpy_softmax_loss(grid, log_q, candidates, bits, positive_bits, 0.5)
-    assert (np.isclose(expected, without)[:2]).all() == (positive_bits == 0b111)
-
-
-def test_row_negatives_give_a_supportive_branch_its_negatives():
-    """No positive of the batch is carted, so the grid alone gives the cart
-    branch no gradient; a carted-only row negative does."""
-    scorer = _scorer("mmf", positive=True)
-    ranker = ranking.Ranker(scorer, loss="softmax")
-    _, towers, _, _ = models.parts(scorer)
-
-    def cart_gradient(row_bit):
-        batch = _softmax_batch(
-            [0, 1],
-            [2, 3, 5],
-            [[1, 0, 0], [0, 1, 0]],
-            **{
-                schema.NEG_ITEM: tf.constant([[4], [6]], tf.int32),
-                schema.NEG_GATE: tf.constant(_gates_of([[row_bit], [0]])),
-            },
-        )
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(ranker._softmax_losses(batch, training=True)[0])
-        grads = tape.gradient(loss, towers[1].trainable_weights)
-        return sum(
-            0.0 if g is None else np.abs(tf.convert_to_tensor(g).numpy()).sum() for g in grads
-        )
-
-    assert cart_gradient(0) == 0
-    assert cart_gradient(0b010) > 0
-
-
-def test_softmax_batches_hold_the_rows_own_negatives():
-    split = test_samplers._split()
-    index = training_index.TrainingIndex.from_split(split)
-    config = config_lib.TrainConfig(
-        batch_size=8,
-        epochs=1,
-        loss="softmax",
-        shared_negatives=5,
-        steps_per_epoch=3,
-        row_negatives=2,
-        supportive_negative_ratio=1.0,
-    )
-    drawn_supportive = 0
-    for batch in datasets.training_dataset(index, config):
-        users = batch[schema.USER].numpy()
-        negatives = batch[schema.NEG_ITEM].numpy()
-        assert negatives.shape == (len(users), 2)
-        assert batch[schema.CANDIDATES].shape == (13,)
-        gates = batch[schema.NEG_GATE].numpy()
-        np.testing.assert_array_equal(
-            gates, index.gates(np.repeat(users, 2), negatives.reshape(-1)).reshape(gates.shape)
-        )
-        # Never one of the user's buys: a supportive-only item, or untouched.
-        assert (gates[..., 0] == 0).all()
-        drawn_supportive += int((gates[..., 1:].sum(-1) > 0).sum())
-    assert drawn_supportive > 0
-    with pytest.raises(ValueError, match="row_negatives"):
-        config_lib.TrainConfig(loss="bpr", row_negatives=2)
-    with pytest.raises(ValueError, match="row_negatives"):
-        config_lib.TrainConfig(loss="softmax", row_negatives=2, hard_negatives=4)
 
 
 @pytest.mark.parametrize("carted", [False, True])
@@ -307,14 +191,12 @@ def test_pair_bits_match_the_training_index():
     np.testing.assert_array_equal(bits, expected)
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "popularity"])
-def test_shared_negatives_log_q_is_the_expected_count_in_the_set(distribution):
+def test_shared_negatives_log_q_is_the_expected_count_in_the_set():
     positives = np.array([0, 0, 0, 1, 2, 2])
-    shared = negatives.SharedNegatives(
-        positives, 4, batch_size=3, num_shared=5, distribution=distribution, exponent=1.0
-    )
+    shared = negatives.SharedNegatives(positives, 4, batch_size=3, num_shared=5)
+    # B f_i + N q_i with f the positives' shares and q uniform over 4 items.
     f = np.array([3, 1, 2, 0]) / 6
-    q = np.full(4, 0.25) if distribution == "uniform" else np.array([4, 2, 3, 1]) / 10
+    q = np.full(4, 0.25)
     np.testing.assert_allclose(np.exp(shared.log_expected), 3 * f + 5 * q, rtol=1e-6)
     draws = shared.draw(np.random.default_rng(0))
     assert draws.shape == (5,) and ((draws >= 0) & (draws < 4)).all()
@@ -374,11 +256,9 @@ def test_discovery_excludes_exactly_the_touched_items():
 @pytest.mark.parametrize(
     "candidates",
     [
-        ["--hard_negatives=0"],
-        ["--hard_negatives=4"],
-        ["--row_negatives=2"],
-        # The supportive pairs train their branches' losses only.
-        ["--supportive_rows=branches", "--gating=gradient_aux"],
+        [],
+        # Each supportive branch also ranks its own behavior (auxiliary heads).
+        ["--gating=gradient_aux"],
     ],
 )
 def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, candidates):
@@ -390,7 +270,6 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, cand
             *tiny_quickstart(tmp_path, steps=10),
             "--loss=softmax",
             "--shared_negatives=64",
-            "--negative_distribution=popularity",
             *candidates,
             "--supportive_positive_weight=0",
             # Without views, some held-out buys were never touched: discovery has cases.
@@ -489,60 +368,6 @@ def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
             expected[b] += np.log(np.exp(x - x.max()).sum()) + x.max() - x[keep.index(b)]
     np.testing.assert_allclose(extra, 0.5 * expected, rtol=1e-4, atol=1e-5)
     assert extra[0] > 0 and extra[1] > 0 and extra[2] == 0
-
-
-def test_supportive_rows_train_only_their_branches_losses():
-    """supportive_rows='branches': a row whose positive has no target
-    feedback adds its branches' losses alone; a target row adds the target's
-    loss (its user's supportive pairs valid negatives) and its branches'."""
-    scorer = _scorer("mmf", gating="gradient_aux")
-    transfer = ranking.Ranker(
-        scorer, loss="softmax", branch_loss_weight=0.5, target_rows_only=True, positive_bits=1
-    )
-    aux_only = ranking.Ranker(scorer, loss="softmax", branch_loss_weight=0.5)
-    plain = ranking.Ranker(scorer, loss="softmax")
-    users = np.array([0, 1, 2], np.int32)
-    candidates = np.array([3, 4, 5, 6, 7], np.int32)
-    bits = np.zeros((3, 5), np.int32)
-    bits[0, 0] = 0b011  # bought and carted
-    bits[1, 1] = 0b010  # only carted: a supportive row
-    bits[2, 2] = 0b001
-    bits[2, 4] = 0b100  # user 2 faved item 7: still a negative of the target
-    log_q = np.log(np.array([0.2, 0.2, 0.1, 0.3, 0.2], np.float32))
-    batch = _softmax_batch(users, candidates, bits, log_q)
-    got = transfer._softmax_losses(batch, training=False)[0].numpy()
-    branch_part = (
-        aux_only._softmax_losses(batch, training=False)[0]
-        - plain._softmax_losses(batch, training=False)[0]
-    ).numpy()
-    grid = models.score_grid(scorer, users, candidates).numpy()
-    target_part = _numpy_softmax_loss(grid, log_q, candidates, bits, 1, 1.0)
-    is_target = np.array([1.0, 0.0, 1.0])
-    np.testing.assert_allclose(got, is_target * target_part + branch_part, rtol=1e-4, atol=1e-5)
-    assert got[1] > 0 and branch_part[1] > 0 and branch_part[2] == 0
-
-
-def test_supportive_rows_for_the_branches_need_branch_losses():
-    with pytest.raises(ValueError, match="gradient_aux"):
-        ranking.Ranker(_scorer("mmf"), loss="softmax", target_rows_only=True)
-    # One branch has no supportive branch to train on those rows.
-    with pytest.raises(ValueError, match="supportive branches"):
-        ranking.Ranker(
-            _scorer("ncf", gating="gradient_aux"),
-            loss="softmax",
-            branch_loss_weight=0.5,
-            target_rows_only=True,
-        )
-    with pytest.raises(ValueError, match="supportive_rows"):
-        config_lib.TrainConfig(
-            loss="bpr", supportive_positive_weight=0.5, supportive_rows="branches"
-        )
-    with pytest.raises(ValueError, match="supportive_rows"):
-        config_lib.TrainConfig(loss="softmax", supportive_rows="branches")
-    train = config_lib.TrainConfig(
-        loss="softmax", supportive_positive_weight=0.5, supportive_rows="branches"
-    )
-    assert ranking.positive_bits(train, BEHAVIORS) == 1
 
 
 def test_mf_part_starts_at_the_als_factors():
@@ -673,85 +498,6 @@ def test_eval_cases_take_the_training_index_keys_as_the_touched_pairs():
     np.testing.assert_array_equal(built.touched_keys, index.keys)
     assert reused.touched_keys is index.keys
     np.testing.assert_array_equal(built.candidates, reused.candidates)
-
-
-def test_held_out_positives_are_per_user_draws_the_als_never_sees():
-    split = test_samplers._split()
-    index = training_index.TrainingIndex.from_split(split)
-    held = training_index.hold_out_positives(index, 1, seed=3)
-    counts = np.bincount(index.pos_users, minlength=split.num_users)
-    users = held // split.num_items
-    # One pair of each user with 3+ target pairs, none of the others.
-    np.testing.assert_array_equal(users, np.flatnonzero(counts >= 3))
-    assert np.isin(held, index.keys[(index.bits & 1) == 1]).all()
-    np.testing.assert_array_equal(held, training_index.hold_out_positives(index, 1, seed=3))
-    # Every user keeps 2 target pairs out of the draw, whatever is asked.
-    many = training_index.hold_out_positives(index, 100, seed=3)
-    np.testing.assert_array_equal(
-        np.bincount(many // split.num_items, minlength=split.num_users),
-        np.where(counts >= 3, counts - 2, 0),
-    )
-    # The residual trains on the held-out pairs; gates and masks keep them all.
-    restricted = training_index.with_positives(index, held)
-    np.testing.assert_array_equal(
-        restricted.pos_users.astype(np.int64) * split.num_items + restricted.pos_items, held
-    )
-    assert restricted.keys is index.keys and restricted.bits is index.bits
-    # The ALS split loses exactly the held-out buy records, no supportive one.
-    fitted = splits_lib.without_target_pairs(split, held)
-    keys = splits_lib.pair_keys(split.train_users, split.train_items, split.num_items)
-    dropped = (split.train_branches == 0) & np.isin(keys, held)
-    assert len(fitted.train_users) == len(split.train_users) - dropped.sum() > 0
-    fitted_keys = splits_lib.pair_keys(fitted.train_users, fitted.train_items, split.num_items)
-    assert not np.isin(held, fitted_keys[fitted.train_branches == 0]).any()
-    np.testing.assert_array_equal(
-        np.sort(fitted_keys[fitted.train_branches != 0]), np.sort(keys[split.train_branches != 0])
-    )
-
-
-def test_als_holdout_trains_the_residual_on_pairs_the_als_did_not_fit(tmp_path):
-    from mmrec_tf import cli
-    from mmrec_tf import run as run_lib
-
-    args = [
-        *_als_start_args(tmp_path),
-        "--mf_init=als_fixed",
-        "--als_holdout=1",
-        "--als_cache_dir=" + str(tmp_path / "als"),
-    ]
-    results = run_lib.run(cli.config_from_flags(_flags(args)))
-    held = results["als_holdout"]
-    assert held["per_user"] == 1 and 0 < held["positives"] <= results["num_users"]
-    # The cached ALS fit is of the training data without the held-out pairs.
-    from mmrec_tf.pipelines import loading
-
-    config = cli.config_from_flags(_flags(args))
-    _, split = loading.load(config.data, work_dir=str(tmp_path / "again"))
-    index = training_index.TrainingIndex.from_split(split)
-    keys = training_index.hold_out_positives(index, 1, config.train.seed)
-    assert len(keys) == held["positives"]
-    from mmrec_tf import baselines
-
-    _, _, _, path = baselines.fit_factors(
-        splits_lib.without_target_pairs(split, keys),
-        baselines.als_config(config.model, config.train.seed),
-        cache_dir=str(tmp_path / "als"),
-    )
-    assert len(list((tmp_path / "als").iterdir())) == 1 and path.startswith(str(tmp_path))
-    with pytest.raises(ValueError, match="als_holdout"):
-        run_lib.run(
-            cli.config_from_flags(
-                _flags(
-                    [
-                        *args,
-                        "--supportive_positive_weight=0.5",
-                        "--model_dir=" + str(tmp_path / "b"),
-                    ]
-                )
-            )
-        )
-    with pytest.raises(ValueError, match="als_holdout"):
-        config_lib.ModelConfig(als_holdout=1)
 
 
 @pytest.mark.parametrize("behavior_init", ["touched_first", "validated"])
