@@ -66,11 +66,6 @@ OBJECTIVES = (
         {"loss": "softmax", "shared_negatives": 1024},
         lambda b: b + 1024,
     ),
-    (
-        "softmax, 1024 shared, full model, whole-data term",
-        {"loss": "softmax", "shared_negatives": 1024, "whole_data_weight": 0.01},
-        lambda b: b + 1024,
-    ),
 )
 
 

@@ -61,11 +61,7 @@ def as_scorer(
         num_items=num_items,
         behaviors=behaviors,
     )
-    mf, _, _, head = models.parts(model)
-    mf.user_embedding.set_weights([np.asarray(users, np.float32)])
-    mf.item_embedding.set_weights([np.asarray(items, np.float32)])
-    head.set_weights([np.ones((dim, 1), np.float32), np.zeros(1, np.float32)])
+    model.start_from_factors(users, items)
     if step is not None:
-        bias = models.behavior_bias(model)
-        bias.kernel.assign(np.full(behaviors.num_behaviors - 1, step, np.float32))
+        model.set_behavior_offsets(np.full(behaviors.num_behaviors - 1, step, np.float32))
     return model

@@ -194,7 +194,7 @@ class ServingModule(tf.Module):
         all_items = tf.range(num_items, dtype=tf.int32)
         self.index.index(candidate_tower(all_items), identifiers=all_items)
         self.num_items = num_items
-        self.behavior_features = models.behavior_bias(scorer) is not None
+        self.behavior_features = scorer.behavior_bias is not None
         if self.behavior_features:
             if pair_keys is None or pair_bits is None:
                 raise ValueError(
@@ -350,7 +350,7 @@ def from_training(
     keys = splits_lib.train_target_keys(split)
     row_splits = training_index.row_offsets(keys, split.num_users, split.num_items)
     pairs = {}
-    if models.behavior_bias(scorer) is not None:
+    if scorer.behavior_bias is not None:
         index = training_index.TrainingIndex.from_split(split)
         pairs = {"pair_keys": index.keys, "pair_bits": index.bits}
     return ServingModule(

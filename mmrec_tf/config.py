@@ -14,8 +14,8 @@ from typing import Any
 DATA_FORMATS = ("userbehavior", "tsv", "csv", "synthetic")
 BAD_RECORD_POLICIES = ("error", "skip")
 MODELS = ("mmf", "ncf", "gmf", "mlp", "als", "popular", "cascade")
-GATINGS = ("gradient", "gradient_aux", "forward", "none")
-BEHAVIOR_INITS = ("zero", "lift", "touched_first", "validated")
+GATINGS = ("gradient", "gradient_aux", "none")
+BEHAVIOR_INITS = ("zero", "touched_first")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
 MF_INITS = ("random", "als", "als_fixed")
@@ -54,6 +54,7 @@ RETIRED = {
     "train.optimizer": "lazy_adam",
     "train.row_negatives": 0,
     "train.supportive_rows": "positives",
+    "train.whole_data_weight": 0.0,
 }
 
 
@@ -209,11 +210,7 @@ class ModelConfig:
         supportive branch: with `bpr`/`logloss` it predicts the target on
         the gated examples; with `softmax` it learns to rank the branch's own
         behavior over the candidates, and the fusion carries that to the
-        target), `forward` (supportive branch t's output is multiplied by
-        the pair's feedback t in every pass, training and serving: it
-        speaks only for the pairs with its behavior, and so learns only from
-        them; needs `behavior_features`, whose lookup gives serving the
-        pairs' behaviors), `none` (ablation).
+        target), `none` (ablation).
       branch_loss_weight: weight of each auxiliary branch loss.
       init_stddev: standard deviation of the N(0, s) weight initializer.
       l2: L2 penalty on the embeddings a batch looks up.
@@ -227,14 +224,10 @@ class ModelConfig:
         behavior the user had with the item in the training data (a cart or
         view before the buy): `logit += sum_s w_s * [user had behavior s with
         item]`. Evaluation and serving look these up in the training data.
-      behavior_init: where the offsets w start: `zero`, or `lift`, the
-        training data's log-odds of a buy with the behavior over without any
-        (`models.behavior_lift`), so training starts from "touched items
-        first"; with `mf_init` als or als_fixed, `touched_first` (each
-        offset at twice the bound of the ALS scores: the start is the
-        "ALS, touched items first" ranking) or `validated` (whichever of
-        `zero` and `touched_first` scores higher on the validation cases,
-        under the early-stopping protocol).
+      behavior_init: where the offsets w start: `zero`, or, with `mf_init`
+        als or als_fixed, `touched_first` (each offset at twice the bound of
+        the ALS scores: the start is the "ALS, touched items first"
+        ranking).
       als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
@@ -298,24 +291,26 @@ class ModelConfig:
         _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
         _check(self.gating in GATINGS, "gating", self.gating, f"one of {GATINGS}")
         _check(
-            self.gating != "forward" or self.behavior_features,
-            "gating",
-            self.gating,
-            "'forward' only with --behavior_features (serving must know each pair's behaviors)",
-        )
-        _check(
             self.behavior_init in BEHAVIOR_INITS,
             "behavior_init",
             self.behavior_init,
             f"one of {BEHAVIOR_INITS}",
         )
         _check(
-            self.behavior_init not in ("touched_first", "validated")
+            self.behavior_init != "touched_first"
             or (self.behavior_features and self.mf_init != "random"),
             "behavior_init",
             self.behavior_init,
-            "zero or lift, unless --behavior_features and --mf_init=als or als_fixed "
+            "zero, unless --behavior_features and --mf_init=als or als_fixed "
             "(the touched-first offsets are set from the ALS scores' bound)",
+        )
+        _check(
+            self.mf_init == "random"
+            or (self.model in ("mmf", "ncf", "gmf") and not self.history_length),
+            "mf_init",
+            self.mf_init,
+            "random unless the model has an MF part without user histories (the ALS user "
+            "factor is the whole user vector): --model=mmf|ncf|gmf with --history_length=0",
         )
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
@@ -360,11 +355,6 @@ class TrainConfig:
         loss weight is the sum of the weights of its behaviors (the
         multi-behavior ALS's confidence). Empty: target pairs with weight 1,
         plus supportive-only pairs at `supportive_positive_weight`.
-      whole_data_weight: weight of the whole-data term: for each batch row,
-        the sum over every item of the catalog of the squared factorized
-        (MF) part of the logit, divided by the user's number of positives
-        (so each user counts once per epoch), computed exactly with the
-        item Gramian. Pushes every untouched item down at every step.
       supportive_negative_ratio: fraction of negatives drawn from items the
         user touched only through supportive feedback (1.0 is the paper's
         sampler); the rest are uniform over items the user never touched.
@@ -405,7 +395,6 @@ class TrainConfig:
     shared_negatives: int = 1024
     temperature: float = 1.0
     behavior_weights: tuple[tuple[str, float], ...] = ()
-    whole_data_weight: float = 0.0
     supportive_negative_ratio: float = 1.0
     supportive_positive_weight: float = 0.0
     early_stopping_patience: int = 3
@@ -427,7 +416,6 @@ class TrainConfig:
         _check(self.num_negatives >= 1, "num_negatives", self.num_negatives, ">= 1")
         _check(self.shared_negatives >= 0, "shared_negatives", self.shared_negatives, ">= 0")
         _check(self.temperature > 0, "temperature", self.temperature, "> 0")
-        _check(self.whole_data_weight >= 0, "whole_data_weight", self.whole_data_weight, ">= 0")
         names = [name for name, _ in self.behavior_weights]
         _check(
             len(set(names)) == len(names) and all(w >= 0 for _, w in self.behavior_weights),

@@ -83,7 +83,7 @@ class Scorer:
         self.batch_size = batch_size
         self.index = index
         self.num_behaviors = num_behaviors
-        self.behavior_features = models.behavior_bias(scorer) is not None
+        self.behavior_features = scorer.behavior_bias is not None
         if self.behavior_features and index is None:
             raise ValueError(
                 "the scorer has behavior features: pass index=TrainingIndex of its training data."

@@ -249,32 +249,6 @@ class GradientGate(tf_keras.layers.Layer):
         return gate_gradient(*inputs)
 
 
-@tf_keras.utils.register_keras_serializable(package="mmrec_tf")
-class ForwardGate(tf_keras.layers.Layer):
-    """Multiplies each example by its gate, in the forward pass too.
-
-    A supportive branch passed through this gate adds to the score only for
-    the pairs with its behavior (and so learns only from them); serving
-    needs the pairs' behaviors.
-
-    Call args:
-      inputs: (x [batch_size, d], mask [batch_size] in {0, 1}).
-    """
-
-    def call(self, inputs):
-        return gate_forward(*inputs)
-
-
-def gate_forward(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Each x[..., :] times mask[...], forward and backward.
-
-    Args:
-      x: [..., d] values (a batch of pairs, or a [users, items] grid of them).
-      mask: [...] 0/1 gates of the pairs.
-    """
-    return x * tf.cast(mask, x.dtype)[..., None]
-
-
 def gate_gradient(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Identity forward; the gradient of each x[..., :] scaled by mask[...].
 

@@ -117,9 +117,7 @@ class Scorer(tf_keras.Model):
                 tower.item_embedding = towers[0].item_embedding
             towers.append(tower)
             x = tower((user, item))
-            if t > 0 and config.gating == "forward":
-                x = layers.ForwardGate(name=f"gate_{name}")((x, gate[:, t]))
-            elif t > 0 and config.gating != "none":
+            if t > 0 and config.gating != "none":
                 x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))
             branch_outputs.append(x)
         if len(branch_outputs) > 1:
@@ -197,6 +195,90 @@ class Scorer(tf_keras.Model):
         """Assigns each part its training history (see `set_histories`)."""
         set_histories(self, histories, target=self.behaviors.target)
 
+    # Warm starts: how a run sets this scorer's weights before training.
+
+    def start_from_factors(
+        self, user_factors: np.ndarray, item_factors: np.ndarray, *, trainable: bool = True
+    ) -> None:
+        """Starts the MF part at fitted factors, so the first logit is their dot product.
+
+        The MF tables take the factors; the head's MF weights start at 1, its
+        other weights and its bias at 0, so the branches start as a zero
+        residual (plus the behavior offsets, when there are any) and training
+        can only move away from the factors' ranking where the loss says so.
+
+        Args:
+          user_factors: [num_users, mf_dim] (e.g. the multi-behavior ALS's).
+          item_factors: [num_items, mf_dim].
+          trainable: False holds the MF tables at the factors (a residual
+            model: only the branches, fusion, head and offsets learn).
+
+        Raises:
+          ValueError: without an MF part, with user histories (the factor is
+            then not the whole user vector), or for factors of another shape.
+        """
+        mf = self.mf
+        if mf is None or mf.history_length:
+            raise ValueError(
+                "starting from fitted factors needs an MF part without user histories (the "
+                "factor is the whole user vector): use --model=mmf|ncf|gmf with "
+                "--history_length=0."
+            )
+        want = [(self.num_users, mf.embedding_dim), (self.num_items, mf.embedding_dim)]
+        got = [tuple(np.shape(user_factors)), tuple(np.shape(item_factors))]
+        if got != want:
+            raise ValueError(
+                f"factors of shapes {got} cannot start an MF part of shapes {want}: fit them "
+                "with --mf_dim factors on this run's data."
+            )
+        mf.user_embedding.embeddings.assign(np.asarray(user_factors, np.float32))
+        mf.item_embedding.embeddings.assign(np.asarray(item_factors, np.float32))
+        kernel = np.zeros(self.head.dense.kernel.shape, np.float32)
+        kernel[: mf.embedding_dim] = 1.0
+        self.head.dense.kernel.assign(kernel)
+        self.head.dense.bias.assign(np.zeros(self.head.dense.bias.shape, np.float32))
+        mf.user_embedding.trainable = trainable
+        mf.item_embedding.trainable = trainable
+
+    def touched_first_offset(self) -> float:
+        """An offset that puts any touched item above any untouched one.
+
+        Twice the bound of the MF part's scores (the largest user norm times
+        the largest item norm), plus 1: with every supportive offset at it, a
+        scorer started from factors ranks "touched items first", the factors'
+        order within each group.
+        """
+        users = self.mf.user_embedding.embeddings.numpy()
+        items = self.mf.item_embedding.embeddings.numpy()
+        bound = float(np.linalg.norm(users, axis=1).max() * np.linalg.norm(items, axis=1).max())
+        return 2.0 * bound + 1.0
+
+    def set_behavior_offsets(self, offsets) -> None:
+        """Sets the behavior offsets, one per supportive behavior in branch order.
+
+        Raises:
+          ValueError: for a scorer without behavior features, or a count
+            other than its supportive behaviors'.
+        """
+        if self.behavior_bias is None:
+            raise ValueError(
+                "this scorer has no behavior offsets: build it with --behavior_features."
+            )
+        offsets = np.asarray(offsets, np.float32).reshape(-1)
+        if offsets.shape != tuple(self.behavior_bias.kernel.shape):
+            raise ValueError(
+                f"{offsets.size} offsets for {self.behavior_bias.kernel.shape[0]} supportive "
+                f"behaviors {self.behaviors.supportive}."
+            )
+        self.behavior_bias.kernel.assign(offsets)
+
+    def behavior_offsets(self) -> dict | None:
+        """{supportive behavior: its offset in logits}, or None without behavior features."""
+        if self.behavior_bias is None:
+            return None
+        values = self.behavior_bias.kernel.numpy()
+        return {b: float(w) for b, w in zip(self.behaviors.supportive, values)}
+
 
 def require_supportive(behaviors: schema.BehaviorSchema) -> None:
     """Behavior features need supportive behaviors to look up."""
@@ -221,37 +303,6 @@ def set_histories(scorer: Scorer, histories: dict, *, target: str) -> None:
     for name, tower in zip(scorer.branch_names, scorer.towers):
         if tower.history_length:
             tower.set_history(histories[name])
-
-
-def parts(scorer: Scorer):
-    """(MF layer or None, towers in branch order, fusion or None, head) of a scorer."""
-    return scorer.mf, list(scorer.towers), scorer.fusion, scorer.head
-
-
-def behavior_bias(scorer: Scorer):
-    """The scorer's `BehaviorBias` layer, or None without behavior features."""
-    return scorer.behavior_bias
-
-
-def behavior_lift(index) -> np.ndarray:
-    """[S] log-odds of a buy given each supportive behavior over given none.
-
-    Over the training data (`pipelines.training_index.TrainingIndex`): for behavior
-    s, logit(P(buy | the user had s with the item)) - logit(P(buy | the user
-    had no supportive behavior with it)), the second over every other cell of
-    the user x item matrix; add-one smoothed.
-    """
-    bought = (index.bits & 1).astype(bool)
-    supportive = index.bits >> 1
-    lifts = []
-    cells = float(index.num_users) * index.num_items
-    touched = supportive != 0
-    p0 = (bought[~touched].sum() + 1.0) / (cells - touched.sum() + 2.0)
-    for s in range(index.num_behaviors - 1):
-        has = (supportive >> s) & 1 == 1
-        p1 = (bought[has].sum() + 1.0) / (has.sum() + 2.0)
-        lifts.append(np.log(p1 / (1 - p1)) - np.log(p0 / (1 - p0)))
-    return np.asarray(lifts, np.float32)
 
 
 def score_grid(
@@ -287,7 +338,7 @@ def score_grid(
       target history keeps it in the history mean (pairwise scoring leaves
       it out); full ranking never ranks those items.
     """
-    mf, towers, fusion, head = parts(scorer)
+    mf, towers, fusion, head = scorer.mf, scorer.towers, scorer.fusion, scorer.head
     # The head is linear: its MF rows make the MF part a [U, d] x [d, I]
     # matrix product (no [U, I, d] tensor); the rest goes through its other rows.
     kernel = tf.cast(head.dense.kernel[:, 0], tf.float32)
@@ -298,14 +349,7 @@ def score_grid(
         rows = mf.embedding_dim
     branches = [tower.grid(users, items) for tower in towers]
     raw = list(branches)
-    gated = training and scorer_gating(scorer)
-    if forward_gating(scorer):
-        if gates is None:
-            raise ValueError("a forward-gated scorer scores a grid with the pairs' gates.")
-        branches = [branches[0]] + [
-            layers.gate_forward(x, gates[..., t]) for t, x in enumerate(branches) if t > 0
-        ]
-    elif gated:
+    if training and scorer_gating(scorer):
         if gates is None:
             raise ValueError("training on a grid needs the pairs' gates for the gradient gates.")
         branches = [branches[0]] + [
@@ -316,7 +360,7 @@ def score_grid(
         logits += tf.tensordot(tf.cast(rest, tf.float32), kernel[rows:], axes=1)
     if mf is None and rest is None:
         raise ValueError(f"model {scorer.name!r} has neither an MF part nor a branch.")
-    bias = behavior_bias(scorer)
+    bias = scorer.behavior_bias
     if bias is not None:
         if gates is None:
             raise ValueError("this scorer has behavior features: pass the pairs' gates.")
@@ -329,18 +373,12 @@ def scorer_gating(scorer: Scorer) -> bool:
     return any(isinstance(layer, layers.GradientGate) for layer in scorer.layers)
 
 
-def forward_gating(scorer: Scorer) -> bool:
-    """Whether the scorer's supportive branches are multiplied by their pairs' gates."""
-    return any(isinstance(layer, layers.ForwardGate) for layer in scorer.layers)
-
-
 def grid_l2(scorer: Scorer, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """The L2 penalty of a grid's rows: each part's `l2` times the squared user
     and item vectors looked up, over the number of users (as the pairwise
     call's penalty is over its batch)."""
-    mf, towers, _, _ = parts(scorer)
     total = tf.constant(0.0)
-    for part in [mf, *towers]:
+    for part in [scorer.mf, *scorer.towers]:
         if part is None or not part.l2:
             continue
         squares = tf.reduce_sum(tf.square(part.user_vector(users))) + tf.reduce_sum(
@@ -359,36 +397,9 @@ def _query_vectors(mf, head, users: tf.Tensor) -> tf.Tensor:
 
 def factorized_grid(scorer: Scorer, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
     """[U, I] the MF part of the logit, <p_u * w, q_i>, for every pair (the retrieval stage)."""
-    mf, _, _, head = parts(scorer)
-    v = _query_vectors(mf, head, users)
+    mf = scorer.mf
+    v = _query_vectors(mf, scorer.head, users)
     return tf.matmul(v, mf.item_embedding(items), transpose_b=True)
-
-
-def whole_data_term(scorer: Scorer, users: tf.Tensor) -> tf.Tensor:
-    """[batch] sum over every catalog item of the squared MF part of the logit.
-
-    The MF part of user u's logit for item i is <p_u * w, q_i> (w: the head's
-    MF weights), so sum_i <p_u * w, q_i>^2 = v_u^T (Q^T Q) v_u with
-    v_u = p_u * w: O(d^2) per user after the [d, d] Gramian of the item table,
-    O(num_items d^2), instead of a score per item.
-
-    Args:
-      scorer: a model from `build_model` with an MF part.
-      users: [batch] user indices.
-
-    Raises:
-      ValueError: for a scorer without an MF part.
-    """
-    mf, _, _, head = parts(scorer)
-    if mf is None:
-        raise ValueError(
-            f"whole_data_weight needs an MF part, and model {scorer.name!r} has none: "
-            "use mmf, ncf or gmf, or set --whole_data_weight=0."
-        )
-    v = _query_vectors(mf, head, users)
-    table = mf.item_embedding.embeddings
-    gram = tf.matmul(table, table, transpose_a=True)
-    return tf.reduce_sum(tf.matmul(v, gram) * v, axis=-1)
 
 
 def retrieval_towers(scorer: Scorer) -> tuple[tf_keras.Model, tf_keras.Model]:

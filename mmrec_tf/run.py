@@ -215,12 +215,6 @@ def build(config: config_lib.ExperimentConfig, split, strategy: tf.distribute.St
             target=split.behaviors.target,
         )
     index = training_index.TrainingIndex.from_split(split)
-    bias = models.behavior_bias(ranker.scorer)
-    if bias is not None and config.model.behavior_init == "lift":
-        lift = models.behavior_lift(index)
-        bias.kernel.assign(lift)
-        start = {b: round(float(w), 3) for b, w in zip(split.behaviors.behaviors[1:], lift)}
-        print(f"behavior feature weights start at {start}")
     return ranker, index
 
 
@@ -229,12 +223,10 @@ def fit(
 ) -> None:
     """Step 3: the ALS start when asked, then training with validation; into `results`."""
     if config.model.mf_init != "random":
-        seconds = _start_from_als(ranker.scorer, config, split)
-        results["seconds"]["mf_init"] = round(seconds, 2)
-        if config.model.behavior_init in ("touched_first", "validated"):
-            results["behavior_init"] = _touched_first_start(
-                ranker.scorer, config, score, valid_cases
-            )
+        start = _start_from_als(ranker.scorer, config, split)
+        results["seconds"]["mf_init"] = start.pop("seconds")
+        if start:
+            results["behavior_init"] = {**start, "kept": "touched_first"}
     epochs_validated = [0]
 
     def validation():
@@ -259,13 +251,10 @@ def fit(
     results["train"]["weights_sum_abs"] = float(
         sum(np.abs(w).sum(dtype=np.float64) for w in ranker.scorer.get_weights())
     )
-    bias = models.behavior_bias(ranker.scorer)
-    if bias is not None:
+    offsets = ranker.scorer.behavior_offsets()
+    if offsets is not None:
         # The kept epoch's offsets, in logits, per supportive behavior.
-        results["train"]["behavior_weights"] = {
-            b: round(float(w), 4)
-            for b, w in zip(split.behaviors.behaviors[1:], bias.kernel.numpy())
-        }
+        results["train"]["behavior_weights"] = {b: round(w, 4) for b, w in offsets.items()}
 
 
 def test(config, ranker, index, split, results, score, valid_cases) -> None:
@@ -301,73 +290,33 @@ def _validation_metrics(config: config_lib.ExperimentConfig, score, valid_cases)
     )[protocol]
 
 
-def _touched_first_start(scorer, config: config_lib.ExperimentConfig, score, valid_cases) -> dict:
-    """--behavior_init=touched_first|validated: the offsets of the ALS start.
+def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> dict:
+    """--mf_init=als|als_fixed: the scorer starts at the ALS (`--als_*` flags) it is fitted here.
 
-    Each offset at twice the bound of the MF part's scores makes any touched
-    item outrank any untouched one, the ALS ranking within each group (the
-    "ALS, touched items first" baseline). `validated` keeps it only if it
-    beats the offsets at 0 on the validation cases (a tie keeps 0).
+    `Scorer.start_from_factors` makes the first logit the ALS score (the
+    branches a zero residual), `als_fixed` holding the MF tables there; with
+    --behavior_init=touched_first the offsets start at
+    `Scorer.touched_first_offset` ("ALS, touched items first"). The start is
+    validated as epoch 0. Only a fresh run starts so: a resumed run restores
+    its checkpoint over these values (the tables stay fixed either way).
+
+    Returns:
+      What was started, for results.json.
     """
-    mf = models.parts(scorer)[0]
-    users = mf.user_embedding.embeddings.numpy()
-    items = mf.item_embedding.embeddings.numpy()
-    bound = float(np.linalg.norm(users, axis=1).max() * np.linalg.norm(items, axis=1).max())
-    bias = models.behavior_bias(scorer)
-    touched = np.full(bias.kernel.shape, 2.0 * bound + 1.0, np.float32)
-    bias.kernel.assign(touched)
-    record = {"touched_first_offset": round(2.0 * bound + 1.0, 4)}
-    if config.model.behavior_init == "touched_first":
-        return {**record, "kept": "touched_first"}
-    if valid_cases is None:
-        raise ValueError(
-            "behavior_init=validated needs validation cases: keep --validation, or choose "
-            "--behavior_init=zero or touched_first."
-        )
-    figures = {}
-    for name, kernel in (("zero", np.zeros_like(touched)), ("touched_first", touched)):
-        bias.kernel.assign(kernel)
-        figures[name] = _validation_metrics(config, score, valid_cases)[train_lib.VALIDATION_METRIC]
-    kept = max(figures, key=figures.get)
-    bias.kernel.assign(touched if kept == "touched_first" else np.zeros_like(touched))
-    print(f"behavior offsets start {kept}: validation HR@10 {figures}")
-    return {**record, "validation_HR@10": figures, "kept": kept}
-
-
-def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> float:
-    """--mf_init=als|als_fixed: the MF part starts at the ALS factors (`--als_*` flags).
-
-    The head's MF weights start at 1 and its weights on the branches' fusion
-    at 0, so the first logit is the ALS score (plus the behavior offsets,
-    when there are any) and the branches start as a zero residual: training
-    can only move away from the ALS ranking where the loss says so, and the
-    start is validated as epoch 0. `als_fixed` keeps the MF tables at the
-    ALS factors. Only a fresh run starts so: a resumed run restores its
-    checkpoint over these values (the tables stay fixed either way).
-    """
-    mf, _, _, head = models.parts(scorer)
-    if mf is None or mf.history_length:
-        raise ValueError(
-            "mf_init='als' needs an MF part without user histories (the ALS user factor is "
-            "the whole user vector): use --model=mmf|ncf|gmf with --history_length=0."
-        )
     x, y, seconds, cached = baselines.fit_factors(
         split,
         baselines.als_config(config.model, config.train.seed),
         cache_dir=config.model.als_cache_dir,
         verbose=config.train.verbose > 0,
     )
-    mf.user_embedding.set_weights([x.astype(np.float32)])
-    mf.item_embedding.set_weights([y.astype(np.float32)])
-    kernel, bias = head.get_weights()
-    kernel[: mf.embedding_dim] = 1.0
-    kernel[mf.embedding_dim :] = 0.0
-    head.set_weights([kernel, bias])
-    if config.model.mf_init == "als_fixed":
-        mf.user_embedding.trainable = False
-        mf.item_embedding.trainable = False
+    scorer.start_from_factors(x, y, trainable=config.model.mf_init == "als")
     print(f"MF part starts at the ALS factors ({seconds:.1f} s{', ' + cached if cached else ''})")
-    return seconds
+    record = {"seconds": round(seconds, 2)}
+    if config.model.behavior_init == "touched_first":
+        offset = scorer.touched_first_offset()
+        scorer.set_behavior_offsets([offset] * len(split.behaviors.supportive))
+        record["touched_first_offset"] = round(offset, 4)
+    return record
 
 
 def _export(config, scorer, data, split, results: dict) -> None:

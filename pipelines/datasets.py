@@ -62,7 +62,7 @@ def training_dataset(
         step consumes the same global batch as without replicas.
 
     Returns:
-      A dataset of dicts with the training fields of `schema` (USER, POS_ITEM, POS_GATE, POS_WEIGHT, NEG_ITEM, NEG_GATE, USER_SHARE); each epoch
+      A dataset of dicts with the training fields of `schema` (USER, POS_ITEM, POS_GATE, POS_WEIGHT, NEG_ITEM, NEG_GATE); each epoch
       yields exactly `steps_per_epoch(index, config)` batches. With the
       `softmax` loss there are no per-example negatives; each batch holds
       its candidate set
@@ -110,20 +110,10 @@ def training_dataset(
             supportive_positive_weight=config.supportive_positive_weight,
             behavior_weights=weights,
         )
-        # Each user's share of the epoch: the whole-data term weighs a row by
-        # it, so every user's all-item sum counts once per epoch.
-        counts = np.bincount(positives.users, minlength=index.num_users)
-        share = (1.0 / np.maximum(counts, 1)).astype(np.float32)[positives.users]
         positives = positives[shard::num_shards]
-        return (
-            positives.users,
-            positives.items,
-            positives.weights,
-            positives.is_target,
-            share[shard::num_shards],
-        )
+        return positives.users, positives.items, positives.weights, positives.is_target
 
-    def draw(epoch, chunk, users, items, weights, is_target, share):
+    def draw(epoch, chunk, users, items, weights, is_target):
         examples = negatives.draw_examples(
             index,
             negatives.EpochPositives(users, items, weights, is_target),
@@ -131,17 +121,17 @@ def training_dataset(
             supportive_ratio=config.supportive_negative_ratio,
             rng=negatives.chunk_rng(config.seed, int(epoch), shard, int(chunk)),
         )
-        return tuple(examples[f] for f in _FIELDS) + (share,)
+        return tuple(examples[f] for f in _FIELDS)
 
     def candidates(epoch, chunk, batch, users, items):
         rng = np.random.default_rng([config.seed, int(epoch), shard, int(chunk), int(batch)])
         return shared.candidates(index, users, items, rng)
 
-    shapes = ([None], [None], [None, t], [None], [None, n], [None, n, t], [None])
+    shapes = ([None], [None], [None, t], [None], [None, n], [None, n, t])
 
     def one_epoch(epoch):
         positives = tf.numpy_function(
-            order, [epoch], (tf.int32, tf.int32, tf.float32, tf.bool, tf.float32), stateful=False
+            order, [epoch], (tf.int32, tf.int32, tf.float32, tf.bool), stateful=False
         )
         count = tf.shape(positives[0], out_type=tf.int64)[0]
         chunks = tf.maximum((count + chunk_size - 1) // chunk_size, 1)
@@ -149,11 +139,9 @@ def training_dataset(
         def one_chunk(chunk):
             start = chunk * chunk_size
             window = [p[start : start + chunk_size] for p in positives]
-            arrays = tf.numpy_function(
-                draw, [epoch, chunk, *window], _DTYPES + (tf.float32,), stateful=False
-            )
+            arrays = tf.numpy_function(draw, [epoch, chunk, *window], _DTYPES, stateful=False)
             tensors = {}
-            for name, array, shape in zip(_FIELDS + (schema.USER_SHARE,), arrays, shapes):
+            for name, array, shape in zip(_FIELDS, arrays, shapes):
                 array.set_shape(shape)
                 tensors[name] = array
             return tensors

@@ -22,7 +22,6 @@ POS_WEIGHT = "pos_weight"
 NEG_ITEM = "neg_item"
 NEG_GATE = "neg_gate"
 # 1 / the user's positives in the epoch (weighs the whole-data term).
-USER_SHARE = "user_share"
 # The softmax loss's per-batch candidate set (see negatives.SharedNegatives).
 CANDIDATES = "candidates"
 CANDIDATE_LOG_Q = "candidate_log_q"

@@ -197,11 +197,6 @@ def _suite_features(behaviors):
             "MMF + behavior features, half the negatives supportive-only",
             {**mmf, "behavior_features": True, "supportive_negative_ratio": 0.5},
         ),
-        # The offsets start from the data's lift: "touched items first".
-        Arm(
-            "MMF + behavior features from their lift",
-            {**mmf, "behavior_features": True, "behavior_init": "lift"},
-        ),
         # Early stopping and the kept epoch on the full-ranking validation
         # HR@10, which the flags move far more than the sampled one.
         Arm(

@@ -398,11 +398,10 @@ def _tiny_module(logit_scale=1.0, *, seen=(), top_k=3):
         num_items=5,
         behaviors=schema.BehaviorSchema("buy", ()),
     )
-    mf, _, _, head = models.parts(scorer)
-    mf.user_embedding.set_weights([np.ones((1, 1), np.float32)])
     # Item i scores logit_scale * (5 - i): item 0 first.
-    mf.item_embedding.set_weights([logit_scale * (5.0 - np.arange(5, dtype=np.float32))[:, None]])
-    head.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    scorer.start_from_factors(
+        np.ones((1, 1), np.float32), logit_scale * (5.0 - np.arange(5, dtype=np.float32))[:, None]
+    )
     return serving.ServingModule(
         scorer,
         user_tokens=np.array(["u"]),

@@ -59,7 +59,7 @@ def _served(scorer, loaded, split, path):
 
 
 def _set_bias(scorer, values):
-    models.behavior_bias(scorer).kernel.assign(np.asarray(values, np.float32))
+    scorer.set_behavior_offsets(values)
 
 
 def test_each_supportive_flag_adds_its_weight_and_the_target_flag_adds_nothing(data):
@@ -86,7 +86,7 @@ def test_gate_grid_equals_the_pairwise_gates(data):
     assert grid[..., 1:].sum() > 0  # some supportive pairs are in the grid
 
 
-@pytest.mark.parametrize("model,kwargs", [("mmf", {}), ("ncf", {}), ("mmf", {"gating": "forward"})])
+@pytest.mark.parametrize("model,kwargs", [("mmf", {}), ("ncf", {}), ("mmf", {"gating": "none"})])
 def test_grid_scores_equal_pairwise_scores_with_the_training_flags(data, model, kwargs):
     _, split, index = data
     scorer = _scorer(split, model=model, **kwargs)
@@ -102,36 +102,6 @@ def test_grid_scores_equal_pairwise_scores_with_the_training_flags(data, model, 
     _set_bias(scorer, np.zeros(split.behaviors.num_behaviors - 1))
     np.testing.assert_allclose(plain.grid(users, items)[~flagged], grid[~flagged], atol=1e-4)
     assert np.all(plain.grid(users, items)[flagged] < grid[flagged])
-
-
-def test_a_forward_gated_branch_moves_only_the_pairs_with_its_behavior(data, tmp_path):
-    loaded, split, index = data
-    scorer = _scorer(split, gating="forward")
-    score = evaluate.Scorer(scorer, split.behaviors.num_behaviors, index=index)
-    users, items = np.arange(0, 40, 2), np.arange(split.num_items)
-    before = score.grid(users, items)
-    gates = index.gate_grid(users, items)
-    _, towers, _, _ = models.parts(scorer)
-    for t in range(1, len(towers)):
-        for weight in towers[t].trainable_weights:
-            weight.assign(weight * 3.0 + 0.05)
-        after = score.grid(users, items)
-        has = gates[..., t] > 0
-        assert has.any() and (~has).any()
-        # Pairs without behavior t keep their score; those with it move.
-        np.testing.assert_allclose(after[~has], before[~has], atol=1e-5)
-        assert np.abs(after[has] - before[has]).max() > 1e-3
-        before = after
-    # Served as evaluated: the SavedModel looks up each pair's behaviors.
-    served = _served(scorer, loaded, split, str(tmp_path / "forward"))
-    pairs_u, pairs_i = np.repeat(users, len(items)), np.tile(items, len(users))
-    got = served.signatures["serving_default"](
-        user_id=tf.constant(loaded.user_vocab.tokens[pairs_u].astype(str)),
-        item_id=tf.constant(loaded.item_vocab.tokens[pairs_i].astype(str)),
-    )["logit"].numpy()
-    np.testing.assert_allclose(got, before.reshape(-1), atol=1e-4)
-    with pytest.raises(ValueError, match="behavior_features"):
-        config_lib.ModelConfig(gating="forward")
 
 
 def test_a_scorer_with_features_needs_the_index_and_the_data_supportive_behaviors(data):
@@ -161,7 +131,7 @@ def test_training_learns_that_supportive_pairs_are_bought(data, tmp_path):
     train_lib.train(ranker=ranker, index=index, config=config.train, model_dir=str(tmp_path))
     # The offsets start at 0; supportive pairs are positives (weighted) and
     # uniform negatives never have a flag, so every offset rises.
-    assert np.all(models.behavior_bias(ranker.scorer).kernel.numpy() > 0.0)
+    assert all(w > 0.0 for w in ranker.scorer.behavior_offsets().values())
 
 
 def test_serving_scores_with_the_flags_and_recommends_touched_items(data, tmp_path):
@@ -249,26 +219,6 @@ def test_main_runs_the_fitted_models_with_features(tmp_path, model):
     else:
         assert results["train"]["behavior_features"] is True
     assert 0 < results["test"]["sampled"]["HR@10"] <= 1
-
-
-def test_lift_is_the_log_odds_of_a_buy_with_each_behavior_over_without_any(data):
-    _, split, index = data
-    grid = index.gate_grid(np.arange(split.num_users), np.arange(split.num_items))
-    bought, flags = grid[..., 0] == 1, grid[..., 1:] == 1
-    none = ~flags.any(-1)
-
-    def logit(hits, n):
-        p = (hits + 1.0) / (n + 2.0)
-        return np.log(p / (1 - p))
-
-    base = logit(bought[none].sum(), none.sum())
-    want = [
-        logit(bought[flags[..., s]].sum(), flags[..., s].sum()) - base
-        for s in range(flags.shape[-1])
-    ]
-    lift = models.behavior_lift(index)
-    np.testing.assert_allclose(lift, want, rtol=1e-5)
-    assert np.all(lift > 0)  # on this data every supportive behavior predicts a buy
 
 
 def test_main_records_the_learned_offsets_of_the_kept_epoch(tmp_path):

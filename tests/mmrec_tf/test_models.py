@@ -9,6 +9,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import models
 from mmrec_tf import optimizers
 from mmrec_tf import ranking
+from mmrec_tf import tasks
 from mmrec_tf.pipelines import schema
 
 BEHAVIORS = schema.BehaviorSchema("buy", ("cart", "fav"))
@@ -37,7 +38,7 @@ def _batch(cart_gate: float):
 
 def _tower_change_after_step(gating, cart_gate, tower):
     tf_keras.utils.set_random_seed(0)
-    ranker = ranking.Ranker(_scorer(gating=gating), loss="bpr")
+    ranker = ranking.Ranker(_scorer(gating=gating), task=tasks.PairwiseTask("bpr"))
     ranker.compile(optimizer=optimizers.LazyAdam(learning_rate=0.01))
     before = [w.numpy().copy() for w in ranker.scorer.get_layer(tower).weights]
     ranker.fit(tf.data.Dataset.from_tensors(_batch(cart_gate)), epochs=1, verbose=0)
@@ -72,8 +73,8 @@ def test_aux_heads_add_a_gated_branch_loss():
     tf_keras.utils.set_random_seed(0)
     scorer = _scorer(gating="gradient_aux")
     assert scorer.output[schema.BRANCH_LOGITS].shape[-1] == 2
-    with_aux = ranking.Ranker(scorer, branch_loss_weight=1.0)
-    without = ranking.Ranker(scorer, branch_loss_weight=0.0)
+    with_aux = ranking.Ranker(scorer, task=tasks.PairwiseTask("bpr", branch_loss_weight=1.0))
+    without = ranking.Ranker(scorer, task=tasks.PairwiseTask("bpr"))
     loss_aux = with_aux._compute_losses(_batch(1.0), training=False)[0]
     loss = without._compute_losses(_batch(1.0), training=False)[0]
     assert float(loss_aux) > float(loss)
@@ -224,7 +225,7 @@ def test_shared_embeddings_give_every_branch_one_pair_of_tables():
     assert own.count_params() - shared.count_params() == 2 * per_pair
     # The gate still holds a supportive branch's MLP still when its gate is off.
     tf_keras.utils.set_random_seed(0)
-    ranker = ranking.Ranker(shared, loss="bpr")
+    ranker = ranking.Ranker(shared, task=tasks.PairwiseTask("bpr"))
     ranker.compile(optimizer=optimizers.LazyAdam(learning_rate=0.01))
     layer = shared.get_layer("tower_cart")
     before = [w.numpy().copy() for w in layer.trainable_weights if "embedding" not in w.name]

@@ -12,6 +12,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import models
 from mmrec_tf import ranking
+from mmrec_tf import tasks
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import negatives
 from mmrec_tf.pipelines import schema
@@ -96,7 +97,7 @@ def _numpy_softmax_loss(logits, log_q, candidates, bits, positive_bits, temperat
 @pytest.mark.parametrize("positive_bits", [1, 0b111])
 def test_softmax_loss_matches_a_numpy_reference(positive_bits):
     scorer = _scorer("gmf")
-    ranker = ranking.Ranker(scorer, loss="softmax", temperature=0.5, positive_bits=positive_bits)
+    task = tasks.SoftmaxTask(temperature=0.5, positive_bits=positive_bits)
     users = np.array([0, 1, 2, 1], np.int32)
     # Column 3 repeats row 0's item (an accidental hit for row 0); column 5 is
     # item 4 again, row 3's positive.
@@ -108,7 +109,7 @@ def test_softmax_loss_matches_a_numpy_reference(positive_bits):
         bits[b, b] |= 0b001
     log_q = np.log(np.array([0.3, 0.1, 0.2, 0.3, 0.05, 0.3, 0.01], np.float32))
     batch = _softmax_batch(users, candidates, bits, log_q)
-    per_example, _ = ranker._softmax_losses(batch, training=True)
+    per_example, _, _ = task(scorer, batch, training=True)
     grid = models.score_grid(scorer, users, candidates).numpy()
     expected = _numpy_softmax_loss(grid, log_q, candidates, bits, positive_bits, 0.5)
     np.testing.assert_allclose(per_example.numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -117,13 +118,13 @@ def test_softmax_loss_matches_a_numpy_reference(positive_bits):
 @pytest.mark.parametrize("carted", [False, True])
 def test_softmax_grid_gates_the_supportive_branch_gradients(carted):
     scorer = _scorer("mmf", positive=True)
-    ranker = ranking.Ranker(scorer, loss="softmax")
+    task = tasks.SoftmaxTask()
     bits = [[1, 0, 0], [0, 1, 0]] if not carted else [[3, 0, 0], [0, 1, 0]]
     # Target bits, and with `carted` user 0 also carted item 2.
     batch = _softmax_batch([0, 1], [2, 3, 5], bits)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(ranker._softmax_losses(batch, training=True)[0])
-    _, towers, _, _ = models.parts(scorer)
+        loss = tf.reduce_sum(task(scorer, batch, training=True)[0])
+    towers = scorer.towers
     grads = tape.gradient(loss, [towers[0].user_embedding.embeddings] + towers[1].trainable_weights)
     assert np.abs(tf.convert_to_tensor(grads[0]).numpy()).sum() > 0
     # The cart branch learns only from a carted pair: none, no gradient.
@@ -131,35 +132,6 @@ def test_softmax_grid_gates_the_supportive_branch_gradients(carted):
         0.0 if g is None else np.abs(tf.convert_to_tensor(g).numpy()).sum() for g in grads[1:]
     )
     assert (total > 0) == carted
-
-
-def test_whole_data_term_equals_the_sum_over_every_cell():
-    scorer = _scorer("mmf", num_users=5, num_items=7)
-    mf, _, _, head = models.parts(scorer)
-    users = np.array([0, 3, 3, 4], np.int32)
-    term = models.whole_data_term(scorer, tf.constant(users)).numpy()
-    p = mf.user_embedding.embeddings.numpy()
-    q = mf.item_embedding.embeddings.numpy()
-    w = head.dense.kernel.numpy()[:3, 0]
-    # Brute force: every item's MF contribution to the logit, squared, summed.
-    cells = np.array([[np.dot(p[u] * w, q[i]) ** 2 for i in range(7)] for u in range(5)])
-    np.testing.assert_allclose(term, cells.sum(axis=1)[users], rtol=1e-5)
-
-
-def test_whole_data_term_needs_an_mf_part():
-    with pytest.raises(ValueError, match="whole_data_weight"):
-        ranking.Ranker(_scorer("mlp"), whole_data_weight=1.0)
-
-
-def test_whole_data_term_weighs_each_user_once_per_epoch():
-    split = test_samplers._split()
-    index = training_index.TrainingIndex.from_split(split)
-    config = config_lib.TrainConfig(batch_size=16, epochs=1, seed=3, loss="softmax")
-    shares = {}
-    for batch in datasets.training_dataset(index, config):
-        for u, s in zip(batch[schema.USER].numpy(), batch[schema.USER_SHARE].numpy()):
-            shares[u] = shares.get(u, 0.0) + s
-    assert shares and all(v == pytest.approx(1.0) for v in shares.values())
 
 
 def test_graded_positives_weigh_the_sum_of_their_behaviors():
@@ -275,7 +247,6 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, cand
             # Without views, some held-out buys were never touched: discovery has cases.
             "--ignore_behaviors=pv",
             "--behavior_weights=buy:1,cart:0.5,fav:0.1",
-            "--whole_data_weight=0.01",
             "--early_stopping_protocol=discovery",
             "--valid_full_ranking_cases=50",
         ]
@@ -324,15 +295,12 @@ def test_discovery_through_recommend_takes_touched_items_out_of_the_list():
 
 def test_softmax_l2_penalizes_the_grid_rows():
     scorer = _scorer("gmf", l2=0.5)
-    ranker = ranking.Ranker(scorer, loss="softmax")
+    ranker = ranking.Ranker(scorer, task=tasks.SoftmaxTask())
     batch = _softmax_batch(
-        [0, 1],
-        [2, 3, 5],
-        [[1, 0, 0], [0, 1, 0]],
-        **{schema.USER_SHARE: tf.ones([2]), schema.POS_WEIGHT: tf.ones([2])},
+        [0, 1], [2, 3, 5], [[1, 0, 0], [0, 1, 0]], **{schema.POS_WEIGHT: tf.ones([2])}
     )
     loss, per_example, _ = ranker._compute_losses(batch, training=True)
-    mf, _, _, _ = models.parts(scorer)
+    mf = scorer.mf
     p = mf.user_embedding.embeddings.numpy()[[0, 1]]
     q = mf.item_embedding.embeddings.numpy()[[2, 3, 5]]
     penalty = 0.5 * ((p**2).sum() + (q**2).sum()) / 2
@@ -341,8 +309,8 @@ def test_softmax_l2_penalizes_the_grid_rows():
 
 def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
     scorer = _scorer("mmf", gating="gradient_aux")
-    with_aux = ranking.Ranker(scorer, loss="softmax", branch_loss_weight=0.5)
-    without = ranking.Ranker(scorer, loss="softmax")
+    with_aux = tasks.SoftmaxTask(branch_loss_weight=0.5)
+    without = tasks.SoftmaxTask()
     users = np.array([0, 1, 2], np.int32)
     candidates = np.array([3, 4, 5, 6, 7], np.int32)
     bits = np.zeros((3, 5), np.int32)
@@ -353,8 +321,7 @@ def test_behavior_branch_losses_rank_each_behavior_over_the_candidates():
     log_q = np.log(np.array([0.2, 0.2, 0.1, 0.3, 0.2], np.float32))
     batch = _softmax_batch(users, candidates, bits, log_q)
     extra = (
-        with_aux._softmax_losses(batch, training=False)[0]
-        - without._softmax_losses(batch, training=False)[0]
+        with_aux(scorer, batch, training=False)[0] - without(scorer, batch, training=False)[0]
     ).numpy()
     _, branches = models.score_grid(scorer, users, candidates, return_branches=True)
     scores = scorer.get_layer("branch_scores")(branches[1:]).numpy()  # [3, 5, 2]
@@ -419,6 +386,11 @@ def test_mf_part_starts_at_the_als_factors():
             config,
             split,
         )
+    # The config refuses the combination before any fit.
+    with pytest.raises(ValueError, match="mf_init='als' is invalid"):
+        config_lib.ModelConfig(model="gmf", mf_init="als", history_length=3)
+    with pytest.raises(ValueError, match="mf_init='als_fixed' is invalid"):
+        config_lib.ModelConfig(model="mlp", mf_init="als_fixed")
 
 
 def _als_start_args(tmp_path) -> list[str]:
@@ -500,8 +472,7 @@ def test_eval_cases_take_the_training_index_keys_as_the_touched_pairs():
     np.testing.assert_array_equal(built.candidates, reused.candidates)
 
 
-@pytest.mark.parametrize("behavior_init", ["touched_first", "validated"])
-def test_a_touched_first_start_is_the_touched_first_als(tmp_path, behavior_init):
+def test_a_touched_first_start_is_the_touched_first_als(tmp_path):
     from mmrec_tf import baselines
     from mmrec_tf import cli
     from mmrec_tf import run as run_lib
@@ -512,7 +483,7 @@ def test_a_touched_first_start_is_the_touched_first_als(tmp_path, behavior_init)
         *_als_start_args(tmp_path),
         "--mf_init=als_fixed",
         "--behavior_features",
-        f"--behavior_init={behavior_init}",
+        "--behavior_init=touched_first",
         "--early_stopping_protocol=full",
         "--valid_full_ranking_cases=50",
         # A rate that wrecks the start: the kept weights are epoch 0's.
@@ -531,35 +502,20 @@ def test_a_touched_first_start_is_the_touched_first_als(tmp_path, behavior_init)
     expected = evaluate.evaluate(
         touched_first, valid, config=config.eval, protocols=("full",), case_limit=50
     )["full"]["HR@10"]
-    plain = evaluate.evaluate(
-        als.FactorScorer(x, y), valid, config=config.eval, protocols=("full",), case_limit=50
-    )["full"]["HR@10"]
     run_lib.fit(config, ranker, index, split, str(tmp_path), results, score, valid)
-    start = results["behavior_init"]
-    if behavior_init == "validated":
-        assert start["validation_HR@10"]["touched_first"] == pytest.approx(expected, abs=1e-9)
-        assert start["validation_HR@10"]["zero"] == pytest.approx(plain, abs=1e-9)
-        assert start["kept"] == ("touched_first" if expected > plain else "zero")
-    else:
-        assert start["kept"] == "touched_first"
+    assert results["behavior_init"]["kept"] == "touched_first"
     # The start (epoch 0, kept) ranks every touched item above every untouched one.
     history = json.load(open(tmp_path / "history.json"))
     assert results["train"]["best_epoch"] == 0
-    assert history[0]["val_HR@10"] == pytest.approx(
-        expected if start["kept"] == "touched_first" else plain, abs=1e-9
-    )
+    assert history[0]["val_HR@10"] == pytest.approx(expected, abs=1e-9)
     users = np.arange(split.num_users, dtype=np.int32)
     items = np.arange(split.num_items, dtype=np.int32)
-    offsets = models.behavior_bias(ranker.scorer).kernel.numpy()
-    if start["kept"] == "touched_first":
-        grid = models.score_grid(
-            ranker.scorer, users[:20], items, index.gate_grid(users[:20], items)
-        )
-        grid = grid.numpy()
-        touched = index.gate_grid(users[:20], items)[..., 1:].sum(-1) > 0
-        for row, mask in zip(grid, touched):
-            if mask.any() and (~mask).any():
-                assert row[mask].min() > row[~mask].max()
-        assert (offsets > 0).all()
+    offsets = np.array(list(ranker.scorer.behavior_offsets().values()))
+    grid = models.score_grid(ranker.scorer, users[:20], items, index.gate_grid(users[:20], items))
+    touched = index.gate_grid(users[:20], items)[..., 1:].sum(-1) > 0
+    for row, mask in zip(grid.numpy(), touched):
+        if mask.any() and (~mask).any():
+            assert row[mask].min() > row[~mask].max()
+    assert (offsets > 0).all()
     with pytest.raises(ValueError, match="behavior_init"):
         config_lib.ModelConfig(behavior_features=True, behavior_init="touched_first")
