@@ -17,10 +17,13 @@ Signatures (each a `tf.function` over named `TensorSpec`s):
 - `recommend(user_id [B] string)` -> `item_ids` [B, K] string, `scores` [B, K]
   (logits):
   the MF retrieval stage takes the top `retrieval_candidates` items, the full
-  model re-ranks them, the top K are returned (optionally leaving out the
-  user's training purchases). A model with behavior features also re-ranks
-  every item the user touched through supportive feedback in training (the
-  pairs and their behaviors are constants of the SavedModel), and scores
+  model re-ranks them, the top K are returned. With `exclude_seen` the
+  user's training purchases are masked in the retrieval scores before its
+  top-k (a scatter of -inf into the [B, items] scores), so however many
+  items a user bought, the C candidates are C items they did not. A model
+  with behavior features also re-ranks every item the user touched through
+  supportive feedback in training (not bought, with `exclude_seen`; the
+  pairs and their behaviors are variables of the SavedModel), and scores
   every pair with its behavior flags.
 - `retrieve(user_id [B] string)` -> `item_ids` [B, C] string, `scores` [B, C]:
   the retrieval stage alone (MF scores).
@@ -50,7 +53,6 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 import tf_keras
 
 from mmrec_tf import models
@@ -190,9 +192,11 @@ class ServingModule(tf.Module):
         self.seen_row_splits = _table(seen_row_splits, tf.int64, "seen_row_splits")
         self.seen_items = _table(seen_items, tf.int32, "seen_items")
         self.query_tower, candidate_tower = models.retrieval_towers(scorer)
-        self.index = tfrs.layers.factorized_top_k.BruteForce(k=retrieval_candidates)
-        all_items = tf.range(num_items, dtype=tf.int32)
-        self.index.index(candidate_tower(all_items), identifiers=all_items)
+        # The retrieval index: every item's candidate vector (a brute-force
+        # index, as TFRS's BruteForce keeps it), scored by one matmul.
+        self.item_vectors = _table(
+            candidate_tower(tf.range(num_items, dtype=tf.int32)).numpy(), tf.float32, "index"
+        )
         self.num_items = num_items
         self.behavior_features = scorer.behavior_bias is not None
         if self.behavior_features:
@@ -203,8 +207,12 @@ class ServingModule(tf.Module):
                 )
             self.pair_keys = _table(pair_keys, tf.int64, "pair_keys")
             self.pair_bits = _table(pair_bits.astype(np.int32), tf.int32, "pair_bits")
-            # Each user's items with supportive feedback: extra candidates.
-            supportive = pair_keys[(pair_bits >> 1) != 0]
+            # Each user's items with supportive feedback: extra candidates
+            # (not those bought, when purchases are left out).
+            touched = (pair_bits >> 1) != 0
+            if exclude_seen:
+                touched &= (pair_bits & 1) == 0
+            supportive = pair_keys[touched]
             num_users = len(user_tokens)
             self.touched_row_splits = _table(
                 training_index.row_offsets(supportive, num_users, num_items),
@@ -228,12 +236,22 @@ class ServingModule(tf.Module):
         bits = tf.where(found, tf.gather(self.pair_bits, position), 0)
         return models.unpack_bits(bits, self.num_behaviors)
 
+    def _rows(self, values: tf.Variable, row_splits: tf.Variable, users: tf.Tensor):
+        """(row in the batch, item) of each listed item of the known users, flat."""
+        lists = tf.RaggedTensor.from_row_splits(values, row_splits)
+        lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
+        return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
+
     def _touched(self, users: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
-        """[B, C + T] the candidates, then each user's supportive items not among them (-1 pads)."""
+        """[B, C + T] the candidates, then each user's supportive items (-1 pads).
+
+        The MF stage never returns a touched item (its scores are masked), so
+        the two lists do not overlap; T is the request's longest list.
+        """
         touched = tf.RaggedTensor.from_row_splits(self.touched_items, self.touched_row_splits)
-        extra = tf.gather(touched, users).to_tensor(default_value=-1)
-        dup = tf.reduce_any(extra[:, :, None] == candidates[:, None, :], axis=-1)
-        return tf.concat([candidates, tf.where(dup, -1, extra)], axis=1)
+        extra = tf.gather(touched, tf.maximum(users, 0)).to_tensor(default_value=-1)
+        extra = tf.where(users[:, None] >= 0, extra, -1)
+        return tf.concat([candidates, extra], axis=1)
 
     def _logits(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         gate = self._gates(users, items)
@@ -265,9 +283,24 @@ class ServingModule(tf.Module):
         logits = tf.where(items >= 0, logits, UNKNOWN_LOGIT)
         return {schema.SCORE: logits, schema.LOGIT: logits, schema.PROBABILITY: tf.sigmoid(logits)}
 
-    def _retrieve(self, users: tf.Tensor):
+    def _retrieve(self, users: tf.Tensor, masked=()):
+        """The top C items by MF score, the (row, item) lists in `masked` left out.
+
+        Args:
+          users: [B] user indices (-1: unknown, who get the popular items).
+          masked: (values, row_splits) per-user item lists never retrieved
+            (a scatter of -inf into the [B, items] scores before the top-k).
+        """
         known = users >= 0
-        mf_scores, candidates = self.index(self.query_tower(tf.maximum(users, 0)))
+        scores = tf.matmul(
+            self.query_tower(tf.maximum(users, 0)), self.item_vectors, transpose_b=True
+        )
+        for values, row_splits in masked:
+            rows, items = self._rows(values, row_splits, users)
+            scores = tf.tensor_scatter_nd_update(
+                scores, tf.stack([rows, items], axis=1), tf.fill(tf.shape(rows), float("-inf"))
+            )
+        mf_scores, candidates = tf.math.top_k(scores, k=self.retrieval_candidates)
         popular, popular_scores = self._popular(tf.shape(users)[0], self.retrieval_candidates)
         candidates = tf.where(known[:, None], candidates, popular)
         mf_scores = tf.where(known[:, None], mf_scores, popular_scores)
@@ -284,9 +317,16 @@ class ServingModule(tf.Module):
         user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
         users = self._users(user_id)
         known = users >= 0
-        candidates, _ = self._retrieve(users)
+        masked = []
+        if self.exclude_seen:
+            masked.append((self.seen_items, self.seen_row_splits))
         if self.behavior_features:
-            candidates = self._touched(tf.maximum(users, 0), candidates)
+            masked.append((self.touched_items, self.touched_row_splits))
+        candidates, mf_scores = self._retrieve(users, masked)
+        # A masked item fills a slot only when the catalog has too few others.
+        candidates = tf.where(mf_scores > float("-inf"), candidates, -1)
+        if self.behavior_features:
+            candidates = self._touched(users, candidates)
         batch = tf.shape(users)[0]
         width = tf.shape(candidates)[1]
         flat_users = tf.repeat(tf.maximum(users, 0), width)
@@ -294,11 +334,6 @@ class ServingModule(tf.Module):
         logits = tf.reshape(self._logits(flat_users, flat_items), [batch, width])
         logits = tf.where(candidates >= 0, logits, float("-inf"))
         candidates = tf.maximum(candidates, 0)
-        if self.exclude_seen:
-            seen = tf.RaggedTensor.from_row_splits(self.seen_items, self.seen_row_splits)
-            rows = tf.gather(seen, tf.maximum(users, 0)).to_tensor(default_value=-1)
-            is_seen = tf.reduce_any(candidates[:, :, None] == rows[:, None, :], axis=-1)
-            logits = tf.where(is_seen & known[:, None], float("-inf"), logits)
         top_logits, position = tf.math.top_k(logits, k=self.top_k)
         items = tf.gather(candidates, position, batch_dims=1)
         popular, popular_scores = self._popular(batch, self.top_k)

@@ -10,8 +10,11 @@ name (`RENAMED`) and where one flag sets two fields (`--seed`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
+import sys
 
 from absl import flags
 
@@ -179,3 +182,42 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> config_lib.Experime
     return config_lib.ExperimentConfig(
         **{section: cls(**sections[section]) for section, cls in SECTIONS.items()}, **top
     )
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Sends what native code writes to stderr (fd 2) to /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def start_tensorflow(*, list_devices: bool) -> None:
+    """Imports TensorFlow (and lists its devices) without its start-up log.
+
+    TensorFlow's native start-up lines (oneDNN notices, CUDA probes on a
+    machine without a GPU) are written before its logging is configured, so
+    TF_CPP_MIN_LOG_LEVEL does not hide them; the binaries start TensorFlow
+    with fd 2 sent to /dev/null instead. `TF_CPP_MIN_LOG_LEVEL=0` in the
+    environment shows them. Errors still raise as usual.
+
+    Args:
+      list_devices: also initialize the devices (where the CUDA probe
+        logs). Not for a multi-worker run, whose collectives must be set up
+        before the runtime starts.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+        return
+    with _native_stderr_silenced():
+        import tensorflow as tf
+
+        if list_devices:
+            tf.config.list_physical_devices()

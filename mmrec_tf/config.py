@@ -234,8 +234,9 @@ class ModelConfig:
       als_iterations: ALS sweeps.
       als_cache_dir: a folder where fitted ALS factors are kept and reused,
         keyed by the training data and every ALS setting (seed included), so
-        the ALS baselines and the models started from it fit it once; empty:
-        fit every time.
+        the ALS baselines and the models started from it fit it once.
+        `auto` (the default): `$MMREC_CACHE_DIR/als`, or `~/.cache/mmrec_tf/als`
+        without that variable; empty: fit every time.
       mf_init: where the neural models' MF part starts: `random`; `als`
         (the multi-behavior ALS fitted with the `als_*` fields and `mf_dim`
         factors, the head's MF weights at 1 and its other weights at 0, so
@@ -266,7 +267,7 @@ class ModelConfig:
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0
     als_iterations: int = 15
-    als_cache_dir: str = ""
+    als_cache_dir: str = "auto"
     mf_init: str = "random"
     cascade_alpha: float = 0.7
     cascade_beta: float = 0.2

@@ -15,14 +15,17 @@ from absl import flags
 from absl import logging
 
 from mmrec_tf import cli
-from mmrec_tf import run as run_lib
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    run_lib.run(cli.config_from_flags(flags.FLAGS), name=flags.FLAGS.dataset_name)
+    config = cli.config_from_flags(flags.FLAGS)
+    cli.start_tensorflow(list_devices=config.train.distribution_strategy != "multi_worker")
+    from mmrec_tf import run as run_lib
+
+    run_lib.run(config, name=flags.FLAGS.dataset_name)
 
 
 def entry_point():

@@ -26,6 +26,8 @@ FINGERPRINT = "data_fingerprint.json"
 _MAY_DIFFER = (
     "mode",
     "model_dir",
+    # Where fitted ALS factors are cached changes no weight (a hit is the fit).
+    "model.als_cache_dir",
     "train.epochs",
     "train.verbose",
     "train.steps_per_execution",

@@ -189,6 +189,19 @@ class _EpochEnd(tf_keras.callbacks.Callback):
             if self.patience and int(self.state.wait.numpy()) >= self.patience:
                 self.state.stopped.assign(True)
                 self.model.stop_training = True
+                margin = (
+                    f" by more than {self.kept.margin:g} standard errors of the paired "
+                    "difference (--early_stopping_margin)"
+                    if self.kept.margin
+                    else ""
+                )
+                print(
+                    f"early stopping after epoch {epoch + 1}: {self.patience} epoch(s) without "
+                    f"beating the kept epoch {int(self.state.best_epoch.numpy())} (validation "
+                    f"{VALIDATION_METRIC} {float(self.state.best.numpy()):.4f}){margin}; "
+                    f"--early_stopping_patience={self.patience}",
+                    flush=True,
+                )
         self.state.epoch.assign(epoch + 1)
         self.history.append(record)
         # Every worker saves (saving may synchronize replicas); in a cluster
@@ -318,6 +331,14 @@ def train(
             verbose=config.verbose,
         )
     best_epoch = int(state.best_epoch.numpy())
+    if validation is not None and float(state.best.numpy()) >= 0:
+        print(
+            f"kept epoch {best_epoch} (validation {VALIDATION_METRIC} "
+            f"{float(state.best.numpy()):.4f}"
+            + (", the start" if best_epoch == 0 else "")
+            + f"); {int(state.epoch.numpy())} of {config.epochs} epochs run",
+            flush=True,
+        )
     best_validation = None
     # best >= 0: an epoch was validated (epoch 0 is the start, with validate_start).
     if validation is not None and float(state.best.numpy()) >= 0:

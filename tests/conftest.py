@@ -1,11 +1,16 @@
 """Test set-up: Keras 2, two logical CPU devices, and shared fixtures."""
 
 import os
+import tempfile
 
 import pytest
 import tensorflow as tf
 
 import mmrec_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+
+# The ALS cache (`--als_cache_dir=auto`) of every test, subprocesses
+# included, in a folder of this session, never the user's ~/.cache.
+os.environ["MMREC_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmrec_test_cache_")
 
 # Two logical CPUs so MirroredStrategy can be tested without a GPU. This must
 # run before TensorFlow initializes its devices.

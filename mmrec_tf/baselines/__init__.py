@@ -54,6 +54,17 @@ def als_config(model: config_lib.ModelConfig, seed: int) -> als.ALSConfig:
     )
 
 
+def cache_folder(cache_dir: str) -> str:
+    """The ALS cache folder `--als_cache_dir` names ("auto": $MMREC_CACHE_DIR/als,
+    else ~/.cache/mmrec_tf/als; "": none)."""
+    if cache_dir != "auto":
+        return cache_dir
+    root = os.environ.get("MMREC_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mmrec_tf"
+    )
+    return os.path.join(root, "als")
+
+
 def fit_factors(
     split: splits_lib.Split, settings: als.ALSConfig, *, cache_dir: str = "", verbose: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float, str]:
@@ -61,12 +72,14 @@ def fit_factors(
 
     The cache key is a hash of the training pairs (users, items, behaviors)
     and every ALS setting, seed included: a hit returns exactly what the fit
-    would (the fit is deterministic for a seed).
+    would (the fit is deterministic for a seed). A damaged cache file is an
+    error that names it (delete it to fit again).
 
     Returns:
       (user factors, item factors, seconds spent fitting or reading, the
        cache file read or written, or "" without a cache).
     """
+    cache_dir = cache_folder(cache_dir)
     if not cache_dir:
         x, y, seconds = als.fit(split, settings, verbose=verbose)
         return x, y, seconds, ""
@@ -77,13 +90,25 @@ def fit_factors(
     path = os.path.join(cache_dir, f"als_{digest.hexdigest()[:16]}.npz")
     started = time.perf_counter()
     if os.path.exists(path):
-        with np.load(path) as cached:
-            return (
-                cached["user_factors"],
-                cached["item_factors"],
-                time.perf_counter() - started,
-                path,
+        try:
+            with np.load(path) as cached:
+                x, y = cached["user_factors"], cached["item_factors"]
+        except Exception as error:  # a truncated or foreign file: any reader error
+            raise ValueError(
+                f"the ALS cache file {path} is damaged ({type(error).__name__}: {error}); "
+                "delete it to fit the ALS again, or pass --als_cache_dir= to fit without "
+                "the cache."
+            ) from error
+        if x.shape != (split.num_users, settings.factors) or y.shape != (
+            split.num_items,
+            settings.factors,
+        ):
+            raise ValueError(
+                f"the ALS cache file {path} holds factors of shapes {x.shape} and {y.shape}, "
+                f"not ({split.num_users}, {settings.factors}) and ({split.num_items}, "
+                f"{settings.factors}): delete it to fit the ALS again."
             )
+        return x, y, time.perf_counter() - started, path
     x, y, seconds = als.fit(split, settings, verbose=verbose)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.npz"

@@ -391,27 +391,28 @@ def test_malformed_requests_are_errors_of_their_own_never_an_abort(trained, tmp_
     assert out["alive"] == [2, K]
 
 
-def _tiny_module(logit_scale=1.0, *, seen=(), top_k=3):
+def _tiny_module(logit_scale=1.0, *, seen=(), top_k=3, items=5, candidates=5):
     scorer = models.build_model(
         config_lib.ModelConfig(model="gmf", mf_dim=1),
         num_users=1,
-        num_items=5,
+        num_items=items,
         behaviors=schema.BehaviorSchema("buy", ()),
     )
-    # Item i scores logit_scale * (5 - i): item 0 first.
+    # Item i scores logit_scale * (items - i): item 0 first.
     scorer.start_from_factors(
-        np.ones((1, 1), np.float32), logit_scale * (5.0 - np.arange(5, dtype=np.float32))[:, None]
+        np.ones((1, 1), np.float32),
+        logit_scale * (items - np.arange(items, dtype=np.float32))[:, None],
     )
     return serving.ServingModule(
         scorer,
         user_tokens=np.array(["u"]),
-        item_tokens=np.array([f"i{k}" for k in range(5)]),
+        item_tokens=np.array([f"i{k}" for k in range(items)]),
         num_behaviors=1,
-        popularity=np.ones(5),
+        popularity=np.ones(items),
         seen_row_splits=np.array([0, len(seen)]),
         seen_items=np.array(seen, np.int32),
         top_k=top_k,
-        retrieval_candidates=5,
+        retrieval_candidates=candidates,
     )
 
 
@@ -434,6 +435,18 @@ def test_exclude_seen_with_too_few_candidates_returns_the_sentinel():
     # Unseen: items 2 and 4; the third slot is empty, never a purchased item.
     assert ids == ["i2", "i4", serving.EMPTY_ITEM_ID]
     assert np.isfinite(scores[:2]).all() and scores[2] == -np.inf
+
+
+def test_a_history_longer_than_the_candidates_never_pushes_wanted_items_out():
+    # The user bought the 12 items the MF stage scores highest, more than its
+    # 4 candidates and the top 3: the purchases are masked before retrieval,
+    # so the next 3 unbought items come back.
+    module = _tiny_module(seen=tuple(range(12)), top_k=3, items=20, candidates=4)
+    rec = module.recommend(tf.constant(["u"]))
+    assert [i.decode() for i in rec["item_ids"].numpy()[0]] == ["i12", "i13", "i14"]
+    # The retrieval stage alone excludes nothing (it is the MF ranking as served).
+    ret = module.retrieve(tf.constant(["u"]))
+    assert [i.decode() for i in ret["item_ids"].numpy()[0]] == ["i0", "i1", "i2", "i3"]
 
 
 def test_signature_top_k_queries_keep_user_indices_above_2_to_the_24_exact():

@@ -1,5 +1,7 @@
 """Weighted ALS: exact solves, the confidence matrix, a decreasing objective."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,31 @@ def test_cached_factors_are_the_fit_and_keyed_by_data_and_settings(tmp_path):
     other_data = baselines.fit_factors(_split(seed=1), settings, cache_dir=str(tmp_path))
     assert len({first[3], other_seed[3], other_data[3]}) == 3
     assert not baselines.fit_factors(split, settings)[3]  # no cache: fitted, nothing kept
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
+def test_a_damaged_cache_file_is_named_with_the_fix(tmp_path, damage):
+    from mmrec_tf import baselines
+
+    split = _split()
+    settings = als.ALSConfig(factors=4, seed=3)
+    path = baselines.fit_factors(split, settings, cache_dir=str(tmp_path))[3]
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write({"truncate": data[: len(data) // 2], "empty": b"", "garbage": b"x" * 99}[damage])
+    with pytest.raises(ValueError, match=f"ALS cache file {path} is damaged.*delete it"):
+        baselines.fit_factors(split, settings, cache_dir=str(tmp_path))
+
+
+def test_the_default_cache_is_the_cache_folder_of_the_environment(monkeypatch, tmp_path):
+    from mmrec_tf import baselines
+    from mmrec_tf import config as config_lib
+
+    assert config_lib.ModelConfig().als_cache_dir == "auto"
+    monkeypatch.setenv("MMREC_CACHE_DIR", str(tmp_path))
+    assert baselines.cache_folder("auto") == str(tmp_path / "als")
+    monkeypatch.delenv("MMREC_CACHE_DIR")
+    assert baselines.cache_folder("auto").endswith(os.path.join(".cache", "mmrec_tf", "als"))
+    assert baselines.cache_folder("") == "" and baselines.cache_folder("d") == "d"
+    path = baselines.fit_factors(_split(), als.ALSConfig(factors=2), cache_dir=str(tmp_path))[3]
+    assert os.path.dirname(path) == str(tmp_path)

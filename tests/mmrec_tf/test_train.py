@@ -69,7 +69,7 @@ def test_restart_resumes_from_the_last_checkpoint(split, tmp_path):
     assert again.resumed_from_epoch == 3 and len(again.history) == 3
 
 
-def test_early_stopping_keeps_the_best_epoch(split, tmp_path):
+def test_early_stopping_keeps_the_best_epoch(split, tmp_path, capsys):
     values = iter([0.3, 0.5, 0.4, 0.2, 0.1, 0.0])
     ranker, config = _ranker(split, epochs=6, early_stopping_patience=2)
     saved = {}
@@ -92,6 +92,13 @@ def test_early_stopping_keeps_the_best_epoch(split, tmp_path):
         np.testing.assert_array_equal(a, b)
     history = json.load(open(os.path.join(tmp_path, "history.json")))
     assert [h["val_HR@10"] for h in history] == [0.3, 0.5, 0.4, 0.2]
+    # The log says why training stopped before --epochs, and what it kept.
+    out = capsys.readouterr().out
+    assert (
+        "early stopping after epoch 4: 2 epoch(s) without beating the kept epoch 2 "
+        "(validation HR@10 0.5000); --early_stopping_patience=2"
+    ) in out
+    assert "kept epoch 2 (validation HR@10 0.5000); 4 of 6 epochs run" in out
 
 
 def _hits(gained: int, lost: int, cases: int = 400) -> np.ndarray:
