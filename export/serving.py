@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mmrec_tf import config as config_lib
 from mmrec_tf import models
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
@@ -63,8 +64,8 @@ from mmrec_tf.pipelines import training_index
 UNKNOWN_LOGIT = -30.0
 # The item id of `recommend`'s empty slots (fewer candidates than K).
 EMPTY_ITEM_ID = ""
-MAX_REQUEST_USERS = 1024
-MAX_REQUEST_PAIRS = 65536
+MAX_REQUEST_USERS = config_lib.ExportConfig.max_request_users
+MAX_REQUEST_PAIRS = config_lib.ExportConfig.max_request_pairs
 
 # Signature inputs of unknown rank: the rank is checked when the request runs,
 # so a scalar or a matrix is an InvalidArgument error, not a kernel's abort.

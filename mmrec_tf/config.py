@@ -63,6 +63,15 @@ def _check(condition: bool, field: str, value: Any, valid: str) -> None:
         raise ValueError(f"{field}={value!r} is invalid: expected {valid}.")
 
 
+def _check_choices(config) -> None:
+    """Every enumerated field of `config` (a key of CHOICES) holds one of its choices."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        # ExperimentConfig.model is the ModelConfig, not a model name.
+        if field.name in CHOICES and not dataclasses.is_dataclass(value):
+            _check(value in CHOICES[field.name], field.name, value, f"one of {CHOICES[field.name]}")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the interaction log is and how to read and split it.
@@ -109,18 +118,7 @@ class DataConfig:
     synthetic_records_per_user: float = 40.0
 
     def __post_init__(self):
-        _check(
-            self.data_format in DATA_FORMATS,
-            "data_format",
-            self.data_format,
-            f"one of {DATA_FORMATS}",
-        )
-        _check(
-            self.on_bad_record in BAD_RECORD_POLICIES,
-            "on_bad_record",
-            self.on_bad_record,
-            f"one of {BAD_RECORD_POLICIES}",
-        )
+        _check_choices(self)
         _check(
             bool(self.target_behavior),
             "target_behavior",
@@ -273,6 +271,7 @@ class ModelConfig:
     cascade_beta: float = 0.2
 
     def __post_init__(self):
+        _check_choices(self)
         _check(0 <= self.cascade_alpha <= 1, "cascade_alpha", self.cascade_alpha, "in [0, 1]")
         _check(0 <= self.cascade_beta <= 1, "cascade_beta", self.cascade_beta, "in [0, 1]")
         _check(
@@ -289,14 +288,6 @@ class ModelConfig:
             "false with --model=cascade (its graphs already hold each pair's behaviors)",
         )
         _check(0 <= self.history_length <= 1000, "history_length", self.history_length, "0 to 1000")
-        _check(self.model in MODELS, "model", self.model, f"one of {MODELS}")
-        _check(self.gating in GATINGS, "gating", self.gating, f"one of {GATINGS}")
-        _check(
-            self.behavior_init in BEHAVIOR_INITS,
-            "behavior_init",
-            self.behavior_init,
-            f"one of {BEHAVIOR_INITS}",
-        )
         _check(
             self.behavior_init != "touched_first"
             or (self.behavior_features and self.mf_init != "random"),
@@ -328,7 +319,6 @@ class ModelConfig:
             ">= 0",
         )
         _check(self.als_iterations >= 1, "als_iterations", self.als_iterations, ">= 1")
-        _check(self.mf_init in MF_INITS, "mf_init", self.mf_init, f"one of {MF_INITS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,10 +400,10 @@ class TrainConfig:
     verbose: int = 2
 
     def __post_init__(self):
+        _check_choices(self)
         _check(self.epochs >= 1, "epochs", self.epochs, ">= 1")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
-        _check(self.loss in LOSSES, "loss", self.loss, f"one of {LOSSES}")
         _check(self.num_negatives >= 1, "num_negatives", self.num_negatives, ">= 1")
         _check(self.shared_negatives >= 0, "shared_negatives", self.shared_negatives, ">= 0")
         _check(self.temperature > 0, "temperature", self.temperature, "> 0")
@@ -461,29 +451,11 @@ class TrainConfig:
             self.early_stopping_margin,
             ">= 0 (standard errors of the paired difference)",
         )
-        _check(
-            self.early_stopping_protocol in VALIDATION_PROTOCOLS,
-            "early_stopping_protocol",
-            self.early_stopping_protocol,
-            f"one of {VALIDATION_PROTOCOLS}",
-        )
         _check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, ">= 0")
         _check(
             self.steps_per_execution >= 1, "steps_per_execution", self.steps_per_execution, ">= 1"
         )
-        _check(
-            self.distribution_strategy in STRATEGIES,
-            "distribution_strategy",
-            self.distribution_strategy,
-            f"one of {STRATEGIES}",
-        )
         _check(self.verbose in (0, 1, 2), "verbose", self.verbose, "0, 1 or 2")
-        _check(
-            self.mixed_precision in PRECISIONS,
-            "mixed_precision",
-            self.mixed_precision,
-            f"one of {PRECISIONS}",
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,6 +487,7 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self):
+        _check_choices(self)
         _check(self.sampled_negatives >= 1, "sampled_negatives", self.sampled_negatives, ">= 1")
         _check(10 in self.ks, "ks", self.ks, "cut-offs that include 10")
         _check(all(k >= 1 for k in self.ks + self.retrieval_ks), "ks", self.ks, "positive cut-offs")
@@ -560,6 +533,7 @@ class ExportConfig:
     max_request_pairs: int = 65536
 
     def __post_init__(self):
+        _check_choices(self)
         _check(self.top_k >= 1, "top_k", self.top_k, ">= 1")
         _check(
             self.retrieval_candidates >= self.top_k,
@@ -598,7 +572,7 @@ class ExperimentConfig:
     mode: str = "train_and_evaluate"
 
     def __post_init__(self):
-        _check(self.mode in MODES, "mode", self.mode, f"one of {MODES}")
+        _check_choices(self)
         _check(
             self.mode not in ("export", "evaluate_export") or bool(self.export.export_dir),
             "export.export_dir",

@@ -2,8 +2,8 @@
 
 `Scorer` (built by `build_model`) is the Keras functional *scorer* that owns
 its parts from `layers.py`: inputs `user`, `item` (indices) and `gate` (the
-per-behavior mask, used only by the backward pass), outputs `logit`, `score`
-and, with `gating="gradient_aux"`, `branch_logits`. Grid scoring, the
+per-behavior mask, used only by the backward pass), outputs `logit`,
+`probability` (its sigmoid) and, with `gating="gradient_aux"`, `branch_logits`. Grid scoring, the
 factorized MF part, the whole-data term and the retrieval towers read its
 parts. `ranking.Ranker` trains it.
 
@@ -52,7 +52,8 @@ class Scorer(tf_keras.Model):
     """The multi-feedback scorer: a functional graph that owns its parts.
 
     Inputs `user`, `item` (indices) and `gate` (the per-behavior mask, used
-    only by the backward pass); outputs `logit`, `score` and, with
+    only by the backward pass); outputs `logit`, `probability` (its
+    sigmoid) and, with
     `gating="gradient_aux"`, `branch_logits`. Its parts are attributes:
     `mf` (or None), `towers` in branch order (`branch_names` names them),
     `fusion` (or None), `head`, `behavior_bias` (or None). Its config is the
@@ -136,9 +137,11 @@ class Scorer(tf_keras.Model):
             )
         outputs = {
             schema.LOGIT: logit,
-            schema.SCORE: tf_keras.layers.Activation("sigmoid", name="score", dtype="float32")(
-                logit
-            ),
+            # `score` means the logit everywhere (serving's `score` too); the
+            # sigmoid is the probability, never a ranking score.
+            schema.PROBABILITY: tf_keras.layers.Activation(
+                "sigmoid", name="probability", dtype="float32"
+            )(logit),
         }
         if config.gating == "gradient_aux" and len(branch_outputs) > 1:
             branch_scores = layers.BranchScores(

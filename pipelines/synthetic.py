@@ -20,6 +20,8 @@ import os
 import numpy as np
 import pandas as pd
 
+from mmrec_tf import config as config_lib
+
 # Taobao UserBehavior covers 2017-11-25 .. 2017-12-03 (China time).
 _T0 = 1511539200
 _T1 = 1512316799
@@ -39,9 +41,10 @@ class SyntheticSpec:
       chunk_users: users generated and written per chunk.
     """
 
-    num_users: int = 2000
-    num_items: int = 3000
-    records_per_user: float = 40.0
+    # The defaults are DataConfig's synthetic_* fields (one definition each).
+    num_users: int = config_lib.DataConfig.synthetic_users
+    num_items: int = config_lib.DataConfig.synthetic_items
+    records_per_user: float = config_lib.DataConfig.synthetic_records_per_user
     seed: int = 0
     favorite_categories: int = 3
     chunk_users: int = 50000
