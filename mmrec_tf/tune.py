@@ -264,7 +264,14 @@ def run_study(
             overrides["early_stopping_protocol"] = protocol
         # Trial folders per protocol: a full and a sampled study share a database.
         run_dir = os.path.join(study_dir, f"{family}_{protocol}_trial_{trial.number:04d}")
-        config = dataclasses.replace(apply(base, overrides), model_dir=run_dir, mode="train")
+        config = apply(base, overrides)
+        # A trial validates only: no test figures, and no export of its own.
+        config = dataclasses.replace(
+            config,
+            model_dir=run_dir,
+            mode="train",
+            export=dataclasses.replace(config.export, export_dir=""),
+        )
         trial.set_user_attr("overrides", json.dumps(overrides, default=str))
 
         def report(epoch, metrics):

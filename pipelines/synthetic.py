@@ -190,3 +190,40 @@ def write_userbehavior(path: str, spec: SyntheticSpec) -> dict:
         "categories": catalog.num_categories,
         "by_behavior": counts,
     }
+
+
+def main(argv=None) -> None:
+    """Writes a synthetic log to try the own-data path on (see README.md).
+
+        python -m mmrec_tf.pipelines.synthetic --out=logs/events.csv
+
+    The file is the UserBehavior layout (user, item, category, behavior,
+    timestamp; no header); an existing file is never overwritten.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="the file to write (.gz compresses)")
+    parser.add_argument("--users", type=int, default=SyntheticSpec.num_users)
+    parser.add_argument("--items", type=int, default=SyntheticSpec.num_items)
+    parser.add_argument("--records_per_user", type=float, default=SyntheticSpec.records_per_user)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if os.path.exists(args.out):
+        parser.error(
+            f"{args.out} exists: remove it, or pass another --out (nothing is overwritten)"
+        )
+    stats = write_userbehavior(
+        args.out,
+        SyntheticSpec(
+            num_users=args.users,
+            num_items=args.items,
+            records_per_user=args.records_per_user,
+            seed=args.seed,
+        ),
+    )
+    print(f"wrote {args.out}: {stats}")
+
+
+if __name__ == "__main__":
+    main()
