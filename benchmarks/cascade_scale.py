@@ -1,4 +1,4 @@
-"""CascadingRank at a 627k-item catalog: graph build, scoring, export and serving latency.
+"""The behavior graphs at a 627k-item catalog: CascadingRank and the pair signals.
 
 The synthetic log of the serving benchmark (200,000 users, 900,000 item ids
 of which about 627k occur, 40 records per user: about 8M records), read and
@@ -9,6 +9,10 @@ memory (the peak is reset before each stage):
 - `score`: the cascade for `--score_users` users, batch by batch (the batch
   size the memory budget picks), as evaluation scores them;
 - `export`: the SavedModel (`export.cascade.CascadeModule`);
+- `signals: build` and `signals: a training batch` (`pipelines.graph_signals`):
+  the per-behavior graphs of the pair signals, then the signals of one
+  softmax batch's grid (`--batch_users` users x their positives plus
+  `--shared` shared candidates);
 
 and, in a fresh process that imports only TensorFlow, p50 / p99 latency of
 `recommend` (1 known user), `recommend_from_history` for a new user with
@@ -37,6 +41,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf.baselines import cascade
 from mmrec_tf.export import cascade as cascade_export
 from mmrec_tf.export import exporter
+from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -107,6 +112,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--alpha", type=float, default=0.0)
     parser.add_argument("--beta", type=float, default=0.9)
+    parser.add_argument("--batch_users", type=int, default=1024)
+    parser.add_argument("--shared", type=int, default=512)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "cascade_scale"))
     args = parser.parse_args()
     stages = []
@@ -188,6 +195,22 @@ def main() -> None:
         max_request_users=module.max_request_users,
     )
 
+    _reset_peak()
+    started = time.perf_counter()
+    signals = graph_signals.GraphSignals(split)
+    stage("signals: build", started, signals=list(signals.names))
+
+    _reset_peak()
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    batch = rng.choice(len(split.train_users), args.batch_users, replace=False)
+    candidates = np.concatenate(
+        [split.train_items[batch], rng.integers(0, split.num_items, args.shared)]
+    )
+    grid = signals.grid(split.train_users[batch], candidates)
+    stage("signals: a training batch", started, grid=list(grid.shape))
+    del grid, signals
+
     request = {
         "users": [str(t) for t in data.user_vocab.tokens[users[:50]]],
         "items": [str(t) for t in data.item_vocab.tokens[split.test_items[:50]]],
@@ -224,7 +247,8 @@ def main() -> None:
     )
     with open(args.out + ".md", "w") as f:
         f.write(
-            f"# CascadingRank at {split.num_items:,} items ({os.cpu_count()} CPU cores)\n\n"
+            f"# The behavior graphs at {split.num_items:,} items: CascadingRank and the "
+            f"pair signals ({os.cpu_count()} CPU cores)\n\n"
             f"Command: `{command}`\n\n"
             "| stage | seconds | peak RSS GiB | notes |\n|---|---|---|---|\n"
         )

@@ -1,0 +1,143 @@
+"""What each behavior's training graph says about a (user, item) pair.
+
+For behavior b (its binary user-item matrix A_b over distinct pairs, user
+degrees d_u, item degrees d_i), a pair (u, i) gets:
+
+- `touched_b`: log(1 + the number of u's b-records on i), for the supportive
+  behaviors (the target's would be the training label itself);
+- `reach_b`: how strongly i is reached from u's other b-items through other
+  users' b-edges, two steps on the symmetric-normalized graph,
+
+      reach_b(u, i) = 1/d_u * sum_{j in N(u), j != i} sum_{v != u}
+                      A[v, j] A[v, i] / (sqrt(d_j) d_v sqrt(d_i)),
+
+  with the degrees of the graph *without the pair's own edge* (d_u and d_i
+  one less where u had b with i). So a pair's own edge never contributes:
+  a training buy gets exactly the signal it would get were it held out, as
+  a test buy is (PROTOCOL.md, "Features from the interaction graph").
+
+`GraphSignals(split)` builds the graphs from the training records;
+`pairs(users, items)` and `grid(users, items)` compute the signals in
+batches of users with `scipy.sparse` products, so memory follows the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import sparse
+
+from mmrec_tf.pipelines import splits as splits_lib
+
+
+@dataclasses.dataclass
+class _Graph:
+    """One behavior's training graph, with the products the signals need."""
+
+    counts: sparse.csr_matrix  # [users, items] records per pair
+    binary: sparse.csr_matrix  # [users, items] 1 per distinct pair
+    user_degree: np.ndarray  # [users]
+    item_degree: np.ndarray  # [items]
+    left: sparse.csr_matrix  # [items, users] A^T with entry (j, v) / (sqrt(d_j) d_v)
+    right: sparse.csc_matrix  # [users, items] A with entry (v, i) / sqrt(d_i)
+    item_self: np.ndarray  # [items] sum_{v in N(i)} 1 / d_v
+
+
+def _inverse(x: np.ndarray, power: float) -> np.ndarray:
+    out = np.zeros(x.shape, np.float64)
+    out[x > 0] = x[x > 0] ** -power
+    return out
+
+
+class GraphSignals:
+    """Per-behavior signals of (user, item) pairs from a split's training graph.
+
+    Args:
+      split: the training data (only its training records are read).
+
+    Attributes:
+      names: the signals' names, in column order: `touched_<b>` for each
+        supportive behavior, then `reach_<b>` for every behavior, target first.
+    """
+
+    def __init__(self, split: splits_lib.Split):
+        self.num_users, self.num_items = split.num_users, split.num_items
+        behaviors = split.behaviors.behaviors
+        self.graphs = []
+        shape = (self.num_users, self.num_items)
+        for branch in range(len(behaviors)):
+            keep = split.train_branches == branch
+            counts = sparse.csr_matrix(
+                (np.ones(int(keep.sum())), (split.train_users[keep], split.train_items[keep])),
+                shape=shape,
+            )
+            counts.sum_duplicates()
+            binary = counts.copy()
+            binary.data[:] = 1.0
+            du = np.asarray(binary.sum(axis=1)).ravel()
+            di = np.asarray(binary.sum(axis=0)).ravel()
+            left = sparse.diags(_inverse(di, 0.5)) @ binary.T @ sparse.diags(_inverse(du, 1.0))
+            right = binary @ sparse.diags(_inverse(di, 0.5))
+            item_self = np.asarray(binary.T @ _inverse(du, 1.0)).ravel()
+            self.graphs.append(
+                _Graph(counts, binary, du, di, left.tocsr(), right.tocsc(), item_self)
+            )
+        self.names = tuple(f"touched_{b}" for b in behaviors[1:]) + tuple(
+            f"reach_{b}" for b in behaviors
+        )
+
+    @property
+    def num_signals(self) -> int:
+        return len(self.names)
+
+    def _reach(self, graph: _Graph, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[len(users), len(items)] reach of every pair, the pair's own edge left out."""
+        rows = graph.binary[users]  # [B, I]
+        middle = (rows @ graph.left).tocsr()  # [B, U]: (u, v) = sum_j A[u,j] A[v,j] / ...
+        # v != u: the user's own entry taken out of its row.
+        batch = np.arange(len(users))
+        own_path = np.asarray(middle[batch, users]).ravel()
+        middle = middle - sparse.csr_matrix((own_path, (batch, users)), shape=middle.shape)
+        z = np.asarray((middle @ graph.right[:, items]).todense())  # [B, C]
+        own = np.asarray(
+            graph.binary[users][:, items].todense()
+        )  # [B, C] 1 where (u, i) is an edge
+        du = graph.user_degree[users][:, None]
+        di = graph.item_degree[items][None, :]
+        # The j = i term (only where (u, i) is an edge): sum_{v != u} 1 / (d_v d_i).
+        z -= own * (graph.item_self[items][None, :] - _inverse(du, 1.0)) * _inverse(di, 1.0)
+        # The degrees without the pair's own edge.
+        du_without = du - own
+        di_without = di - own
+        scale = _inverse(du_without, 1.0) * np.sqrt(di * _inverse(di_without, 1.0))
+        return np.maximum(z * scale, 0.0).astype(np.float32)
+
+    def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[len(users), len(items), num_signals] float32 signals of every pair."""
+        users = np.asarray(users, np.int64)
+        items = np.asarray(items, np.int64)
+        out = np.empty((len(users), len(items), self.num_signals), np.float32)
+        column = 0
+        for graph in self.graphs[1:]:
+            out[..., column] = np.log1p(np.asarray(graph.counts[users][:, items].todense()))
+            column += 1
+        for graph in self.graphs:
+            out[..., column] = self._reach(graph, users, items)
+            column += 1
+        return out
+
+    def pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[n, num_signals] float32 signals of the pairs (users[k], items[k])."""
+        users = np.asarray(users, np.int64)
+        items = np.asarray(items, np.int64)
+        out = np.empty((len(users), self.num_signals), np.float32)
+        unique_users, row = np.unique(users, return_inverse=True)
+        unique_items, col = np.unique(items, return_inverse=True)
+        # A batch of distinct users at a time against the pairs' distinct items.
+        step = max(1, (1 << 22) // max(len(unique_items), 1))
+        for start in range(0, len(unique_users), step):
+            chosen = (row >= start) & (row < start + step)
+            block = self.grid(unique_users[start : start + step], unique_items)
+            out[chosen] = block[row[chosen] - start, col[chosen]]
+        return out

@@ -1,0 +1,94 @@
+"""Graph signals: a NumPy reference, and a pair's own edge never seen."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mmrec_tf.pipelines import graph_signals
+from tests.pipelines import test_samplers
+
+
+def _reference_reach(split, branch, u, i):
+    """reach_b(u, i) by its definition, on the graph without the pair's own edge."""
+    a = np.zeros((split.num_users, split.num_items))
+    keep = split.train_branches == branch
+    a[split.train_users[keep], split.train_items[keep]] = 1.0
+    a[u, i] = 0.0  # the pair's own edge, left out
+    du, di = a.sum(1), a.sum(0)
+    if du[u] == 0 or di[i] == 0:
+        return 0.0
+    total = 0.0
+    for j in np.flatnonzero(a[u]):
+        for v in np.flatnonzero(a[:, j] * a[:, i]):
+            if v != u:
+                total += 1.0 / (np.sqrt(di[j]) * du[v] * np.sqrt(di[i]))
+    return total / du[u]
+
+
+def _doubled(split):
+    """The same log with every record twice (touched counts 2, reach unchanged)."""
+    return dataclasses.replace(
+        split,
+        train_users=np.concatenate([split.train_users, split.train_users]),
+        train_items=np.concatenate([split.train_items, split.train_items]),
+        train_branches=np.concatenate([split.train_branches, split.train_branches]),
+    )
+
+
+def test_reach_matches_its_definition_for_every_pair():
+    split = test_samplers._split(num_users=12, num_items=15)
+    signals = graph_signals.GraphSignals(split)
+    users, items = np.arange(12), np.arange(15)
+    grid = signals.grid(users, items)
+    assert signals.names == ("touched_cart", "touched_fav", "reach_buy", "reach_cart", "reach_fav")
+    for branch in range(3):
+        want = np.array([[_reference_reach(split, branch, u, i) for i in items] for u in users])
+        np.testing.assert_allclose(grid[..., 2 + branch], want, rtol=1e-5, atol=1e-7)
+    assert grid[..., 2:].max() > 0
+
+
+def test_touched_counts_the_records_of_the_supportive_behaviors():
+    split = test_samplers._split(num_users=10, num_items=20)
+    once = graph_signals.GraphSignals(split).grid(np.arange(10), np.arange(20))
+    twice = graph_signals.GraphSignals(_doubled(split)).grid(np.arange(10), np.arange(20))
+    carted = np.zeros((10, 20), bool)
+    keep = split.train_branches == 1
+    carted[split.train_users[keep], split.train_items[keep]] = True
+    np.testing.assert_allclose(once[..., 0], np.where(carted, np.log(2.0), 0.0), rtol=1e-6)
+    np.testing.assert_allclose(twice[..., 0], np.where(carted, np.log(3.0), 0.0), rtol=1e-6)
+    # Repeated records change no reach: the graph's edges are distinct pairs.
+    np.testing.assert_allclose(once[..., 2:], twice[..., 2:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("branch", [0, 1, 2])
+def test_a_training_pairs_signals_do_not_see_its_own_edge(branch):
+    split = test_samplers._split(num_users=15, num_items=25)
+    signals = graph_signals.GraphSignals(split)
+    keep = np.flatnonzero(split.train_branches == branch)
+    rng = np.random.default_rng(branch)
+    for record in rng.choice(keep, 6, replace=False):
+        u, i = split.train_users[record], split.train_items[record]
+        # The same log without that pair's records of this behavior.
+        drop = (
+            (split.train_users == u) & (split.train_items == i) & (split.train_branches == branch)
+        )
+        held_out = dataclasses.replace(
+            split,
+            train_users=split.train_users[~drop],
+            train_items=split.train_items[~drop],
+            train_branches=split.train_branches[~drop],
+        )
+        with_edge = signals.pairs(np.array([u]), np.array([i]))[0]
+        without = graph_signals.GraphSignals(held_out).pairs(np.array([u]), np.array([i]))[0]
+        column = signals.names.index(f"reach_{split.behaviors.behaviors[branch]}")
+        assert with_edge[column] == pytest.approx(without[column], rel=1e-5, abs=1e-8)
+
+
+def test_pairs_equal_the_grid():
+    split = test_samplers._split(num_users=30, num_items=40)
+    signals = graph_signals.GraphSignals(split)
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 30, 100), rng.integers(0, 40, 100)
+    grid = signals.grid(np.arange(30), np.arange(40))
+    np.testing.assert_allclose(signals.pairs(users, items), grid[users, items], rtol=1e-6)
