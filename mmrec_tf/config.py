@@ -222,6 +222,11 @@ class ModelConfig:
         behavior the user had with the item in the training data (a cart or
         view before the buy): `logit += sum_s w_s * [user had behavior s with
         item]`. Evaluation and serving look these up in the training data.
+      graph_signals: each branch takes its behavior's graph signals of the
+        pair beside the ids (`pipelines.graph_signals`: how often the user
+        had the behavior with the item, and how strongly the item is reached
+        from the user's other items through that behavior's graph); a model
+        with one branch takes every behavior's. Needs `loss=softmax`.
       behavior_init: where the offsets w start: `zero`, or, with `mf_init`
         als or als_fixed, `touched_first` (each offset at twice the bound of
         the ALS scores: the start is the "ALS, touched items first"
@@ -260,6 +265,7 @@ class ModelConfig:
     history_length: int = 0
     shared_embeddings: bool = False
     behavior_features: bool = False
+    graph_signals: bool = False
     behavior_init: str = "zero"
     als_alpha: float = 10.0
     als_l2: float = 0.1
@@ -303,6 +309,13 @@ class ModelConfig:
             self.mf_init,
             "random unless the model has an MF part without user histories (the ALS user "
             "factor is the whole user vector): --model=mmf|ncf|gmf with --history_length=0",
+        )
+        _check(
+            not self.graph_signals or (self.model in ("mmf", "ncf", "mlp") and self.mlp_layers),
+            "graph_signals",
+            self.graph_signals,
+            "false unless the model has branches with layers (--model=mmf|ncf|mlp, "
+            "--mlp_layers >= 1): the branches take the signals",
         )
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
@@ -573,6 +586,19 @@ class ExperimentConfig:
 
     def __post_init__(self):
         _check_choices(self)
+        _check(
+            not self.model.graph_signals or self.train.loss == "softmax",
+            "model.graph_signals",
+            self.model.graph_signals,
+            "false unless --loss=softmax (the softmax batches carry their grid's signals)",
+        )
+        _check(
+            not (self.model.graph_signals and self.export.export_dir),
+            "export.export_dir",
+            self.export.export_dir,
+            "empty with --graph_signals: the serving module does not compute the signals "
+            "yet; evaluate without --export_dir",
+        )
         _check(
             self.mode not in ("export", "evaluate_export") or bool(self.export.export_dir),
             "export.export_dir",

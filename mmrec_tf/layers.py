@@ -159,8 +159,13 @@ class MatrixFactorization(_EmbeddingPair):
 class FeedbackTower(_EmbeddingPair):
     """One behavior's M-MLP branch: its own user and item embeddings and a ReLU tower.
 
+    With `signal_columns`, the branch also takes those columns of the pair's
+    graph signals (`pipelines.graph_signals`) beside the ids: its first layer
+    reads [u; i; s].
+
     Call args:
-      inputs: (user [batch_size] int32, item [batch_size] int32).
+      inputs: (user [batch_size] int32, item [batch_size] int32), and with
+        signal columns the pairs' signals [batch_size, num_signals] third.
 
     Returns:
       [batch_size, output_dim]: the last ReLU layer, or the concatenated
@@ -168,9 +173,19 @@ class FeedbackTower(_EmbeddingPair):
     """
 
     def __init__(
-        self, num_users: int, num_items: int, embedding_dim: int, *, num_layers: int = 2, **kwargs
+        self,
+        num_users: int,
+        num_items: int,
+        embedding_dim: int,
+        *,
+        num_layers: int = 2,
+        signal_columns: tuple[int, ...] = (),
+        **kwargs,
     ):
         super().__init__(num_users, num_items, embedding_dim, **kwargs)
+        if signal_columns and not num_layers:
+            raise ValueError("a branch takes graph signals through its layers: mlp_layers >= 1.")
+        self.signal_columns = tuple(int(c) for c in signal_columns)
         self.num_layers = num_layers
         self.dense_layers = [
             tf_keras.layers.Dense(
@@ -187,23 +202,29 @@ class FeedbackTower(_EmbeddingPair):
         return self.embedding_dim if self.num_layers else 2 * self.embedding_dim
 
     def call(self, inputs):
-        user, item = inputs
+        user, item = inputs[0], inputs[1]
         u, i = self.lookup(user, item)
-        x = tf.concat([u, i], axis=-1)
+        parts = [u, i]
+        if self.signal_columns:
+            parts.append(tf.cast(tf.gather(inputs[2], self.signal_columns, axis=-1), u.dtype))
+        x = tf.concat(parts, axis=-1)
         for layer in self.dense_layers:
             x = layer(x)
         return x
 
-    def grid(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    def grid(self, users: tf.Tensor, items: tf.Tensor, signals: tf.Tensor | None = None):
         """The branch for every (user, item) pair of two lists, without repeating work.
 
-        The first layer is linear in [u; i], so W [u; i] + b = (W_u u + b) +
-        W_i i: the user half is computed once per user, the item half once
-        per item, and only their sum goes through the ReLU per pair.
+        The first layer is linear in [u; i; s], so W [u; i; s] + b =
+        (W_u u + b) + W_i i + W_s s: the user half is computed once per user,
+        the item half once per item, the signals' part per pair, and only
+        their sum goes through the ReLU per pair.
 
         Args:
           users: [U] user indices.
           items: [I] item indices.
+          signals: [U, I, num_signals] the pairs' graph signals (a branch
+            with signal columns needs them).
 
         Returns:
           [U, I, output_dim], equal to calling the layer on every pair.
@@ -218,15 +239,21 @@ class FeedbackTower(_EmbeddingPair):
         first = self.dense_layers[0]
         d = self.embedding_dim
         user_half = tf.matmul(u, first.kernel[:d]) + first.bias
-        item_half = tf.matmul(i, first.kernel[d:])
-        x = tf.nn.relu(user_half[:, None, :] + item_half[None, :, :])
+        item_half = tf.matmul(i, first.kernel[d : 2 * d])
+        x = user_half[:, None, :] + item_half[None, :, :]
+        if self.signal_columns:
+            if signals is None:
+                raise ValueError(f"branch {self.name!r} takes graph signals: pass the grid's.")
+            s = tf.cast(tf.gather(signals, self.signal_columns, axis=-1), x.dtype)
+            x += tf.tensordot(s, first.kernel[2 * d :], axes=1)
+        x = tf.nn.relu(x)
         for layer in self.dense_layers[1:]:
             x = layer(x)
         return x
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_layers=self.num_layers)
+        config.update(num_layers=self.num_layers, signal_columns=list(self.signal_columns))
         return config
 
 

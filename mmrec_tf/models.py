@@ -84,11 +84,15 @@ class Scorer(tf_keras.Model):
         names = {"all": behaviors.behaviors, "target": behaviors.behaviors[:1], "none": ()}[
             branch_set
         ]
+        signal_names = schema.signal_names(behaviors.behaviors) if config.graph_signals else ()
         inputs = {
             name: tf_keras.Input(shape=spec.shape[1:], dtype=spec.dtype, name=name)
-            for name, spec in schema.model_input_spec(behaviors.num_behaviors).items()
+            for name, spec in schema.model_input_spec(
+                behaviors.num_behaviors, len(signal_names)
+            ).items()
         }
         user, item, gate = inputs[schema.USER], inputs[schema.ITEM], inputs[schema.GATE]
+        signals = inputs.get(schema.SIGNALS)
         common = dict(
             num_users=num_users,
             num_items=num_items,
@@ -110,6 +114,7 @@ class Scorer(tf_keras.Model):
                 num_layers=config.mlp_layers,
                 name=f"tower_{name}",
                 exclude_self=t == 0,
+                signal_columns=_signal_columns(signal_names, name, alone=len(names) == 1),
                 **common,
             )
             if config.shared_embeddings and t > 0:
@@ -117,7 +122,7 @@ class Scorer(tf_keras.Model):
                 tower.user_embedding = towers[0].user_embedding
                 tower.item_embedding = towers[0].item_embedding
             towers.append(tower)
-            x = tower((user, item))
+            x = tower((user, item, signals) if tower.signal_columns else (user, item))
             if t > 0 and config.gating != "none":
                 x = layers.GradientGate(name=f"gate_{name}")((x, gate[:, t]))
             branch_outputs.append(x)
@@ -180,11 +185,25 @@ class Scorer(tf_keras.Model):
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
 
-    def score_grid(self, users, items, gates=None, *, training=False, return_branches=False):
+    def score_grid(
+        self, users, items, gates=None, *, signals=None, training=False, return_branches=False
+    ):
         """[U, I] logits of every (user, item) pair (see `score_grid`)."""
         return score_grid(
-            self, users, items, gates, training=training, return_branches=return_branches
+            self,
+            users,
+            items,
+            gates,
+            signals=signals,
+            training=training,
+            return_branches=return_branches,
         )
+
+    @property
+    def num_signals(self) -> int:
+        """Width of the graph-signal input (0: the scorer takes none)."""
+        spec = self.input.get(schema.SIGNALS) if isinstance(self.input, dict) else None
+        return 0 if spec is None else int(spec.shape[-1])
 
     def factorized_grid(self, users, items):
         """[U, I] MF part of the logits (see `factorized_grid`)."""
@@ -283,6 +302,14 @@ class Scorer(tf_keras.Model):
         return {b: float(w) for b, w in zip(self.behaviors.supportive, values)}
 
 
+def _signal_columns(names: tuple[str, ...], behavior: str, *, alone: bool) -> tuple[int, ...]:
+    """The signal columns a branch takes: its behavior's, or every one when
+    it is the model's only branch (one branch fed all signals)."""
+    if alone:
+        return tuple(range(len(names)))
+    return tuple(k for k, n in enumerate(names) if n.split("_", 1)[1] == behavior)
+
+
 def require_supportive(behaviors: schema.BehaviorSchema) -> None:
     """Behavior features need supportive behaviors to look up."""
     if behaviors.num_behaviors < 2:
@@ -314,6 +341,7 @@ def score_grid(
     items: tf.Tensor,
     gates: tf.Tensor | None = None,
     *,
+    signals: tf.Tensor | None = None,
     training: bool = False,
     return_branches: bool = False,
 ):
@@ -330,6 +358,8 @@ def score_grid(
       gates: [U, I, num_behaviors] training gate masks of the pairs; needed
         by a scorer with behavior features, and in training by the gradient
         gates of the supportive branches.
+      signals: [U, I, num_signals] the pairs' graph signals; needed by a
+        scorer built with `graph_signals`.
       training: apply the supportive branches' gradient gates (a branch
         learns only from the pairs that have its behavior), as the pairwise
         scorer does in training.
@@ -350,7 +380,7 @@ def score_grid(
     if mf is not None:
         logits += tf.cast(factorized_grid(scorer, users, items), tf.float32)
         rows = mf.embedding_dim
-    branches = [tower.grid(users, items) for tower in towers]
+    branches = [tower.grid(users, items, signals) for tower in towers]
     raw = list(branches)
     if training and scorer_gating(scorer):
         if gates is None:

@@ -36,6 +36,7 @@ from mmrec_tf.export import evaluation as export_evaluation
 from mmrec_tf.export import exporter
 from mmrec_tf.export import fitted as fitted_export
 from mmrec_tf.export import serving
+from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import histories
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import schema
@@ -130,11 +131,31 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         if len(split.valid_users)
         else None
     )
+    signals = None
+    if config.model.graph_signals:
+        started = time.perf_counter()
+        signals = graph_signals.GraphSignals(split)
+        results["seconds"]["graph_signals"] = round(time.perf_counter() - started, 2)
     score = evaluate.Scorer(
-        ranker.scorer, split.behaviors.num_behaviors, config.eval.batch_size, index=index
+        ranker.scorer,
+        split.behaviors.num_behaviors,
+        config.eval.batch_size,
+        index=index,
+        signals=signals,
     )
     if config.mode in ("train", "train_and_evaluate"):
-        fit(config, ranker, index, split, model_dir, results, score, valid_cases, on_validation)
+        fit(
+            config,
+            ranker,
+            index,
+            split,
+            model_dir,
+            results,
+            score,
+            valid_cases,
+            on_validation,
+            signals=signals,
+        )
     else:
         _restore_for_evaluation(ranker, model_dir)
     if config.mode in ("evaluate", "train_and_evaluate"):
@@ -219,9 +240,23 @@ def build(config: config_lib.ExperimentConfig, split, strategy: tf.distribute.St
 
 
 def fit(
-    config, ranker, index, split, model_dir, results, score, valid_cases, on_validation=None
+    config,
+    ranker,
+    index,
+    split,
+    model_dir,
+    results,
+    score,
+    valid_cases,
+    on_validation=None,
+    *,
+    signals=None,
 ) -> None:
-    """Step 3: the ALS start when asked, then training with validation; into `results`."""
+    """Step 3: the ALS start when asked, then training with validation; into `results`.
+
+    `signals` (a `graph_signals.GraphSignals` of the training graph) feed a
+    scorer built with `graph_signals`.
+    """
     if config.model.mf_init != "random":
         start = _start_from_als(ranker.scorer, config, split)
         results["seconds"]["mf_init"] = start.pop("seconds")
@@ -244,6 +279,7 @@ def fit(
         model_dir=model_dir,
         validation=validation if valid_cases is not None else None,
         validate_start=config.model.mf_init != "random",
+        signals=signals,
     )
     results["seconds"]["train"] = round(time.perf_counter() - started, 2)
     results["train"] = {k: v for k, v in result.to_dict().items() if k != "history"}

@@ -149,13 +149,22 @@ class SoftmaxTask:
         candidates = batch[schema.CANDIDATES]
         bits = batch[schema.CANDIDATE_BITS]
         gates = models.unpack_bits(bits, batch[schema.POS_GATE].shape[-1])
+        signals = batch.get(schema.SIGNALS)  # [batch, candidates, S] with graph signals
         branches = None
         if self.branch_loss_weight:
             logits, branches = models.score_grid(
-                scorer, users, candidates, gates, training=training, return_branches=True
+                scorer,
+                users,
+                candidates,
+                gates,
+                signals=signals,
+                training=training,
+                return_branches=True,
             )
         else:
-            logits = models.score_grid(scorer, users, candidates, gates, training=training)
+            logits = models.score_grid(
+                scorer, users, candidates, gates, signals=signals, training=training
+            )
         labels = tf.one_hot(tf.range(tf.shape(users)[0]), tf.shape(candidates)[0], dtype=tf.float32)
         # The user's other training positives are not negatives of this row.
         own = tf.cast(tf.bitwise.bitwise_and(bits, self.positive_bits) != 0, tf.float32)

@@ -247,6 +247,7 @@ def train(
     model_dir: str,
     validation: Callable[[], dict] | None = None,
     validate_start: bool = False,
+    signals=None,
 ) -> TrainResult:
     """Trains `ranker` on examples sampled from `index`, resuming from `model_dir`.
 
@@ -262,6 +263,8 @@ def train(
       validate_start: a fresh run also validates the starting weights, as
         epoch 0, and keeps them if no epoch beats them (for a warm start,
         such as the MF part at the ALS factors).
+      signals: the training graph's `graph_signals.GraphSignals`, for a
+        scorer that takes graph signals.
 
     Returns:
       A TrainResult. The ranker holds the best validation epoch's weights
@@ -304,11 +307,11 @@ def train(
         if config.distribution_strategy == "multi_worker":
             dataset = strategy.distribute_datasets_from_function(
                 lambda context: datasets.training_dataset(
-                    index, config, start_epoch=start, input_context=context
+                    index, config, start_epoch=start, input_context=context, signals=signals
                 )
             )
         else:
-            dataset = datasets.training_dataset(index, config, start_epoch=start)
+            dataset = datasets.training_dataset(index, config, start_epoch=start, signals=signals)
         callbacks = [
             _EpochEnd(
                 state=state,

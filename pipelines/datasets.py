@@ -48,6 +48,7 @@ def training_dataset(
     *,
     start_epoch: int = 0,
     input_context: tf.distribute.InputContext | None = None,
+    signals=None,
 ) -> tf.data.Dataset:
     """Batched training examples for epochs `start_epoch` .. `config.epochs - 1`.
 
@@ -55,6 +56,9 @@ def training_dataset(
       index: the training index.
       config: batch size, negatives, sampler ratio, seed, epochs.
       start_epoch: the first epoch to draw (after a resume).
+      signals: a `graph_signals.GraphSignals` of the training graph: each
+        softmax batch also carries its grid's signals (`schema.SIGNALS`,
+        [B, B + N, num_signals]).
       input_context: when given (`distribute_datasets_from_function`), this
         pipeline takes every `num_input_pipelines`-th positive and the
         per-replica batch; with R replicas per pipeline a step takes R of its
@@ -125,7 +129,10 @@ def training_dataset(
 
     def candidates(epoch, chunk, batch, users, items):
         rng = np.random.default_rng([config.seed, int(epoch), shard, int(chunk), int(batch)])
-        return shared.candidates(index, users, items, rng)
+        drawn = shared.candidates(index, users, items, rng)
+        if signals is None:
+            return drawn
+        return (*drawn, signals.grid(users, drawn[0]))
 
     shapes = ([None], [None], [None, t], [None], [None, n], [None, n, t])
 
@@ -156,17 +163,17 @@ def training_dataset(
                 batch = {k: v[b * batch_size : (b + 1) * batch_size] for k, v in tensors.items()}
                 if softmax:
                     users, items = batch[schema.USER], batch[schema.POS_ITEM]
+                    names = [schema.CANDIDATES, schema.CANDIDATE_LOG_Q, schema.CANDIDATE_BITS]
+                    dtypes = [tf.int32, tf.float32, tf.int32]
+                    shapes = [[None], [None], [None, None]]
+                    if signals is not None:
+                        names.append(schema.SIGNALS)
+                        dtypes.append(tf.float32)
+                        shapes.append([None, None, signals.num_signals])
                     arrays = tf.numpy_function(
-                        candidates,
-                        [epoch, chunk, b, users, items],
-                        (tf.int32, tf.float32, tf.int32),
-                        stateful=False,
+                        candidates, [epoch, chunk, b, users, items], dtypes, stateful=False
                     )
-                    for name, array, shape in zip(
-                        (schema.CANDIDATES, schema.CANDIDATE_LOG_Q, schema.CANDIDATE_BITS),
-                        arrays,
-                        ([None], [None], [None, None]),
-                    ):
+                    for name, array, shape in zip(names, arrays, shapes):
                         array.set_shape(shape)
                         batch[name] = array
                 return batch

@@ -28,6 +28,7 @@ import dataclasses
 import numpy as np
 from scipy import sparse
 
+from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
 
 
@@ -83,9 +84,7 @@ class GraphSignals:
             self.graphs.append(
                 _Graph(counts, binary, du, di, left.tocsr(), right.tocsc(), item_self)
             )
-        self.names = tuple(f"touched_{b}" for b in behaviors[1:]) + tuple(
-            f"reach_{b}" for b in behaviors
-        )
+        self.names = schema.signal_names(behaviors)
 
     @property
     def num_signals(self) -> int:

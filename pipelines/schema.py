@@ -14,6 +14,8 @@ import tensorflow as tf
 USER = "user"
 ITEM = "item"
 GATE = "gate"
+# [batch, num_signals] graph signals of a pair; [B, C, num_signals] on a grid.
+SIGNALS = "signals"
 
 # Training example fields produced by the negatives sampler.
 POS_ITEM = "pos_item"
@@ -89,10 +91,20 @@ class BehaviorSchema:
         return self.behaviors.index(name)
 
 
-def model_input_spec(num_behaviors: int) -> dict[str, tf.TensorSpec]:
-    """The scoring model's inputs: user and item indices and the gate mask."""
-    return {
+def model_input_spec(num_behaviors: int, num_signals: int = 0) -> dict[str, tf.TensorSpec]:
+    """The scoring model's inputs: user and item indices, the gate mask, and
+    with `num_signals` the pairs' graph signals."""
+    spec = {
         USER: tf.TensorSpec([None], tf.int32, name=USER),
         ITEM: tf.TensorSpec([None], tf.int32, name=ITEM),
         GATE: tf.TensorSpec([None, num_behaviors], tf.float32, name=GATE),
     }
+    if num_signals:
+        spec[SIGNALS] = tf.TensorSpec([None, num_signals], tf.float32, name=SIGNALS)
+    return spec
+
+
+def signal_names(behaviors: tuple[str, ...]) -> tuple[str, ...]:
+    """The graph signals' names in column order (`pipelines.graph_signals`):
+    `touched_<b>` per supportive behavior, then `reach_<b>` per behavior."""
+    return tuple(f"touched_{b}" for b in behaviors[1:]) + tuple(f"reach_{b}" for b in behaviors)

@@ -33,6 +33,7 @@ _NEVER_KEYED = ("model.als_holdout", "train.row_negatives", "train.supportive_ro
 ADDED_AT_DEFAULT = (
     ("model", "cascade_alpha", 0.7),
     ("model", "cascade_beta", 0.2),
+    ("model", "graph_signals", False),
     ("train", "early_stopping_margin", 0.0),
 )
 

@@ -56,3 +56,23 @@ def test_gradient_gate_is_identity_forward_and_masks_gradient():
     np.testing.assert_array_equal(y.numpy(), x.numpy())
     # d loss / d x = weights * mask: row 0 passes, row 1 is stopped.
     np.testing.assert_array_equal(tape.gradient(loss, x).numpy(), [[5.0, 6.0], [0.0, 0.0]])
+
+
+def test_a_tower_with_signals_scores_the_grid_as_its_pairs():
+    tf_keras.utils.set_random_seed(0)
+    tower = layers.FeedbackTower(5, 6, 3, num_layers=2, signal_columns=(1, 3), init_stddev=0.5)
+    users, items = np.array([0, 2, 4], np.int32), np.array([1, 3, 5, 0], np.int32)
+    signals = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
+    u = np.repeat(users, 4)
+    i = np.tile(items, 3)
+    pairs = tower((tf.constant(u), tf.constant(i), tf.constant(signals.reshape(12, 4)))).numpy()
+    grid = tower.grid(tf.constant(users), tf.constant(items), tf.constant(signals)).numpy()
+    np.testing.assert_allclose(grid.reshape(12, -1), pairs, rtol=1e-5, atol=1e-6)
+    # Only its columns count: the others change nothing.
+    other = signals.copy()
+    other[..., [0, 2]] += 5.0
+    again = tower.grid(tf.constant(users), tf.constant(items), tf.constant(other)).numpy()
+    np.testing.assert_allclose(again, grid, rtol=1e-6)
+    assert tower.get_config()["signal_columns"] == [1, 3]
+    with pytest.raises(ValueError, match="takes graph signals"):
+        tower.grid(tf.constant(users), tf.constant(items))

@@ -247,3 +247,35 @@ def test_scorer_methods_are_the_grid_towers_and_histories():
     )
     query, candidate = scorer.retrieval_towers()
     assert query(users).shape == (2, 4) and candidate(items).shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "name,columns",
+    # Signals: touched_cart, touched_fav, reach_buy, reach_cart, reach_fav.
+    [("mmf", {"buy": (2,), "cart": (0, 3), "fav": (1, 4)}), ("ncf", {"buy": (0, 1, 2, 3, 4)})],
+)
+def test_each_branch_takes_its_behaviors_signals_and_one_branch_takes_all(name, columns):
+    scorer = _scorer(model=name, graph_signals=True)
+    assert scorer.num_signals == 5
+    got = {n: t.signal_columns for n, t in zip(scorer.branch_names, scorer.towers)}
+    assert got == columns
+    clone = models.Scorer.from_config(scorer.get_config())
+    assert clone.num_signals == 5 and clone.count_params() == scorer.count_params()
+    assert _scorer().num_signals == 0
+
+
+@pytest.mark.parametrize(
+    "model, train, export, message",
+    [
+        ({"model": "gmf", "graph_signals": True}, {"loss": "softmax"}, {}, "graph_signals"),
+        ({"graph_signals": True}, {}, {}, "loss=softmax"),
+        ({"graph_signals": True}, {"loss": "softmax"}, {"export_dir": "x"}, "compute the signals"),
+    ],
+)
+def test_graph_signals_refuse_what_cannot_use_them(model, train, export, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.ExperimentConfig(
+            model=config_lib.ModelConfig(**model),
+            train=config_lib.TrainConfig(**train),
+            export=config_lib.ExportConfig(**export),
+        )

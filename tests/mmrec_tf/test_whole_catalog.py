@@ -231,6 +231,8 @@ def test_discovery_excludes_exactly_the_touched_items():
         [],
         # Each supportive branch also ranks its own behavior (auxiliary heads).
         ["--gating=gradient_aux"],
+        # Each branch takes its behavior's graph signals beside the ids.
+        ["--graph_signals"],
     ],
 )
 def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, candidates):

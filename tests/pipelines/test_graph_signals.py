@@ -92,3 +92,30 @@ def test_pairs_equal_the_grid():
     users, items = rng.integers(0, 30, 100), rng.integers(0, 40, 100)
     grid = signals.grid(np.arange(30), np.arange(40))
     np.testing.assert_allclose(signals.pairs(users, items), grid[users, items], rtol=1e-6)
+
+
+def test_a_scorer_with_signals_ranks_grids_as_its_pairs():
+    import tensorflow as tf  # noqa: F401  (after mmrec_tf's Keras 2 selection)
+
+    from mmrec_tf import config as config_lib
+    from mmrec_tf import evaluate
+    from mmrec_tf import models
+
+    split = test_samplers._split(num_users=20, num_items=30)
+    scorer = models.build_model(
+        config_lib.ModelConfig(
+            mf_dim=4, mlp_dim=4, mlp_layers=1, init_stddev=0.3, graph_signals=True
+        ),
+        num_users=20,
+        num_items=30,
+        behaviors=split.behaviors,
+    )
+    signals = graph_signals.GraphSignals(split)
+    score = evaluate.Scorer(scorer, split.behaviors.num_behaviors, signals=signals)
+    users, items = np.arange(0, 20, 3), np.arange(30)
+    grid = score.grid(users, items)
+    pairs = score(np.repeat(users, 30), np.tile(items, len(users))).reshape(grid.shape)
+    np.testing.assert_allclose(grid, pairs, rtol=1e-4, atol=1e-5)
+    # Without the signals it would score something else: they are required.
+    with pytest.raises(ValueError, match="graph signals"):
+        evaluate.Scorer(scorer, split.behaviors.num_behaviors)
