@@ -8,7 +8,8 @@ experiment runner, which keeps finished runs) and is reported under the three
 protocols (sampled, full ranking, discovery): test HR@10 and NDCG@10, mean
 over seeds ± the standard error across seeds. The ALS arms take their flags
 from the dataset's Optuna study (`python -m mmrec_tf.tune --family=als
---protocol=full`: `<tune_dir>/<dataset>/best_als_full.json`); our model and
+--protocol=full`: `<tune_dir>/<dataset>/best_als_full.json`), CascadingRank
+from its own (`--family=cascade`, one run: it learns nothing seeded); our model and
 its ablations train on that ALS's factors with residual.flags' recipe (one
 recipe, picked among four hand-run settings on jd_vcgae's validation cases),
 so they add no per-dataset search. An arm whose study is missing is left out
@@ -74,6 +75,10 @@ OURS = "MMF on the tuned ALS (residual, whole-catalog softmax; start chosen on v
 # with its start and its kept epoch chosen on sampled validation.
 SAMPLED_ALS = "ALS multi-behavior (tuned on sampled validation)"
 SAMPLED_OURS = "MMF on the sampled-tuned ALS (start and epochs chosen on sampled validation)"
+CASCADE = "CascadingRank (tuned)"
+# Arms that learn nothing seeded: one run stands for every seed (their
+# standard errors are over the test cases).
+DETERMINISTIC = (CASCADE,)
 CHOSEN_START = (OURS, SAMPLED_OURS)
 # The two starts of the behavior offsets, each run for seed 0 to choose.
 STARTS = (
@@ -123,6 +128,7 @@ def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
     """(label, overrides or None when its study is missing), in report order."""
     als = _tuned(tune_dir, dataset, "als")
     als_sampled = _tuned(tune_dir, dataset, "als", "sampled")
+    cascade = _tuned(tune_dir, dataset, "cascade")
 
     def on_als(extra: dict, fit: dict | None = als) -> dict | None:
         if fit is None:
@@ -140,6 +146,7 @@ def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
             None if als is None else {**als, "behavior_features": True},
         ),
         ("popular, touched items first", {"model": "popular", "behavior_features": True}),
+        (CASCADE, cascade),
         ("MMF, BPR (dataset flagfile)", {}),
         (
             "NCF (target behavior only)",
@@ -240,7 +247,7 @@ def main():
             elif label in dict(ABLATIONS):
                 overrides = {**overrides, **start}
             runs = []
-            for seed in range(1 if label in dict(STARTS) else args.seeds):
+            for seed in range(1 if label in dict(STARTS) or label in DETERMINISTIC else args.seeds):
                 try:
                     runs.append(runner.run(overrides, seed))
                 except experiments.MissingRun:

@@ -16,6 +16,12 @@ degrees d_u, item degrees d_i), a pair (u, i) gets:
   a training buy gets exactly the signal it would get were it held out, as
   a test buy is (PROTOCOL.md, "Features from the interaction graph").
 
+Each reach column is divided by its mean over a seeded sample of the
+training buys (a constant of the training graph), so that the signals enter
+a branch's first layer at the scale of its embeddings: raw reach values are
+around 1e-4 on the real logs, where a layer initialized at 0.01 would hardly
+move them.
+
 `GraphSignals(split)` builds the graphs from the training records;
 `pairs(users, items)` and `grid(users, items)` compute the signals in
 batches of users with `scipy.sparse` products, so memory follows the batch.
@@ -85,10 +91,22 @@ class GraphSignals:
                 _Graph(counts, binary, du, di, left.tocsr(), right.tocsc(), item_self)
             )
         self.names = schema.signal_names(behaviors)
+        self.reach_scale = np.ones(len(behaviors), np.float64)
+        self.reach_scale = self._reach_scale(split)
 
     @property
     def num_signals(self) -> int:
         return len(self.names)
+
+    def _reach_scale(self, split: splits_lib.Split, sample: int = 2048) -> np.ndarray:
+        """1 / the mean reach of each behavior over a seeded sample of training buys."""
+        buys = np.flatnonzero(split.train_branches == 0)
+        if not len(buys):
+            return np.ones(len(self.graphs), np.float64)
+        picked = np.random.default_rng(0).choice(buys, min(sample, len(buys)), replace=False)
+        values = self.pairs(split.train_users[picked], split.train_items[picked])
+        means = values[:, len(self.graphs) - 1 :].astype(np.float64).mean(axis=0)
+        return np.where(means > 0, 1.0 / np.maximum(means, 1e-30), 1.0)
 
     def _reach(self, graph: _Graph, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[len(users), len(items)] reach of every pair, the pair's own edge left out."""
@@ -121,8 +139,8 @@ class GraphSignals:
         for graph in self.graphs[1:]:
             out[..., column] = np.log1p(np.asarray(graph.counts[users][:, items].todense()))
             column += 1
-        for graph in self.graphs:
-            out[..., column] = self._reach(graph, users, items)
+        for b, graph in enumerate(self.graphs):
+            out[..., column] = self._reach(graph, users, items) * self.reach_scale[b]
             column += 1
         return out
 

@@ -44,7 +44,9 @@ def test_reach_matches_its_definition_for_every_pair():
     assert signals.names == ("touched_cart", "touched_fav", "reach_buy", "reach_cart", "reach_fav")
     for branch in range(3):
         want = np.array([[_reference_reach(split, branch, u, i) for i in items] for u in users])
-        np.testing.assert_allclose(grid[..., 2 + branch], want, rtol=1e-5, atol=1e-7)
+        # Each reach column comes scaled by a constant of the graph.
+        raw = grid[..., 2 + branch] / signals.reach_scale[branch]
+        np.testing.assert_allclose(raw, want, rtol=1e-5, atol=1e-7)
     assert grid[..., 2:].max() > 0
 
 
@@ -79,10 +81,22 @@ def test_a_training_pairs_signals_do_not_see_its_own_edge(branch):
             train_items=split.train_items[~drop],
             train_branches=split.train_branches[~drop],
         )
-        with_edge = signals.pairs(np.array([u]), np.array([i]))[0]
-        without = graph_signals.GraphSignals(held_out).pairs(np.array([u]), np.array([i]))[0]
+        other = graph_signals.GraphSignals(held_out)
         column = signals.names.index(f"reach_{split.behaviors.behaviors[branch]}")
-        assert with_edge[column] == pytest.approx(without[column], rel=1e-5, abs=1e-8)
+        # Raw reach (each graph's constant scale taken off): the same number.
+        with_edge = signals.pairs(np.array([u]), np.array([i]))[0, column]
+        without = other.pairs(np.array([u]), np.array([i]))[0, column]
+        assert with_edge / signals.reach_scale[branch] == pytest.approx(
+            without / other.reach_scale[branch], rel=1e-5, abs=1e-8
+        )
+
+
+def test_reach_is_scaled_to_a_mean_of_one_over_sampled_training_buys():
+    split = test_samplers._split(num_users=30, num_items=40)
+    signals = graph_signals.GraphSignals(split)
+    buys = np.flatnonzero(split.train_branches == 0)  # fewer than the 2048 sampled: all
+    values = signals.pairs(split.train_users[buys], split.train_items[buys])[:, 2:]
+    np.testing.assert_allclose(values.mean(axis=0), 1.0, rtol=1e-4)
 
 
 def test_pairs_equal_the_grid():
