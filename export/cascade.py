@@ -31,8 +31,6 @@ times over, so `max_request_users` is capped by a budget.
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import tensorflow as tf
 
@@ -40,7 +38,6 @@ from mmrec_tf.baselines import cascade
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
-from mmrec_tf.pipelines import training_index
 
 # The dense blocks of one request: five [users + items, rows] float32 arrays.
 REQUEST_BUDGET_BYTES = 1 << 28
@@ -80,7 +77,7 @@ class _Graph(tf.Module):
         return tf.sparse.SparseTensor(self.indices, self.values, self.shape)
 
 
-class CascadeModule(tf.Module):
+class CascadeModule(serving.CatalogModule):
     """The exported CascadingRank: graphs, vocabularies, purchases, fallbacks."""
 
     def __init__(
@@ -122,32 +119,26 @@ class CascadeModule(tf.Module):
         Raises:
           ValueError: if K exceeds C or C the catalog.
         """
-        super().__init__()
         num_users, num_items = len(user_tokens), len(item_tokens)
-        if not 1 <= top_k <= retrieval_candidates <= num_items:
-            raise ValueError(
-                f"export_top_k={top_k} and retrieval_candidates={retrieval_candidates} must "
-                f"satisfy 1 <= K <= C <= {num_items} (the catalog)."
-            )
+        per_row = (num_users + num_items) * 4 * 5
+        super().__init__(
+            user_tokens=user_tokens,
+            item_tokens=item_tokens,
+            popularity=popularity,
+            seen_row_splits=seen_row_splits,
+            seen_items=seen_items,
+            top_k=top_k,
+            retrieval_candidates=retrieval_candidates,
+            exclude_seen=exclude_seen,
+            max_request_users=max(1, min(max_request_users, REQUEST_BUDGET_BYTES // per_row)),
+            max_request_pairs=max_request_pairs,
+        )
         s = scorer.settings
         self.alpha, self.beta = float(s.alpha), float(s.beta)
         self.tolerance, self.max_iterations = float(s.tolerance), int(s.max_iterations)
-        self.num_users, self.num_items = num_users, num_items
-        self.top_k, self.retrieval_candidates = top_k, retrieval_candidates
-        self.exclude_seen = exclude_seen
-        per_row = (num_users + num_items) * 4 * 5
-        self.max_request_users = max(1, min(max_request_users, REQUEST_BUDGET_BYTES // per_row))
-        self.max_request_pairs = max_request_pairs
         self.max_history_events = max_history_events
         self.order = tuple(int(b) for b in scorer.order)
         self.graphs = [_Graph(stage, num_items) for stage in scorer.stages]
-        self._vocabulary_folder = tempfile.TemporaryDirectory(prefix="mmrec_vocab_")
-        folder = self._vocabulary_folder.name
-        self.user_vocabulary = serving._vocabulary_asset(user_tokens, folder, "users")
-        self.item_vocabulary = serving._vocabulary_asset(item_tokens, folder, "items")
-        self.user_table = serving._lookup_table(self.user_vocabulary)
-        self.item_table = serving._lookup_table(self.item_vocabulary)
-        self.item_ids = serving._table([str(t) for t in item_tokens], tf.string, "item_ids")
         self.behavior_names = tuple(behaviors)
         self.behavior_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -155,12 +146,6 @@ class CascadeModule(tf.Module):
             ),
             -1,
         )
-        share = np.asarray(popularity, np.float64) / (float(np.max(popularity, initial=0)) + 1.0)
-        self.popularity = serving._table(share, tf.float32, "popularity")
-        order = np.argsort(-share, kind="stable")[:retrieval_candidates]
-        self.popular_items = serving._table(order, tf.int32, "popular_items")
-        self.seen_row_splits = serving._table(seen_row_splits, tf.int64, "seen_row_splits")
-        self.seen_items = serving._table(seen_items, tf.int32, "seen_items")
 
     # -- the propagation --------------------------------------------------
 
@@ -170,12 +155,9 @@ class CascadeModule(tf.Module):
         Returns:
           (rows [E] int32, items [E] int32) with no repeated pair.
         """
-        known = tf.maximum(users, 0)
-        train = tf.RaggedTensor.from_row_splits(graph.items, graph.row_splits)
-        train = tf.ragged.boolean_mask(tf.gather(train, known), users >= 0)
-        train_rows = tf.cast(train.value_rowids(), tf.int32)
+        train_rows, train_items = self._rows(graph.items, graph.row_splits, users)
         rows = tf.concat([train_rows, event_rows], axis=0)
-        items = tf.concat([train.flat_values, event_items], axis=0)
+        items = tf.concat([train_items, event_items], axis=0)
         keys, _ = tf.unique(tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64))
         return tf.cast(keys // self.num_items, tf.int32), tf.cast(keys % self.num_items, tf.int32)
 
@@ -251,21 +233,13 @@ class CascadeModule(tf.Module):
 
     # -- the signatures ---------------------------------------------------
 
-    def _users(self, user_id: tf.Tensor) -> tf.Tensor:
-        return tf.cast(self.user_table.lookup(user_id), tf.int32)
-
-    def _popular(self, batch: tf.Tensor, k: int):
-        items = tf.tile(self.popular_items[None, :k], [batch, 1])
-        return items, tf.gather(self.popularity, items)
-
     def _top(self, users, scores, extra_seen_rows, extra_seen_items, personal, k):
         """The top k of `scores` [B, items], purchases masked first; popular rows where not personal."""
         batch = tf.shape(users)[0]
         if self.exclude_seen:
-            seen = tf.RaggedTensor.from_row_splits(self.seen_items, self.seen_row_splits)
-            seen = tf.ragged.boolean_mask(tf.gather(seen, tf.maximum(users, 0)), users >= 0)
-            rows = tf.concat([tf.cast(seen.value_rowids(), tf.int32), extra_seen_rows], axis=0)
-            items = tf.concat([seen.flat_values, extra_seen_items], axis=0)
+            seen_rows, seen_items = self._rows(self.seen_items, self.seen_row_splits, users)
+            rows = tf.concat([seen_rows, extra_seen_rows], axis=0)
+            items = tf.concat([seen_items, extra_seen_items], axis=0)
             scores = tf.tensor_scatter_nd_update(
                 scores,
                 tf.stack([rows, items], axis=1),
@@ -281,16 +255,7 @@ class CascadeModule(tf.Module):
 
     @tf.function(input_signature=[_IDS, _ITEM_IDS])
     def score(self, user_id, item_id):
-        user_id = serving._vector(user_id, schema.USER_ID, self.max_request_pairs)
-        item_id = serving._vector(item_id, schema.ITEM_ID, self.max_request_pairs)
-        same = tf.debugging.assert_equal(
-            tf.size(user_id),
-            tf.size(item_id),
-            message="user_id and item_id must have the same length (one pair each)",
-        )
-        with tf.control_dependencies([same]):
-            users = self._users(user_id)
-        items = tf.cast(self.item_table.lookup(item_id), tf.int32)
+        users, items = self._pairs(user_id, item_id)
         distinct, row = tf.unique(users)
         few = tf.debugging.assert_less_equal(
             tf.size(distinct),
@@ -300,12 +265,7 @@ class CascadeModule(tf.Module):
         with tf.control_dependencies([few]):
             scores = self._scores(distinct, *self._no_events())
         logits = tf.gather_nd(scores, tf.stack([row, tf.maximum(items, 0)], axis=1))
-        share = tf.gather(self.popularity, tf.maximum(items, 0))
-        share = tf.clip_by_value(share, 1e-6, 1 - 1e-6)
-        fallback = tf.math.log(share) - tf.math.log1p(-share)
-        logits = tf.where(users >= 0, logits, fallback)
-        logits = tf.where(items >= 0, logits, serving.UNKNOWN_LOGIT)
-        return {schema.SCORE: logits, schema.LOGIT: logits, schema.PROBABILITY: tf.sigmoid(logits)}
+        return self._pair_outputs(logits, users, items)
 
     @tf.function(input_signature=[_IDS])
     def retrieve(self, user_id):
@@ -408,18 +368,12 @@ def from_training(
     max_request_pairs: int = serving.MAX_REQUEST_PAIRS,
 ) -> CascadeModule:
     """A CascadeModule whose purchases and popularity come from the training split."""
-    popularity = np.bincount(
-        split.train_items[split.train_branches == 0], minlength=split.num_items
-    )
-    keys = splits_lib.train_target_keys(split)
     return CascadeModule(
         scorer,
         user_tokens=user_tokens,
         item_tokens=item_tokens,
         behaviors=split.behaviors.behaviors,
-        popularity=popularity,
-        seen_row_splits=training_index.row_offsets(keys, split.num_users, split.num_items),
-        seen_items=(keys % split.num_items).astype(np.int32),
+        **serving.catalog_tables(split),
         top_k=top_k,
         retrieval_candidates=min(retrieval_candidates, split.num_items),
         exclude_seen=exclude_seen,

@@ -119,7 +119,124 @@ def _table(values, dtype, name: str) -> tf.Variable:
     return tf.Variable(np.asarray(values), dtype=dtype, trainable=False, name=name)
 
 
-class ServingModule(tf.Module):
+class CatalogModule(tf.Module):
+    """What every export shares: vocabularies, item ids, fallbacks, purchases, limits.
+
+    The vocabularies are assets, every table a variable. `ServingModule` (a
+    trained scorer) and `export.cascade.CascadeModule` (CascadingRank) build
+    on it, so both check requests, look ids up and fall back to popularity
+    the same way.
+
+    Args:
+      user_tokens: [num_users] raw user ids by index.
+      item_tokens: [num_items] raw item ids by index.
+      popularity: [num_items] training target counts.
+      seen_row_splits: [num_users + 1] row splits of `seen_items`.
+      seen_items: the users' training target items, user by user.
+      top_k: K of `recommend`.
+      retrieval_candidates: C of `retrieve`.
+      exclude_seen: leave the user's training purchases out of `recommend`.
+      max_request_users: most users per `recommend` / `retrieve` request.
+      max_request_pairs: most pairs per `serving_default` request.
+
+    Raises:
+      ValueError: if K exceeds C or the catalog, or C exceeds the catalog.
+    """
+
+    def __init__(
+        self,
+        *,
+        user_tokens: np.ndarray,
+        item_tokens: np.ndarray,
+        popularity: np.ndarray,
+        seen_row_splits: np.ndarray,
+        seen_items: np.ndarray,
+        top_k: int,
+        retrieval_candidates: int,
+        exclude_seen: bool,
+        max_request_users: int,
+        max_request_pairs: int,
+    ):
+        super().__init__()
+        num_items = len(item_tokens)
+        if not 1 <= top_k <= retrieval_candidates <= num_items:
+            raise ValueError(
+                f"export_top_k={top_k} and retrieval_candidates={retrieval_candidates} must "
+                f"satisfy 1 <= K <= C <= {num_items} (the catalog)."
+            )
+        self.num_users, self.num_items = len(user_tokens), num_items
+        self.top_k = top_k
+        self.retrieval_candidates = retrieval_candidates
+        self.exclude_seen = exclude_seen
+        self.max_request_users = max_request_users
+        self.max_request_pairs = max_request_pairs
+        # The vocabulary files live until the module is saved (then as assets).
+        self._vocabulary_folder = tempfile.TemporaryDirectory(prefix="mmrec_vocab_")
+        folder = self._vocabulary_folder.name
+        self.user_vocabulary = _vocabulary_asset(user_tokens, folder, "users")
+        self.item_vocabulary = _vocabulary_asset(item_tokens, folder, "items")
+        self.user_table = _lookup_table(self.user_vocabulary)
+        self.item_table = _lookup_table(self.item_vocabulary)
+        self.item_ids = _table([str(t) for t in item_tokens], tf.string, "item_ids")
+        share = np.asarray(popularity, np.float64) / (float(np.max(popularity, initial=0)) + 1.0)
+        self.popularity = _table(share, tf.float32, "popularity")
+        order = np.argsort(-share, kind="stable")[:retrieval_candidates]
+        self.popular_items = _table(order, tf.int32, "popular_items")
+        self.seen_row_splits = _table(seen_row_splits, tf.int64, "seen_row_splits")
+        self.seen_items = _table(seen_items, tf.int32, "seen_items")
+
+    def _users(self, user_id: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.user_table.lookup(user_id), tf.int32)
+
+    def _popular(self, batch: tf.Tensor, k: int):
+        items = tf.tile(self.popular_items[None, :k], [batch, 1])
+        return items, tf.gather(self.popularity, items)
+
+    def _rows(self, values: tf.Variable, row_splits: tf.Variable, users: tf.Tensor):
+        """(row in the batch, item) of each listed item of the known users, flat."""
+        lists = tf.RaggedTensor.from_row_splits(values, row_splits)
+        lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
+        return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
+
+    def _pairs(self, user_id: tf.Tensor, item_id: tf.Tensor):
+        """A `serving_default` request's (users, items) indices (-1: unknown), checked."""
+        user_id = _vector(user_id, schema.USER_ID, self.max_request_pairs)
+        item_id = _vector(item_id, schema.ITEM_ID, self.max_request_pairs)
+        same = tf.debugging.assert_equal(
+            tf.size(user_id),
+            tf.size(item_id),
+            message="user_id and item_id must have the same length (one pair each)",
+        )
+        with tf.control_dependencies([same]):
+            users = self._users(user_id)
+        return users, tf.cast(self.item_table.lookup(item_id), tf.int32)
+
+    def _pair_outputs(self, logits: tf.Tensor, users: tf.Tensor, items: tf.Tensor) -> dict:
+        """`serving_default`'s outputs: an unknown user's pair scores the item's
+        popularity share (as a logit), an unknown item UNKNOWN_LOGIT."""
+        share = tf.gather(self.popularity, tf.maximum(items, 0))
+        share = tf.clip_by_value(share, 1e-6, 1 - 1e-6)
+        fallback = tf.math.log(share) - tf.math.log1p(-share)
+        logits = tf.where(users >= 0, logits, fallback)
+        logits = tf.where(items >= 0, logits, UNKNOWN_LOGIT)
+        return {schema.SCORE: logits, schema.LOGIT: logits, schema.PROBABILITY: tf.sigmoid(logits)}
+
+
+def catalog_tables(split: splits_lib.Split) -> dict:
+    """The training split's `popularity`, `seen_row_splits` and `seen_items`
+    (each user's target items), as `CatalogModule` takes them."""
+    popularity = np.bincount(
+        split.train_items[split.train_branches == 0], minlength=split.num_items
+    )
+    keys = splits_lib.train_target_keys(split)
+    return {
+        "popularity": popularity,
+        "seen_row_splits": training_index.row_offsets(keys, split.num_users, split.num_items),
+        "seen_items": (keys % split.num_items).astype(np.int32),
+    }
+
+
+class ServingModule(CatalogModule):
     """The exported model: scorer, vocabularies, retrieval index, fallbacks."""
 
     def __init__(
@@ -164,41 +281,27 @@ class ServingModule(tf.Module):
           ValueError: if K exceeds C or the catalog, or C exceeds the catalog,
             or the scorer has behavior features and no pairs are given.
         """
-        super().__init__()
-        num_items = len(item_tokens)
-        if not 1 <= top_k <= retrieval_candidates <= num_items:
-            raise ValueError(
-                f"export_top_k={top_k} and retrieval_candidates={retrieval_candidates} must "
-                f"satisfy 1 <= K <= C <= {num_items} (the catalog)."
-            )
+        super().__init__(
+            user_tokens=user_tokens,
+            item_tokens=item_tokens,
+            popularity=popularity,
+            seen_row_splits=seen_row_splits,
+            seen_items=seen_items,
+            top_k=top_k,
+            retrieval_candidates=retrieval_candidates,
+            exclude_seen=exclude_seen,
+            max_request_users=max_request_users,
+            max_request_pairs=max_request_pairs,
+        )
+        num_items = self.num_items
         self.scorer = scorer
-        self.top_k = top_k
-        self.retrieval_candidates = retrieval_candidates
-        self.exclude_seen = exclude_seen
-        self.max_request_users = max_request_users
-        self.max_request_pairs = max_request_pairs
         self.num_behaviors = num_behaviors
-        # The vocabulary files live until the module is saved (then as assets).
-        self._vocabulary_folder = tempfile.TemporaryDirectory(prefix="mmrec_vocab_")
-        folder = self._vocabulary_folder.name
-        self.user_vocabulary = _vocabulary_asset(user_tokens, folder, "users")
-        self.item_vocabulary = _vocabulary_asset(item_tokens, folder, "items")
-        self.user_table = _lookup_table(self.user_vocabulary)
-        self.item_table = _lookup_table(self.item_vocabulary)
-        self.item_ids = _table([str(t) for t in item_tokens], tf.string, "item_ids")
-        share = np.asarray(popularity, np.float64) / (float(np.max(popularity, initial=0)) + 1.0)
-        self.popularity = _table(share, tf.float32, "popularity")
-        order = np.argsort(-share, kind="stable")[:retrieval_candidates]
-        self.popular_items = _table(order, tf.int32, "popular_items")
-        self.seen_row_splits = _table(seen_row_splits, tf.int64, "seen_row_splits")
-        self.seen_items = _table(seen_items, tf.int32, "seen_items")
         self.query_tower, candidate_tower = models.retrieval_towers(scorer)
         # The retrieval index: every item's candidate vector (a brute-force
         # index, as TFRS's BruteForce keeps it), scored by one matmul.
         self.item_vectors = _table(
             candidate_tower(tf.range(num_items, dtype=tf.int32)).numpy(), tf.float32, "index"
         )
-        self.num_items = num_items
         self.behavior_features = scorer.behavior_bias is not None
         if self.behavior_features:
             if pair_keys is None or pair_bits is None:
@@ -214,16 +317,12 @@ class ServingModule(tf.Module):
             if exclude_seen:
                 touched &= (pair_bits & 1) == 0
             supportive = pair_keys[touched]
-            num_users = len(user_tokens)
             self.touched_row_splits = _table(
-                training_index.row_offsets(supportive, num_users, num_items),
+                training_index.row_offsets(supportive, self.num_users, num_items),
                 tf.int64,
                 "touched_splits",
             )
             self.touched_items = _table(supportive % num_items, tf.int32, "touched_items")
-
-    def _users(self, user_id: tf.Tensor) -> tf.Tensor:
-        return tf.cast(self.user_table.lookup(user_id), tf.int32)
 
     def _gates(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         """[n, num_behaviors] behavior flags of the training pairs (ones without features)."""
@@ -236,12 +335,6 @@ class ServingModule(tf.Module):
         found = tf.gather(self.pair_keys, position) == query
         bits = tf.where(found, tf.gather(self.pair_bits, position), 0)
         return models.unpack_bits(bits, self.num_behaviors)
-
-    def _rows(self, values: tf.Variable, row_splits: tf.Variable, users: tf.Tensor):
-        """(row in the batch, item) of each listed item of the known users, flat."""
-        lists = tf.RaggedTensor.from_row_splits(values, row_splits)
-        lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
-        return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
 
     def _touched(self, users: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
         """[B, C + T] the candidates, then each user's supportive items (-1 pads).
@@ -260,29 +353,11 @@ class ServingModule(tf.Module):
             {schema.USER: users, schema.ITEM: items, schema.GATE: gate}, training=False
         )[schema.LOGIT]
 
-    def _popular(self, batch: tf.Tensor, k: int):
-        items = tf.tile(self.popular_items[None, :k], [batch, 1])
-        return items, tf.gather(self.popularity, items)
-
     @tf.function(input_signature=[_IDS, _ITEM_IDS])
     def score(self, user_id, item_id):
-        user_id = _vector(user_id, schema.USER_ID, self.max_request_pairs)
-        item_id = _vector(item_id, schema.ITEM_ID, self.max_request_pairs)
-        same = tf.debugging.assert_equal(
-            tf.size(user_id),
-            tf.size(item_id),
-            message="user_id and item_id must have the same length (one pair each)",
-        )
-        with tf.control_dependencies([same]):
-            users = self._users(user_id)
-        items = tf.cast(self.item_table.lookup(item_id), tf.int32)
+        users, items = self._pairs(user_id, item_id)
         logits = self._logits(tf.maximum(users, 0), tf.maximum(items, 0))
-        share = tf.gather(self.popularity, tf.maximum(items, 0))
-        share = tf.clip_by_value(share, 1e-6, 1 - 1e-6)
-        fallback = tf.math.log(share) - tf.math.log1p(-share)
-        logits = tf.where(users >= 0, logits, fallback)
-        logits = tf.where(items >= 0, logits, UNKNOWN_LOGIT)
-        return {schema.SCORE: logits, schema.LOGIT: logits, schema.PROBABILITY: tf.sigmoid(logits)}
+        return self._pair_outputs(logits, users, items)
 
     def _retrieve(self, users: tf.Tensor, masked=()):
         """The top C items by MF score, the (row, item) lists in `masked` left out.
@@ -380,11 +455,6 @@ def from_training(
       max_request_users: most users per `recommend` / `retrieve` request.
       max_request_pairs: most pairs per `serving_default` request.
     """
-    popularity = np.bincount(
-        split.train_items[split.train_branches == 0], minlength=split.num_items
-    )
-    keys = splits_lib.train_target_keys(split)
-    row_splits = training_index.row_offsets(keys, split.num_users, split.num_items)
     pairs = {}
     if scorer.behavior_bias is not None:
         index = training_index.TrainingIndex.from_split(split)
@@ -394,9 +464,7 @@ def from_training(
         user_tokens=user_tokens,
         item_tokens=item_tokens,
         num_behaviors=split.behaviors.num_behaviors,
-        popularity=popularity,
-        seen_row_splits=row_splits,
-        seen_items=(keys % split.num_items).astype(np.int32),
+        **catalog_tables(split),
         top_k=top_k,
         retrieval_candidates=min(retrieval_candidates, split.num_items),
         exclude_seen=exclude_seen,
