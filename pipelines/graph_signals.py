@@ -51,9 +51,33 @@ class _Graph:
     item_self: np.ndarray  # [items] sum_{v in N(i)} 1 / d_v
 
 
+def safe_power(x: np.ndarray, power: float) -> np.ndarray:
+    """x ** power where x > 0, else 0 (a degree of 0 contributes nothing)."""
+    out = np.zeros(np.shape(x), np.float64)
+    positive = np.asarray(x) > 0
+    out[positive] = np.asarray(x)[positive] ** power
+    return out
+
+
 def _inverse(x: np.ndarray, power: float) -> np.ndarray:
-    out = np.zeros(x.shape, np.float64)
-    out[x > 0] = x[x > 0] ** -power
+    return safe_power(x, -power)
+
+
+def behavior_counts(split: splits_lib.Split, branch: int) -> sparse.csr_matrix:
+    """[users, items] CSR: each pair's number of training records of `branch`."""
+    keep = split.train_branches == branch
+    counts = sparse.csr_matrix(
+        (np.ones(int(keep.sum())), (split.train_users[keep], split.train_items[keep])),
+        shape=(split.num_users, split.num_items),
+    )
+    counts.sum_duplicates()
+    return counts
+
+
+def binary(counts: sparse.csr_matrix) -> sparse.csr_matrix:
+    """The same pattern with every entry 1: a pair counts once, however many records."""
+    out = counts.copy()
+    out.data[:] = 1.0
     return out
 
 
@@ -72,25 +96,19 @@ class GraphSignals:
         self.num_users, self.num_items = split.num_users, split.num_items
         behaviors = split.behaviors.behaviors
         self.graphs = []
-        shape = (self.num_users, self.num_items)
         for branch in range(len(behaviors)):
-            keep = split.train_branches == branch
-            counts = sparse.csr_matrix(
-                (np.ones(int(keep.sum())), (split.train_users[keep], split.train_items[keep])),
-                shape=shape,
-            )
-            counts.sum_duplicates()
-            binary = counts.copy()
-            binary.data[:] = 1.0
-            du = np.asarray(binary.sum(axis=1)).ravel()
-            di = np.asarray(binary.sum(axis=0)).ravel()
-            left = sparse.diags(_inverse(di, 0.5)) @ binary.T @ sparse.diags(_inverse(du, 1.0))
-            right = binary @ sparse.diags(_inverse(di, 0.5))
-            item_self = np.asarray(binary.T @ _inverse(du, 1.0)).ravel()
+            counts = behavior_counts(split, branch)
+            edges = binary(counts)
+            du = np.asarray(edges.sum(axis=1)).ravel()
+            di = np.asarray(edges.sum(axis=0)).ravel()
+            left = sparse.diags(_inverse(di, 0.5)) @ edges.T @ sparse.diags(_inverse(du, 1.0))
+            right = edges @ sparse.diags(_inverse(di, 0.5))
+            item_self = np.asarray(edges.T @ _inverse(du, 1.0)).ravel()
             self.graphs.append(
-                _Graph(counts, binary, du, di, left.tocsr(), right.tocsc(), item_self)
+                _Graph(counts, edges, du, di, left.tocsr(), right.tocsc(), item_self)
             )
         self.names = schema.signal_names(behaviors)
+        # The scale is measured on unscaled signals (`grid` applies it).
         self.reach_scale = np.ones(len(behaviors), np.float64)
         self.reach_scale = self._reach_scale(split)
 

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import sparse
 
 from mmrec_tf import config as config_lib
+from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import splits as splits_lib
 
 # What one batch's dense blocks may take: five [users + items, batch] float32
@@ -144,26 +145,18 @@ def cascade_order(split: splits_lib.Split) -> tuple[int, ...]:
 def build_stages(split: splits_lib.Split, order: tuple[int, ...]) -> list[Stage]:
     """Each behavior's normalized graph, in cascade `order`, from the training records."""
     stages = []
-    shape = (split.num_users, split.num_items)
     for branch in order:
-        keep = split.train_branches == branch
-        adjacency = sparse.csr_matrix(
-            (
-                np.ones(int(keep.sum()), np.float32),
-                (split.train_users[keep], split.train_items[keep]),
-            ),
-            shape=shape,
-        )
-        adjacency.sum_duplicates()
-        adjacency.data[:] = 1.0  # a pair counts once, however many records it has
+        adjacency = graph_signals.binary(graph_signals.behavior_counts(split, branch))
         user_degree = np.asarray(adjacency.sum(axis=1)).ravel()
         item_degree = np.asarray(adjacency.sum(axis=0)).ravel()
-        inv_sqrt_u = _safe_power(user_degree, -0.5)
-        inv_sqrt_i = _safe_power(item_degree, -0.5)
+        inv_sqrt_u = graph_signals.safe_power(user_degree, -0.5)
+        inv_sqrt_i = graph_signals.safe_power(item_degree, -0.5)
         normalized = (sparse.diags(inv_sqrt_u) @ adjacency @ sparse.diags(inv_sqrt_i)).astype(
             np.float32
         )
-        query = (sparse.diags(_safe_power(user_degree, -1.0)) @ adjacency).astype(np.float32)
+        query = (sparse.diags(graph_signals.safe_power(user_degree, -1.0)) @ adjacency).astype(
+            np.float32
+        )
         stages.append(
             Stage(
                 branch=branch,
@@ -174,13 +167,6 @@ def build_stages(split: splits_lib.Split, order: tuple[int, ...]) -> list[Stage]
             )
         )
     return stages
-
-
-def _safe_power(degree: np.ndarray, power: float) -> np.ndarray:
-    out = np.zeros(degree.shape, np.float64)
-    nonzero = degree > 0
-    out[nonzero] = degree[nonzero] ** power
-    return out
 
 
 class CascadeScorer:
