@@ -12,8 +12,8 @@ from mmrec_tf.baselines import cascade
 from mmrec_tf.export import cascade as cascade_export
 from mmrec_tf.export import exporter
 from mmrec_tf.pipelines import schema
-from mmrec_tf.pipelines import splits
 from tests.export import test_export
+from tests.pipelines import test_samplers
 
 K = 5
 C = 12
@@ -30,20 +30,13 @@ def _communities(seed=0):
             for b, (lo, hi) in enumerate(((0, 2), (1, 4), (0, 8))):  # buy, cart, view
                 if lo <= k < hi:
                     users.append(u), items.append(int(i)), branches.append(b)
-    users, items = np.array(users, np.int32), np.array(items, np.int32)
-    return splits.Split(
-        train_users=users,
-        train_items=items,
-        train_branches=np.array(branches, np.int8),
-        valid_users=np.zeros(0, np.int32),
-        valid_items=np.zeros(0, np.int32),
-        test_users=np.zeros(0, np.int32),
-        test_items=np.zeros(0, np.int32),
-        all_pair_keys=np.unique(splits.pair_keys(users, items, 40)),
+    return test_samplers.training_split(
+        users,
+        items,
+        branches,
         num_users=40,
         num_items=40,
         behaviors=schema.BehaviorSchema("buy", ("cart", "view")),
-        info={},
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from mmrec_tf.baselines import als
 from mmrec_tf.pipelines import schema
-from mmrec_tf.pipelines import splits
+from tests.pipelines import test_samplers
 
 
 def _split(num_users=9, num_items=11, seed=0):
@@ -18,20 +18,13 @@ def _split(num_users=9, num_items=11, seed=0):
     branches = rng.integers(0, 3, n).astype(np.int8)
     users[0] = 0  # user 0 has a target pair
     branches[0] = 0
-    empty = np.zeros(0, np.int32)
-    return splits.Split(
-        train_users=users,
-        train_items=items,
-        train_branches=branches,
-        valid_users=empty,
-        valid_items=empty,
-        test_users=empty,
-        test_items=empty,
-        all_pair_keys=np.unique(splits.pair_keys(users, items, num_items)),
+    return test_samplers.training_split(
+        users,
+        items,
+        branches,
         num_users=num_users,
         num_items=num_items,
         behaviors=schema.BehaviorSchema("buy", ("cart", "fav")),
-        info={},
     )
 
 

@@ -8,7 +8,6 @@ import pytest
 from mmrec_tf import config as config_lib
 from mmrec_tf.baselines import cascade
 from mmrec_tf.pipelines import schema
-from mmrec_tf.pipelines import splits
 from tests.pipelines import test_samplers
 
 
@@ -96,19 +95,13 @@ def test_a_user_reaches_the_items_of_users_who_share_a_behavior():
     users = np.array([0, 1, 1, 2, 2], np.int32)
     items = np.array([0, 0, 1, 2, 3], np.int32)
     branches = np.array([1, 1, 0, 0, 1], np.int8)
-    split = splits.Split(
-        train_users=users,
-        train_items=items,
-        train_branches=branches,
-        valid_users=np.zeros(0, np.int32),
-        valid_items=np.zeros(0, np.int32),
-        test_users=np.zeros(0, np.int32),
-        test_items=np.zeros(0, np.int32),
-        all_pair_keys=np.unique(splits.pair_keys(users, items, 4)),
+    split = test_samplers.training_split(
+        users,
+        items,
+        branches,
         num_users=3,
         num_items=4,
         behaviors=schema.BehaviorSchema("buy", ("cart",)),
-        info={},
     )
     scores = cascade.CascadeScorer(split, cascade.CascadeConfig(alpha=0.3, beta=0.5)).grid(
         np.array([0]), np.arange(4)

@@ -20,20 +20,34 @@ def _split(num_users=30, num_items=40, seed=0):
             for b, (lo, hi) in enumerate(((0, 4), (2, 8), (6, 10))):
                 if lo <= k < hi:
                     users.append(u), items.append(i), branches.append(b)
-    n = len(users)
-    return splits.Split(
-        train_users=np.array(users, np.int32),
-        train_items=np.array(items, np.int32),
-        train_branches=np.array(branches, np.int8),
-        valid_users=np.zeros(0, np.int32),
-        valid_items=np.zeros(0, np.int32),
-        test_users=np.zeros(0, np.int32),
-        test_items=np.zeros(0, np.int32),
-        all_pair_keys=np.unique(splits.pair_keys(np.array(users), np.array(items), num_items)),
+    return training_split(
+        users,
+        items,
+        branches,
         num_users=num_users,
         num_items=num_items,
         behaviors=schema.BehaviorSchema("buy", ("cart", "fav")),
-        info={"records": n},
+    )
+
+
+def training_split(users, items, branches, *, num_users, num_items, behaviors):
+    """A Split of these training records alone (no validation or test case)."""
+    users = np.asarray(users, np.int32)
+    items = np.asarray(items, np.int32)
+    empty = np.zeros(0, np.int32)
+    return splits.Split(
+        train_users=users,
+        train_items=items,
+        train_branches=np.asarray(branches, np.int8),
+        valid_users=empty,
+        valid_items=empty,
+        test_users=empty,
+        test_items=empty,
+        all_pair_keys=np.unique(splits.pair_keys(users, items, num_items)),
+        num_users=num_users,
+        num_items=num_items,
+        behaviors=behaviors,
+        info={"records": len(users)},
     )
 
 
