@@ -250,11 +250,11 @@ def run_study(
     missing = trials - len(study.get_trials(deepcopy=False, states=_finished_states()))
     if missing <= 0:
         return study
-    if not study.trials:
-        # A new study tries the known good points first; those beyond its
-        # trials wait in the database for a resumed study with more.
-        for start in STARTS.get(family, ()):
-            study.enqueue_trial(start)
+    # The known good points come first; one whose trial failed (a killed
+    # process) is queued again, and those beyond the study's trials wait in
+    # the database for a resumed study with more.
+    for start in _starts_to_queue(study, family):
+        study.enqueue_trial(start)
 
     def objective(trial):
         trial.set_user_attr("pid", os.getpid())
@@ -294,6 +294,26 @@ def run_study(
 
     study.optimize(objective, n_trials=missing, catch=())
     return study
+
+
+def _starts_to_queue(study, family: str) -> list[dict]:
+    """The family's STARTS that no finished, running or queued trial of the study holds."""
+    import optuna
+
+    held = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.WAITING:
+            held.append(trial.system_attrs.get("fixed_params", {}))
+        elif trial.state != optuna.trial.TrialState.FAIL:
+            held.append(trial.params)
+
+    def same(a: dict, b: dict) -> bool:
+        return set(a) == set(b) and all(
+            a[k] == b[k] if isinstance(a[k], str) else abs(float(a[k]) - float(b[k])) < 1e-9
+            for k in a
+        )
+
+    return [s for s in STARTS.get(family, ()) if not any(same(s, h) for h in held)]
 
 
 def sampler_seed(seed: int, dataset: str, family: str, protocol: str) -> int:

@@ -169,3 +169,20 @@ def test_the_report_renders_every_trial_of_every_study(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no study database"):
         tune.study_tables(str(empty))
+
+
+def test_a_known_good_point_whose_trial_failed_is_queued_again():
+    study = optuna.create_study()
+    assert tune._starts_to_queue(study, "cascade") == list(tune.STARTS["cascade"])
+    for start in tune.STARTS["cascade"]:
+        study.enqueue_trial(start)
+    # Queued: nothing more to queue.
+    assert tune._starts_to_queue(study, "cascade") == []
+    # The first start's trial dies with its process; the second finishes.
+    failed = study.ask()
+    tune.search_space(failed, "cascade")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    done = study.ask()
+    tune.search_space(done, "cascade")
+    study.tell(done, 0.5)
+    assert tune._starts_to_queue(study, "cascade") == [tune.STARTS["cascade"][0]]
