@@ -51,7 +51,7 @@ def measure(num_items: int, num_users: int, work_dir: str, calls: int) -> dict:
         scorer,
         user_tokens=np.array([f"u{k}" for k in range(num_users)], dtype=object),
         item_tokens=np.array([f"i{k}" for k in range(num_items)], dtype=object),
-        num_behaviors=behaviors.num_behaviors,
+        behaviors=behaviors.behaviors,
         popularity=rng.zipf(1.5, size=num_items).clip(max=10**6),
         seen_row_splits=np.arange(0, 2 * num_users + 1, 2, dtype=np.int64),
         seen_items=seen,

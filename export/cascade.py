@@ -41,18 +41,9 @@ from mmrec_tf.pipelines import splits as splits_lib
 
 # The dense blocks of one request: five [users + items, rows] float32 arrays.
 REQUEST_BUDGET_BYTES = 1 << 28
-MAX_HISTORY_EVENTS = 10000
 
 _IDS = tf.TensorSpec(None, tf.string, name=schema.USER_ID)
 _ITEM_IDS = tf.TensorSpec(None, tf.string, name=schema.ITEM_ID)
-_HISTORY = (
-    tf.TensorSpec(None, tf.string, name=schema.USER_ID),
-    tf.TensorSpec(None, tf.string, name=schema.HISTORY_ITEM_ID),
-    tf.TensorSpec(None, tf.string, name=schema.HISTORY_BEHAVIOR),
-    tf.TensorSpec(None, tf.int32, name=schema.HISTORY_ROW),
-)
-
-
 class _Graph(tf.Module):
     """One stage's graph: the users' item lists and the normalized matrix, as variables."""
 
@@ -95,7 +86,7 @@ class CascadeModule(serving.CatalogModule):
         exclude_seen: bool = True,
         max_request_users: int = serving.MAX_REQUEST_USERS,
         max_request_pairs: int = serving.MAX_REQUEST_PAIRS,
-        max_history_events: int = MAX_HISTORY_EVENTS,
+        max_history_events: int = serving.MAX_HISTORY_EVENTS,
     ):
         """Builds the module.
 
@@ -132,20 +123,14 @@ class CascadeModule(serving.CatalogModule):
             exclude_seen=exclude_seen,
             max_request_users=max(1, min(max_request_users, REQUEST_BUDGET_BYTES // per_row)),
             max_request_pairs=max_request_pairs,
+            behaviors=behaviors,
+            max_history_events=max_history_events,
         )
         s = scorer.settings
         self.alpha, self.beta = float(s.alpha), float(s.beta)
         self.tolerance, self.max_iterations = float(s.tolerance), int(s.max_iterations)
-        self.max_history_events = max_history_events
         self.order = tuple(int(b) for b in scorer.order)
         self.graphs = [_Graph(stage, num_items) for stage in scorer.stages]
-        self.behavior_names = tuple(behaviors)
-        self.behavior_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(list(behaviors)), tf.range(len(behaviors), dtype=tf.int64)
-            ),
-            -1,
-        )
 
     # -- the propagation --------------------------------------------------
 
@@ -286,52 +271,12 @@ class CascadeModule(serving.CatalogModule):
         none = tf.zeros([0], tf.int32)
         return self._top(users, scores, none, none, users >= 0, self.top_k)
 
-    @tf.function(input_signature=list(_HISTORY))
+    @tf.function(input_signature=list(serving.HISTORY_SPEC))
     def recommend_from_history(self, user_id, history_item_id, history_behavior, history_row):
-        user_id = serving._vector(user_id, schema.USER_ID, self.max_request_users)
-        limit = self.max_history_events
-        item_id = serving._vector(history_item_id, schema.HISTORY_ITEM_ID, limit)
-        behavior = serving._vector(history_behavior, schema.HISTORY_BEHAVIOR, limit)
-        event_rows = tf.reshape(history_row, [-1])
-        batch = tf.shape(user_id)[0]
-        branches = self.behavior_table.lookup(behavior)
-        checks = [
-            tf.debugging.assert_rank(history_row, 1, message=f"{schema.HISTORY_ROW} must be [N]"),
-            tf.debugging.assert_equal(
-                tf.size(item_id),
-                tf.size(behavior),
-                message=f"{schema.HISTORY_ITEM_ID} and {schema.HISTORY_BEHAVIOR} must have "
-                "the same length (one event each)",
-            ),
-            tf.debugging.assert_equal(
-                tf.size(item_id),
-                tf.size(event_rows),
-                message=f"{schema.HISTORY_ROW} must give one row per event",
-            ),
-            tf.debugging.assert_non_negative(
-                event_rows, message=f"{schema.HISTORY_ROW} must index {schema.USER_ID} (>= 0)"
-            ),
-            tf.debugging.assert_less(
-                event_rows,
-                tf.maximum(batch, 1),
-                message=f"{schema.HISTORY_ROW} must index {schema.USER_ID} (< its length)",
-            ),
-            tf.debugging.assert_non_negative(
-                branches,
-                message=f"{schema.HISTORY_BEHAVIOR} must be one of {self.behavior_names}",
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            # Nothing below runs on a request that failed a check.
-            users = self._users(user_id)
-            items = tf.cast(self.item_table.lookup(item_id), tf.int32)
-            branches = tf.identity(branches)
-            event_rows = tf.identity(event_rows)
-        found = items >= 0
-        unknown = tf.math.unsorted_segment_sum(tf.cast(~found, tf.int32), event_rows, batch)
-        event_rows = tf.boolean_mask(event_rows, found)
-        event_items = tf.boolean_mask(items, found)
-        event_branches = tf.cast(tf.boolean_mask(branches, found), tf.int32)
+        users, (event_rows, event_items, event_branches), unknown = self._events(
+            user_id, history_item_id, history_behavior, history_row
+        )
+        batch = tf.shape(users)[0]
         scores = self._scores(users, event_rows, event_items, event_branches)
         bought = event_branches == 0
         has_events = tf.math.unsorted_segment_sum(tf.ones_like(event_rows), event_rows, batch) > 0
@@ -372,7 +317,6 @@ def from_training(
         scorer,
         user_tokens=user_tokens,
         item_tokens=item_tokens,
-        behaviors=split.behaviors.behaviors,
         **serving.catalog_tables(split),
         top_k=top_k,
         retrieval_candidates=min(retrieval_candidates, split.num_items),

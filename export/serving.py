@@ -57,6 +57,8 @@ import tf_keras
 
 from mmrec_tf import config as config_lib
 from mmrec_tf import models
+from mmrec_tf.export import signals as signals_lib
+from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
 from mmrec_tf.pipelines import training_index
@@ -66,11 +68,24 @@ UNKNOWN_LOGIT = -30.0
 EMPTY_ITEM_ID = ""
 MAX_REQUEST_USERS = config_lib.ExportConfig.max_request_users
 MAX_REQUEST_PAIRS = config_lib.ExportConfig.max_request_pairs
+MAX_HISTORY_EVENTS = 10000
+# A new user's MF fold-in (alpha, l2, supportive_weight): the ALS defaults.
+FOLD_IN = (
+    config_lib.ModelConfig.als_alpha,
+    config_lib.ModelConfig.als_l2,
+    config_lib.ModelConfig.als_supportive_weight,
+)
 
 # Signature inputs of unknown rank: the rank is checked when the request runs,
 # so a scalar or a matrix is an InvalidArgument error, not a kernel's abort.
 _IDS = tf.TensorSpec(None, tf.string, name=schema.USER_ID)
 _ITEM_IDS = tf.TensorSpec(None, tf.string, name=schema.ITEM_ID)
+HISTORY_SPEC = (
+    tf.TensorSpec(None, tf.string, name=schema.USER_ID),
+    tf.TensorSpec(None, tf.string, name=schema.HISTORY_ITEM_ID),
+    tf.TensorSpec(None, tf.string, name=schema.HISTORY_BEHAVIOR),
+    tf.TensorSpec(None, tf.int32, name=schema.HISTORY_ROW),
+)
 
 
 def _vector(ids: tf.Tensor, name: str, limit: int) -> tf.Tensor:
@@ -138,6 +153,9 @@ class CatalogModule(tf.Module):
       exclude_seen: leave the user's training purchases out of `recommend`.
       max_request_users: most users per `recommend` / `retrieve` request.
       max_request_pairs: most pairs per `serving_default` request.
+      behaviors: behavior names by branch (the target first), the names
+        `recommend_from_history` events take.
+      max_history_events: most events per `recommend_from_history` request.
 
     Raises:
       ValueError: if K exceeds C or the catalog, or C exceeds the catalog.
@@ -156,6 +174,8 @@ class CatalogModule(tf.Module):
         exclude_seen: bool,
         max_request_users: int,
         max_request_pairs: int,
+        behaviors: tuple[str, ...],
+        max_history_events: int = MAX_HISTORY_EVENTS,
     ):
         super().__init__()
         num_items = len(item_tokens)
@@ -184,6 +204,65 @@ class CatalogModule(tf.Module):
         self.popular_items = _table(order, tf.int32, "popular_items")
         self.seen_row_splits = _table(seen_row_splits, tf.int64, "seen_row_splits")
         self.seen_items = _table(seen_items, tf.int32, "seen_items")
+        self.behavior_names = tuple(behaviors)
+        self.max_history_events = max_history_events
+        self.behavior_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(behaviors)), tf.range(len(behaviors), dtype=tf.int64)
+            ),
+            -1,
+        )
+
+    def _events(self, user_id, history_item_id, history_behavior, history_row):
+        """A `recommend_from_history` request, checked: (users [B], (rows, items,
+        branches) of its events on known items, [B] count of events on unknown items)."""
+        user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
+        limit = self.max_history_events
+        item_id = _vector(history_item_id, schema.HISTORY_ITEM_ID, limit)
+        behavior = _vector(history_behavior, schema.HISTORY_BEHAVIOR, limit)
+        event_rows = tf.reshape(history_row, [-1])
+        batch = tf.shape(user_id)[0]
+        branches = self.behavior_table.lookup(behavior)
+        checks = [
+            tf.debugging.assert_rank(history_row, 1, message=f"{schema.HISTORY_ROW} must be [N]"),
+            tf.debugging.assert_equal(
+                tf.size(item_id),
+                tf.size(behavior),
+                message=f"{schema.HISTORY_ITEM_ID} and {schema.HISTORY_BEHAVIOR} must have "
+                "the same length (one event each)",
+            ),
+            tf.debugging.assert_equal(
+                tf.size(item_id),
+                tf.size(event_rows),
+                message=f"{schema.HISTORY_ROW} must give one row per event",
+            ),
+            tf.debugging.assert_non_negative(
+                event_rows, message=f"{schema.HISTORY_ROW} must index {schema.USER_ID} (>= 0)"
+            ),
+            tf.debugging.assert_less(
+                event_rows,
+                tf.maximum(batch, 1),
+                message=f"{schema.HISTORY_ROW} must index {schema.USER_ID} (< its length)",
+            ),
+            tf.debugging.assert_non_negative(
+                branches,
+                message=f"{schema.HISTORY_BEHAVIOR} must be one of {self.behavior_names}",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            # Nothing below runs on a request that failed a check.
+            users = self._users(user_id)
+            items = tf.cast(self.item_table.lookup(item_id), tf.int32)
+            branches = tf.identity(branches)
+            event_rows = tf.identity(event_rows)
+        found = items >= 0
+        unknown = tf.math.unsorted_segment_sum(tf.cast(~found, tf.int32), event_rows, batch)
+        events = (
+            tf.boolean_mask(event_rows, found),
+            tf.boolean_mask(items, found),
+            tf.cast(tf.boolean_mask(branches, found), tf.int32),
+        )
+        return users, events, unknown
 
     def _users(self, user_id: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.user_table.lookup(user_id), tf.int32)
@@ -223,8 +302,8 @@ class CatalogModule(tf.Module):
 
 
 def catalog_tables(split: splits_lib.Split) -> dict:
-    """The training split's `popularity`, `seen_row_splits` and `seen_items`
-    (each user's target items), as `CatalogModule` takes them."""
+    """The training split's `popularity`, `seen_row_splits`, `seen_items`
+    (each user's target items) and `behaviors`, as `CatalogModule` takes them."""
     popularity = np.bincount(
         split.train_items[split.train_branches == 0], minlength=split.num_items
     )
@@ -233,11 +312,12 @@ def catalog_tables(split: splits_lib.Split) -> dict:
         "popularity": popularity,
         "seen_row_splits": training_index.row_offsets(keys, split.num_users, split.num_items),
         "seen_items": (keys % split.num_items).astype(np.int32),
+        "behaviors": split.behaviors.behaviors,
     }
 
 
 class ServingModule(CatalogModule):
-    """The exported model: scorer, vocabularies, retrieval index, fallbacks."""
+    """The exported model: scorer, vocabularies, retrieval index, fallbacks, graphs."""
 
     def __init__(
         self,
@@ -245,7 +325,7 @@ class ServingModule(CatalogModule):
         *,
         user_tokens: np.ndarray,
         item_tokens: np.ndarray,
-        num_behaviors: int,
+        behaviors: tuple[str, ...],
         popularity: np.ndarray,
         seen_row_splits: np.ndarray,
         seen_items: np.ndarray,
@@ -254,8 +334,11 @@ class ServingModule(CatalogModule):
         exclude_seen: bool = True,
         pair_keys: np.ndarray | None = None,
         pair_bits: np.ndarray | None = None,
+        signals: signals_lib.SignalTables | None = None,
+        fold_in: tuple[float, float, float] = FOLD_IN,
         max_request_users: int = MAX_REQUEST_USERS,
         max_request_pairs: int = MAX_REQUEST_PAIRS,
+        max_history_events: int = MAX_HISTORY_EVENTS,
     ):
         """Builds the module.
 
@@ -263,24 +346,36 @@ class ServingModule(CatalogModule):
           scorer: a trained model from `models.build_model` with an MF part.
           user_tokens: [num_users] raw user ids by index.
           item_tokens: [num_items] raw item ids by index.
-          num_behaviors: the gate width of the scorer's input.
+          behaviors: behavior names by branch (the target first).
           popularity: [num_items] training target counts.
           seen_row_splits: [num_users + 1] row splits of `seen_items`.
           seen_items: the users' training target items, user by user.
           top_k: K of `recommend`.
           retrieval_candidates: C, the candidates the retrieval stage passes on.
-          exclude_seen: leave the user's training purchases out of `recommend`.
+          exclude_seen: leave the user's purchases out of `recommend`.
           pair_keys: sorted `user * num_items + item` keys of the training
             pairs (`TrainingIndex.keys`); needed by a scorer with behavior
-            features.
+            features or graph signals.
           pair_bits: the behavior bitmask of each pair (`TrainingIndex.bits`).
-          max_request_users: most users per `recommend` / `retrieve` request.
-          max_request_pairs: most pairs per `serving_default` request.
+          signals: the training graphs (`signals.SignalTables`); needed by a
+            scorer built with graph signals.
+          fold_in: (alpha, l2, supportive_weight) of a new user's MF factor
+            (`_fold_in`): the ALS settings the MF part started from.
+          max_request_users: most users per `recommend` / `retrieve` request
+            (capped so a request's graph blocks fit `signals.REQUEST_BUDGET_BYTES`).
+          max_request_pairs: most pairs per `serving_default` request (capped
+            likewise).
+          max_history_events: most events per `recommend_from_history` request.
 
         Raises:
           ValueError: if K exceeds C or the catalog, or C exceeds the catalog,
-            or the scorer has behavior features and no pairs are given.
+            or the scorer has behavior features or graph signals and the
+            pairs or graphs it needs are missing.
         """
+        if signals is not None:
+            rows = max(1, signals_lib.REQUEST_BUDGET_BYTES // signals.bytes_per_row)
+            max_request_users = min(max_request_users, rows)
+            max_request_pairs = min(max_request_pairs, rows)
         super().__init__(
             user_tokens=user_tokens,
             item_tokens=item_tokens,
@@ -292,10 +387,12 @@ class ServingModule(CatalogModule):
             exclude_seen=exclude_seen,
             max_request_users=max_request_users,
             max_request_pairs=max_request_pairs,
+            behaviors=behaviors,
+            max_history_events=max_history_events,
         )
         num_items = self.num_items
         self.scorer = scorer
-        self.num_behaviors = num_behaviors
+        self.num_behaviors = len(behaviors)
         self.query_tower, candidate_tower = models.retrieval_towers(scorer)
         # The retrieval index: every item's candidate vector (a brute-force
         # index, as TFRS's BruteForce keeps it), scored by one matmul.
@@ -303,11 +400,19 @@ class ServingModule(CatalogModule):
             candidate_tower(tf.range(num_items, dtype=tf.int32)).numpy(), tf.float32, "index"
         )
         self.behavior_features = scorer.behavior_bias is not None
-        if self.behavior_features:
+        if scorer.num_signals and signals is None:
+            raise ValueError(
+                "the scorer takes graph signals: pass signals=SignalTables of its training graphs."
+            )
+        self.signals = signals if scorer.num_signals else None
+        # Items the user touched through supportive feedback are re-ranked
+        # beside the retrieved ones where the scorer reads behaviors.
+        self.rerank_touched = self.behavior_features or self.signals is not None
+        if self.rerank_touched:
             if pair_keys is None or pair_bits is None:
                 raise ValueError(
-                    "the scorer has behavior features: pass the training pairs "
-                    "(pair_keys, pair_bits) whose behaviors it scores."
+                    "the scorer has behavior features or graph signals: pass the training "
+                    "pairs (pair_keys, pair_bits) whose behaviors it reads."
                 )
             self.pair_keys = _table(pair_keys, tf.int64, "pair_keys")
             self.pair_bits = _table(pair_bits.astype(np.int32), tf.int32, "pair_bits")
@@ -323,31 +428,216 @@ class ServingModule(CatalogModule):
                 "touched_splits",
             )
             self.touched_items = _table(supportive % num_items, tf.int32, "touched_items")
+        # A new user's MF factor: the ALS solve of their events against the
+        # item factors, (Y^T Y + l2 I + sum_h (c_h - 1) y_h y_h^T) p = sum_h c_h y_h.
+        items = scorer.mf.item_embedding.embeddings.numpy().astype(np.float64)
+        alpha, l2, weight = (float(x) for x in fold_in)
+        self.fold_in_alpha, self.fold_in_weight = alpha, weight if weight > 0 else 1.0
+        self.fold_in_gram = _table(
+            (items.T @ items + l2 * np.eye(items.shape[1])).astype(np.float32),
+            tf.float32,
+            "fold_in_gram",
+        )
+        # A new user's branch vectors: each branch's mean user.
+        self.mean_users = [
+            _table(
+                tower.user_embedding.embeddings.numpy().mean(axis=0), tf.float32, f"mean_{t}"
+            )
+            for t, tower in enumerate(scorer.towers)
+        ]
+
+    # -- behaviors and vectors of the request rows ---------------------------
 
     def _gates(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         """[n, num_behaviors] behavior flags of the training pairs (ones without features)."""
         if not self.behavior_features:
             return tf.ones([tf.shape(users)[0], self.num_behaviors])
+        return models.unpack_bits(self._bits(users, items), self.num_behaviors)
+
+    def _bits(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        """[n] behavior bitmasks of the training pairs (0 where none or unknown)."""
         query = tf.cast(users, tf.int64) * self.num_items + tf.cast(items, tf.int64)
         last = tf.shape(self.pair_keys, out_type=tf.int64)[0] - 1
         position = tf.searchsorted(self.pair_keys, query)
         position = tf.minimum(tf.cast(position, tf.int64), tf.maximum(last, 0))
-        found = tf.gather(self.pair_keys, position) == query
-        bits = tf.where(found, tf.gather(self.pair_bits, position), 0)
-        return models.unpack_bits(bits, self.num_behaviors)
+        found = (tf.gather(self.pair_keys, position) == query) & (users >= 0)
+        return tf.where(found, tf.gather(self.pair_bits, position), 0)
 
-    def _touched(self, users: tf.Tensor, candidates: tf.Tensor) -> tf.Tensor:
-        """[B, C + T] the candidates, then each user's supportive items (-1 pads).
+    def _row_gates(self, users, candidates, events) -> tf.Tensor:
+        """[B, W, num_behaviors] flags of each row's candidates: training and request events."""
+        shape = tf.shape(candidates)
+        if not self.behavior_features:
+            return tf.ones(tf.concat([shape, [self.num_behaviors]], axis=0))
+        rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
+        flat_users = tf.reshape(tf.gather(users, rows), [-1])
+        bits = self._bits(flat_users, tf.reshape(tf.maximum(candidates, 0), [-1]))
+        event_rows, event_items, event_branches = events
+        keys = self._keys(event_rows, event_items) * 8 + tf.cast(event_branches, tf.int64)
+        keys, _ = tf.unique(keys)
+        pair, index = tf.unique(keys // 8)
+        event_bits = tf.math.unsorted_segment_sum(
+            tf.bitwise.left_shift(1, tf.cast(keys % 8, tf.int32)), index, tf.size(pair)
+        )
+        order = tf.argsort(pair)
+        found, extra = signals_lib._lookup(
+            tf.gather(pair, order),
+            tf.gather(event_bits, order),
+            tf.reshape(self._keys(rows, tf.maximum(candidates, 0)), [-1]),
+        )
+        del found
+        bits = tf.bitwise.bitwise_or(bits, extra)
+        return tf.reshape(models.unpack_bits(bits, self.num_behaviors), tf.concat(
+            [shape, [self.num_behaviors]], axis=0
+        ))
 
-        The MF stage never returns a touched item (its scores are masked), so
-        the two lists do not overlap; T is the request's longest list.
+    def _keys(self, rows: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        return tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64)
+
+    def _fold_in(self, batch: tf.Tensor, events) -> tf.Tensor:
+        """[B, mf_dim] each row's MF factor solved from its events alone.
+
+        A purchase counts r = 1, each distinct supportive behavior of the item
+        the ALS's supportive weight (1 where that weight is 0: a model whose
+        factors never saw supportive events still takes a new user's views as
+        preference), with confidence c = 1 + alpha * r, as the ALS fits users.
         """
-        touched = tf.RaggedTensor.from_row_splits(self.touched_items, self.touched_row_splits)
-        extra = tf.gather(touched, tf.maximum(users, 0)).to_tensor(default_value=-1)
-        extra = tf.where(users[:, None] >= 0, extra, -1)
-        return tf.concat([candidates, extra], axis=1)
+        event_rows, event_items, event_branches = events
+        keys = self._keys(event_rows, event_items) * 8 + tf.cast(event_branches, tf.int64)
+        keys, _ = tf.unique(keys)
+        weight = tf.where(keys % 8 == 0, 1.0, self.fold_in_weight)
+        pair, index = tf.unique(keys // 8)
+        r = tf.math.unsorted_segment_sum(weight, index, tf.size(pair))
+        c = 1.0 + self.fold_in_alpha * r
+        rows = tf.cast(pair // self.num_items, tf.int32)
+        y = tf.gather(self.scorer.mf.item_embedding.embeddings, tf.cast(pair % self.num_items, tf.int32))
+        y = tf.cast(y, tf.float32)
+        outer = (c - 1.0)[:, None, None] * y[:, :, None] * y[:, None, :]
+        lhs = self.fold_in_gram[None] + tf.math.unsorted_segment_sum(outer, rows, batch)
+        rhs = tf.math.unsorted_segment_sum(c[:, None] * y, rows, batch)
+        return tf.linalg.solve(lhs, rhs[..., None])[..., 0]
+
+    def _parts(self, users: tf.Tensor, events) -> list[tf.Tensor]:
+        """The rows' user vectors per part: a known user's own; a new user's MF
+        factor folded in from the events and each branch's mean user."""
+        known = users >= 0
+        own = models.user_parts(self.scorer, tf.maximum(users, 0))
+        batch = tf.shape(users)[0]
+        new = [tf.cast(self._fold_in(batch, events), own[0].dtype)]
+        new += [tf.broadcast_to(tf.cast(m, own[0].dtype)[None], [batch, m.shape[0]]) for m in self.mean_users]
+        return [tf.where(known[:, None], a, b) for a, b in zip(own, new)]
+
+    # -- the two stages ------------------------------------------------------
+
+    def _excluded_and_touched(self, users, events):
+        """Sorted keys (row * items + item) never recommended (purchases, with
+        `exclude_seen`) and re-ranked beside the retrieved (supportive items)."""
+        event_rows, event_items, event_branches = events
+        bought = event_branches == 0
+        excluded = tf.zeros([0], tf.int64)
+        if self.exclude_seen:
+            rows, items = self._rows(self.seen_items, self.seen_row_splits, users)
+            excluded = tf.concat(
+                [
+                    self._keys(rows, items),
+                    self._keys(tf.boolean_mask(event_rows, bought), tf.boolean_mask(event_items, bought)),
+                ],
+                axis=0,
+            )
+            excluded = tf.sort(tf.unique(excluded)[0])
+        touched = tf.zeros([0], tf.int64)
+        if self.rerank_touched:
+            rows, items = self._rows(self.touched_items, self.touched_row_splits, users)
+            touched = tf.concat(
+                [
+                    self._keys(rows, items),
+                    self._keys(tf.boolean_mask(event_rows, ~bought), tf.boolean_mask(event_items, ~bought)),
+                ],
+                axis=0,
+            )
+            touched = tf.unique(touched)[0]
+            touched = tf.sort(tf.boolean_mask(touched, ~signals_lib._found(excluded, touched)))
+        return excluded, touched
+
+    def _masked_top(self, scores: tf.Tensor, keys: tf.Tensor, k: int) -> tf.Tensor:
+        """[B, k] the top items of `scores` [B, items] with `keys` masked (-1 where none is left)."""
+        positions = tf.stack(
+            [tf.cast(keys // self.num_items, tf.int32), tf.cast(keys % self.num_items, tf.int32)],
+            axis=1,
+        )
+        scores = tf.tensor_scatter_nd_update(
+            scores, positions, tf.fill(tf.shape(keys), float("-inf"))
+        )
+        top, items = tf.math.top_k(scores, k=k)
+        return tf.where(top > float("-inf"), items, -1)
+
+    def _candidates(self, users, parts, events):
+        """[B, W] each row's candidates: the MF stage's top C, with graph
+        signals the top C of the rows' summed reach, and the touched items."""
+        batch = tf.shape(users)[0]
+        excluded, touched = self._excluded_and_touched(users, events)
+        query = parts[0] * tf.cast(self.scorer.head.dense.kernel[: parts[0].shape[-1], 0], parts[0].dtype)
+        scores = tf.matmul(tf.cast(query, tf.float32), self.item_vectors, transpose_b=True)
+        masked = tf.concat([excluded, touched], axis=0)
+        lists = [self._masked_top(scores, masked, self.retrieval_candidates)]
+        if self.signals is not None:
+            keys = self.signals.history_keys(users, *events)
+            reach = tf.add_n([self.signals.reach(b, users, k) for b, k in enumerate(keys)])
+            retrieved = lists[0]
+            rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(retrieved))
+            more = tf.boolean_mask(self._keys(rows, retrieved), tf.reshape(retrieved >= 0, tf.shape(rows)))
+            # Only items the graph reaches: a zero reach is no neighbour.
+            reach = tf.where(reach > 0, reach, float("-inf"))
+            lists.append(self._masked_top(reach, tf.concat([masked, more], axis=0), self.retrieval_candidates))
+        lists.append(
+            tf.RaggedTensor.from_value_rowids(
+                tf.cast(touched % self.num_items, tf.int32),
+                tf.cast(touched // self.num_items, tf.int64),
+                nrows=tf.cast(batch, tf.int64),
+            ).to_tensor(default_value=-1)
+        )
+        return tf.concat(lists, axis=1)
+
+    def _rank(self, users, parts, candidates, events) -> tf.Tensor:
+        """[B, W] logits of each row's candidates (-inf where a candidate is -1)."""
+        signals = None
+        if self.signals is not None:
+            signals = self.signals.grid(users, candidates, *events)
+        logits = models.score_rows(
+            self.scorer,
+            parts,
+            tf.maximum(candidates, 0),
+            self._row_gates(users, candidates, events),
+            signals=signals,
+        )
+        return tf.where(candidates >= 0, logits, float("-inf"))
+
+    def _recommend(self, users, events, personal) -> dict:
+        parts = self._parts(users, events)
+        candidates = self._candidates(users, parts, events)
+        logits = self._rank(users, parts, candidates, events)
+        k = tf.minimum(self.top_k, tf.shape(candidates)[1])
+        top_logits, position = tf.math.top_k(logits, k=k)
+        items = tf.maximum(tf.gather(candidates, position, batch_dims=1), 0)
+        batch = tf.shape(users)[0]
+        popular, popular_scores = self._popular(batch, self.top_k)
+        items = tf.where(personal[:, None], items, popular)
+        scores = tf.where(personal[:, None], top_logits, popular_scores)
+        # Slots left without a candidate (all excluded or padding) get the
+        # sentinel, never an excluded item.
+        empty = scores == float("-inf")
+        ids = tf.where(empty, EMPTY_ITEM_ID, tf.gather(self.item_ids, items))
+        return {"item_ids": ids, "scores": scores}
+
+    def _no_events(self):
+        return (tf.zeros([0], tf.int32),) * 3
+
+    # -- the signatures ------------------------------------------------------
 
     def _logits(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        if self.signals is not None:
+            events = self._no_events()
+            parts = models.user_parts(self.scorer, users)
+            return self._rank(users, parts, items[:, None], events)[:, 0]
         gate = self._gates(users, items)
         return self.scorer(
             {schema.USER: users, schema.ITEM: items, schema.GATE: gate}, training=False
@@ -359,23 +649,12 @@ class ServingModule(CatalogModule):
         logits = self._logits(tf.maximum(users, 0), tf.maximum(items, 0))
         return self._pair_outputs(logits, users, items)
 
-    def _retrieve(self, users: tf.Tensor, masked=()):
-        """The top C items by MF score, the (row, item) lists in `masked` left out.
-
-        Args:
-          users: [B] user indices (-1: unknown, who get the popular items).
-          masked: (values, row_splits) per-user item lists never retrieved
-            (a scatter of -inf into the [B, items] scores before the top-k).
-        """
+    def _retrieve(self, users: tf.Tensor):
+        """The top C items by MF score; unknown users get the popular items."""
         known = users >= 0
         scores = tf.matmul(
             self.query_tower(tf.maximum(users, 0)), self.item_vectors, transpose_b=True
         )
-        for values, row_splits in masked:
-            rows, items = self._rows(values, row_splits, users)
-            scores = tf.tensor_scatter_nd_update(
-                scores, tf.stack([rows, items], axis=1), tf.fill(tf.shape(rows), float("-inf"))
-            )
         mf_scores, candidates = tf.math.top_k(scores, k=self.retrieval_candidates)
         popular, popular_scores = self._popular(tf.shape(users)[0], self.retrieval_candidates)
         candidates = tf.where(known[:, None], candidates, popular)
@@ -392,34 +671,17 @@ class ServingModule(CatalogModule):
     def recommend(self, user_id):
         user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
         users = self._users(user_id)
-        known = users >= 0
-        masked = []
-        if self.exclude_seen:
-            masked.append((self.seen_items, self.seen_row_splits))
-        if self.behavior_features:
-            masked.append((self.touched_items, self.touched_row_splits))
-        candidates, mf_scores = self._retrieve(users, masked)
-        # A masked item fills a slot only when the catalog has too few others.
-        candidates = tf.where(mf_scores > float("-inf"), candidates, -1)
-        if self.behavior_features:
-            candidates = self._touched(users, candidates)
+        return self._recommend(users, self._no_events(), users >= 0)
+
+    @tf.function(input_signature=list(HISTORY_SPEC))
+    def recommend_from_history(self, user_id, history_item_id, history_behavior, history_row):
+        users, events, unknown = self._events(
+            user_id, history_item_id, history_behavior, history_row
+        )
         batch = tf.shape(users)[0]
-        width = tf.shape(candidates)[1]
-        flat_users = tf.repeat(tf.maximum(users, 0), width)
-        flat_items = tf.maximum(tf.reshape(candidates, [-1]), 0)
-        logits = tf.reshape(self._logits(flat_users, flat_items), [batch, width])
-        logits = tf.where(candidates >= 0, logits, float("-inf"))
-        candidates = tf.maximum(candidates, 0)
-        top_logits, position = tf.math.top_k(logits, k=self.top_k)
-        items = tf.gather(candidates, position, batch_dims=1)
-        popular, popular_scores = self._popular(batch, self.top_k)
-        items = tf.where(known[:, None], items, popular)
-        scores = tf.where(known[:, None], top_logits, popular_scores)
-        # Slots left without a candidate (all excluded or padding) get the
-        # sentinel, never an excluded item.
-        empty = scores == float("-inf")
-        ids = tf.where(empty, EMPTY_ITEM_ID, tf.gather(self.item_ids, items))
-        return {"item_ids": ids, "scores": scores}
+        has_events = tf.math.unsorted_segment_sum(tf.ones_like(events[0]), events[0], batch) > 0
+        result = self._recommend(users, events, (users >= 0) | has_events)
+        return {**result, "unknown_events": unknown}
 
     def signatures(self) -> dict:
         """The SavedModel signatures by name."""
@@ -427,6 +689,7 @@ class ServingModule(CatalogModule):
             schema.SERVING_DEFAULT: self.score.get_concrete_function(),
             schema.RECOMMEND: self.recommend.get_concrete_function(),
             schema.RETRIEVE: self.retrieve.get_concrete_function(),
+            schema.RECOMMEND_FROM_HISTORY: self.recommend_from_history.get_concrete_function(),
         }
 
 
@@ -439,10 +702,12 @@ def from_training(
     top_k: int,
     retrieval_candidates: int,
     exclude_seen: bool,
+    signals=None,
+    fold_in: tuple[float, float, float] = FOLD_IN,
     max_request_users: int = MAX_REQUEST_USERS,
     max_request_pairs: int = MAX_REQUEST_PAIRS,
 ) -> ServingModule:
-    """A ServingModule whose fallbacks and seen-items table come from the training split.
+    """A ServingModule whose fallbacks, purchases and graphs come from the training split.
 
     Args:
       scorer: the trained scorer.
@@ -452,23 +717,30 @@ def from_training(
       top_k: K of `recommend`.
       retrieval_candidates: C of the retrieval stage.
       exclude_seen: leave training purchases out of `recommend`.
+      signals: the run's `graph_signals.GraphSignals` (built here when the
+        scorer takes signals and none is given).
+      fold_in: (alpha, l2, supportive_weight) of a new user's MF factor.
       max_request_users: most users per `recommend` / `retrieve` request.
       max_request_pairs: most pairs per `serving_default` request.
     """
-    pairs = {}
-    if scorer.behavior_bias is not None:
+    extra = {}
+    if scorer.behavior_bias is not None or scorer.num_signals:
         index = training_index.TrainingIndex.from_split(split)
-        pairs = {"pair_keys": index.keys, "pair_bits": index.bits}
+        extra = {"pair_keys": index.keys, "pair_bits": index.bits}
+    if scorer.num_signals:
+        if signals is None:
+            signals = graph_signals.GraphSignals(split)
+        extra["signals"] = signals_lib.SignalTables(signals)
     return ServingModule(
         scorer,
         user_tokens=user_tokens,
         item_tokens=item_tokens,
-        num_behaviors=split.behaviors.num_behaviors,
         **catalog_tables(split),
         top_k=top_k,
         retrieval_candidates=min(retrieval_candidates, split.num_items),
         exclude_seen=exclude_seen,
+        fold_in=fold_in,
         max_request_users=max_request_users,
         max_request_pairs=max_request_pairs,
-        **pairs,
+        **extra,
     )

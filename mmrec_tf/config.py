@@ -593,13 +593,6 @@ class ExperimentConfig:
             "false unless --loss=softmax (the softmax batches carry their grid's signals)",
         )
         _check(
-            not (self.model.graph_signals and self.export.export_dir),
-            "export.export_dir",
-            self.export.export_dir,
-            "empty with --graph_signals: the serving module does not compute the signals "
-            "yet; evaluate without --export_dir",
-        )
-        _check(
             self.mode not in ("export", "evaluate_export") or bool(self.export.export_dir),
             "export.export_dir",
             self.export.export_dir,

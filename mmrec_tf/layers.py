@@ -229,18 +229,30 @@ class FeedbackTower(_EmbeddingPair):
         Returns:
           [U, I, output_dim], equal to calling the layer on every pair.
         """
-        u = self.user_vector(users)
+        return self.rows(self.user_vector(users), items[None, :], signals)
+
+    def rows(self, u: tf.Tensor, items: tf.Tensor, signals: tf.Tensor | None = None):
+        """The branch for each row's user vector against that row's items.
+
+        Args:
+          u: [U, embedding_dim] user vectors (`user_vector`, or a new user's).
+          items: [U, I] item indices per row, or [1, I] shared by every row.
+          signals: [U, I, num_signals] the pairs' graph signals.
+
+        Returns:
+          [U, I, output_dim]; `grid` is the shared-items case.
+        """
         i = self.item_embedding(items)
         if not self.dense_layers:
-            shape = [tf.shape(u)[0], tf.shape(i)[0], self.embedding_dim]
+            shape = [tf.shape(u)[0], tf.shape(i)[1], self.embedding_dim]
             return tf.concat(
-                [tf.broadcast_to(u[:, None], shape), tf.broadcast_to(i[None], shape)], axis=-1
+                [tf.broadcast_to(u[:, None], shape), tf.broadcast_to(i, shape)], axis=-1
             )
         first = self.dense_layers[0]
         d = self.embedding_dim
         user_half = tf.matmul(u, first.kernel[:d]) + first.bias
-        item_half = tf.matmul(i, first.kernel[d : 2 * d])
-        x = user_half[:, None, :] + item_half[None, :, :]
+        item_half = tf.tensordot(i, first.kernel[d : 2 * d], axes=1)
+        x = user_half[:, None, :] + item_half
         if self.signal_columns:
             if signals is None:
                 raise ValueError(f"branch {self.name!r} takes graph signals: pass the grid's.")

@@ -371,16 +371,69 @@ def score_grid(
       target history keeps it in the history mean (pairwise scoring leaves
       it out); full ranking never ranks those items.
     """
+    logits, raw = score_rows(
+        scorer,
+        user_parts(scorer, users),
+        items[None, :],
+        gates,
+        signals=signals,
+        training=training,
+        return_branches=True,
+    )
+    return (logits, raw) if return_branches else logits
+
+
+def user_parts(scorer: Scorer, users: tf.Tensor) -> list[tf.Tensor]:
+    """[U, d] user vectors of each part: the MF part's first (if any), then each branch's."""
+    parts = [scorer.mf] if scorer.mf is not None else []
+    return [part.user_vector(users) for part in parts + list(scorer.towers)]
+
+
+def score_rows(
+    scorer: Scorer,
+    parts: list[tf.Tensor],
+    items: tf.Tensor,
+    gates: tf.Tensor | None = None,
+    *,
+    signals: tf.Tensor | None = None,
+    training: bool = False,
+    return_branches: bool = False,
+):
+    """Logits of each row's user against that row's items, from the users' vectors.
+
+    `score_grid` is the case of real users and one item list; serving calls
+    it with per-row candidates and with a new user's vectors (an MF factor
+    folded in from events, the branches' mean user).
+
+    Args:
+      scorer: a model from `build_model`.
+      parts: the rows' user vectors per part (`user_parts`).
+      items: [U, I] item indices per row, or [1, I] shared by every row.
+      gates: [U, I, num_behaviors] behavior flags of the pairs (see `score_grid`).
+      signals: [U, I, num_signals] the pairs' graph signals.
+      training: apply the supportive branches' gradient gates.
+      return_branches: also return the branches' [U, I, d] outputs.
+
+    Returns:
+      [U, I] logits (and the branches' outputs).
+    """
     mf, towers, fusion, head = scorer.mf, scorer.towers, scorer.fusion, scorer.head
     # The head is linear: its MF rows make the MF part a [U, d] x [d, I]
-    # matrix product (no [U, I, d] tensor); the rest goes through its other rows.
+    # product (no [U, I, d] tensor); the rest goes through its other rows.
     kernel = tf.cast(head.dense.kernel[:, 0], tf.float32)
     logits = tf.cast(head.dense.bias[0], tf.float32)
     rows = 0
     if mf is not None:
-        logits += tf.cast(factorized_grid(scorer, users, items), tf.float32)
+        v = parts[0] * tf.cast(kernel[: mf.embedding_dim], parts[0].dtype)
+        q = mf.item_embedding(items)
+        if items.shape[0] == 1:
+            mf_logits = tf.matmul(v, q[0], transpose_b=True)
+        else:
+            mf_logits = tf.einsum("ud,uid->ui", v, q)
+        logits += tf.cast(mf_logits, tf.float32)
         rows = mf.embedding_dim
-    branches = [tower.grid(users, items, signals) for tower in towers]
+        parts = parts[1:]
+    branches = [tower.rows(u, items, signals) for tower, u in zip(towers, parts)]
     raw = list(branches)
     if training and scorer_gating(scorer):
         if gates is None:

@@ -15,6 +15,7 @@ tuner call it; so do the tests. Its steps are functions of their own:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -162,7 +163,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         test(config, ranker, index, split, results, score, valid_cases)
     exporting = config.mode in ("train", "train_and_evaluate", "export")
     if config.export.export_dir and exporting and train_lib.is_chief(strategy):
-        _export(config, ranker.scorer, data, split, results)
+        _export(config, ranker.scorer, data, split, results, signals=signals)
     # An evaluation or an export leaves the training run's results.json as it was.
     name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
     run_record.write_json(os.path.join(model_dir, name), results)
@@ -355,14 +356,18 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> dict:
     return record
 
 
-def _export(config, scorer, data, split, results: dict) -> None:
+def _export(config, scorer, data, split, results: dict, signals=None) -> None:
     """Exports `scorer` (a Keras scorer, or a fitted CascadeScorer) as a new SavedModel version."""
     started = time.perf_counter()
-    build = (
-        cascade_export.from_training
-        if isinstance(scorer, baselines.cascade.CascadeScorer)
-        else serving.from_training
-    )
+    if isinstance(scorer, baselines.cascade.CascadeScorer):
+        build = cascade_export.from_training
+    else:
+        m = config.model
+        build = functools.partial(
+            serving.from_training,
+            signals=signals,
+            fold_in=(m.als_alpha, m.als_l2, m.als_supportive_weight),
+        )
     module = build(
         scorer,
         split,

@@ -138,7 +138,12 @@ def test_clean_process_serves_every_signature(trained, tmp_path):
         "rec_users": users[:3] + ["no-such-user"],
     }
     out = _in_clean_process(CLEAN_PROCESS, trained["path"], args, tmp_path)
-    assert out["signatures"] == ["recommend", "retrieve", "serving_default"]
+    assert out["signatures"] == [
+        "recommend",
+        "recommend_from_history",
+        "retrieve",
+        "serving_default",
+    ]
     assert not out["project_imported"] and out["legacy_keras"] is None
 
     score = evaluate.Scorer(trained["ranker"].scorer, split.behaviors.num_behaviors)
@@ -241,7 +246,7 @@ def test_warmup_requests_are_prediction_logs_for_every_signature(trained):
     for record in tf.data.TFRecordDataset(path):
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         names.append(log.predict_log.request.model_spec.signature_name)
-    assert names == ["serving_default", "recommend", "retrieve"]
+    assert names == ["serving_default", "recommend", "retrieve", "recommend_from_history"]
 
 
 KILLED_EXPORT = textwrap.dedent(
@@ -407,7 +412,7 @@ def _tiny_module(logit_scale=1.0, *, seen=(), top_k=3, items=5, candidates=5):
         scorer,
         user_tokens=np.array(["u"]),
         item_tokens=np.array([f"i{k}" for k in range(items)]),
-        num_behaviors=1,
+        behaviors=("buy",),
         popularity=np.ones(items),
         seen_row_splits=np.array([0, len(seen)]),
         seen_items=np.array(seen, np.int32),

@@ -269,7 +269,6 @@ def test_each_branch_takes_its_behaviors_signals_and_one_branch_takes_all(name, 
     [
         ({"model": "gmf", "graph_signals": True}, {"loss": "softmax"}, {}, "graph_signals"),
         ({"graph_signals": True}, {}, {}, "loss=softmax"),
-        ({"graph_signals": True}, {"loss": "softmax"}, {"export_dir": "x"}, "compute the signals"),
     ],
 )
 def test_graph_signals_refuse_what_cannot_use_them(model, train, export, message):
