@@ -27,6 +27,23 @@ Signatures (each a `tf.function` over named `TensorSpec`s):
   every pair with its behavior flags.
 - `retrieve(user_id [B] string)` -> `item_ids` [B, C] string, `scores` [B, C]:
   the retrieval stage alone (MF scores).
+- `recommend_from_history(user_id [B], history_item_id [N], history_behavior
+  [N], history_row [N])` -> `item_ids`, `scores` as `recommend`, and
+  `unknown_events` [B] (each row's events on items the catalog lacks): the
+  top K for users described by events, event n (an item and a behavior
+  name) belonging to row `history_row[n]`. A row with events gets an MF
+  factor solved from them as the ALS solves a user (a known user's training
+  pairs and the events together; an unknown or empty user id: the events
+  alone), so the retrieval stage is personal; a new user's branches take
+  each branch's mean user. The events join the user's behaviors (behavior
+  features) and graph histories (graph signals); bought events are excluded
+  like training purchases. A known user without events gets `recommend`.
+
+A scorer with graph signals gets them per request (`export.signals`): a
+known user's are exactly the evaluation's. Its candidates are the MF stage's
+top C, the top C items its behavior graphs reach from the user's histories,
+and the user's touched items, re-ranked together; a request's memory is a
+few [users + items] float blocks per row, so its row limits are capped.
 
 Every input must be a rank-1 string tensor, `user_id` and `item_id` of equal
 length, at most `max_request_users` users for `recommend` / `retrieve` and
@@ -354,8 +371,9 @@ class ServingModule(CatalogModule):
           retrieval_candidates: C, the candidates the retrieval stage passes on.
           exclude_seen: leave the user's purchases out of `recommend`.
           pair_keys: sorted `user * num_items + item` keys of the training
-            pairs (`TrainingIndex.keys`); needed by a scorer with behavior
-            features or graph signals.
+            pairs (`TrainingIndex.keys`): their behaviors, and a known user's
+            MF refit with a request's events; needed by a scorer with
+            behavior features or graph signals.
           pair_bits: the behavior bitmask of each pair (`TrainingIndex.bits`).
           signals: the training graphs (`signals.SignalTables`); needed by a
             scorer built with graph signals.
@@ -408,14 +426,22 @@ class ServingModule(CatalogModule):
         # Items the user touched through supportive feedback are re-ranked
         # beside the retrieved ones where the scorer reads behaviors.
         self.rerank_touched = self.behavior_features or self.signals is not None
-        if self.rerank_touched:
-            if pair_keys is None or pair_bits is None:
+        if pair_keys is None or pair_bits is None:
+            if self.rerank_touched:
                 raise ValueError(
                     "the scorer has behavior features or graph signals: pass the training "
                     "pairs (pair_keys, pair_bits) whose behaviors it reads."
                 )
-            self.pair_keys = _table(pair_keys, tf.int64, "pair_keys")
-            self.pair_bits = _table(pair_bits.astype(np.int32), tf.int32, "pair_bits")
+            # No training pairs: a known user's events are then refitted alone.
+            pair_keys, pair_bits = np.zeros(0, np.int64), np.zeros(0, np.int32)
+        self.pair_keys = _table(pair_keys, tf.int64, "pair_keys")
+        self.pair_bits = _table(pair_bits.astype(np.int32), tf.int32, "pair_bits")
+        self.pair_row_splits = _table(
+            training_index.row_offsets(pair_keys, self.num_users, num_items),
+            tf.int64,
+            "pair_splits",
+        )
+        if self.rerank_touched:
             # Each user's items with supportive feedback: extra candidates
             # (not those bought, when purchases are left out).
             touched = (pair_bits >> 1) != 0
@@ -430,7 +456,12 @@ class ServingModule(CatalogModule):
             self.touched_items = _table(supportive % num_items, tf.int32, "touched_items")
         # A new user's MF factor: the ALS solve of their events against the
         # item factors, (Y^T Y + l2 I + sum_h (c_h - 1) y_h y_h^T) p = sum_h c_h y_h.
-        items = scorer.mf.item_embedding.embeddings.numpy().astype(np.float64)
+        # The MF part's logit is <p_u, w * q_i> (w: the head's MF weights),
+        # so the solve is against the items' w * q_i.
+        mf_dim = scorer.mf.embedding_dim
+        head_weights = scorer.head.dense.kernel.numpy()[:mf_dim, 0].astype(np.float64)
+        items = scorer.mf.item_embedding.embeddings.numpy().astype(np.float64) * head_weights
+        self.fold_in_items = _table(items.astype(np.float32), tf.float32, "fold_in_items")
         alpha, l2, weight = (float(x) for x in fold_in)
         self.fold_in_alpha, self.fold_in_weight = alpha, weight if weight > 0 else 1.0
         self.fold_in_gram = _table(
@@ -509,22 +540,50 @@ class ServingModule(CatalogModule):
         r = tf.math.unsorted_segment_sum(weight, index, tf.size(pair))
         c = 1.0 + self.fold_in_alpha * r
         rows = tf.cast(pair // self.num_items, tf.int32)
-        y = tf.gather(self.scorer.mf.item_embedding.embeddings, tf.cast(pair % self.num_items, tf.int32))
-        y = tf.cast(y, tf.float32)
+        y = tf.gather(self.fold_in_items, tf.cast(pair % self.num_items, tf.int32))
         outer = (c - 1.0)[:, None, None] * y[:, :, None] * y[:, None, :]
         lhs = self.fold_in_gram[None] + tf.math.unsorted_segment_sum(outer, rows, batch)
         rhs = tf.math.unsorted_segment_sum(c[:, None] * y, rows, batch)
         return tf.linalg.solve(lhs, rhs[..., None])[..., 0]
 
+    def _training_events(self, users):
+        """The known users' training pairs as events: (rows, items, branches), one per behavior."""
+        lists = tf.RaggedTensor.from_row_splits(
+            tf.range(tf.size(self.pair_keys)), self.pair_row_splits
+        )
+        lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
+        rows = tf.cast(lists.value_rowids(), tf.int32)
+        position = lists.flat_values
+        items = tf.cast(tf.gather(self.pair_keys, position) % self.num_items, tf.int32)
+        bits = tf.gather(self.pair_bits, position)
+        out = ([], [], [])
+        for branch in range(self.num_behaviors):
+            mine = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, branch), 1) > 0
+            out[0].append(tf.boolean_mask(rows, mine))
+            out[1].append(tf.boolean_mask(items, mine))
+            out[2].append(tf.fill(tf.shape(out[0][-1]), branch))
+        return tuple(tf.concat(parts, axis=0) for parts in out)
+
     def _parts(self, users: tf.Tensor, events) -> list[tf.Tensor]:
-        """The rows' user vectors per part: a known user's own; a new user's MF
-        factor folded in from the events and each branch's mean user."""
+        """The rows' user vectors per part.
+
+        A known user without events keeps the trained vectors. A row with
+        events gets an MF factor solved from them (`_fold_in`); for a known
+        user, from the training pairs and the events together. A new user's
+        branches take each branch's mean user.
+        """
         known = users >= 0
         own = models.user_parts(self.scorer, tf.maximum(users, 0))
         batch = tf.shape(users)[0]
-        new = [tf.cast(self._fold_in(batch, events), own[0].dtype)]
-        new += [tf.broadcast_to(tf.cast(m, own[0].dtype)[None], [batch, m.shape[0]]) for m in self.mean_users]
-        return [tf.where(known[:, None], a, b) for a, b in zip(own, new)]
+        has_events = tf.math.unsorted_segment_sum(tf.ones_like(events[0]), events[0], batch) > 0
+        merged = [
+            tf.concat([a, b], axis=0) for a, b in zip(self._training_events(users), events)
+        ]
+        refit = tf.cast(self._fold_in(batch, merged), own[0].dtype)
+        mf = tf.where(has_events[:, None], refit, own[0])
+        new = [tf.broadcast_to(tf.cast(m, own[0].dtype)[None], [batch, m.shape[0]]) for m in self.mean_users]
+        branches = [tf.where(known[:, None], a, b) for a, b in zip(own[1:], new)]
+        return [mf] + branches
 
     # -- the two stages ------------------------------------------------------
 
@@ -723,10 +782,8 @@ def from_training(
       max_request_users: most users per `recommend` / `retrieve` request.
       max_request_pairs: most pairs per `serving_default` request.
     """
-    extra = {}
-    if scorer.behavior_bias is not None or scorer.num_signals:
-        index = training_index.TrainingIndex.from_split(split)
-        extra = {"pair_keys": index.keys, "pair_bits": index.bits}
+    index = training_index.TrainingIndex.from_split(split)
+    extra = {"pair_keys": index.keys, "pair_bits": index.bits}
     if scorer.num_signals:
         if signals is None:
             signals = graph_signals.GraphSignals(split)

@@ -1,0 +1,153 @@
+"""The trained model's export: graph signals per request, and recommendations from events."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from mmrec_tf import config as config_lib
+from mmrec_tf import evaluate
+from mmrec_tf import ranking
+from mmrec_tf import train as train_lib
+from mmrec_tf.export import exporter
+from mmrec_tf.export import serving
+from mmrec_tf.pipelines import graph_signals
+from mmrec_tf.pipelines import schema
+from mmrec_tf.pipelines import training_index
+from tests.export import test_cascade_export
+from tests.export import test_export
+
+K, C = 5, 8
+USERS, ITEMS = test_cascade_export.USERS, test_cascade_export.ITEMS
+
+
+def _train(tmp_path, signals: bool):
+    split = test_cascade_export._communities()
+    config = config_lib.ExperimentConfig(
+        model=config_lib.ModelConfig(
+            mf_dim=4, mlp_dim=4, mlp_layers=1, init_stddev=0.1, graph_signals=signals
+        ),
+        train=config_lib.TrainConfig(
+            loss="softmax",
+            shared_negatives=16,
+            batch_size=32,
+            epochs=40,
+            learning_rate=0.05,
+            verbose=0,
+            supportive_negative_ratio=0,
+        ),
+    )
+    tf_keras.utils.set_random_seed(0)
+    ranker = ranking.build_ranker(
+        config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+    )
+    graph = graph_signals.GraphSignals(split) if signals else None
+    index = training_index.TrainingIndex.from_split(split)
+    train_lib.train(
+        ranker=ranker, index=index, config=config.train, model_dir=str(tmp_path), signals=graph
+    )
+    module = serving.from_training(
+        ranker.scorer,
+        split,
+        user_tokens=USERS,
+        item_tokens=ITEMS,
+        top_k=K,
+        retrieval_candidates=C,
+        exclude_seen=True,
+        signals=graph,
+        fold_in=(10.0, 0.1, 1.0),
+    )
+    return {"split": split, "ranker": ranker, "module": module, "signals": graph, "index": index}
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["signals", "ids_only"])
+def trained(request, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("history"), request.param)
+
+
+def _history(module, user_ids, events):
+    return test_cascade_export._history(module, user_ids, events)
+
+
+def test_recommend_ranks_with_the_evaluated_logits(trained):
+    split, module = trained["split"], trained["module"]
+    score = evaluate.Scorer(
+        trained["ranker"].scorer,
+        split.behaviors.num_behaviors,
+        index=trained["index"],
+        signals=trained["signals"],
+    )
+    rec = module.recommend(tf.constant(USERS[:6]))
+    for u, (ids, scores) in enumerate(zip(rec["item_ids"].numpy(), rec["scores"].numpy())):
+        items = np.array([int(i.decode()[1:]) for i in ids])
+        want = score(np.full(K, u), items)
+        np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-4)
+    # serving_default scores the pairs as the evaluation does.
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 40, 30), rng.integers(0, 40, 30)
+    out = module.score(tf.constant(USERS[users]), tf.constant(ITEMS[items]))
+    np.testing.assert_allclose(out[schema.SCORE].numpy(), score(users, items), rtol=1e-4, atol=1e-4)
+
+
+def test_a_known_user_without_events_gets_its_recommend(trained):
+    module = trained["module"]
+    rec = module.recommend(tf.constant(["u3", "u25"]))
+    hist = _history(module, ["u3", "u25"], [])
+    np.testing.assert_allclose(hist["scores"].numpy(), rec["scores"].numpy(), atol=1e-5)
+    assert hist["item_ids"].numpy().tolist() == rec["item_ids"].numpy().tolist()
+
+
+def test_a_new_user_with_three_carts_gets_items_near_them(trained):
+    module = trained["module"]
+    events = [(0, "i21", "cart"), (0, "i24", "cart"), (0, "i27", "cart")]
+    out = _history(module, ["someone-new"], events)
+    picked = [int(i.decode()[1:]) for i in out["item_ids"].numpy()[0]]
+    assert len(set(picked)) == K
+    # Mostly the carts' community (the model ranks; the graph and the folded
+    # factor both point there).
+    assert sum(20 <= i < 40 for i in picked) >= K - 1, picked
+    popular = module.recommend(tf.constant(["someone-new"]))["item_ids"].numpy()[0]
+    assert picked != [int(i.decode()[1:]) for i in popular]
+    assert out["unknown_events"].numpy().tolist() == [0]
+
+
+def test_one_more_event_changes_the_ranking(trained):
+    module = trained["module"]
+    events = [(0, "i21", "cart"), (0, "i24", "cart"), (0, "i27", "cart")]
+    before = _history(module, [""], events)
+    after = _history(module, [""], events + [(0, "i3", "view")])
+    assert not np.allclose(before["scores"].numpy(), after["scores"].numpy())
+    known = module.recommend(tf.constant(["u5"]))
+    merged = _history(module, ["u5"], [(0, "i30", "cart")])
+    assert not np.allclose(known["scores"].numpy(), merged["scores"].numpy())
+
+
+def test_bought_events_are_excluded(trained):
+    module = trained["module"]
+    first = _history(module, ["new", "u2"], [(0, "i21", "cart"), (1, "i22", "cart")])
+    tops = [row[0].decode() for row in first["item_ids"].numpy()]
+    out = _history(
+        module,
+        ["new", "u2"],
+        [(0, "i21", "cart"), (1, "i22", "cart"), (0, tops[0], "buy"), (1, tops[1], "buy")],
+    )
+    for row, top in zip(out["item_ids"].numpy(), tops):
+        assert top.encode() not in row.tolist()
+
+
+def test_the_saved_model_serves_histories_in_a_clean_process(trained, tmp_path):
+    path = exporter.export(
+        trained["module"], str(tmp_path / "export"), warmup_user_ids=["u1"], warmup_item_ids=["i1"]
+    )
+    args = {
+        "users": ["u2", "nobody"],
+        "items": ["i22", "i23", "i5"],
+        "behaviors": ["cart", "view", "cart"],
+        "rows": [1, 1, 0],
+    }
+    out = test_export._in_clean_process(test_cascade_export.CLEAN_PROCESS, path, args, tmp_path)
+    assert not out["project_imported"]
+    events = list(zip(args["rows"], args["items"], args["behaviors"]))
+    want = _history(trained["module"], args["users"], events)
+    assert out["hist_items"] == [[i.decode() for i in r] for r in want["item_ids"].numpy()]
+    np.testing.assert_allclose(out["hist_scores"], want["scores"].numpy(), rtol=1e-4, atol=1e-4)
