@@ -36,9 +36,11 @@ def _doubled(split):
     )
 
 
-def test_reach_matches_its_definition_for_every_pair():
+@pytest.mark.parametrize("budget", [graph_signals.ITEM_ITEM_BUDGET, 0], ids=["items", "users"])
+def test_reach_matches_its_definition_for_every_pair(budget):
     split = test_samplers._split(num_users=12, num_items=15)
-    signals = graph_signals.GraphSignals(split)
+    signals = graph_signals.GraphSignals(split, item_item_budget=budget)
+    assert all((g.item_item is None) == (budget == 0) for g in signals.graphs)
     users, items = np.arange(12), np.arange(15)
     grid = signals.grid(users, items)
     assert signals.names == ("touched_cart", "touched_fav", "reach_buy", "reach_cart", "reach_fav")
