@@ -44,6 +44,8 @@ REQUEST_BUDGET_BYTES = 1 << 28
 
 _IDS = tf.TensorSpec(None, tf.string, name=schema.USER_ID)
 _ITEM_IDS = tf.TensorSpec(None, tf.string, name=schema.ITEM_ID)
+
+
 class _Graph(tf.Module):
     """One stage's graph: the users' item lists and the normalized matrix, as variables."""
 

@@ -79,7 +79,7 @@ def _export_locked(module, export_dir, warmup_user_ids, warmup_item_ids, version
     if os.path.exists(final):
         raise FileExistsError(
             f"{final} exists: an export never overwrites a version. Pick another version, or "
-            "leave --export_version unset to take the next one."
+            "leave it unset to take the next one."
         )
     tmp = os.path.join(export_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -471,9 +471,7 @@ class ServingModule(CatalogModule):
         )
         # A new user's branch vectors: each branch's mean user.
         self.mean_users = [
-            _table(
-                tower.user_embedding.embeddings.numpy().mean(axis=0), tf.float32, f"mean_{t}"
-            )
+            _table(tower.user_embedding.embeddings.numpy().mean(axis=0), tf.float32, f"mean_{t}")
             for t, tower in enumerate(scorer.towers)
         ]
 
@@ -517,9 +515,10 @@ class ServingModule(CatalogModule):
         )
         del found
         bits = tf.bitwise.bitwise_or(bits, extra)
-        return tf.reshape(models.unpack_bits(bits, self.num_behaviors), tf.concat(
-            [shape, [self.num_behaviors]], axis=0
-        ))
+        return tf.reshape(
+            models.unpack_bits(bits, self.num_behaviors),
+            tf.concat([shape, [self.num_behaviors]], axis=0),
+        )
 
     def _keys(self, rows: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         return tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64)
@@ -576,12 +575,13 @@ class ServingModule(CatalogModule):
         own = models.user_parts(self.scorer, tf.maximum(users, 0))
         batch = tf.shape(users)[0]
         has_events = tf.math.unsorted_segment_sum(tf.ones_like(events[0]), events[0], batch) > 0
-        merged = [
-            tf.concat([a, b], axis=0) for a, b in zip(self._training_events(users), events)
-        ]
+        merged = [tf.concat([a, b], axis=0) for a, b in zip(self._training_events(users), events)]
         refit = tf.cast(self._fold_in(batch, merged), own[0].dtype)
         mf = tf.where(has_events[:, None], refit, own[0])
-        new = [tf.broadcast_to(tf.cast(m, own[0].dtype)[None], [batch, m.shape[0]]) for m in self.mean_users]
+        new = [
+            tf.broadcast_to(tf.cast(m, own[0].dtype)[None], [batch, m.shape[0]])
+            for m in self.mean_users
+        ]
         branches = [tf.where(known[:, None], a, b) for a, b in zip(own[1:], new)]
         return [mf] + branches
 
@@ -598,7 +598,9 @@ class ServingModule(CatalogModule):
             excluded = tf.concat(
                 [
                     self._keys(rows, items),
-                    self._keys(tf.boolean_mask(event_rows, bought), tf.boolean_mask(event_items, bought)),
+                    self._keys(
+                        tf.boolean_mask(event_rows, bought), tf.boolean_mask(event_items, bought)
+                    ),
                 ],
                 axis=0,
             )
@@ -609,7 +611,9 @@ class ServingModule(CatalogModule):
             touched = tf.concat(
                 [
                     self._keys(rows, items),
-                    self._keys(tf.boolean_mask(event_rows, ~bought), tf.boolean_mask(event_items, ~bought)),
+                    self._keys(
+                        tf.boolean_mask(event_rows, ~bought), tf.boolean_mask(event_items, ~bought)
+                    ),
                 ],
                 axis=0,
             )
@@ -634,7 +638,9 @@ class ServingModule(CatalogModule):
         signals the top C of the rows' summed reach, and the touched items."""
         batch = tf.shape(users)[0]
         excluded, touched = self._excluded_and_touched(users, events)
-        query = parts[0] * tf.cast(self.scorer.head.dense.kernel[: parts[0].shape[-1], 0], parts[0].dtype)
+        query = parts[0] * tf.cast(
+            self.scorer.head.dense.kernel[: parts[0].shape[-1], 0], parts[0].dtype
+        )
         scores = tf.matmul(tf.cast(query, tf.float32), self.item_vectors, transpose_b=True)
         masked = tf.concat([excluded, touched], axis=0)
         lists = [self._masked_top(scores, masked, self.retrieval_candidates)]
@@ -643,10 +649,16 @@ class ServingModule(CatalogModule):
             reach = tf.add_n([self.signals.reach(b, users, k) for b, k in enumerate(keys)])
             retrieved = lists[0]
             rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(retrieved))
-            more = tf.boolean_mask(self._keys(rows, retrieved), tf.reshape(retrieved >= 0, tf.shape(rows)))
+            more = tf.boolean_mask(
+                self._keys(rows, retrieved), tf.reshape(retrieved >= 0, tf.shape(rows))
+            )
             # Only items the graph reaches: a zero reach is no neighbour.
             reach = tf.where(reach > 0, reach, float("-inf"))
-            lists.append(self._masked_top(reach, tf.concat([masked, more], axis=0), self.retrieval_candidates))
+            lists.append(
+                self._masked_top(
+                    reach, tf.concat([masked, more], axis=0), self.retrieval_candidates
+                )
+            )
         lists.append(
             tf.RaggedTensor.from_value_rowids(
                 tf.cast(touched % self.num_items, tf.int32),

@@ -61,11 +61,17 @@ class _BehaviorGraph(tf.Module):
         order = np.lexsort((edges.col, edges.row))
         rows, cols = edges.row[order], edges.col[order]
         values = graph_signals_lib.safe_power(graph.item_degree[rows], -0.5)
-        self.indices = _variable(np.stack([rows, cols], axis=1).astype(np.int64), tf.int64, "indices")
+        self.indices = _variable(
+            np.stack([rows, cols], axis=1).astype(np.int64), tf.int64, "indices"
+        )
         self.values = _variable(values.astype(np.float32), tf.float32, "values")
         self.shape = (int(graph.binary.shape[1]), int(graph.binary.shape[0]))
-        self.user_degree = _variable(graph.user_degree.astype(np.float32), tf.float32, "user_degree")
-        self.item_degree = _variable(graph.item_degree.astype(np.float32), tf.float32, "item_degree")
+        self.user_degree = _variable(
+            graph.user_degree.astype(np.float32), tf.float32, "user_degree"
+        )
+        self.item_degree = _variable(
+            graph.item_degree.astype(np.float32), tf.float32, "item_degree"
+        )
         self.item_self = _variable(graph.item_self.astype(np.float32), tf.float32, "item_self")
 
     def matrix(self) -> tf.sparse.SparseTensor:
@@ -177,7 +183,10 @@ class SignalTables(tf.Module):
         di = tf.gather(graph.item_degree, candidates)
         z -= (
             in_history
-            * (tf.gather(graph.item_self, candidates) - in_training * _inverse(train_degree)[:, None])
+            * (
+                tf.gather(graph.item_self, candidates)
+                - in_training * _inverse(train_degree)[:, None]
+            )
             * _inverse(di)
         )
         scale = _inverse(degree[:, None] - in_history) * tf.sqrt(di * _inverse(di - in_training))

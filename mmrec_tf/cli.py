@@ -29,14 +29,7 @@ SECTIONS = {
 }
 
 # Fields whose flag has another name, so that every flag name is unique.
-RENAMED = {
-    ("eval", "ks"): "eval_ks",
-    ("eval", "retrieval_ks"): "eval_retrieval_ks",
-    ("eval", "batch_size"): "eval_batch_size",
-    ("eval", "seed"): "eval_seed",
-    ("export", "top_k"): "export_top_k",
-    ("export", "version"): "export_version",
-}
+RENAMED = {("export", "top_k"): "export_top_k"}
 # Fields set by another section's flag: one seed for the split and for training.
 SHARED = {("train", "seed"): "seed", ("data", "seed"): "seed"}
 

@@ -384,7 +384,6 @@ def _export(config, scorer, data, split, results: dict, signals=None) -> None:
         config.export.export_dir,
         warmup_user_ids=list(data.user_vocab.tokens[split.test_users[:4]]),
         warmup_item_ids=list(data.item_vocab.tokens[split.test_items[:4]]),
-        version=config.export.version or None,
     )
     results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
     print(f"exported {path}")
@@ -460,7 +459,7 @@ def _run_fitted(config, data, split, model_dir: str, results: dict) -> dict:
 def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str) -> dict:
     """--mode=evaluate_export: the SavedModel alone, on the test split."""
     present = exporter.versions(config.export.export_dir)
-    version = config.export.version or (present[-1] if present else None)
+    version = present[-1] if present else None
     path = os.path.join(config.export.export_dir, str(version))
     if version is None or not os.path.isdir(path):
         raise FileNotFoundError(

@@ -248,6 +248,7 @@ def train(
     validation: Callable[[], dict] | None = None,
     validate_start: bool = False,
     signals=None,
+    compile_options: dict | None = None,
 ) -> TrainResult:
     """Trains `ranker` on examples sampled from `index`, resuming from `model_dir`.
 
@@ -265,6 +266,9 @@ def train(
         such as the MF part at the ALS factors).
       signals: the training graph's `graph_signals.GraphSignals`, for a
         scorer that takes graph signals.
+      compile_options: extra Keras `compile` arguments (`jit_compile`,
+        `steps_per_execution`: measured in benchmarks/profile_training.py,
+        neither faster here).
 
     Returns:
       A TrainResult. The ranker holds the best validation epoch's weights
@@ -275,11 +279,7 @@ def train(
     with strategy.scope():
         optimizer = optimizers.build_optimizer(config)
         optimizer.build(ranker.scorer.trainable_variables)
-        ranker.compile(
-            optimizer=optimizer,
-            steps_per_execution=config.steps_per_execution,
-            jit_compile=config.jit_compile,
-        )
+        ranker.compile(optimizer=optimizer, **(compile_options or {}))
         state = _State()
     checkpoint = tf.train.Checkpoint(model=ranker, optimizer=optimizer, state=state)
     manager = tf.train.CheckpointManager(

@@ -82,6 +82,9 @@ def test_every_command_of_the_readme_runs_as_written(tmp_path):
     assert (tmp_path / "runs" / "quickstart" / "results.json").exists()
     assert (tmp_path / "runs" / "tune" / "own" / "best_als_full.flags").exists()
     assert "1" in os.listdir(tmp_path / "runs" / "serving" / "cascade")
+    # The quickstart's export serves a request's own events.
+    saved = (tmp_path / "runs" / "serving" / "quickstart" / "1" / "saved_model.pb").read_bytes()
+    assert b"recommend_from_history" in saved
     # One version: the tuner's trials export nothing.
     versions = [v for v in os.listdir(tmp_path / "runs" / "serving" / "own") if v.isdigit()]
     assert versions == ["1"]

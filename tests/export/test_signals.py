@@ -25,7 +25,7 @@ def test_a_known_user_without_events_gets_the_evaluations_signals():
     # Per-row candidates, padding included.
     rows = np.array([[3, 1, -1], [24, 0, 5], [2, 2, 2], [-1, -1, 9]], np.int32)
     got = tables.grid(tf.constant(users), tf.constant(rows), *_none()).numpy()
-    for r, u in enumerate(users):
+    for r in range(len(users)):
         for w, i in enumerate(rows[r]):
             if i < 0:
                 assert not got[r, w].any()
@@ -75,7 +75,10 @@ def test_a_new_users_signals_come_from_the_requests_events():
     keep = (split.train_users == 5) & (split.train_branches == 1)
     carts = list(split.train_items[keep])
     got = tables.grid(
-        tf.constant([5]), tf.constant(candidates[:1]), rows[:1], tf.constant([0], tf.int32),
+        tf.constant([5]),
+        tf.constant(candidates[:1]),
+        rows[:1],
+        tf.constant([0], tf.int32),
         tf.constant([1], tf.int32),
     ).numpy()
     for i in range(25):

@@ -35,8 +35,10 @@ def test_default_flags_give_the_default_config():
 
 
 def test_one_seed_flag_sets_the_split_and_the_training_seed():
-    config = cli.config_from_flags(_parse(["--model_dir=x", "--seed=7", "--eval_seed=3"]))
-    assert config.data.seed == config.train.seed == 7 and config.eval.seed == 3
+    config = cli.config_from_flags(_parse(["--model_dir=x", "--seed=7"]))
+    assert config.data.seed == config.train.seed == 7
+    # The sampled protocol's negatives keep their own fixed seed.
+    assert config.eval.seed == config_lib.EvalConfig.seed
 
 
 def test_list_flags_convert_to_the_field_types():
@@ -51,14 +53,14 @@ def test_list_flags_convert_to_the_field_types():
                 "--loss=softmax",
                 "--behavior_weights=buy:1,cart:0.5",
                 "--supportive_positive_weight=0",
-                "--eval_ks=5,10",
+                "--ignore_behaviors=pv,fav",
             ]
         )
     )
     assert config.data.columns == (("user", "uid"), ("item", "iid"), ("behavior", "act"))
     assert config.data.delimiter == "\t"
     assert config.train.behavior_weights == (("buy", 1.0), ("cart", 0.5))
-    assert config.eval.ks == (5, 10)
+    assert config.data.ignore_behaviors == ("pv", "fav")
 
 
 @pytest.mark.parametrize(
@@ -69,7 +71,6 @@ def test_list_flags_convert_to_the_field_types():
         ("--behavior_weights=buy=1", "behavior:weight"),
         ("--columns=user", "field=column"),
         ("--columns=user:uid", "field=column"),
-        ("--eval_ks=ten", "eval_ks"),
     ],
 )
 def test_a_bad_list_entry_names_the_flag_and_the_form(flag, message):
@@ -85,7 +86,7 @@ def test_model_dir_is_required():
 def test_fields_of_names_what_a_flag_sets():
     assert cli.fields_of("mf_dim") == [("model", "mf_dim")]
     assert sorted(cli.fields_of("seed")) == [("data", "seed"), ("train", "seed")]
-    assert cli.fields_of("eval_batch_size") == [("eval", "batch_size")]
+    assert cli.fields_of("export_top_k") == [("export", "top_k")]
     assert cli.fields_of("mode") == [("", "mode")]
     with pytest.raises(ValueError, match="no_such_flag"):
         cli.fields_of("no_such_flag")

@@ -21,7 +21,7 @@ from mmrec_tf import config as config_lib
         (config_lib.ModelConfig, {"mlp_layers": 9}, "mlp_layers=9"),
         (config_lib.TrainConfig, {"supportive_negative_ratio": 1.5}, "supportive_negative_ratio"),
         (config_lib.TrainConfig, {"loss": "hinge"}, "loss='hinge'"),
-        (config_lib.EvalConfig, {"ks": (5,)}, "ks=(5,)"),
+        (config_lib.EvalConfig, {"full_ranking_cases": -1}, "full_ranking_cases=-1"),
         (config_lib.ExperimentConfig, {"mode": "serve"}, "mode='serve'"),
     ],
 )

@@ -11,6 +11,10 @@ from mmrec_tf import models
 from mmrec_tf.pipelines import schema
 
 
+class _TenNegatives(config_lib.EvalConfig):
+    sampled_negatives = 10
+
+
 def test_metrics_from_ranks_by_hand():
     # ranks 0, 3, 10: hits 1, 1, 0; gains 1/log2(2)=1, 1/log2(5)=0.4307, 0
     result = evaluate.metrics_from_ranks(np.array([0, 3, 10]), ks=(10,))
@@ -97,7 +101,7 @@ def test_full_ranking_case_cap_ranks_a_fixed_sample_and_says_so():
         exclude_keys=np.array([], np.int64),
         num_items=num_items,
     )
-    config = config_lib.EvalConfig(sampled_negatives=10, full_ranking_cases=10)
+    config = _TenNegatives(full_ranking_cases=10)
     first = evaluate.evaluate(_TableScorer(table), cases, config=config)
     again = evaluate.evaluate(_TableScorer(table), cases, config=config)
     assert first["sampled"]["cases"] == num_cases  # the sampled protocol keeps every case

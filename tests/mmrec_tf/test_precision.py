@@ -20,7 +20,7 @@ def split(tmp_path_factory):
     return loading.load(DATA, work_dir=str(tmp_path_factory.mktemp("data")))[1]
 
 
-def _train(split, model_dir, **train_kwargs):
+def _train(split, model_dir, compile_options=None, **train_kwargs):
     config = config_lib.ExperimentConfig(
         model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, init_stddev=0.1, history_length=3),
         train=config_lib.TrainConfig(
@@ -44,6 +44,7 @@ def _train(split, model_dir, **train_kwargs):
             index=training_index.TrainingIndex.from_split(split),
             config=config.train,
             model_dir=str(model_dir),
+            compile_options=compile_options,
         )
     finally:
         tf_keras.mixed_precision.set_global_policy("float32")
@@ -65,7 +66,7 @@ def _logits(ranker, split):
 
 def test_xla_training_matches_the_plain_step(split, tmp_path):
     plain, plain_result = _train(split, tmp_path / "plain")
-    xla, xla_result = _train(split, tmp_path / "xla", jit_compile=True)
+    xla, xla_result = _train(split, tmp_path / "xla", compile_options={"jit_compile": True})
     # XLA reorders float arithmetic, and Adam's first steps turn that noise in
     # near-zero gradients into +-lr moves of single weights; the models agree.
     assert xla_result.history[-1]["loss"] == pytest.approx(

@@ -23,7 +23,7 @@ TINY = [
     "--epochs=1",
     "--steps_per_epoch=5",
     "--verbose=0",
-    "--full_ranking=false",
+    "--full_ranking_cases=50",
 ]
 
 

@@ -22,7 +22,7 @@ _TINY = [
     "--steps_per_epoch=3",
     "--batch_size=64",
     "--verbose=0",
-    "--full_ranking=false",
+    "--full_ranking_cases=50",
 ]
 
 

@@ -25,6 +25,13 @@ from tests.pipelines import test_samplers
 BEHAVIORS = schema.BehaviorSchema("buy", ("cart", "fav"))
 
 
+class _SmallEval(config_lib.EvalConfig):
+    """The protocol with 2 sampled negatives and HR@1, for catalogs of a few items."""
+
+    sampled_negatives = 2
+    ks = (1, 10)
+
+
 def _random_weights(scorer, seed=0, positive=False):
     rng = np.random.default_rng(seed)
     draw = (
@@ -206,9 +213,7 @@ def test_discovery_excludes_exactly_the_touched_items():
         num_items=6,
         touched_keys=np.array([0, 1]),
     )
-    result = evaluate.evaluate(
-        _TableScorer(table), cases, config=config_lib.EvalConfig(sampled_negatives=2, ks=(1, 10))
-    )
+    result = evaluate.evaluate(_TableScorer(table), cases, config=_SmallEval())
     # Full: item 4 is beaten by items 1, 2, 3 (0 excluded) -> rank 3; item 1 -> rank 0.
     assert result["full"]["cases"] == 2 and result["full"]["HR@1"] == 0.5
     # Discovery: the carted case is dropped; item 4 is beaten by 2 and 3 only.
@@ -219,7 +224,7 @@ def test_discovery_excludes_exactly_the_touched_items():
     only = evaluate.evaluate(
         _TableScorer(table),
         cases,
-        config=config_lib.EvalConfig(sampled_negatives=2),
+        config=_SmallEval(),
         protocols=("discovery",),
     )
     assert set(only) == {"discovery"}
@@ -466,7 +471,7 @@ def test_a_start_keeping_margin_compares_per_case_validation_hits(tmp_path):
 def test_eval_cases_take_the_training_index_keys_as_the_touched_pairs():
     split = test_samplers._split()
     index = training_index.TrainingIndex.from_split(split)
-    config = config_lib.EvalConfig(sampled_negatives=3)
+    config = _SmallEval()
     built = evaluate.EvalCases.build(split, "test", config)
     reused = evaluate.EvalCases.build(split, "test", config, touched_keys=index.keys)
     np.testing.assert_array_equal(built.touched_keys, index.keys)
