@@ -635,7 +635,8 @@ class ServingModule(CatalogModule):
 
     def _candidates(self, users, parts, events):
         """[B, W] each row's candidates: the MF stage's top C, with graph
-        signals the top C of the rows' summed reach, and the touched items."""
+        signals the top C of the rows' summed reach and cross reach, and the
+        touched items."""
         batch = tf.shape(users)[0]
         excluded, touched = self._excluded_and_touched(users, events)
         query = parts[0] * tf.cast(
@@ -646,7 +647,10 @@ class ServingModule(CatalogModule):
         lists = [self._masked_top(scores, masked, self.retrieval_candidates)]
         if self.signals is not None:
             keys = self.signals.history_keys(users, *events)
-            reach = tf.add_n([self.signals.reach(b, users, k) for b, k in enumerate(keys)])
+            reach = tf.add_n(
+                [self.signals.reach(b, users, k) for b, k in enumerate(keys)]
+                + [self.signals.cross(b, users, k) for b, k in enumerate(keys) if b > 0]
+            )
             retrieved = lists[0]
             rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(retrieved))
             more = tf.boolean_mask(

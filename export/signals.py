@@ -146,6 +146,34 @@ class SignalTables(tf.Module):
         # The CSR lists are sorted by item, rows come in order: the keys are sorted.
         return tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64)
 
+    def _two_steps(self, source: _BehaviorGraph, destination: _BehaviorGraph, users, keys):
+        """[B, items]: sum over the row's `source` history j and other users v of
+        A_s[v, j] / (sqrt(d_j) d_v) * A_d[v, i] / sqrt(d_i); and the rows' degrees."""
+        batch = tf.shape(users)[0]
+        rows = tf.cast(keys // self.num_items, tf.int32)
+        items = tf.cast(keys % self.num_items, tf.int32)
+        degree = tf.math.unsorted_segment_sum(tf.ones_like(rows, tf.float32), rows, batch)
+        x = tf.scatter_nd(
+            tf.stack([items, rows], axis=1), tf.ones(tf.shape(rows)), [self.num_items, batch]
+        )
+        # [users, B]: sum_j A[v, j] / sqrt(d_j) over the row's history (the
+        # matrix holds the 1 / sqrt(d_j)), then / d_v.
+        middle = tf.sparse.sparse_dense_matmul(source.matrix(), x, adjoint_a=True)
+        middle *= _inverse(source.user_degree)[:, None]
+        known = tf.where(users >= 0)[:, 0]
+        own = tf.stack([tf.gather(users, known), tf.cast(known, tf.int32)], axis=1)
+        middle = tf.tensor_scatter_nd_update(middle, own, tf.zeros(tf.shape(known)[:1]))
+        z = tf.transpose(tf.sparse.sparse_dense_matmul(destination.matrix(), middle))
+        return z, degree
+
+    def _query(self, users, candidates):
+        batch = tf.shape(users)[0]
+        if candidates is None:
+            candidates = tf.tile(tf.range(self.num_items)[None, :], [batch, 1])
+        row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(candidates))
+        query = tf.cast(row_ids, tf.int64) * self.num_items + tf.cast(candidates, tf.int64)
+        return candidates, query
+
     def reach(self, branch: int, users, keys, candidates=None) -> tf.Tensor:
         """[B, items] (or [B, W] at `candidates`) the scaled reach of behavior `branch`.
 
@@ -156,27 +184,9 @@ class SignalTables(tf.Module):
           candidates: [B, W] item indices (>= 0), or None for every item.
         """
         graph = self.graphs[branch]
-        batch = tf.shape(users)[0]
-        rows = tf.cast(keys // self.num_items, tf.int32)
-        items = tf.cast(keys % self.num_items, tf.int32)
-        degree = tf.math.unsorted_segment_sum(tf.ones_like(rows, tf.float32), rows, batch)
-        x = tf.scatter_nd(
-            tf.stack([items, rows], axis=1), tf.ones(tf.shape(rows)), [self.num_items, batch]
-        )
-        matrix = graph.matrix()
-        # [users, B]: sum_j A[v, j] / sqrt(d_j) over the row's history (the
-        # matrix holds the 1 / sqrt(d_j)), then / d_v.
-        middle = tf.sparse.sparse_dense_matmul(matrix, x, adjoint_a=True)
-        middle *= _inverse(graph.user_degree)[:, None]
-        known = tf.where(users >= 0)[:, 0]
-        own = tf.stack([tf.gather(users, known), tf.cast(known, tf.int32)], axis=1)
-        middle = tf.tensor_scatter_nd_update(middle, own, tf.zeros(tf.shape(known)[:1]))
-        z = tf.transpose(tf.sparse.sparse_dense_matmul(matrix, middle))  # [B, items]
-        if candidates is None:
-            candidates = tf.tile(tf.range(self.num_items)[None, :], [batch, 1])
+        z, degree = self._two_steps(graph, graph, users, keys)
+        candidates, query = self._query(users, candidates)
         z = tf.gather(z, candidates, batch_dims=1)
-        row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(candidates))
-        query = tf.cast(row_ids, tf.int64) * self.num_items + tf.cast(candidates, tf.int64)
         in_history = tf.cast(_found(keys, query), tf.float32)
         in_training = tf.cast(_found(self._training_keys(graph, users), query), tf.float32)
         train_degree = tf.where(users >= 0, tf.gather(graph.user_degree, tf.maximum(users, 0)), 0.0)
@@ -191,6 +201,19 @@ class SignalTables(tf.Module):
         )
         scale = _inverse(degree[:, None] - in_history) * tf.sqrt(di * _inverse(di - in_training))
         return tf.maximum(z * scale, 0.0) * self.reach_scale[branch]
+
+    def cross(self, branch: int, users, keys, candidates=None) -> tf.Tensor:
+        """[B, items] (or [B, W]) the scaled cross reach of supportive `branch`:
+        the target graph from the rows' b-histories (`graph_signals`, `cross_b`)."""
+        graph, target = self.graphs[branch], self.graphs[0]
+        z, degree = self._two_steps(graph, target, users, keys)
+        candidates, query = self._query(users, candidates)
+        z = tf.gather(z, candidates, batch_dims=1)
+        bought = tf.cast(_found(self._training_keys(target, users), query), tf.float32)
+        di = tf.gather(target.item_degree, candidates)
+        scale = _inverse(degree)[:, None] * tf.sqrt(di * _inverse(di - bought))
+        column = len(self.graphs) + branch - 1
+        return tf.maximum(z * scale, 0.0) * self.reach_scale[column]
 
     def grid(self, users, candidates, event_rows, event_items, event_branches) -> tf.Tensor:
         """[B, W, num_signals] the signals of each row's candidates.
@@ -207,7 +230,7 @@ class SignalTables(tf.Module):
         batch = tf.shape(users)[0]
         row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(candidates))
         query = tf.cast(row_ids, tf.int64) * self.num_items + tf.cast(candidates, tf.int64)
-        touched, reach = [], []
+        touched, reach, cross = [], [], []
         for branch, graph in enumerate(self.graphs):
             mine = event_branches == branch
             keys, counts = self._history(
@@ -216,8 +239,9 @@ class SignalTables(tf.Module):
             if branch > 0:
                 _, count = _lookup(keys, counts, query)
                 touched.append(tf.math.log1p(count))
+                cross.append(self.cross(branch, users, keys, candidates))
             reach.append(self.reach(branch, users, keys, candidates))
-        return tf.stack(touched + reach, axis=-1) * valid[..., None]
+        return tf.stack(touched + reach + cross, axis=-1) * valid[..., None]
 
     def history_keys(self, users, event_rows, event_items, event_branches) -> list:
         """Per behavior, each row's sorted b-history keys (for `reach` over every item)."""

@@ -16,7 +16,17 @@ degrees d_u, item degrees d_i), a pair (u, i) gets:
   a training buy gets exactly the signal it would get were it held out, as
   a test buy is (PROTOCOL.md, "Features from the interaction graph").
 
-Each reach column is divided by its mean over a seeded sample of the
+- `cross_b` (supportive b): how strongly the target graph reaches i from
+  u's b-items: users who had b with those items bought i,
+
+      cross_b(u, i) = 1/d_u^b * sum_{j in N_b(u)} sum_{v != u}
+                      A_b[v, j] A_t[v, i] / (sqrt(d_j^b) d_v^b sqrt(d_i^t)),
+
+  d_i^t without the pair's own buy (the path through the item itself, j =
+  i, stays: how often those who viewed i bought it). This is the step a
+  cascade takes from a supportive behavior to the target.
+
+Each reach and cross column is divided by its mean over a seeded sample of the
 training buys (a constant of the training graph), so that the signals enter
 a branch's first layer at the scale of its embeddings: raw reach values are
 around 1e-4 on the real logs, where a layer initialized at 0.01 would hardly
@@ -102,7 +112,8 @@ class GraphSignals:
 
     Attributes:
       names: the signals' names, in column order: `touched_<b>` for each
-        supportive behavior, then `reach_<b>` for every behavior, target first.
+        supportive behavior, `reach_<b>` for every behavior (target first),
+        then `cross_<b>` for each supportive behavior.
     """
 
     def __init__(self, split: splits_lib.Split, *, item_item_budget: int = ITEM_ITEM_BUDGET):
@@ -125,9 +136,21 @@ class GraphSignals:
             self.graphs.append(
                 _Graph(counts, edges, du, di, left.tocsr(), right.tocsc(), item_self, item_item)
             )
+        # Cross steps, supportive b -> target: (j, i) = sum_v A_b[v,j] A_t[v,i]
+        # / (sqrt(d_j^b) d_v^b sqrt(d_i^t)), where the pairs fit the budget.
+        target = self.graphs[0]
+        self.cross = []
+        for graph in self.graphs[1:]:
+            linked = float((graph.user_degree * target.user_degree).sum())
+            self.cross.append(
+                (graph.left @ target.right.tocsr()).tocsc()
+                if linked <= item_item_budget
+                else None
+            )
         self.names = schema.signal_names(behaviors)
         # The scale is measured on unscaled signals (`grid` applies it).
-        self.reach_scale = np.ones(len(behaviors), np.float64)
+        num_scaled = len(self.names) - (len(behaviors) - 1)
+        self.reach_scale = np.ones(num_scaled, np.float64)
         self.reach_scale = self._reach_scale(split)
 
     @property
@@ -138,11 +161,36 @@ class GraphSignals:
         """1 / the mean reach of each behavior over a seeded sample of training buys."""
         buys = np.flatnonzero(split.train_branches == 0)
         if not len(buys):
-            return np.ones(len(self.graphs), np.float64)
+            return np.ones(len(self.names) - (len(self.graphs) - 1), np.float64)
         picked = np.random.default_rng(0).choice(buys, min(sample, len(buys)), replace=False)
         values = self.pairs(split.train_users[picked], split.train_items[picked])
         means = values[:, len(self.graphs) - 1 :].astype(np.float64).mean(axis=0)
         return np.where(means > 0, 1.0 / np.maximum(means, 1e-30), 1.0)
+
+    def _cross(self, b: int, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """[len(users), len(items)] how strongly the target reaches each item
+        from the users' b-histories (supportive b), the user's own node and
+        the pair's own target edge left out."""
+        graph, target = self.graphs[b], self.graphs[0]
+        rows = graph.binary[users]  # [B, I]
+        bought = np.asarray(target.binary[users][:, items].todense())  # [B, C]
+        du = graph.user_degree[users][:, None]
+        di = target.item_degree[items][None, :]
+        cross = self.cross[b - 1]
+        if cross is not None:
+            z = np.asarray((rows @ cross[:, items]).todense())
+            # v != u: the user's own path j -> u -> i exists where u bought i.
+            own_path = np.asarray(rows @ _inverse(graph.item_degree, 0.5)).ravel()[:, None]
+            z -= bought * own_path * _inverse(du, 1.0) * _inverse(di, 0.5)
+        else:
+            middle = (rows @ graph.left).tocsr()  # [B, U]
+            batch = np.arange(len(users))
+            own_path = np.asarray(middle[batch, users]).ravel()
+            middle = middle - sparse.csr_matrix((own_path, (batch, users)), shape=middle.shape)
+            z = np.asarray((middle @ target.right[:, items]).todense())
+        # The target degree of i without the pair's own buy.
+        scale = _inverse(du, 1.0) * np.sqrt(di * _inverse(di - bought, 1.0))
+        return np.maximum(z * scale, 0.0).astype(np.float32)
 
     def _reach(self, graph: _Graph, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[len(users), len(items)] reach of every pair, the pair's own edge left out."""
@@ -181,6 +229,10 @@ class GraphSignals:
             column += 1
         for b, graph in enumerate(self.graphs):
             out[..., column] = self._reach(graph, users, items) * self.reach_scale[b]
+            column += 1
+        for b in range(1, len(self.graphs)):
+            scale = self.reach_scale[len(self.graphs) + b - 1]
+            out[..., column] = self._cross(b, users, items) * scale
             column += 1
         return out
 

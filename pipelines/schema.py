@@ -106,5 +106,10 @@ def model_input_spec(num_behaviors: int, num_signals: int = 0) -> dict[str, tf.T
 
 def signal_names(behaviors: tuple[str, ...]) -> tuple[str, ...]:
     """The graph signals' names in column order (`pipelines.graph_signals`):
-    `touched_<b>` per supportive behavior, then `reach_<b>` per behavior."""
-    return tuple(f"touched_{b}" for b in behaviors[1:]) + tuple(f"reach_{b}" for b in behaviors)
+    `touched_<b>` per supportive behavior, `reach_<b>` per behavior, then
+    `cross_<b>` per supportive behavior."""
+    return (
+        tuple(f"touched_{b}" for b in behaviors[1:])
+        + tuple(f"reach_{b}" for b in behaviors)
+        + tuple(f"cross_{b}" for b in behaviors[1:])
+    )

@@ -53,6 +53,25 @@ def _reach(split, branch, history, i, user=None):
     return total / len(mine)
 
 
+def _cross(split, branch, history, i):
+    """cross_b of a new row whose b-history is `history`, on the training graphs."""
+    a = np.zeros((split.num_users, split.num_items))
+    t = np.zeros((split.num_users, split.num_items))
+    keep = split.train_branches == branch
+    a[split.train_users[keep], split.train_items[keep]] = 1.0
+    buys = split.train_branches == 0
+    t[split.train_users[buys], split.train_items[buys]] = 1.0
+    du, dj, dt = a.sum(1), a.sum(0), t.sum(0)
+    if dt[i] == 0:
+        return 0.0
+    total = sum(
+        1.0 / (np.sqrt(dj[j]) * du[v] * np.sqrt(dt[i]))
+        for j in sorted(set(history))
+        for v in np.flatnonzero(a[:, j] * t[:, i])
+    )
+    return total / len(set(history))
+
+
 def test_a_new_users_signals_come_from_the_requests_events():
     split = test_samplers._split(num_users=20, num_items=25, seed=4)
     signals = graph_signals.GraphSignals(split)
@@ -71,6 +90,9 @@ def test_a_new_users_signals_come_from_the_requests_events():
         for branch, history in ((0, [8]), (1, [3, 8, 11])):
             want = _reach(split, branch, history, i) * signals.reach_scale[branch]
             np.testing.assert_allclose(got[0, i, 2 + branch], want, rtol=2e-5, atol=1e-6)
+        want = _cross(split, 1, [3, 8, 11], i) * signals.reach_scale[3]
+        np.testing.assert_allclose(got[0, i, 5], want, rtol=2e-5, atol=1e-6)
+    assert got[0, :, 5].max() > 0
     # A known user's events join their training history.
     keep = (split.train_users == 5) & (split.train_branches == 1)
     carts = list(split.train_items[keep])

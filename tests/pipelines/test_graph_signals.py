@@ -26,6 +26,27 @@ def _reference_reach(split, branch, u, i):
     return total / du[u]
 
 
+def _reference_cross(split, branch, u, i):
+    """cross_b(u, i) by its definition: u's b-items, other users' b-edges
+    then their buys, the pair's own buy left out."""
+    a = np.zeros((split.num_users, split.num_items))
+    t = np.zeros((split.num_users, split.num_items))
+    keep = split.train_branches == branch
+    a[split.train_users[keep], split.train_items[keep]] = 1.0
+    buys = split.train_branches == 0
+    t[split.train_users[buys], split.train_items[buys]] = 1.0
+    t[u, i] = 0.0  # the pair's own buy, left out
+    du, dj, dt = a.sum(1), a.sum(0), t.sum(0)
+    if du[u] == 0 or dt[i] == 0:
+        return 0.0
+    total = 0.0
+    for j in np.flatnonzero(a[u]):
+        for v in np.flatnonzero(a[:, j] * t[:, i]):
+            if v != u:
+                total += 1.0 / (np.sqrt(dj[j]) * du[v] * np.sqrt(dt[i]))
+    return total / du[u]
+
+
 def _doubled(split):
     """The same log with every record twice (touched counts 2, reach unchanged)."""
     return dataclasses.replace(
@@ -43,13 +64,25 @@ def test_reach_matches_its_definition_for_every_pair(budget):
     assert all((g.item_item is None) == (budget == 0) for g in signals.graphs)
     users, items = np.arange(12), np.arange(15)
     grid = signals.grid(users, items)
-    assert signals.names == ("touched_cart", "touched_fav", "reach_buy", "reach_cart", "reach_fav")
+    assert signals.names == (
+        "touched_cart",
+        "touched_fav",
+        "reach_buy",
+        "reach_cart",
+        "reach_fav",
+        "cross_cart",
+        "cross_fav",
+    )
     for branch in range(3):
         want = np.array([[_reference_reach(split, branch, u, i) for i in items] for u in users])
         # Each reach column comes scaled by a constant of the graph.
         raw = grid[..., 2 + branch] / signals.reach_scale[branch]
         np.testing.assert_allclose(raw, want, rtol=1e-5, atol=1e-7)
-    assert grid[..., 2:].max() > 0
+    for branch in (1, 2):
+        want = np.array([[_reference_cross(split, branch, u, i) for i in items] for u in users])
+        raw = grid[..., 4 + branch] / signals.reach_scale[2 + branch]
+        np.testing.assert_allclose(raw, want, rtol=1e-5, atol=1e-7)
+    assert grid[..., 2:].max() > 0 and grid[..., 5:].max() > 0
 
 
 def test_touched_counts_the_records_of_the_supportive_behaviors():
