@@ -32,6 +32,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import optimizers
 from mmrec_tf import ranking
 from mmrec_tf.pipelines import datasets
+from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import training_index
 
@@ -66,6 +67,11 @@ OBJECTIVES = (
         {"loss": "softmax", "shared_negatives": 1024},
         lambda b: b + 1024,
     ),
+    (
+        "softmax, 1024 shared, full model with graph signals",
+        {"loss": "softmax", "shared_negatives": 1024, "graph_signals": True},
+        lambda b: b + 1024,
+    ),
 )
 
 
@@ -90,8 +96,10 @@ def measure(
     )
     train = dict(num_negatives=3, supportive_negative_ratio=1.0)
     train.update(objective or {})
+    with_signals = train.pop("graph_signals", False)
+    model = dict(model or dict(mf_dim=8, mlp_dim=8, mlp_layers=2), graph_signals=with_signals)
     config = config_lib.ExperimentConfig(
-        model=config_lib.ModelConfig(**(model or dict(mf_dim=8, mlp_dim=8, mlp_layers=2))),
+        model=config_lib.ModelConfig(**model),
         train=config_lib.TrainConfig(
             batch_size=batch_size, epochs=2, seed=seed, verbose=0, **train
         ),
@@ -110,8 +118,11 @@ def measure(
     ranker.compile(optimizer=opt)
     timer = EpochTimer()
     actual_steps = datasets.steps_per_epoch(index, config.train)
+    # The signals' graphs are built before the clock: their build is a
+    # stage of its own (benchmarks/signals_cost.py).
+    signals = graph_signals.GraphSignals(split) if with_signals else None
     ranker.fit(
-        datasets.training_dataset(index, config.train),
+        datasets.training_dataset(index, config.train, signals=signals),
         epochs=2,
         steps_per_epoch=actual_steps,
         callbacks=[timer],

@@ -143,9 +143,7 @@ class GraphSignals:
         for graph in self.graphs[1:]:
             linked = float((graph.user_degree * target.user_degree).sum())
             self.cross.append(
-                (graph.left @ target.right.tocsr()).tocsc()
-                if linked <= item_item_budget
-                else None
+                (graph.left @ target.right.tocsr()).tocsc() if linked <= item_item_budget else None
             )
         self.names = schema.signal_names(behaviors)
         # The scale is measured on unscaled signals (`grid` applies it).
