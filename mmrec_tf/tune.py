@@ -64,17 +64,19 @@ STARTS = {
             (128, 30.0, 100.0, 0.5),
         )
     ),
-    # The recipe residual.flags ships.
-    "mmf": (
+    # The recipe residual.flags ships, with and without graph signals.
+    "mmf": tuple(
         {
             "behavior_init": "zero",
+            "graph_signals": signals,
             "learning_rate": 0.003,
             "temperature": 0.1,
             "mlp_dim": 8,
             "mlp_layers": 1,
             "shared_negatives": 512,
             "l2": 0.0,
-        },
+        }
+        for signals in (True, False)
     ),
     "cascade": (
         {"cascade_keep": 0.1, "cascade_query_share": 0.0},
@@ -134,8 +136,9 @@ def search_space(trial, family: str) -> dict:
         }
     # mmf: the shipped recipe (residual.flags) on the ALS that the base flags
     # set (a <dataset>_als.flags): the MF part held at the ALS factors, so
-    # mf_dim and the ALS settings are not searched; the branches, fusion,
-    # head and behavior offsets learn a residual with the softmax.
+    # mf_dim and the ALS settings are not searched; the branches (with or
+    # without graph signals), fusion, head and behavior offsets learn a
+    # residual with the softmax.
     return {
         "model": "mmf",
         "mf_init": "als_fixed",
@@ -144,6 +147,7 @@ def search_space(trial, family: str) -> dict:
         "history_length": 0,
         "supportive_positive_weight": 0.0,
         "behavior_init": trial.suggest_categorical("behavior_init", ["zero", "touched_first"]),
+        "graph_signals": trial.suggest_categorical("graph_signals", [True, False]),
         "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
         "temperature": trial.suggest_float("temperature", 0.05, 1.0, log=True),
         "mlp_dim": trial.suggest_categorical("mlp_dim", [8, 16, 32]),
