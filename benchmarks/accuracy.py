@@ -13,7 +13,7 @@ from its own (`--family=cascade`, one run: it learns nothing seeded); our model 
 its ablations train on that ALS's factors with residual.flags' recipe (one
 recipe, picked among four hand-run settings on jd_vcgae's validation cases),
 so they add no per-dataset search. An arm whose study is missing is left out
-and said so. One ALS cache (`--als_cache_dir`) serves every arm.
+and said so. One ALS cache (`MMREC_CACHE_DIR`) serves every arm.
 
 Writes benchmarks/results/accuracy.{md,json,png}.
 """
@@ -211,13 +211,14 @@ def main():
     }
     out = os.path.join(HERE, "results")
     carried = carried_rows(os.path.join(out, "accuracy.json"))
+    # Each seed's ALS is fitted once and shared by the arms built on it (the
+    # runs inherit the cache folder).
+    os.environ["MMREC_CACHE_DIR"] = os.path.join(args.runs_dir, "als_cache")
     for dataset in args.datasets.split(","):
         runner = experiments.Runner(
             dataset=dataset,
             data_dir=args.data_dir,
             runs_dir=args.runs_dir,
-            # Each seed's ALS is fitted once and shared by the arms built on it.
-            extra_flags=[f"--als_cache_dir={os.path.join(args.runs_dir, 'als_cache')}"],
             report_only=args.report_only,
         )
         rows = []

@@ -47,6 +47,9 @@ CHOICES = {
 RETIRED = {
     # Constants of the library since (the protocol's, or no result depends
     # on them: benchmarks/README.md); their values here key the lab's runs.
+    "model.branch_loss_weight": 0.1,
+    # The ALS cache folder is the environment's (MMREC_CACHE_DIR).
+    "model.als_cache_dir": "auto",
     "eval.batch_size": 65536,
     "eval.full_ranking": True,
     "eval.ks": (10, 20, 50),
@@ -222,8 +225,7 @@ class ModelConfig:
         supportive branch: with `bpr`/`logloss` it predicts the target on
         the gated examples; with `softmax` it learns to rank the branch's own
         behavior over the candidates, and the fusion carries that to the
-        target), `none` (ablation).
-      branch_loss_weight: weight of each auxiliary branch loss.
+        target; each weighs `tasks.BRANCH_LOSS_WEIGHT`), `none` (ablation).
       init_stddev: standard deviation of the N(0, s) weight initializer.
       l2: L2 penalty on the embeddings a batch looks up.
       history_length: when > 0, each part's user vector adds the mean
@@ -249,11 +251,6 @@ class ModelConfig:
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
       als_iterations: ALS sweeps.
-      als_cache_dir: a folder where fitted ALS factors are kept and reused,
-        keyed by the training data and every ALS setting (seed included), so
-        the ALS baselines and the models started from it fit it once.
-        `auto` (the default): `$MMREC_CACHE_DIR/als`, or `~/.cache/mmrec_tf/als`
-        without that variable; empty: fit every time.
       mf_init: where the neural models' MF part starts: `random`; `als`
         (the multi-behavior ALS fitted with the `als_*` fields and `mf_dim`
         factors, the head's MF weights at 1 and its other weights at 0, so
@@ -273,7 +270,6 @@ class ModelConfig:
     mlp_dim: int = 8
     mlp_layers: int = 2
     gating: str = "gradient"
-    branch_loss_weight: float = 0.1
     init_stddev: float = 0.01
     l2: float = 0.0
     history_length: int = 0
@@ -285,7 +281,6 @@ class ModelConfig:
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0
     als_iterations: int = 15
-    als_cache_dir: str = "auto"
     mf_init: str = "random"
     cascade_alpha: float = 0.7
     cascade_beta: float = 0.2
@@ -334,7 +329,6 @@ class ModelConfig:
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
         _check(0 <= self.mlp_layers <= 8, "mlp_layers", self.mlp_layers, "0 to 8")
-        _check(self.branch_loss_weight >= 0, "branch_loss_weight", self.branch_loss_weight, ">= 0")
         _check(self.init_stddev > 0, "init_stddev", self.init_stddev, "> 0")
         _check(self.l2 >= 0, "l2", self.l2, ">= 0")
         _check(self.als_alpha >= 0, "als_alpha", self.als_alpha, ">= 0")

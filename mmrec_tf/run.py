@@ -343,7 +343,7 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> dict:
     x, y, seconds, cached = baselines.fit_factors(
         split,
         baselines.als_config(config.model, config.train.seed),
-        cache_dir=config.model.als_cache_dir,
+        cache_dir=baselines.cache_folder(),
         verbose=config.train.verbose > 0,
     )
     scorer.start_from_factors(x, y, trainable=config.model.mf_init == "als")

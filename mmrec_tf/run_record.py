@@ -26,7 +26,7 @@ FINGERPRINT = "data_fingerprint.json"
 _MAY_DIFFER = (
     "mode",
     "model_dir",
-    # Where fitted ALS factors are cached changes no weight (a hit is the fit).
+    # Where fitted ALS factors were cached changes no weight (a hit is the fit).
     "model.als_cache_dir",
     "train.epochs",
     "train.verbose",

@@ -226,13 +226,18 @@ def deserialize(config: dict):
     return TASKS[config["class_name"]](**config["config"])
 
 
+# The weight of each supportive branch's own masked loss under
+# `--gating=gradient_aux` (the paper's gated per-branch loss).
+BRANCH_LOSS_WEIGHT = 0.1
+
+
 def build_task(
     train: config_lib.TrainConfig,
     model: config_lib.ModelConfig,
     behaviors: schema.BehaviorSchema,
 ) -> PairwiseTask | SoftmaxTask:
     """The task of `train.loss`, with the branch losses `model.gating` asks for."""
-    weight = model.branch_loss_weight if model.gating == "gradient_aux" else 0.0
+    weight = BRANCH_LOSS_WEIGHT if model.gating == "gradient_aux" else 0.0
     if train.loss == "softmax":
         return SoftmaxTask(
             temperature=train.temperature,

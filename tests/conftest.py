@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import mmrec_tf  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 
-# The ALS cache (`--als_cache_dir=auto`) of every test, subprocesses
+# The ALS cache (`MMREC_CACHE_DIR`) of every test, subprocesses
 # included, in a folder of this session, never the user's ~/.cache.
 os.environ["MMREC_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmrec_test_cache_")
 

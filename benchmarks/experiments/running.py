@@ -28,7 +28,13 @@ def slug(text: str) -> str:
 
 # Retired fields (config.RETIRED) that were added after runs were first
 # keyed: at their default they never keyed anything.
-_NEVER_KEYED = ("model.als_holdout", "train.row_negatives", "train.supportive_rows")
+_NEVER_KEYED = (
+    "model.als_holdout",
+    "train.row_negatives",
+    "train.supportive_rows",
+    # Where fitted ALS factors are cached changes no result (a hit is the fit).
+    "model.als_cache_dir",
+)
 # (section, field, default) of config fields added since runs were first keyed.
 ADDED_AT_DEFAULT = (
     ("model", "cascade_alpha", 0.7),
@@ -51,8 +57,6 @@ def config_key(args: list[str]) -> str:
     fv(["mmrec_tf", *args, "--model_dir=_"])
     resolved = cli.config_from_flags(fv).to_dict()
     resolved.pop("model_dir")
-    # Where fitted ALS factors are cached changes no result (a hit is the fit).
-    resolved["model"].pop("als_cache_dir")
     # Fields added after runs were recorded stay out of the key at their
     # default, so those runs keep their keys.
     for section, field, default in ADDED_AT_DEFAULT:

@@ -54,14 +54,17 @@ def als_config(model: config_lib.ModelConfig, seed: int) -> als.ALSConfig:
     )
 
 
-def cache_folder(cache_dir: str) -> str:
-    """The ALS cache folder `--als_cache_dir` names ("auto": $MMREC_CACHE_DIR/als,
-    else ~/.cache/mmrec_tf/als; "": none)."""
-    if cache_dir != "auto":
-        return cache_dir
-    root = os.environ.get("MMREC_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "mmrec_tf"
-    )
+# The environment variable of the cache root; "off" keeps no cache.
+CACHE_VARIABLE = "MMREC_CACHE_DIR"
+
+
+def cache_folder() -> str:
+    """The ALS cache folder: $MMREC_CACHE_DIR/als, else ~/.cache/mmrec_tf/als
+    ("" when MMREC_CACHE_DIR is `off`: every fit runs)."""
+    root = os.environ.get(CACHE_VARIABLE)
+    if root == "off":
+        return ""
+    root = root or os.path.join(os.path.expanduser("~"), ".cache", "mmrec_tf")
     return os.path.join(root, "als")
 
 
@@ -79,7 +82,6 @@ def fit_factors(
       (user factors, item factors, seconds spent fitting or reading, the
        cache file read or written, or "" without a cache).
     """
-    cache_dir = cache_folder(cache_dir)
     if not cache_dir:
         x, y, seconds = als.fit(split, settings, verbose=verbose)
         return x, y, seconds, ""
@@ -96,7 +98,7 @@ def fit_factors(
         except Exception as error:  # a truncated or foreign file: any reader error
             raise ValueError(
                 f"the ALS cache file {path} is damaged ({type(error).__name__}: {error}); "
-                "delete it to fit the ALS again, or pass --als_cache_dir= to fit without "
+                "delete it to fit the ALS again, or set MMREC_CACHE_DIR=off to fit without "
                 "the cache."
             ) from error
         if x.shape != (split.num_users, settings.factors) or y.shape != (
@@ -138,7 +140,7 @@ def fit(
     elif m.model == "als":
         settings = als_config(m, config.train.seed)
         user_factors, item_factors, seconds, cached = fit_factors(
-            split, settings, cache_dir=m.als_cache_dir, verbose=config.train.verbose > 0
+            split, settings, cache_dir=cache_folder(), verbose=config.train.verbose > 0
         )
         score = als.FactorScorer(user_factors, item_factors)
         record = {

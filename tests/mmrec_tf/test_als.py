@@ -156,11 +156,12 @@ def test_the_default_cache_is_the_cache_folder_of_the_environment(monkeypatch, t
     from mmrec_tf import baselines
     from mmrec_tf import config as config_lib
 
-    assert config_lib.ModelConfig().als_cache_dir == "auto"
+    assert not hasattr(config_lib.ModelConfig(), "als_cache_dir")
     monkeypatch.setenv("MMREC_CACHE_DIR", str(tmp_path))
-    assert baselines.cache_folder("auto") == str(tmp_path / "als")
+    assert baselines.cache_folder() == str(tmp_path / "als")
+    monkeypatch.setenv("MMREC_CACHE_DIR", "off")
+    assert baselines.cache_folder() == ""
     monkeypatch.delenv("MMREC_CACHE_DIR")
-    assert baselines.cache_folder("auto").endswith(os.path.join(".cache", "mmrec_tf", "als"))
-    assert baselines.cache_folder("") == "" and baselines.cache_folder("d") == "d"
+    assert baselines.cache_folder().endswith(os.path.join(".cache", "mmrec_tf", "als"))
     path = baselines.fit_factors(_split(), als.ALSConfig(factors=2), cache_dir=str(tmp_path))[3]
     assert os.path.dirname(path) == str(tmp_path)

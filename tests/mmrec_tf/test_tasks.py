@@ -48,7 +48,7 @@ def test_the_config_picks_the_task_and_its_branch_losses():
     behaviors = test_models.BEHAVIORS
     softmax = tasks.build_task(
         config_lib.TrainConfig(loss="softmax", temperature=0.3, supportive_positive_weight=0.5),
-        config_lib.ModelConfig(gating="gradient_aux", branch_loss_weight=0.2),
+        config_lib.ModelConfig(gating="gradient_aux"),
         behaviors,
     )
     assert isinstance(softmax, tasks.SoftmaxTask)
@@ -56,7 +56,7 @@ def test_the_config_picks_the_task_and_its_branch_losses():
     assert softmax.get_config() == {
         "temperature": 0.3,
         "positive_bits": 0b111,
-        "branch_loss_weight": 0.2,
+        "branch_loss_weight": tasks.BRANCH_LOSS_WEIGHT,
     }
     pairwise = tasks.build_task(
         config_lib.TrainConfig(loss="logloss"), config_lib.ModelConfig(), behaviors
