@@ -15,9 +15,11 @@ Every bad record is either an error that names the file, the line and the fix
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import glob as glob_lib
 import gzip
+import itertools
 import os
 import zlib
 
@@ -158,6 +160,9 @@ class _Layout:
     int_ids: bool
     timestamp_required: bool
     known_behaviors: tuple | None
+    # RFC 4180 quoting (the column-mapped CSV): quoted fields, doubled
+    # quotes, delimiters and line breaks inside quotes.
+    quoted: bool = False
 
 
 def _layout(config: config_lib.DataConfig) -> _Layout:
@@ -183,7 +188,7 @@ def _layout(config: config_lib.DataConfig) -> _Layout:
             f"columns={config.columns!r} names columns, but has_header=False: "
             "give 0-based positions, or set --has_header."
         )
-    return _Layout(config.delimiter, config.has_header, columns, 0, False, False, None)
+    return _Layout(config.delimiter, config.has_header, columns, 0, False, False, None, quoted=True)
 
 
 def list_files(data_path: str) -> list[str]:
@@ -234,13 +239,70 @@ def _text_lines(path: str) -> tf.data.Dataset:
     return tf.data.TextLineDataset(path, compression_type=compression, buffer_size=1 << 20)
 
 
-def _resolve_columns(layout: _Layout, path: str, header: str | None) -> tuple[dict, int]:
-    """Maps each field to a 0-based position; returns positions and field count."""
+def _open_text(path: str):
+    """The file as text for the csv module: UTF-8, invalid bytes kept as
+    surrogates (so they are found and named, never replaced)."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _csv_records(path: str, layout: _Layout):
+    """(first line number, fields) of each RFC 4180 record of `path`, in order.
+
+    Python's csv module parses: a field may be quoted, a doubled quote inside
+    quotes is one quote, and a delimiter or a line break inside quotes is part
+    of the field. A quoted field's quotes are not part of the id.
+    """
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=layout.delimiter, quotechar='"', strict=True)
+        line = 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise DataError(
+                    f"{path}:{line}: the CSV is malformed ({error}). Fix: quote a field that "
+                    "holds the delimiter, a quote or a line break, and double the quotes inside "
+                    'it ("a ""b"" c"), as RFC 4180 writes them.'
+                ) from None
+            yield line, fields
+            line = reader.line_num + 1
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _csv_chunk(records: list, width: int):
+    """A chunk of csv records as ([n, width] fields, [n] field counts, bad UTF-8 rows)."""
+    lengths = np.array([len(fields) for _, fields in records], np.int64)
+    rows = [(fields + [""] * width)[:width] for _, fields in records]
+    bad_text = np.array([any(_has_surrogates(f) for f in fields) for _, fields in records])
+    # Invalid bytes (surrogates) become U+FFFD for the tensor; the row is rejected.
+    clean = [[f.encode("utf-8", "replace").decode("utf-8") for f in row] for row in rows]
+    dense = tf.constant(np.array(clean, dtype=object).reshape(len(rows), max(width, 1)))
+    return dense, lengths, bad_text
+
+
+def _resolve_columns(layout: _Layout, path: str, header) -> tuple[dict, int]:
+    """Maps each field to a 0-based position; returns positions and field count.
+
+    `header` is the header line, its fields (a quoted CSV's), or None."""
     if header is None:
         positions = dict(layout.columns)
         width = layout.num_fields or (max(positions.values()) + 1)
         return positions, width
-    names = [h.strip() for h in header.rstrip("\r").split(layout.delimiter)]
+    if isinstance(header, list):
+        names = [h.strip() for h in header]
+    else:
+        names = [h.strip() for h in header.rstrip("\r").split(layout.delimiter)]
     positions = {}
     for field, column in layout.columns.items():
         if isinstance(column, int):
@@ -258,14 +320,24 @@ def _resolve_columns(layout: _Layout, path: str, header: str | None) -> tuple[di
     return positions, len(names)
 
 
-def _check_chunk(
-    lines: tf.Tensor, layout: _Layout, positions: dict, width: int, known_behaviors: tuple | None
-):
-    """Parses one chunk of lines. Returns (fields, reason codes)."""
+def _split_lines(lines: tf.Tensor, layout: _Layout, width: int):
+    """One chunk of unquoted lines as ([n, width] fields, [n] field counts)."""
     lines = tf.strings.regex_replace(lines, "\r$", "")
     parts = tf.strings.split(lines, sep=layout.delimiter)
-    lengths = parts.row_lengths().numpy()
-    dense = parts.to_tensor(default_value="", shape=[None, max(width, 1)])
+    return parts.to_tensor(
+        default_value="", shape=[None, max(width, 1)]
+    ), parts.row_lengths().numpy()
+
+
+def _check_chunk(
+    dense: tf.Tensor,
+    lengths: np.ndarray,
+    layout: _Layout,
+    positions: dict,
+    width: int,
+    known_behaviors: tuple | None,
+):
+    """Checks one chunk of split records. Returns (fields, reason codes)."""
     n = len(lengths)
     reason = np.zeros(n, np.int8)
     if layout.num_fields:
@@ -378,27 +450,21 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
         if problem:
             report.damaged_files.append((path, problem))
             continue
-        lines = _text_lines(path)
-        header = None
-        first_line = 1
-        if layout.has_header:
-            head = list(lines.take(1).as_numpy_iterator())
-            if not head:
-                _empty_file(path, skip, report)
-                continue
-            header = head[0].decode("utf-8", "replace")
-            lines = lines.skip(1)
-            first_line = 2
-        positions, width = _resolve_columns(layout, path, header)
+        chunks_of_path = (
+            _quoted_chunks(path, layout, skip, report)
+            if layout.quoted
+            else _line_chunks(path, layout, skip, report)
+        )
         offset = 0
-        for chunk in lines.batch(CHUNK_LINES).prefetch(1):
-            fields, reason = _check_chunk(chunk, layout, positions, width, known)
+        for dense, lengths, bad_text, line_numbers, texts, positions, width in chunks_of_path:
+            fields, reason = _check_chunk(dense, lengths, layout, positions, width, known)
+            _mark(reason, bad_text, 8)
             bad = np.flatnonzero(reason)
             if len(bad):
                 first = bad[0]
                 what, fix = _error_text(int(reason[first]), layout, width, known)
-                line_no = first_line + offset + int(first)
-                text = chunk[int(first)].numpy().decode("utf-8", "replace")
+                line_no = int(line_numbers[first])
+                text = texts(int(first))
                 if not skip:
                     raise DataError(
                         f"{path}:{line_no}: {what} in {text!r}. Fix: {fix}; or pass "
@@ -409,12 +475,7 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
                     report.bad_records[what] = report.bad_records.get(what, 0) + 1
                     if len(report.examples) < _MAX_EXAMPLES:
                         report.examples.append(
-                            (
-                                path,
-                                first_line + offset + int(index),
-                                what,
-                                chunk[int(index)].numpy().decode("utf-8", "replace"),
-                            )
+                            (path, int(line_numbers[index]), what, texts(int(index)))
                         )
             offset += len(reason)
             keep = reason == 0
@@ -425,7 +486,7 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
             )
             chunks.append((users, items, codes[inverse].astype(np.int16), stamps, splits))
         report.lines += offset
-        if offset == 0:
+        if offset == 0 and path not in report.empty_files:
             _empty_file(path, skip, report)
 
     names = [b.decode() for b in behavior_codes]
@@ -466,6 +527,62 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
         .sum()
     )
     return RawLog(users, items, behaviors, names, stamps, splits, report)
+
+
+def _line_chunks(path: str, layout: _Layout, skip: bool, report: DataReport):
+    """The chunks of a line-per-record file (split by the delimiter, no quoting):
+    (fields, counts, bad text rows, line numbers, text of row k, positions, width)."""
+    lines = _text_lines(path)
+    header = None
+    first_line = 1
+    if layout.has_header:
+        head = list(lines.take(1).as_numpy_iterator())
+        if not head:
+            _empty_file(path, skip, report)
+            return
+        header = head[0].decode("utf-8", "replace")
+        lines = lines.skip(1)
+        first_line = 2
+    positions, width = _resolve_columns(layout, path, header)
+    offset = 0
+    for chunk in lines.batch(CHUNK_LINES).prefetch(1):
+        dense, lengths = _split_lines(chunk, layout, width)
+        numbers = first_line + offset + np.arange(len(lengths))
+        offset += len(lengths)
+        yield (
+            dense,
+            lengths,
+            np.zeros(len(lengths), bool),
+            numbers,
+            lambda k, c=chunk: c[k].numpy().decode("utf-8", "replace"),
+            positions,
+            width,
+        )
+
+
+def _quoted_chunks(path: str, layout: _Layout, skip: bool, report: DataReport):
+    """The chunks of an RFC 4180 CSV, as `_line_chunks` gives them; a record's
+    line number is the line it starts on."""
+    records = _csv_records(path, layout)
+    header = None
+    if layout.has_header:
+        first = next(records, None)
+        if first is None:
+            _empty_file(path, skip, report)
+            return
+        header = first[1]
+    positions, width = _resolve_columns(layout, path, header)
+    while True:
+        chunk = list(itertools.islice(records, CHUNK_LINES))
+        if not chunk:
+            return
+        dense, lengths, bad_text = _csv_chunk(chunk, width)
+        numbers = np.array([line for line, _ in chunk], np.int64)
+
+        def text(k, c=chunk):
+            return layout.delimiter.join(c[k][1]).encode("utf-8", "replace").decode("utf-8")
+
+        yield dense, lengths, bad_text, numbers, text, positions, width
 
 
 def _empty_file(path: str, skip: bool, report: DataReport) -> None:

@@ -239,3 +239,53 @@ def test_ids_that_are_not_utf8_are_bad_records_not_one_token(tmp_path):
         readers.read_interactions(config)
     log = readers.read_interactions(dataclasses.replace(config, on_bad_record="skip"))
     assert log.items.tolist() == [b"ok"] and log.report.bad_records == {"id is not valid UTF-8": 2}
+
+
+def _csv(path, text: str, **kwargs):
+    """A column-mapped CSV config over `text`, written byte for byte."""
+    with open(path, "w", newline="") as f:
+        f.write(text)
+    columns = (("user", "user"), ("item", "item"), ("behavior", "behavior"), ("timestamp", "ts"))
+    return config_lib.DataConfig(data_path=str(path), data_format="csv", columns=columns, **kwargs)
+
+
+def test_rfc4180_quoted_fields_keep_no_quotes(tmp_path):
+    text = (
+        '"user","item","behavior","ts"\r\n'
+        '"u1","i1","buy","1"\r\n'
+        "u1,i2,cart,2\r\n"
+        '"u,2","say ""hi""","buy",3\r\n'
+        '"u3","multi\nline","buy",4\r\n'
+        '"u\r4",i1,buy,5\r\n'
+    )
+    log = readers.read_interactions(_csv(tmp_path / "q.csv", text))
+    # "u1" and u1 are one user; a quoted delimiter, doubled quotes, a line
+    # break and a carriage return inside quotes are part of the id.
+    assert log.users.tolist() == [b"u1", b"u1", b"u,2", b"u3", b"u\r4"]
+    assert log.items.tolist() == [b"i1", b"i2", b'say "hi"', b"multi\nline", b"i1"]
+    assert log.timestamps.tolist() == [1, 2, 3, 4, 5]
+    assert log.report.records == 5 and log.report.skipped == 0
+    assert not any(b'"' in u for u in log.users)
+
+
+def test_a_bad_quoted_record_names_the_line_it_starts_on(tmp_path):
+    text = 'user,item,behavior,ts\nu1,"two\nlines",buy,1\n,i2,buy,2\n'
+    with pytest.raises(readers.DataError, match=r"q\.csv:4: empty user or item id"):
+        readers.read_interactions(_csv(tmp_path / "q.csv", text))
+    # A quote left open: the malformed CSV is named with the fix.
+    text = 'user,item,behavior,ts\nu1,"i1,buy,1\n'
+    with pytest.raises(readers.DataError, match=r"q2\.csv:2: the CSV is malformed.*RFC 4180"):
+        readers.read_interactions(_csv(tmp_path / "q2.csv", text))
+
+
+def test_quoted_csv_in_gzip_with_skipping_counts_bad_utf8(tmp_path):
+    path = tmp_path / "q.csv.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'user,item,behavior,ts\n"u1",i1,buy,1\nu\xff2,i2,buy,2\n"u3","i3",buy,3\n')
+    columns = (("user", "user"), ("item", "item"), ("behavior", "behavior"), ("timestamp", "ts"))
+    config = config_lib.DataConfig(
+        data_path=str(path), data_format="csv", columns=columns, on_bad_record="skip"
+    )
+    log = readers.read_interactions(config)
+    assert log.users.tolist() == [b"u1", b"u3"]
+    assert log.report.skipped == 1 and log.report.examples[0][1] == 3
