@@ -10,6 +10,7 @@ export removes). An existing version is never overwritten.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -22,6 +23,8 @@ from mmrec_tf.export import warmup
 from mmrec_tf.pipelines import schema
 
 TMP_PREFIX = ".tmp-"
+# What the exported model was trained on (assets.extra/), for evaluate_export.
+TRAINING_DATA = "mmrec_training_data.json"
 
 
 def versions(export_dir: str) -> list[int]:
@@ -47,6 +50,7 @@ def export(
     warmup_user_ids: list,
     warmup_item_ids: list,
     version: int | None = None,
+    training_data: dict | None = None,
 ) -> str:
     """Writes `module` as the next version under `export_dir`.
 
@@ -57,6 +61,9 @@ def export(
       warmup_user_ids: a few known raw user ids for the warm-up requests.
       warmup_item_ids: as many known raw item ids.
       version: the version number; default one more than the latest.
+      training_data: the fingerprint of the data the model was trained on
+        (`run_record.fingerprint`), kept as `assets.extra/TRAINING_DATA` so
+        an evaluation on other data can say what the export knows.
 
     Returns:
       The path of the new version folder.
@@ -68,10 +75,14 @@ def export(
     os.makedirs(export_dir, exist_ok=True)
     # One exporter at a time picks the next version and writes it.
     with locks.exclusive(export_dir, what="--export_dir"):
-        return _export_locked(module, export_dir, warmup_user_ids, warmup_item_ids, version)
+        return _export_locked(
+            module, export_dir, warmup_user_ids, warmup_item_ids, version, training_data
+        )
 
 
-def _export_locked(module, export_dir, warmup_user_ids, warmup_item_ids, version) -> str:
+def _export_locked(
+    module, export_dir, warmup_user_ids, warmup_item_ids, version, training_data
+) -> str:
     _remove_stale_temporaries(export_dir)
     present = versions(export_dir)
     version = version if version is not None else (present[-1] + 1 if present else 1)
@@ -92,5 +103,8 @@ def _export_locked(module, export_dir, warmup_user_ids, warmup_item_ids, version
         item_ids=warmup_item_ids,
         history_behavior=module.behavior_names[0] if history else "",
     )
+    if training_data is not None:
+        with open(os.path.join(tmp, "assets.extra", TRAINING_DATA), "w") as f:
+            json.dump(training_data, f, indent=2)
     os.rename(tmp, final)  # atomic on one file system; fails if `final` appeared meanwhile
     return final

@@ -16,6 +16,7 @@ tuner call it; so do the tests. Its steps are functions of their own:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections.abc import Callable
@@ -384,6 +385,7 @@ def _export(config, scorer, data, split, results: dict, signals=None) -> None:
         config.export.export_dir,
         warmup_user_ids=list(data.user_vocab.tokens[split.test_users[:4]]),
         warmup_item_ids=list(data.item_vocab.tokens[split.test_items[:4]]),
+        training_data=run_record.fingerprint(data, split),
     )
     results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
     print(f"exported {path}")
@@ -466,6 +468,7 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
             f"no export version {version or ''} in {config.export.export_dir}: export first "
             "(--export_dir with training, or --mode=export)."
         )
+    _check_export_knows_the_data(path, data, split)
     started = time.perf_counter()
     metrics = _signature_metrics(tf.saved_model.load(path).signatures, config, data, split)
     results = {
@@ -479,6 +482,42 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
     print(f"export {path}: recommend, discovery {metrics['recommend_discovery']}")
     run_record.write_json(os.path.join(config.model_dir, "export_evaluation.json"), results)
     return results
+
+
+# Below this share of the test users (or items) in an export's vocabulary,
+# the export was trained on other data.
+PLAUSIBLE_OVERLAP = 0.5
+
+
+def _check_export_knows_the_data(path: str, data, split) -> None:
+    """Refuses an export whose vocabularies hold too few of the test cases' ids."""
+    record_path = os.path.join(path, "assets.extra", exporter.TRAINING_DATA)
+    trained_on = "not recorded (an export from before the record was kept)"
+    if os.path.exists(record_path):
+        with open(record_path) as f:
+            record = json.load(f)
+        files = ", ".join(f["path"] for f in record.get("files", [])) or "synthetic data"
+        trained_on = (
+            f"{files}: {record.get('records')} records, content sha256 "
+            f"{str(record.get('content_sha256'))[:16]}"
+        )
+    print(f"export {path} was trained on {trained_on}")
+    shares = {}
+    for name, vocab, ids in (
+        ("users", data.user_vocab.tokens, split.test_users),
+        ("items", data.item_vocab.tokens, split.test_items),
+    ):
+        with open(os.path.join(path, "assets", f"{name}.txt"), encoding="utf-8") as f:
+            known = set(f.read().splitlines())
+        tokens = {str(t) for t in vocab[np.unique(ids)]}
+        shares[name] = len(tokens & known) / max(len(tokens), 1)
+    if min(shares.values()) < PLAUSIBLE_OVERLAP:
+        raise ValueError(
+            f"the export {path} does not know this data: {shares['users']:.1%} of the test "
+            f"users and {shares['items']:.1%} of the test items are in its vocabularies (it "
+            f"was trained on {trained_on}). Evaluate it on its own data (--data_path), or "
+            "export a model trained on this data."
+        )
 
 
 def _restore_for_evaluation(ranker: ranking.Ranker, model_dir: str) -> None:

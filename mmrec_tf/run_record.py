@@ -82,6 +82,7 @@ def fingerprint(data, split) -> dict:
         "num_items": int(split.num_items),
         "users_sha256": digest(data.user_vocab.tokens),
         "items_sha256": digest(data.item_vocab.tokens),
+        "content_sha256": data.report.content_sha256,
         "behaviors": list(split.behaviors.behaviors),
     }
 
@@ -135,9 +136,14 @@ def check(
     if os.path.exists(fingerprint_path):
         with open(fingerprint_path) as f:
             before = json.load(f)
-        # The data's identity: vocabularies and record counts, not where the
-        # files sit (a run may be evaluated from another working folder).
-        for key in ("records", "num_users", "num_items", "users_sha256", "items_sha256"):
+        # The data's identity: vocabularies, record counts and the records'
+        # content, not where the files sit (a run may be evaluated from
+        # another working folder). A record from before the content hash
+        # is checked on the rest.
+        keys = ["records", "num_users", "num_items", "users_sha256", "items_sha256"]
+        if before.get("content_sha256"):
+            keys.append("content_sha256")
+        for key in keys:
             if before.get(key) != data_fingerprint.get(key):
                 problems.append((f"data.{key}", before.get(key), data_fingerprint.get(key)))
     if problems:
@@ -145,10 +151,17 @@ def check(
             f"{k}: the run has {a!r}, this command {b!r}" for k, a, b in problems[:5]
         )
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        data_note = ""
+        if any(k.startswith("data.") for k, _, _ in problems):
+            data_note = (
+                f" The data differs from the run's ({fingerprint_path} records what it "
+                f"read: {', '.join(f['path'] for f in before.get('files', []))}): point "
+                "--data_path at that data, or train on the new data in a new --model_dir."
+            )
         raise RunRecordError(
-            f"{model_dir} holds a run this command contradicts: {listed}{more}. Pass the "
-            f"run's own settings (recorded in {path}) to resume, evaluate or export it, or "
-            "give a new --model_dir for a new run."
+            f"{model_dir} holds a run this command contradicts: {listed}{more}.{data_note} "
+            f"Pass the run's own settings (recorded in {path}) to resume, evaluate or export "
+            "it, or give a new --model_dir for a new run."
         )
     return True
 

@@ -314,6 +314,24 @@ def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
     trained = run()
     in_memory = trained["test"]["two_stage_in_memory"]
     exported = run("--mode=evaluate_export")["test"]
+    # The export on another log (ids it never saw) is refused, with the share.
+    other = tmp_path / "other.tsv"
+    rows = [
+        f"{10**6 + u}\t{10**6 + (u * 7 + k) % 250}\tbuy\t\t{'test' if k == 0 else 'train'}"
+        for u in range(200)
+        for k in range(3)
+    ]
+    other.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"does not know this data: 0\.0% of the test users"):
+        run(
+            "--mode=evaluate_export",
+            f"--model_dir={tmp_path / 'other_eval'}",
+            f"--data_path={other}",
+            "--data_format=tsv",
+            "--target_behavior=buy",
+            "--supportive_behaviors=",
+            "--novalidation",
+        )
     assert exported["recommend"] == pytest.approx(in_memory["recommend"], abs=1e-6)
     assert exported["retrieval"] == pytest.approx(in_memory["retrieval"], abs=1e-6)
     assert exported["retrieval"]["cases"] == trained["test"]["sampled"]["cases"]

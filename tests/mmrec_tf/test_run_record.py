@@ -85,6 +85,38 @@ def test_other_data_of_the_same_size_is_an_error(tmp_path):
         _run(tmp_path / "run", *data, "--mode=evaluate")
 
 
+def test_permuted_data_of_the_same_ids_is_refused_by_evaluate_resume_and_export(tmp_path):
+    log = tmp_path / "log.tsv"
+    rows = [
+        (u, (u * 7 + k) % 250, b, "test" if k == 0 else "train")
+        for u in range(200)
+        for k, b in enumerate(["buy", "buy", "cart", "buy"])
+    ]
+
+    def write(records):
+        text = "\n".join(f"{u}\t{i}\t{b}\t\t{s}" for u, i, b, s in records)
+        log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + text + "\n")
+
+    write(rows)
+    data = [f"--data_path={log}", "--data_format=tsv", "--novalidation"]
+    _run(tmp_path / "run", *data)
+    # The item column shuffled: the same users, items and record count.
+    items = [i for _, i, _, _ in rows]
+    order = list(reversed(range(len(items))))
+    write([(u, items[k], b, s) for (u, _, b, s), k in zip(rows, order)])
+    for extra in (
+        ["--mode=evaluate"],
+        ["--epochs=2"],
+        ["--mode=export", f"--export_dir={tmp_path / 'serving'}"],
+    ):
+        with pytest.raises(run_record.RunRecordError) as error:
+            _run(tmp_path / "run", *data, *extra)
+        message = str(error.value)
+        assert "data.content_sha256" in message and str(log) in message
+        assert "new --model_dir" in message
+    assert not (tmp_path / "serving").exists() or not os.listdir(tmp_path / "serving")
+
+
 def test_evaluate_writes_beside_the_runs_files_not_over_them(tmp_path):
     trained = _run(tmp_path)
     before = {
