@@ -51,11 +51,11 @@ def write_json(path: str, value) -> None:
     os.replace(tmp, path)
 
 
-def _flatten(value, prefix: str = "") -> dict:
+def flatten(value, prefix: str = "") -> dict:
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
+            out.update(flatten(item, f"{prefix}{key}."))
         return out
     if isinstance(value, tuple):
         value = [list(v) if isinstance(v, tuple) else v for v in value]
@@ -90,7 +90,7 @@ def fingerprint(data, split) -> dict:
 def _differences(
     recorded: dict, current: dict, may_differ: tuple[str, ...]
 ) -> list[tuple[str, object, object]]:
-    before, after = _flatten(recorded), _flatten(current)
+    before, after = flatten(recorded), flatten(current)
     out = []
     for key in sorted(set(before) | set(after)):
         if any(key == m or (m.endswith(".") and key.startswith(m)) for m in may_differ):

@@ -42,6 +42,7 @@ from mmrec_tf import cli
 from mmrec_tf import config as config_lib
 from mmrec_tf import locks
 from mmrec_tf import run as run_lib
+from mmrec_tf import run_record
 
 FAMILIES = ("mmf", "bpr", "als", "cascade")
 # The families that fit without training: their objective is the run's validation figure.
@@ -247,6 +248,7 @@ def run_study(
         alive = owner.get("host") == socket.gethostname() and locks.process_alive(owner.get("pid"))
         if not alive and fail_stale_trials:
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    _check_study_record(study, base)
     # A resumed study must not replay the sampler's first draws (its random
     # start-up trials would repeat the finished ones): the seed moves on with
     # the trials the study already holds.
@@ -298,6 +300,57 @@ def run_study(
 
     study.optimize(objective, n_trials=missing, catch=())
     return study
+
+
+# What may differ between the commands of one study: where runs go and how
+# much they print.
+_STUDY_MAY_DIFFER = ("model_dir", "mode", "train.verbose", "export.")
+
+
+def _study_record(base: config_lib.ExperimentConfig) -> dict:
+    """What a study tunes from: the base configuration and the data's content."""
+    from mmrec_tf.pipelines import readers
+
+    flat = run_record.flatten(base.to_dict())
+    config = {
+        k: v
+        for k, v in flat.items()
+        if not any(k == m or (m.endswith(".") and k.startswith(m)) for m in _STUDY_MAY_DIFFER)
+    }
+    content = None
+    if base.data.data_format != "synthetic":  # the synthetic log is its settings
+        content = readers.read_interactions(base.data).report.content_sha256
+    return {"config": config, "data_content_sha256": content}
+
+
+def _check_study_record(study, base: config_lib.ExperimentConfig) -> None:
+    """Records what a new study tunes from; refuses a resume from anything else.
+
+    Raises:
+      ValueError: naming the first differences and the fix.
+    """
+    current = json.loads(json.dumps(_study_record(base), default=str))
+    recorded = study.user_attrs.get("record")
+    if recorded is None:
+        study.set_user_attr("record", current)
+        return
+    problems = []
+    if recorded["data_content_sha256"] != current["data_content_sha256"]:
+        problems.append(
+            ("data content", recorded["data_content_sha256"], current["data_content_sha256"])
+        )
+    before, after = recorded["config"], current["config"]
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            problems.append((key, before.get(key, "(absent)"), after.get(key, "(absent)")))
+    if problems:
+        listed = "; ".join(
+            f"{k}: the study has {a!r}, this command {b!r}" for k, a, b in problems[:5]
+        )
+        raise ValueError(
+            f"the study {study.study_name!r} was started from other settings or data: {listed}. "
+            "Resume it with its own flagfile and data, or give a new --study_dir for a new study."
+        )
 
 
 def _starts_to_queue(study, family: str) -> list[dict]:

@@ -186,3 +186,36 @@ def test_a_known_good_point_whose_trial_failed_is_queued_again():
     tune.search_space(done, "cascade")
     study.tell(done, 0.5)
     assert tune._starts_to_queue(study, "cascade") == [tune.STARTS["cascade"][0]]
+
+
+def test_a_study_resumed_with_other_flags_or_data_is_refused(tmp_path):
+    import dataclasses
+
+    log = tmp_path / "log.tsv"
+
+    def write(offset):
+        rows = [
+            f"{u}\t{(u * 7 + k + offset) % 300}\t{b}\t\t{'test' if k == 0 else 'train'}"
+            for u in range(80)
+            for k, b in enumerate(["buy", "buy", "cart", "buy", "buy"])
+        ]
+        log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + "\n".join(rows) + "\n")
+
+    write(0)
+    base = config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(data_path=str(log), data_format="tsv"),
+        model=config_lib.ModelConfig(model="cascade"),
+        model_dir=str(tmp_path / "m"),
+    )
+    study = str(tmp_path / "study")
+    tune.run_study(base, family="cascade", protocol="full", trials=1, study_dir=study)
+    # The same settings resume (where the runs go changes nothing).
+    elsewhere = dataclasses.replace(base, model_dir=str(tmp_path / "elsewhere"))
+    tune.run_study(elsewhere, family="cascade", protocol="full", trials=1, study_dir=study)
+    other = dataclasses.replace(base, eval=config_lib.EvalConfig(valid_full_ranking_cases=30))
+    with pytest.raises(ValueError, match=r"eval\.valid_full_ranking_cases: the study has 0"):
+        tune.run_study(other, family="cascade", protocol="full", trials=2, study_dir=study)
+    # Other records of the same size: the data's content differs.
+    write(1)
+    with pytest.raises(ValueError, match=r"data content.*new --study_dir"):
+        tune.run_study(base, family="cascade", protocol="full", trials=2, study_dir=study)
