@@ -203,7 +203,13 @@ def load(config: config_lib.ExperimentConfig, model_dir: str, name: str = ""):
     else:
         # A resume, an evaluation or an export reads the record and writes
         # nothing over the run's files.
-        run_record.check(model_dir, config, data_fingerprint, training=training)
+        recorded = run_record.check(model_dir, config, data_fingerprint, training=training)
+        if not recorded and _trained(model_dir):
+            raise run_record.RunRecordError(
+                f"{model_dir} holds a trained run but no {run_record.CONFIG} saying how it was "
+                "trained, so this command cannot be checked against it. Restore the file from "
+                "a copy of the run, or give a new --model_dir for a new run."
+            )
     results = {
         "dataset": name or dataset_name(config),
         "model": config.model.model,

@@ -82,6 +82,23 @@ def test_bad_flag_value_names_the_field():
         cli.config_from_flags(_flags(["--model_dir=x", "--num_negatives=0"]))
 
 
+def test_a_user_error_is_one_line_and_a_non_zero_exit(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "mmrec_tf.main", f"--flagfile={QUICKSTART}"]
+    bad = [f"--model_dir={tmp_path}", "--data_format=csv", f"--data_path={tmp_path}/none.csv"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command + bad, capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    shown = subprocess.run(
+        command + bad + ["--show_traceback"], capture_output=True, text=True, env=env
+    )
+    assert shown.returncode != 0 and "Traceback" in shown.stderr
+
+
 FLAGFILES = sorted(
     f[: -len(".flags")] for f in os.listdir(os.path.dirname(QUICKSTART)) if f.endswith(".flags")
 )

@@ -117,6 +117,14 @@ def test_permuted_data_of_the_same_ids_is_refused_by_evaluate_resume_and_export(
     assert not (tmp_path / "serving").exists() or not os.listdir(tmp_path / "serving")
 
 
+def test_checkpoints_without_the_runs_config_are_refused(tmp_path):
+    _run(tmp_path / "run")
+    os.remove(tmp_path / "run" / run_record.CONFIG)
+    for extra in ([], ["--mode=evaluate"], ["--epochs=2"]):
+        with pytest.raises(run_record.RunRecordError, match="trained run but no config.json"):
+            _run(tmp_path / "run", *extra)
+
+
 def test_evaluate_writes_beside_the_runs_files_not_over_them(tmp_path):
     trained = _run(tmp_path)
     before = {
