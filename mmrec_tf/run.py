@@ -1,4 +1,4 @@
-"""One run as a library call: load, build, fit, evaluate, export.
+"""One run as a library call: load, build, train, evaluate, export.
 
     from mmrec_tf import config, run
     results = run.run(config.ExperimentConfig(model_dir="runs/demo"))
@@ -10,7 +10,8 @@ sampled, full-ranking and discovery protocols, exports it when
 model, seed, validation and test metrics, TFRS retrieval metrics, training
 summary) into `config.model_dir`. The command line (`mmrec_tf.main`) and the
 tuner call it; so do the tests. Its steps are functions of their own:
-`load`, `build`, `fit`, `test` (and the export).
+`load`, `build`, `train`, `test` (and the export); the baselines that learn
+nothing are fitted by `baselines.fit`.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         signals=signals,
     )
     if config.mode in ("train", "train_and_evaluate"):
-        fit(
+        train(
             config,
             ranker,
             index,
@@ -247,7 +248,7 @@ def build(config: config_lib.ExperimentConfig, split, strategy: tf.distribute.St
     return ranker, index
 
 
-def fit(
+def train(
     config,
     ranker,
     index,

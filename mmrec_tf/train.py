@@ -107,7 +107,7 @@ class _Kept:
             raise ValueError(
                 "--early_stopping_margin needs each validation's per-case hits "
                 f"({evaluate.CASE_HITS}) and the kept epoch's ({self.hits_path}); "
-                "validate with run.fit, or set --early_stopping_margin=0."
+                "validate with run.train, or set --early_stopping_margin=0."
             )
         kept = np.load(self.hits_path)
         if kept.shape != np.shape(hits):

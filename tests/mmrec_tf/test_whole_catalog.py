@@ -509,7 +509,7 @@ def test_a_touched_first_start_is_the_touched_first_als(tmp_path):
     expected = evaluate.evaluate(
         touched_first, valid, config=config.eval, protocols=("full",), case_limit=50
     )["full"]["HR@10"]
-    run_lib.fit(config, ranker, index, split, str(tmp_path), results, score, valid)
+    run_lib.train(config, ranker, index, split, str(tmp_path), results, score, valid)
     assert results["behavior_init"]["kept"] == "touched_first"
     # The start (epoch 0, kept) ranks every touched item above every untouched one.
     history = json.load(open(tmp_path / "history.json"))
