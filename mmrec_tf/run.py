@@ -477,7 +477,16 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
         )
     _check_export_knows_the_data(path, data, split)
     started = time.perf_counter()
-    metrics = _signature_metrics(tf.saved_model.load(path).signatures, config, data, split)
+    try:
+        loaded = tf.saved_model.load(path)
+    except (tf.errors.OpError, OSError, ValueError) as error:
+        raise run_record.damaged(
+            path,
+            error,
+            "The export cannot be loaded: export the run again (--mode=export writes the "
+            "next version), and serve that one.",
+        ) from None
+    metrics = _signature_metrics(loaded.signatures, config, data, split)
     results = {
         "dataset": name or dataset_name(config),
         "export": path,
@@ -533,7 +542,7 @@ def _restore_for_evaluation(ranker: ranking.Ranker, model_dir: str) -> None:
     if os.path.exists(best + ".index"):
         # Every saved weight must find its variable and every variable its
         # value: a checkpoint of another model is an error, not a partial load.
-        ranker.scorer.load_weights(best).assert_consumed()
+        train_lib.load_best(ranker.scorer, best)
         return
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest is None:

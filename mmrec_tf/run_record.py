@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 from mmrec_tf import config as config_lib
 
 CONFIG = "config.json"
@@ -41,6 +43,33 @@ _MAY_DIFFER = (
 
 class RunRecordError(ValueError):
     """A command contradicts the run recorded in its model_dir."""
+
+
+class DamagedFileError(ValueError):
+    """A file the project wrote cannot be read: the message names it and the way out."""
+
+
+def damaged(path: str, error: BaseException, fix: str) -> DamagedFileError:
+    """The error for a state file that is truncated, empty or not what it should be."""
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return DamagedFileError(f"{path} is damaged ({type(error).__name__}: {reason}). {fix}")
+
+
+def read_json(path: str, fix: str):
+    """The JSON in `path`; a damaged file is a DamagedFileError naming it and `fix`."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise damaged(path, error, fix) from None
+
+
+def read_array(path: str, fix: str) -> np.ndarray:
+    """The NumPy array in `path`; a damaged file is a DamagedFileError naming it and `fix`."""
+    try:
+        return np.load(path)
+    except (ValueError, OSError, EOFError) as error:
+        raise damaged(path, error, fix) from None
 
 
 def write_json(path: str, value) -> None:
@@ -128,14 +157,20 @@ def check(
     path = os.path.join(model_dir, CONFIG)
     if not os.path.exists(path):
         return False
-    with open(path) as f:
-        recorded = json.load(f)
+    recorded = read_json(
+        path,
+        "It records how the run was trained: restore it from a copy of the run, or give a "
+        "new --model_dir for a new run.",
+    )
     may_differ = _MAY_DIFFER if training else _MAY_DIFFER + ("train.",)
     problems = _differences(recorded, config.to_dict(), may_differ)
     fingerprint_path = os.path.join(model_dir, FINGERPRINT)
     if os.path.exists(fingerprint_path):
-        with open(fingerprint_path) as f:
-            before = json.load(f)
+        before = read_json(
+            fingerprint_path,
+            "It records the data the run trained on: restore it from a copy of the run, or "
+            "give a new --model_dir for a new run.",
+        )
         # The data's identity: vocabularies, record counts and the records'
         # content, not where the files sit (a run may be evaluated from
         # another working folder). A record from before the content hash

@@ -25,6 +25,7 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import optimizers
 from mmrec_tf import ranking
+from mmrec_tf import run_record
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import training_index
 
@@ -109,7 +110,11 @@ class _Kept:
                 f"({evaluate.CASE_HITS}) and the kept epoch's ({self.hits_path}); "
                 "validate with run.train, or set --early_stopping_margin=0."
             )
-        kept = np.load(self.hits_path)
+        kept = run_record.read_array(
+            self.hits_path,
+            "It holds the kept epoch's per-case validation hits: restore it, or start a new "
+            "--model_dir (or resume with --early_stopping_margin=0).",
+        )
         if kept.shape != np.shape(hits):
             raise ValueError(
                 f"{self.hits_path} holds {kept.shape[0]} validation cases, this validation "
@@ -214,6 +219,23 @@ class _EpochEnd(tf_keras.callbacks.Callback):
         os.replace(tmp, self.history_path)
 
 
+def load_best(scorer, path: str, *, partial: bool = False) -> None:
+    """Loads the kept epoch's weights at `path`; damaged files are named with the fix."""
+    try:
+        status = scorer.load_weights(path)
+        if partial:
+            status.expect_partial()
+        else:
+            status.assert_consumed()
+    except (tf.errors.OpError, AssertionError, ValueError) as error:
+        raise run_record.damaged(
+            path + ".*",
+            error,
+            "They are the kept epoch's weights: restore them from a copy of the run, or "
+            "delete the best/ folder and train again in a new --model_dir.",
+        ) from None
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read: the message names it and the way out."""
 
@@ -290,8 +312,11 @@ def train(
     if manager.latest_checkpoint:
         _restore(checkpoint, manager)
         if os.path.exists(history_path):
-            with open(history_path) as f:
-                history = json.load(f)
+            history = run_record.read_json(
+                history_path,
+                "It lists the epochs run so far: restore it from a copy of the run, or delete "
+                "it to resume without the earlier epochs' figures in results.json.",
+            )
     start = int(state.epoch.numpy())
     best_path = os.path.join(model_dir, "best", "weights")
     kept = _Kept(state, ranker.scorer, best_path, config.early_stopping_margin)
@@ -345,7 +370,7 @@ def train(
     best_validation = None
     # best >= 0: an epoch was validated (epoch 0 is the start, with validate_start).
     if validation is not None and float(state.best.numpy()) >= 0:
-        ranker.scorer.load_weights(best_path).expect_partial()
+        load_best(ranker.scorer, best_path, partial=True)
         best_validation = next(
             (
                 {k[4:]: v for k, v in h.items() if k.startswith("val_")}

@@ -230,15 +230,25 @@ def run_study(
         raise ValueError("tuning needs validation cases: drop --novalidation.")
     os.makedirs(study_dir, exist_ok=True)
     seed = sampler_seed(seed, dataset or run_lib.dataset_name(base), family, protocol)
-    storage = _storage(_database(study_dir, family))
-    study = optuna.create_study(
-        study_name=f"{family}-{protocol}",
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
-    )
+    database = _database(study_dir, family)
+    try:
+        study = optuna.create_study(
+            study_name=f"{family}-{protocol}",
+            storage=_storage(database),
+            load_if_exists=True,
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+        )
+    except Exception as error:  # SQLAlchemy's errors for a file that is no database
+        if not os.path.exists(database) or "database" not in str(error).lower():
+            raise
+        raise run_record.damaged(
+            database,
+            error,
+            "It holds the study's trials: restore it from a copy, or give a new --study_dir "
+            "to start the study again.",
+        ) from None
     # A trial left running by a killed process is failed, not resumed: its
     # configuration is drawn again by a new trial if the sampler wants it. A
     # trial whose process is alive on this host (another worker of the same
