@@ -101,6 +101,23 @@ def binary(counts: sparse.csr_matrix) -> sparse.csr_matrix:
     return out
 
 
+def _whole(items: np.ndarray, num_items: int) -> bool:
+    """Whether `items` are enough of the catalog that slicing its columns costs
+    more than computing them all (a full-ranking grid)."""
+    return len(items) * 4 >= num_items
+
+
+def _select(matrix: sparse.csc_matrix, items: np.ndarray, num_items: int):
+    """The matrix's columns of `items`, or the whole matrix for a large share."""
+    return matrix if _whole(items, num_items) else matrix[:, items]
+
+
+def _columns(product, items: np.ndarray, num_items: int) -> np.ndarray:
+    """[B, len(items)] dense: the columns `items` of a product `_select` made."""
+    dense = np.asarray(product.todense())
+    return dense[:, items] if _whole(items, num_items) else dense
+
+
 class GraphSignals:
     """Per-behavior signals of (user, item) pairs from a split's training graph.
 
@@ -176,7 +193,7 @@ class GraphSignals:
         di = target.item_degree[items][None, :]
         cross = self.cross[b - 1]
         if cross is not None:
-            z = np.asarray((rows @ cross[:, items]).todense())
+            z = _columns(rows @ _select(cross, items, self.num_items), items, self.num_items)
             # v != u: the user's own path j -> u -> i exists where u bought i.
             own_path = np.asarray(rows @ _inverse(graph.item_degree, 0.5)).ravel()[:, None]
             z -= bought * own_path * _inverse(du, 1.0) * _inverse(di, 0.5)
@@ -197,7 +214,9 @@ class GraphSignals:
         du = graph.user_degree[users][:, None]
         di = graph.item_degree[items][None, :]
         if graph.item_item is not None:
-            z = np.asarray((rows @ graph.item_item[:, items]).todense())  # [B, C]
+            z = _columns(
+                rows @ _select(graph.item_item, items, self.num_items), items, self.num_items
+            )
             # v != u: the user's own path j -> u -> i, where (u, i) is an edge.
             own_path = np.asarray(rows @ _inverse(graph.item_degree, 0.5)).ravel()[:, None]
             z -= own * own_path * _inverse(du, 1.0) * _inverse(di, 0.5)

@@ -83,6 +83,10 @@ def test_reach_matches_its_definition_for_every_pair(budget):
         raw = grid[..., 4 + branch] / signals.reach_scale[2 + branch]
         np.testing.assert_allclose(raw, want, rtol=1e-5, atol=1e-7)
     assert grid[..., 2:].max() > 0 and grid[..., 5:].max() > 0
+    # Items in any order, all of them or a few: the same numbers.
+    order = np.random.default_rng(0).permutation(15)
+    np.testing.assert_allclose(signals.grid(users, order), grid[:, order], rtol=1e-6)
+    np.testing.assert_allclose(signals.grid(users, order[:3]), grid[:, order[:3]], rtol=1e-6)
 
 
 def test_touched_counts_the_records_of_the_supportive_behaviors():
