@@ -206,6 +206,7 @@ def full_ranks(
     num_items: int,
     *,
     discovery_keys: np.ndarray | None = None,
+    sampled: np.ndarray | None = None,
 ):
     """Ranks of each held-out item among the whole catalog, excluded items left out.
 
@@ -218,15 +219,20 @@ def full_ranks(
       num_items: catalog size.
       discovery_keys: when given, sorted pair keys of every training pair (any
         behavior): the same scores are also ranked with these excluded.
+      sampled: when given, [cases, 1 + negatives] each case's sampled
+        candidates (the held-out item first): their ranks are read from the
+        same scores (`sampled_ranks` without scoring the pairs again).
 
     Returns:
       [cases] ranks among the items that are neither excluded nor the
       held-out item itself; with `discovery_keys`, a pair (full ranks,
       discovery ranks), the second computed for every case (the caller drops
-      the cases whose item is itself a training pair).
+      the cases whose item is itself a training pair); with `sampled`, a
+      pair (that, [cases] sampled ranks).
     """
     ranks = np.empty(len(users), np.int64)
     found = np.empty(len(users), np.int64) if discovery_keys is not None else None
+    sampled_out = np.empty(len(users), np.int64) if sampled is not None else None
     rows = max(1, Scorer.GRID_PAIRS // num_items)
     catalog = np.arange(num_items, dtype=np.int32)
     for start in range(0, len(users), rows):
@@ -242,7 +248,11 @@ def full_ranks(
             excluded |= _row_mask(u, discovery_keys, num_items)
             excluded[np.arange(len(u)), i] = True
             found[start : start + len(u)] = (above & ~excluded).sum(axis=1)
-    return ranks if found is None else (ranks, found)
+        if sampled is not None:
+            picked = logits[np.arange(len(u))[:, None], sampled[start : start + rows]]
+            sampled_out[start : start + len(u)] = (picked[:, 1:] >= picked[:, :1]).sum(axis=1)
+    out = ranks if found is None else (ranks, found)
+    return out if sampled is None else (out, sampled_out)
 
 
 def full_ranking_subset(num_cases: int, limit: int, seed: int) -> np.ndarray:
@@ -360,17 +370,32 @@ def evaluate(
     if unknown:
         raise ValueError(f"protocols {sorted(unknown)} are unknown: use some of {PROTOCOLS}.")
     result = {}
-    if "sampled" in protocols:
+    discovery = "discovery" in protocols and cases.touched_keys is not None
+    ranking = "full" in protocols or discovery
+    limit = config.full_ranking_cases if case_limit is None else case_limit
+    ranked = full_ranking_subset(len(cases.users), limit, config.seed)
+    # A scorer with graph signals computes them for its users' whole catalog
+    # in full ranking: the sampled candidates' scores are read from the same
+    # grid when every case is ranked, not computed again pair by pair.
+    from_grid = (
+        "sampled" in protocols
+        and ranking
+        and getattr(score, "signals", None) is not None
+        and len(ranked) == len(cases.users)
+    )
+
+    def sampled_metrics(ranks, seconds):
+        out = metrics_from_ranks(ranks, ks=(10,), case_hits=case_hits)
+        out["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
+        out["seconds"] = seconds
+        return out
+
+    if "sampled" in protocols and not from_grid:
         started = time.perf_counter()
         ranks = sampled_ranks(score, cases.users, cases.candidates)
-        result["sampled"] = metrics_from_ranks(ranks, ks=(10,), case_hits=case_hits)
-        result["sampled"]["protocol"] = f"1 held-out + {cases.candidates.shape[1] - 1} sampled"
-        result["sampled"]["seconds"] = round(time.perf_counter() - started, 2)
-    discovery = "discovery" in protocols and cases.touched_keys is not None
-    if "full" in protocols or discovery:
+        result["sampled"] = sampled_metrics(ranks, round(time.perf_counter() - started, 2))
+    if ranking:
         started = time.perf_counter()
-        limit = config.full_ranking_cases if case_limit is None else case_limit
-        ranked = full_ranking_subset(len(cases.users), limit, config.seed)
         sample = (
             f"; a seeded sample of {len(ranked)} of {len(cases.users)} cases"
             if len(ranked) < len(cases.users)
@@ -384,8 +409,12 @@ def evaluate(
             cases.exclude_keys,
             cases.num_items,
             discovery_keys=cases.touched_keys if discovery else None,
+            sampled=cases.candidates if from_grid else None,
         )
         seconds = round(time.perf_counter() - started, 2)
+        if from_grid:
+            ranks, sampled = ranks
+            result["sampled"] = sampled_metrics(sampled, seconds)
         if discovery:
             ranks, found = ranks
             keys = splits_lib.pair_keys(users, items, cases.num_items)

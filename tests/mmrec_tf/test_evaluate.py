@@ -122,3 +122,22 @@ def test_full_ranking_case_cap_ranks_a_fixed_sample_and_says_so():
     assert evaluate.full_ranking_subset(num_cases, 40, 1).tolist() == list(range(num_cases))
     with pytest.raises(ValueError, match="full_ranking_cases"):
         config_lib.EvalConfig(full_ranking_cases=-1)
+
+
+def test_the_sampled_ranks_read_from_the_full_grid_are_the_pairs_ranks():
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(6, 30)).astype(np.float32)
+    cases = evaluate.EvalCases(
+        users=np.arange(6),
+        items=np.arange(6) * 2,
+        candidates=np.stack([np.r_[2 * u, rng.choice(30, 9, replace=False)] for u in range(6)]),
+        exclude_keys=np.array([], np.int64),
+        num_items=30,
+    )
+    plain = evaluate.evaluate(_TableScorer(table), cases, config=_TenNegatives())
+    grid_scorer = _TableScorer(table)
+    grid_scorer.signals = object()  # a scorer with graph signals reads them from the grid
+    shared = evaluate.evaluate(grid_scorer, cases, config=_TenNegatives())
+    for name in ("HR@10", "NDCG@10", "cases"):
+        assert shared["sampled"][name] == plain["sampled"][name]
+    assert shared["full"]["HR@10"] == plain["full"]["HR@10"]
