@@ -36,7 +36,6 @@ SHARED = {("train", "seed"): "seed", ("data", "seed"): "seed"}
 # How a pair-list flag's entries are written: separator, form, example.
 _PAIR_FORMS = {
     "columns": ("=", "field=column", "user=uid"),
-    "behavior_weights": (":", "behavior:weight", "buy:1,cart:0.5"),
 }
 
 

@@ -59,6 +59,7 @@ RETIRED = {
     "export.max_request_pairs": 65536,
     "export.max_request_users": 1024,
     "export.version": 0,
+    "train.behavior_weights": (),
     "train.jit_compile": False,
     "train.steps_per_execution": 1,
     "model.als_holdout": 0,
@@ -362,11 +363,6 @@ class TrainConfig:
       shared_negatives: with `softmax`, items drawn once per batch as
         negatives for every row.
       temperature: with `softmax`, logits are divided by it.
-      behavior_weights: graded positives: (behavior, weight) pairs; every
-        training pair with a behavior of positive weight is a positive whose
-        loss weight is the sum of the weights of its behaviors (the
-        multi-behavior ALS's confidence). Empty: target pairs with weight 1,
-        plus supportive-only pairs at `supportive_positive_weight`.
       supportive_negative_ratio: fraction of negatives drawn from items the
         user touched only through supportive feedback (1.0 is the paper's
         sampler); the rest are uniform over items the user never touched.
@@ -404,7 +400,6 @@ class TrainConfig:
     num_negatives: int = 3
     shared_negatives: int = 1024
     temperature: float = 1.0
-    behavior_weights: tuple[tuple[str, float], ...] = ()
     supportive_negative_ratio: float = 1.0
     supportive_positive_weight: float = 0.0
     early_stopping_patience: int = 3
@@ -424,26 +419,6 @@ class TrainConfig:
         _check(self.num_negatives >= 1, "num_negatives", self.num_negatives, ">= 1")
         _check(self.shared_negatives >= 0, "shared_negatives", self.shared_negatives, ">= 0")
         _check(self.temperature > 0, "temperature", self.temperature, "> 0")
-        names = [name for name, _ in self.behavior_weights]
-        _check(
-            len(set(names)) == len(names) and all(w >= 0 for _, w in self.behavior_weights),
-            "behavior_weights",
-            self.behavior_weights,
-            "each behavior once with a weight >= 0, e.g. buy:1,cart:0.5",
-        )
-        _check(
-            not self.behavior_weights or any(w > 0 for _, w in self.behavior_weights),
-            "behavior_weights",
-            self.behavior_weights,
-            "at least one behavior with a positive weight",
-        )
-        _check(
-            not (self.behavior_weights and self.supportive_positive_weight),
-            "supportive_positive_weight",
-            self.supportive_positive_weight,
-            "0 when behavior_weights is given (it sets every behavior's weight); "
-            "drop one of the two",
-        )
         _check(
             0.0 <= self.supportive_negative_ratio <= 1.0,
             "supportive_negative_ratio",

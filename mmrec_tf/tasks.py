@@ -29,7 +29,6 @@ from mmrec_tf import config as config_lib
 from mmrec_tf import losses
 from mmrec_tf import models
 from mmrec_tf.pipelines import schema
-from mmrec_tf.pipelines import training_index
 
 # Added to the logits of masked candidates (as TFRS's accidental-hit removal).
 MIN_LOGIT = float(np.finfo(np.float32).min) / 100.0
@@ -252,13 +251,7 @@ def positive_bits(config: config_lib.TrainConfig, behaviors: schema.BehaviorSche
 
     A pair with any of them is a positive of some row, so the softmax loss
     never takes it as a negative of its user.
-
-    Raises:
-      ValueError: for a behavior weight naming a behavior the data lacks.
     """
-    weights = training_index.behavior_weight_vector(behaviors.behaviors, config.behavior_weights)
-    if weights is not None:
-        return sum(1 << t for t, w in enumerate(weights) if w > 0)
     if config.supportive_positive_weight > 0:
         return (1 << behaviors.num_behaviors) - 1
     return 1

@@ -36,7 +36,6 @@ def steps_per_epoch(index: training_index.TrainingIndex, config: config_lib.Trai
     positives = training_index.num_positives(
         index,
         config.supportive_positive_weight,
-        training_index.behavior_weight_vector(index.behaviors, config.behavior_weights),
     )
     steps = max(1, math.ceil(positives / config.batch_size))
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
@@ -85,7 +84,6 @@ def training_dataset(
     t = index.num_behaviors
     softmax = config.loss == "softmax"
     n = 0 if softmax else config.num_negatives
-    weights = training_index.behavior_weight_vector(index.behaviors, config.behavior_weights)
     shared = None
     if softmax:
         everything = negatives.epoch_positives(
@@ -94,7 +92,6 @@ def training_dataset(
             epoch=0,
             shuffle=False,
             supportive_positive_weight=config.supportive_positive_weight,
-            behavior_weights=weights,
         )
         shared = negatives.SharedNegatives(
             everything.items,
@@ -112,7 +109,6 @@ def training_dataset(
             seed=config.seed,
             epoch=int(epoch),
             supportive_positive_weight=config.supportive_positive_weight,
-            behavior_weights=weights,
         )
         positives = positives[shard::num_shards]
         return positives.users, positives.items, positives.weights, positives.is_target

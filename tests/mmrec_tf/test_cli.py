@@ -51,7 +51,6 @@ def test_list_flags_convert_to_the_field_types():
                 "--columns=user=uid,item=iid,behavior=act",
                 "--delimiter=tab",
                 "--loss=softmax",
-                "--behavior_weights=buy:1,cart:0.5",
                 "--supportive_positive_weight=0",
                 "--ignore_behaviors=pv,fav",
             ]
@@ -59,16 +58,12 @@ def test_list_flags_convert_to_the_field_types():
     )
     assert config.data.columns == (("user", "uid"), ("item", "iid"), ("behavior", "act"))
     assert config.data.delimiter == "\t"
-    assert config.train.behavior_weights == (("buy", 1.0), ("cart", 0.5))
     assert config.data.ignore_behaviors == ("pv", "fav")
 
 
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--behavior_weights=buy", "behavior:weight"),
-        ("--behavior_weights=buy:x", "behavior:weight"),
-        ("--behavior_weights=buy=1", "behavior:weight"),
         ("--columns=user", "field=column"),
         ("--columns=user:uid", "field=column"),
     ],

@@ -253,7 +253,6 @@ def test_main_trains_the_softmax_objective_and_stops_on_discovery(tmp_path, cand
             "--supportive_positive_weight=0",
             # Without views, some held-out buys were never touched: discovery has cases.
             "--ignore_behaviors=pv",
-            "--behavior_weights=buy:1,cart:0.5,fav:0.1",
             "--early_stopping_protocol=discovery",
             "--valid_full_ranking_cases=50",
         ]
