@@ -51,6 +51,7 @@ def export(
     warmup_item_ids: list,
     version: int | None = None,
     training_data: dict | None = None,
+    locked: bool = False,
 ) -> str:
     """Writes `module` as the next version under `export_dir`.
 
@@ -64,6 +65,8 @@ def export(
       training_data: the fingerprint of the data the model was trained on
         (`run_record.fingerprint`), kept as `assets.extra/TRAINING_DATA` so
         an evaluation on other data can say what the export knows.
+      locked: the caller already holds `export_dir`'s lock (a run takes it
+        before its slow work, so a second exporter fails at once).
 
     Returns:
       The path of the new version folder.
@@ -73,6 +76,10 @@ def export(
       mmrec_tf.locks.LockError: if another process is exporting to `export_dir`.
     """
     os.makedirs(export_dir, exist_ok=True)
+    if locked:
+        return _export_locked(
+            module, export_dir, warmup_user_ids, warmup_item_ids, version, training_data
+        )
     # One exporter at a time picks the next version and writes it.
     with locks.exclusive(export_dir, what="--export_dir"):
         return _export_locked(

@@ -16,6 +16,7 @@ nothing are fitted by `baselines.fit`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -109,8 +110,19 @@ def run(
         resolver = strategy.cluster_resolver
         model_dir = os.path.join(model_dir, "workers", f"{resolver.task_type}_{resolver.task_id}")
     os.makedirs(model_dir, exist_ok=True)
-    with locks.exclusive(model_dir, what="--model_dir"):
+    with contextlib.ExitStack() as held:
+        # Both folders are locked before the slow work (reading, training), so
+        # a second command on either fails at once, not after an hour.
+        held.enter_context(locks.exclusive(model_dir, what="--model_dir"))
+        if _will_export(config, strategy):
+            os.makedirs(config.export.export_dir, exist_ok=True)
+            held.enter_context(locks.exclusive(config.export.export_dir, what="--export_dir"))
         return _run_locked(config, strategy, model_dir, name, on_validation)
+
+
+def _will_export(config: config_lib.ExperimentConfig, strategy) -> bool:
+    exporting = config.mode in ("train", "train_and_evaluate", "export")
+    return bool(config.export.export_dir) and exporting and train_lib.is_chief(strategy)
 
 
 def _trained(model_dir: str) -> bool:
@@ -163,8 +175,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         _restore_for_evaluation(ranker, model_dir)
     if config.mode in ("evaluate", "train_and_evaluate"):
         test(config, ranker, index, split, results, score, valid_cases)
-    exporting = config.mode in ("train", "train_and_evaluate", "export")
-    if config.export.export_dir and exporting and train_lib.is_chief(strategy):
+    if _will_export(config, strategy):
         _export(config, ranker.scorer, data, split, results, signals=signals)
     # An evaluation or an export leaves the training run's results.json as it was.
     name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
@@ -393,6 +404,7 @@ def _export(config, scorer, data, split, results: dict, signals=None) -> None:
         warmup_user_ids=list(data.user_vocab.tokens[split.test_users[:4]]),
         warmup_item_ids=list(data.item_vocab.tokens[split.test_items[:4]]),
         training_data=run_record.fingerprint(data, split),
+        locked=True,  # `run` holds the export folder's lock
     )
     results["export"] = {"path": path, "seconds": round(time.perf_counter() - started, 2)}
     print(f"exported {path}")

@@ -507,6 +507,12 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
             np.zeros(0, np.int8),
         )
     if len(users) == 0:
+        if report.damaged_files:
+            damaged = "; ".join(f"{path}: {problem}" for path, problem in report.damaged_files)
+            raise DataError(
+                f"{config.data_path}: no valid records: every file read was skipped as "
+                f"damaged ({damaged}). Re-create or re-download the files."
+            )
         raise DataError(
             f"{config.data_path}: no valid records in {files}. Check the path, the "
             f"--data_format ({config.data_format}) and the delimiter."

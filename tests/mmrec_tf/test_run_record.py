@@ -27,6 +27,12 @@ TINY = [
 ]
 
 
+def exporter_versions(folder) -> list:
+    from mmrec_tf.export import exporter
+
+    return exporter.versions(str(folder))
+
+
 def _run(model_dir, *extra):
     fv = _flags([f"--model_dir={model_dir}", *TINY, *extra])
     return run_lib.run(cli.config_from_flags(fv))
@@ -66,7 +72,8 @@ def test_export_without_the_runs_model_flags_is_an_error(tmp_path):
     _run(tmp_path, "--behavior_features")
     with pytest.raises(run_record.RunRecordError, match="model.behavior_features"):
         _run(tmp_path, "--mode=export", f"--export_dir={tmp_path / 'serving'}")
-    assert not (tmp_path / "serving").exists() or not os.listdir(tmp_path / "serving")
+    # No version was written (the folder's lock file may be there).
+    assert not exporter_versions(tmp_path / "serving")
 
 
 def test_other_data_of_the_same_size_is_an_error(tmp_path):
@@ -114,7 +121,8 @@ def test_permuted_data_of_the_same_ids_is_refused_by_evaluate_resume_and_export(
         message = str(error.value)
         assert "data.content_sha256" in message and str(log) in message
         assert "new --model_dir" in message
-    assert not (tmp_path / "serving").exists() or not os.listdir(tmp_path / "serving")
+    # No version was written (the folder's lock file may be there).
+    assert not exporter_versions(tmp_path / "serving")
 
 
 def test_checkpoints_without_the_runs_config_are_refused(tmp_path):
@@ -181,3 +189,17 @@ def test_an_export_folder_in_use_is_an_error(tmp_path):
     with locks.exclusive(str(tmp_path / "serving")):
         with pytest.raises(locks.LockError, match="--export_dir"):
             exporter.export(None, str(tmp_path / "serving"), warmup_user_ids=[], warmup_item_ids=[])
+
+
+def test_a_run_whose_export_folder_is_in_use_fails_before_reading_the_data(tmp_path):
+    serving = tmp_path / "serving"
+    with locks.exclusive(str(serving)):
+        with pytest.raises(locks.LockError, match="--export_dir"):
+            _run(
+                tmp_path / "run",
+                f"--export_dir={serving}",
+                "--data_format=tsv",
+                "--data_path=/no/such/file.tsv",
+            )
+    # Nothing of the run was written: it stopped before the data.
+    assert not (tmp_path / "run" / run_record.CONFIG).exists()

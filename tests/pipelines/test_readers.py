@@ -214,6 +214,13 @@ def test_skip_leaves_out_a_damaged_gzip_whole_and_counts_it(tmp_path):
     assert "damaged" in log.report.summary()
 
 
+def test_a_lone_damaged_gzip_skipped_names_the_damage_not_the_delimiter(tmp_path):
+    _, damaged = _damaged_gzip(tmp_path, "truncated")
+    with pytest.raises(readers.DataError, match=r"skipped as damaged.*cut short") as error:
+        readers.read_interactions(_ub(damaged, on_bad_record="skip"))
+    assert "delimiter" not in str(error.value)
+
+
 def test_a_folder_as_data_path_is_an_error_that_says_so(tmp_path):
     with pytest.raises(readers.DataError, match="is a folder, not a file"):
         readers.read_interactions(_ub(tmp_path))
