@@ -101,3 +101,16 @@ def test_a_damaged_export_is_named_with_the_fix(trained, tmp_path, damage):
     path.write_bytes(DAMAGES[damage](path.read_bytes()))
     with pytest.raises(run_record.DamagedFileError, match=r"serving/1 is damaged.*export the run"):
         _run(tmp_path / "evaluation", "--mode=evaluate_export", f"--export_dir={serving}")
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_lock_file_of_no_live_holder_is_taken(tmp_path, damage):
+    from mmrec_tf import locks
+
+    with locks.exclusive(str(tmp_path)):
+        pass
+    path = tmp_path / ".lock"
+    path.write_bytes(DAMAGES[damage](path.read_bytes()))
+    # Its content only names a holder; with none alive, the lock is taken.
+    with locks.exclusive(str(tmp_path)):
+        assert path.exists()
