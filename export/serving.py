@@ -86,6 +86,8 @@ EMPTY_ITEM_ID = ""
 MAX_REQUEST_USERS = config_lib.ExportConfig.max_request_users
 MAX_REQUEST_PAIRS = config_lib.ExportConfig.max_request_pairs
 MAX_HISTORY_EVENTS = 10000
+# Behaviors per (row, item) key: a bitmask of int32 holds fewer than 32.
+_BRANCHES = 32
 # A new user's MF fold-in (alpha, l2, supportive_weight): the ALS defaults.
 FOLD_IN = (
     config_lib.ModelConfig.als_alpha,
@@ -501,19 +503,17 @@ class ServingModule(CatalogModule):
         flat_users = tf.reshape(tf.gather(users, rows), [-1])
         bits = self._bits(flat_users, tf.reshape(tf.maximum(candidates, 0), [-1]))
         event_rows, event_items, event_branches = events
-        keys = self._keys(event_rows, event_items) * 8 + tf.cast(event_branches, tf.int64)
-        keys, _ = tf.unique(keys)
-        pair, index = tf.unique(keys // 8)
+        keys = self._branch_keys(event_rows, event_items, event_branches)
+        pair, index = tf.unique(keys // _BRANCHES)
         event_bits = tf.math.unsorted_segment_sum(
-            tf.bitwise.left_shift(1, tf.cast(keys % 8, tf.int32)), index, tf.size(pair)
+            tf.bitwise.left_shift(1, tf.cast(keys % _BRANCHES, tf.int32)), index, tf.size(pair)
         )
         order = tf.argsort(pair)
-        found, extra = signals_lib._lookup(
+        _, extra = signals_lib.lookup(
             tf.gather(pair, order),
             tf.gather(event_bits, order),
             tf.reshape(self._keys(rows, tf.maximum(candidates, 0)), [-1]),
         )
-        del found
         bits = tf.bitwise.bitwise_or(bits, extra)
         return tf.reshape(
             models.unpack_bits(bits, self.num_behaviors),
@@ -522,6 +522,11 @@ class ServingModule(CatalogModule):
 
     def _keys(self, rows: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         return tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64)
+
+    def _branch_keys(self, rows, items, branches) -> tf.Tensor:
+        """Distinct (row, item, behavior) triples as pair key * _BRANCHES + behavior."""
+        keys = self._keys(rows, items) * _BRANCHES + tf.cast(branches, tf.int64)
+        return tf.unique(keys)[0]
 
     def _fold_in(self, batch: tf.Tensor, events) -> tf.Tensor:
         """[B, mf_dim] each row's MF factor solved from its events alone.
@@ -532,10 +537,9 @@ class ServingModule(CatalogModule):
         preference), with confidence c = 1 + alpha * r, as the ALS fits users.
         """
         event_rows, event_items, event_branches = events
-        keys = self._keys(event_rows, event_items) * 8 + tf.cast(event_branches, tf.int64)
-        keys, _ = tf.unique(keys)
-        weight = tf.where(keys % 8 == 0, 1.0, self.fold_in_weight)
-        pair, index = tf.unique(keys // 8)
+        keys = self._branch_keys(event_rows, event_items, event_branches)
+        weight = tf.where(keys % _BRANCHES == 0, 1.0, self.fold_in_weight)
+        pair, index = tf.unique(keys // _BRANCHES)
         r = tf.math.unsorted_segment_sum(weight, index, tf.size(pair))
         c = 1.0 + self.fold_in_alpha * r
         rows = tf.cast(pair // self.num_items, tf.int32)
@@ -618,7 +622,7 @@ class ServingModule(CatalogModule):
                 axis=0,
             )
             touched = tf.unique(touched)[0]
-            touched = tf.sort(tf.boolean_mask(touched, ~signals_lib._found(excluded, touched)))
+            touched = tf.sort(tf.boolean_mask(touched, ~signals_lib.found(excluded, touched)))
         return excluded, touched
 
     def _masked_top(self, scores: tf.Tensor, keys: tf.Tensor, k: int) -> tf.Tensor:

@@ -85,7 +85,7 @@ def _rows(values: tf.Variable, splits: tf.Variable, users: tf.Tensor):
     return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
 
 
-def _lookup(keys: tf.Tensor, values: tf.Tensor, query: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def lookup(keys: tf.Tensor, values: tf.Tensor, query: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(found, value) of each query key in sorted `keys`; value 0 where not found."""
     if_empty = tf.size(keys) == 0
     last = tf.maximum(tf.size(keys, out_type=tf.int64) - 1, 0)
@@ -98,9 +98,9 @@ def _lookup(keys: tf.Tensor, values: tf.Tensor, query: tf.Tensor) -> tuple[tf.Te
     return tf.reshape(found, tf.shape(query)), tf.reshape(value, tf.shape(query))
 
 
-def _found(keys: tf.Tensor, query: tf.Tensor) -> tf.Tensor:
+def found(keys: tf.Tensor, query: tf.Tensor) -> tf.Tensor:
     """Whether each query key is in sorted `keys`."""
-    return _lookup(keys, tf.zeros(tf.shape(keys), tf.float32), query)[0]
+    return lookup(keys, tf.zeros(tf.shape(keys), tf.float32), query)[0]
 
 
 class SignalTables(tf.Module):
@@ -187,8 +187,8 @@ class SignalTables(tf.Module):
         z, degree = self._two_steps(graph, graph, users, keys)
         candidates, query = self._query(users, candidates)
         z = tf.gather(z, candidates, batch_dims=1)
-        in_history = tf.cast(_found(keys, query), tf.float32)
-        in_training = tf.cast(_found(self._training_keys(graph, users), query), tf.float32)
+        in_history = tf.cast(found(keys, query), tf.float32)
+        in_training = tf.cast(found(self._training_keys(graph, users), query), tf.float32)
         train_degree = tf.where(users >= 0, tf.gather(graph.user_degree, tf.maximum(users, 0)), 0.0)
         di = tf.gather(graph.item_degree, candidates)
         z -= (
@@ -209,7 +209,7 @@ class SignalTables(tf.Module):
         z, degree = self._two_steps(graph, target, users, keys)
         candidates, query = self._query(users, candidates)
         z = tf.gather(z, candidates, batch_dims=1)
-        bought = tf.cast(_found(self._training_keys(target, users), query), tf.float32)
+        bought = tf.cast(found(self._training_keys(target, users), query), tf.float32)
         di = tf.gather(target.item_degree, candidates)
         scale = _inverse(degree)[:, None] * tf.sqrt(di * _inverse(di - bought))
         column = len(self.graphs) + branch - 1
@@ -237,7 +237,7 @@ class SignalTables(tf.Module):
                 graph, users, tf.boolean_mask(event_rows, mine), tf.boolean_mask(event_items, mine)
             )
             if branch > 0:
-                _, count = _lookup(keys, counts, query)
+                _, count = lookup(keys, counts, query)
                 touched.append(tf.math.log1p(count))
                 cross.append(self.cross(branch, users, keys, candidates))
             reach.append(self.reach(branch, users, keys, candidates))
