@@ -251,16 +251,20 @@ def test_scorer_methods_are_the_grid_towers_and_histories():
 
 @pytest.mark.parametrize(
     "name,columns",
-    # Signals: touched_cart, touched_fav, reach_buy, reach_cart, reach_fav.
-    [("mmf", {"buy": (2,), "cart": (0, 3), "fav": (1, 4)}), ("ncf", {"buy": (0, 1, 2, 3, 4)})],
+    # Signals: touched_cart, touched_fav, reach_buy, reach_cart, reach_fav,
+    # cross_cart, cross_fav.
+    [
+        ("mmf", {"buy": (2,), "cart": (0, 3, 5), "fav": (1, 4, 6)}),
+        ("ncf", {"buy": (0, 1, 2, 3, 4, 5, 6)}),
+    ],
 )
 def test_each_branch_takes_its_behaviors_signals_and_one_branch_takes_all(name, columns):
     scorer = _scorer(model=name, graph_signals=True)
-    assert scorer.num_signals == 5
+    assert scorer.num_signals == 7
     got = {n: t.signal_columns for n, t in zip(scorer.branch_names, scorer.towers)}
     assert got == columns
     clone = models.Scorer.from_config(scorer.get_config())
-    assert clone.num_signals == 5 and clone.count_params() == scorer.count_params()
+    assert clone.num_signals == 7 and clone.count_params() == scorer.count_params()
     assert _scorer().num_signals == 0
 
 
