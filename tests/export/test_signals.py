@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from mmrec_tf.export import signals as signals_lib
 from mmrec_tf.pipelines import graph_signals
+from tests.pipelines import test_graph_signals
 from tests.pipelines import test_samplers
 
 
@@ -33,45 +34,6 @@ def test_a_known_user_without_events_gets_the_evaluations_signals():
                 np.testing.assert_allclose(got[r, w], want[r, i], rtol=2e-5, atol=1e-6)
 
 
-def _reach(split, branch, history, i, user=None):
-    """reach_b of a row whose b-history is `history` to item i on the training
-    graph, `user`'s own node (if any) left out, i's own edge left out."""
-    a = np.zeros((split.num_users, split.num_items))
-    keep = split.train_branches == branch
-    a[split.train_users[keep], split.train_items[keep]] = 1.0
-    if user is not None:
-        a[user, i] = 0.0
-    du, di = a.sum(1), a.sum(0)
-    mine = [j for j in sorted(set(history)) if j != i]
-    if not mine or di[i] == 0:
-        return 0.0
-    total = 0.0
-    for j in mine:
-        for v in np.flatnonzero(a[:, j] * a[:, i]):
-            if v != user:
-                total += 1.0 / (np.sqrt(di[j]) * du[v] * np.sqrt(di[i]))
-    return total / len(mine)
-
-
-def _cross(split, branch, history, i):
-    """cross_b of a new row whose b-history is `history`, on the training graphs."""
-    a = np.zeros((split.num_users, split.num_items))
-    t = np.zeros((split.num_users, split.num_items))
-    keep = split.train_branches == branch
-    a[split.train_users[keep], split.train_items[keep]] = 1.0
-    buys = split.train_branches == 0
-    t[split.train_users[buys], split.train_items[buys]] = 1.0
-    du, dj, dt = a.sum(1), a.sum(0), t.sum(0)
-    if dt[i] == 0:
-        return 0.0
-    total = sum(
-        1.0 / (np.sqrt(dj[j]) * du[v] * np.sqrt(dt[i]))
-        for j in sorted(set(history))
-        for v in np.flatnonzero(a[:, j] * t[:, i])
-    )
-    return total / len(set(history))
-
-
 def test_a_new_users_signals_come_from_the_requests_events():
     split = test_samplers._split(num_users=20, num_items=25, seed=4)
     signals = graph_signals.GraphSignals(split)
@@ -88,9 +50,12 @@ def test_a_new_users_signals_come_from_the_requests_events():
     assert not got[1].any()  # no events, no node: nothing
     for i in range(25):
         for branch, history in ((0, [8]), (1, [3, 8, 11])):
-            want = _reach(split, branch, history, i) * signals.reach_scale[branch]
+            want = (
+                test_graph_signals.reference_reach(split, branch, history, i)
+                * signals.reach_scale[branch]
+            )
             np.testing.assert_allclose(got[0, i, 2 + branch], want, rtol=2e-5, atol=1e-6)
-        want = _cross(split, 1, [3, 8, 11], i) * signals.reach_scale[3]
+        want = test_graph_signals.reference_cross(split, 1, [3, 8, 11], i) * signals.reach_scale[3]
         np.testing.assert_allclose(got[0, i, 5], want, rtol=2e-5, atol=1e-6)
     assert got[0, :, 5].max() > 0
     # A known user's events join their training history.
@@ -104,5 +69,8 @@ def test_a_new_users_signals_come_from_the_requests_events():
         tf.constant([1], tf.int32),
     ).numpy()
     for i in range(25):
-        want = _reach(split, 1, carts + [0], i, user=5) * signals.reach_scale[1]
+        want = (
+            test_graph_signals.reference_reach(split, 1, carts + [0], i, user=5)
+            * signals.reach_scale[1]
+        )
         np.testing.assert_allclose(got[0, i, 3], want, rtol=2e-5, atol=1e-6)

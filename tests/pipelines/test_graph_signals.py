@@ -9,42 +9,55 @@ from mmrec_tf.pipelines import graph_signals
 from tests.pipelines import test_samplers
 
 
-def _reference_reach(split, branch, u, i):
-    """reach_b(u, i) by its definition, on the graph without the pair's own edge."""
+def _matrix(split, branch):
+    """[users, items] 1 where the user had `branch` with the item in training."""
     a = np.zeros((split.num_users, split.num_items))
     keep = split.train_branches == branch
     a[split.train_users[keep], split.train_items[keep]] = 1.0
-    a[u, i] = 0.0  # the pair's own edge, left out
+    return a
+
+
+def _history(split, branch, u):
+    """The items u had `branch` with in training."""
+    return list(np.flatnonzero(_matrix(split, branch)[u]))
+
+
+def reference_reach(split, branch, history, i, user=None):
+    """reach_b to item i, by its definition, of a row whose b-history is
+    `history`: on the training graph, `user`'s own node (if any) and the
+    pair's own edge left out, the path through i itself left out."""
+    a = _matrix(split, branch)
+    if user is not None:
+        a[user, i] = 0.0  # the pair's own edge
     du, di = a.sum(1), a.sum(0)
-    if du[u] == 0 or di[i] == 0:
+    mine = [j for j in sorted(set(history)) if j != i]
+    if not mine or di[i] == 0:
         return 0.0
     total = 0.0
-    for j in np.flatnonzero(a[u]):
+    for j in mine:
         for v in np.flatnonzero(a[:, j] * a[:, i]):
-            if v != u:
+            if v != user:
                 total += 1.0 / (np.sqrt(di[j]) * du[v] * np.sqrt(di[i]))
-    return total / du[u]
+    return total / len(mine)
 
 
-def _reference_cross(split, branch, u, i):
-    """cross_b(u, i) by its definition: u's b-items, other users' b-edges
-    then their buys, the pair's own buy left out."""
-    a = np.zeros((split.num_users, split.num_items))
-    t = np.zeros((split.num_users, split.num_items))
-    keep = split.train_branches == branch
-    a[split.train_users[keep], split.train_items[keep]] = 1.0
-    buys = split.train_branches == 0
-    t[split.train_users[buys], split.train_items[buys]] = 1.0
-    t[u, i] = 0.0  # the pair's own buy, left out
+def reference_cross(split, branch, history, i, user=None):
+    """cross_b to item i, by its definition, of a row whose b-history is
+    `history`: other users' b-edges, then their buys; `user`'s own node (if
+    any) and the pair's own buy left out."""
+    a, t = _matrix(split, branch), _matrix(split, 0)
+    if user is not None:
+        t[user, i] = 0.0  # the pair's own buy
     du, dj, dt = a.sum(1), a.sum(0), t.sum(0)
-    if du[u] == 0 or dt[i] == 0:
+    mine = sorted(set(history))
+    if not mine or dt[i] == 0:
         return 0.0
     total = 0.0
-    for j in np.flatnonzero(a[u]):
+    for j in mine:
         for v in np.flatnonzero(a[:, j] * t[:, i]):
-            if v != u:
+            if v != user:
                 total += 1.0 / (np.sqrt(dj[j]) * du[v] * np.sqrt(dt[i]))
-    return total / du[u]
+    return total / len(mine)
 
 
 def _doubled(split):
@@ -74,12 +87,22 @@ def test_reach_matches_its_definition_for_every_pair(budget):
         "cross_fav",
     )
     for branch in range(3):
-        want = np.array([[_reference_reach(split, branch, u, i) for i in items] for u in users])
+        want = np.array(
+            [
+                [reference_reach(split, branch, _history(split, branch, u), i, u) for i in items]
+                for u in users
+            ]
+        )
         # Each reach column comes scaled by a constant of the graph.
         raw = grid[..., 2 + branch] / signals.reach_scale[branch]
         np.testing.assert_allclose(raw, want, rtol=1e-5, atol=1e-7)
     for branch in (1, 2):
-        want = np.array([[_reference_cross(split, branch, u, i) for i in items] for u in users])
+        want = np.array(
+            [
+                [reference_cross(split, branch, _history(split, branch, u), i, u) for i in items]
+                for u in users
+            ]
+        )
         raw = grid[..., 4 + branch] / signals.reach_scale[2 + branch]
         np.testing.assert_allclose(raw, want, rtol=1e-5, atol=1e-7)
     assert grid[..., 2:].max() > 0 and grid[..., 5:].max() > 0
