@@ -98,38 +98,53 @@ def test_the_export_scores_and_ranks_as_the_evaluated_scorer(fitted):
     )
 
 
-def test_a_known_user_without_events_gets_its_recommend(fitted):
-    module = fitted["module"]
+# Carts of three items of the second community (items 20-39).
+THREE_CARTS = [(0, "i21", "cart"), (0, "i24", "cart"), (0, "i27", "cart")]
+
+
+def assert_known_users_without_events_get_recommend(module, atol):
+    """`recommend_from_history` with no events is `recommend` (any exported model)."""
     rec = module.recommend(tf.constant(["u3", "u25"]))
     hist = _history(module, ["u3", "u25"], [])
-    np.testing.assert_allclose(hist["scores"].numpy(), rec["scores"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(hist["scores"].numpy(), rec["scores"].numpy(), atol=atol)
     assert hist["item_ids"].numpy().tolist() == rec["item_ids"].numpy().tolist()
 
 
-def test_a_new_user_with_three_carts_gets_items_near_them(fitted):
-    module = fitted["module"]
-    # Carted items of the second community: the ranking stays in it.
-    events = [(0, "i21", "cart"), (0, "i24", "cart"), (0, "i27", "cart")]
-    out = _history(module, ["someone-new"], events)
+def new_user_with_three_carts(module):
+    """(the item indices, the outputs) for a new user with THREE_CARTS; checked
+    not to be the popularity list an unknown user without events gets."""
+    out = _history(module, ["someone-new"], THREE_CARTS)
     picked = [int(i.decode()[1:]) for i in out["item_ids"].numpy()[0]]
-    assert len(picked) == K and all(20 <= i < 40 for i in picked)
-    assert np.all(out["scores"].numpy() > 0)
-    # Not the popularity list an unknown user without events gets.
     popular = module.recommend(tf.constant(["someone-new"]))["item_ids"].numpy()[0]
     assert picked != [int(i.decode()[1:]) for i in popular]
     assert out["unknown_events"].numpy().tolist() == [0]
+    return picked, out
 
 
-def test_one_more_event_changes_the_ranking(fitted):
-    module = fitted["module"]
-    events = [(0, "i21", "cart"), (0, "i24", "cart"), (0, "i27", "cart")]
-    before = _history(module, [""], events)
-    after = _history(module, [""], events + [(0, "i3", "view")])
+def assert_one_more_event_changes_the_ranking(module):
+    """One more event moves a new user's ranking, and a known user's."""
+    before = _history(module, [""], THREE_CARTS)
+    after = _history(module, [""], THREE_CARTS + [(0, "i3", "view")])
     assert not np.allclose(before["scores"].numpy(), after["scores"].numpy())
     # A known user's events are merged with the user's training history.
     known = module.recommend(tf.constant(["u5"]))
     merged = _history(module, ["u5"], [(0, "i30", "cart")])
     assert not np.allclose(known["scores"].numpy(), merged["scores"].numpy())
+
+
+def test_a_known_user_without_events_gets_its_recommend(fitted):
+    assert_known_users_without_events_get_recommend(fitted["module"], atol=1e-6)
+
+
+def test_a_new_user_with_three_carts_gets_items_near_them(fitted):
+    picked, out = new_user_with_three_carts(fitted["module"])
+    # The ranking stays in the carts' community.
+    assert len(picked) == K and all(20 <= i < 40 for i in picked)
+    assert np.all(out["scores"].numpy() > 0)
+
+
+def test_one_more_event_changes_the_ranking(fitted):
+    assert_one_more_event_changes_the_ranking(fitted["module"])
 
 
 def test_bought_events_are_excluded_and_unknown_items_counted(fitted):

@@ -90,36 +90,21 @@ def test_recommend_ranks_with_the_evaluated_logits(trained):
 
 
 def test_a_known_user_without_events_gets_its_recommend(trained):
-    module = trained["module"]
-    rec = module.recommend(tf.constant(["u3", "u25"]))
-    hist = _history(module, ["u3", "u25"], [])
-    np.testing.assert_allclose(hist["scores"].numpy(), rec["scores"].numpy(), atol=1e-5)
-    assert hist["item_ids"].numpy().tolist() == rec["item_ids"].numpy().tolist()
+    test_cascade_export.assert_known_users_without_events_get_recommend(
+        trained["module"], atol=1e-5
+    )
 
 
 def test_a_new_user_with_three_carts_gets_items_near_them(trained):
-    module = trained["module"]
-    events = [(0, "i21", "cart"), (0, "i24", "cart"), (0, "i27", "cart")]
-    out = _history(module, ["someone-new"], events)
-    picked = [int(i.decode()[1:]) for i in out["item_ids"].numpy()[0]]
+    picked, _ = test_cascade_export.new_user_with_three_carts(trained["module"])
     assert len(set(picked)) == K
     # Mostly the carts' community (the model ranks; the graph and the folded
     # factor both point there).
     assert sum(20 <= i < 40 for i in picked) >= K - 1, picked
-    popular = module.recommend(tf.constant(["someone-new"]))["item_ids"].numpy()[0]
-    assert picked != [int(i.decode()[1:]) for i in popular]
-    assert out["unknown_events"].numpy().tolist() == [0]
 
 
 def test_one_more_event_changes_the_ranking(trained):
-    module = trained["module"]
-    events = [(0, "i21", "cart"), (0, "i24", "cart"), (0, "i27", "cart")]
-    before = _history(module, [""], events)
-    after = _history(module, [""], events + [(0, "i3", "view")])
-    assert not np.allclose(before["scores"].numpy(), after["scores"].numpy())
-    known = module.recommend(tf.constant(["u5"]))
-    merged = _history(module, ["u5"], [(0, "i30", "cart")])
-    assert not np.allclose(known["scores"].numpy(), merged["scores"].numpy())
+    test_cascade_export.assert_one_more_event_changes_the_ranking(trained["module"])
 
 
 def test_bought_events_are_excluded(trained):
