@@ -39,6 +39,7 @@ import textwrap
 import time
 
 import numpy as np
+import serving_latency  # beside this script
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import config as config_lib
@@ -95,13 +96,13 @@ TIMER = textwrap.dedent(
 )
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
     # Linux: writing 5 resets the process's peak resident set (VmHWM).
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
 
-def _peak_gib() -> float:
+def peak_gib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -128,7 +129,7 @@ def main() -> None:
         row = {
             "stage": name,
             "seconds": round(time.perf_counter() - started, 1),
-            "peak_rss_gib": round(_peak_gib(), 2),
+            "peak_rss_gib": round(peak_gib(), 2),
             **extra,
         }
         stages.append(row)
@@ -141,7 +142,7 @@ def main() -> None:
         synthetic_items=args.items,
         synthetic_records_per_user=args.records_per_user,
     )
-    _reset_peak()
+    reset_peak()
     started = time.perf_counter()
     data, split = loading.load(data_config, work_dir=work)
     stage(
@@ -152,7 +153,7 @@ def main() -> None:
         train_records=int(len(split.train_users)),
     )
 
-    _reset_peak()
+    reset_peak()
     started = time.perf_counter()
     settings = cascade.CascadeConfig(alpha=args.alpha, beta=args.beta)
     scorer = cascade.CascadeScorer(split, settings)
@@ -161,7 +162,7 @@ def main() -> None:
         "graphs", started, edges=edges, order=[split.behaviors.behaviors[b] for b in scorer.order]
     )
 
-    _reset_peak()
+    reset_peak()
     started = time.perf_counter()
     users = np.unique(split.test_users)[: args.score_users]
     scores = scorer.item_scores(users)
@@ -176,7 +177,7 @@ def main() -> None:
     )
     del scores
 
-    _reset_peak()
+    reset_peak()
     started = time.perf_counter()
     module = cascade_export.from_training(
         scorer,
@@ -187,26 +188,31 @@ def main() -> None:
         retrieval_candidates=500,
         exclude_seen=True,
     )
-    path = exporter.export(
-        module,
-        os.path.join(work, "serving"),
-        warmup_user_ids=[str(t) for t in data.user_vocab.tokens[users[:2]]],
-        warmup_item_ids=[str(t) for t in data.item_vocab.tokens[split.test_items[:2]]],
-    )
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+    def export(module, folder: str) -> tuple[str, float]:
+        """The module's SavedModel version folder and its size in MB."""
+        path = exporter.export(
+            module,
+            os.path.join(work, folder),
+            warmup_user_ids=[str(t) for t in data.user_vocab.tokens[users[:2]]],
+            warmup_item_ids=[str(t) for t in data.item_vocab.tokens[split.test_items[:2]]],
+        )
+        return path, round(serving_latency.disk_bytes(path) / 2**20, 1)
+
+    path, size_mb = export(module, "serving")
     stage(
         "export",
         started,
-        size_mb=round(size / 2**20, 1),
+        size_mb=size_mb,
         max_request_users=module.max_request_users,
     )
 
-    _reset_peak()
+    reset_peak()
     started = time.perf_counter()
     signals = graph_signals.GraphSignals(split)
     stage("signals: build", started, signals=list(signals.names))
 
-    _reset_peak()
+    reset_peak()
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     batch = rng.choice(len(split.train_users), args.batch_users, replace=False)
@@ -220,7 +226,7 @@ def main() -> None:
     # Our model as it ships (MF part, a branch per behavior with its graph
     # signals, behavior features), untrained: the serving cost does not
     # depend on the weights.
-    _reset_peak()
+    reset_peak()
     started = time.perf_counter()
     model_config = config_lib.ModelConfig(
         model="mmf", mf_dim=64, mlp_dim=8, mlp_layers=1, behavior_features=True, graph_signals=True
@@ -241,19 +247,11 @@ def main() -> None:
         exclude_seen=True,
         signals=signals,
     )
-    ours_path = exporter.export(
-        ours,
-        os.path.join(work, "serving_ours"),
-        warmup_user_ids=[str(t) for t in data.user_vocab.tokens[users[:2]]],
-        warmup_item_ids=[str(t) for t in data.item_vocab.tokens[split.test_items[:2]]],
-    )
-    size = sum(
-        os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(ours_path) for f in files
-    )
+    ours_path, size_mb = export(ours, "serving_ours")
     stage(
         "export: our model with graph signals",
         started,
-        size_mb=round(size / 2**20, 1),
+        size_mb=size_mb,
         max_request_users=ours.max_request_users,
     )
     del signals, ours

@@ -22,6 +22,7 @@ import json
 import os
 import time
 
+import cascade_scale  # beside this script: the stage memory of its benchmark
 import numpy as np
 from absl import flags
 
@@ -35,20 +36,6 @@ ROOT = os.path.dirname(HERE)
 DATASETS = ("tmall_mbcgcn", "jd_vcgae", "beibei_ehcf", "taobao_ehcf", "taobao_cml")
 
 
-def _reset_peak() -> None:
-    # Linux: writing 5 resets the process's peak resident set (VmHWM).
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _peak_gib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 2**20, 2)
-    return float("nan")
-
-
 def measure(dataset: str, data_dir: str) -> dict:
     fv = flags.FlagValues()
     cli.define_flags(fv)
@@ -57,15 +44,21 @@ def measure(dataset: str, data_dir: str) -> dict:
     fv(["signals_cost", f"--flagfile={flagfile}", f"--data_path={path}"])
     config = cli.config_from_flags(fv)
     row = {"dataset": dataset}
-    _reset_peak()
+    cascade_scale.reset_peak()
     started = time.perf_counter()
     _, split = loading.load(config.data, work_dir=os.path.join(ROOT, "runs", "signals_cost"))
-    row["load"] = {"seconds": round(time.perf_counter() - started, 1), "peak_gib": _peak_gib()}
+    row["load"] = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_gib": round(cascade_scale.peak_gib(), 2),
+    }
     row.update(users=split.num_users, items=split.num_items, records=int(len(split.train_users)))
-    _reset_peak()
+    cascade_scale.reset_peak()
     started = time.perf_counter()
     signals = graph_signals.GraphSignals(split)
-    row["build"] = {"seconds": round(time.perf_counter() - started, 1), "peak_gib": _peak_gib()}
+    row["build"] = {
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_gib": round(cascade_scale.peak_gib(), 2),
+    }
     row["item_item_pairs"] = [
         int(g.item_item.nnz) if g.item_item is not None else None for g in signals.graphs
     ]
@@ -73,7 +66,7 @@ def measure(dataset: str, data_dir: str) -> dict:
     rng = np.random.default_rng(0)
     buys = np.flatnonzero(split.train_branches == 0)
     batch, shared = config.train.batch_size, config.train.shared_negatives
-    _reset_peak()
+    cascade_scale.reset_peak()
     seconds = []
     for _ in range(3):
         pick = rng.choice(buys, min(batch, len(buys)), replace=False)
@@ -83,7 +76,7 @@ def measure(dataset: str, data_dir: str) -> dict:
         seconds.append(time.perf_counter() - started)
     row["batch"] = {
         "seconds": round(float(np.mean(seconds)), 3),
-        "peak_gib": _peak_gib(),
+        "peak_gib": round(cascade_scale.peak_gib(), 2),
         "grid": [int(len(pick)), int(len(items)), signals.num_signals],
     }
     return row
