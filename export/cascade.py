@@ -39,9 +39,6 @@ from mmrec_tf.export import serving
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import splits as splits_lib
 
-# The dense blocks of one request: five [users + items, rows] float32 arrays.
-REQUEST_BUDGET_BYTES = 1 << 28
-
 _IDS = tf.TensorSpec(None, tf.string, name=schema.USER_ID)
 _ITEM_IDS = tf.TensorSpec(None, tf.string, name=schema.ITEM_ID)
 
@@ -105,7 +102,7 @@ class CascadeModule(serving.CatalogModule):
           exclude_seen: leave purchases out of `recommend` and
             `recommend_from_history`.
           max_request_users: most rows per request; capped so that a
-            request's dense blocks fit `REQUEST_BUDGET_BYTES`.
+            request's dense blocks fit `serving.REQUEST_BUDGET_BYTES`.
           max_request_pairs: most pairs per `serving_default` request.
           max_history_events: most events per `recommend_from_history` request.
 
@@ -113,7 +110,6 @@ class CascadeModule(serving.CatalogModule):
           ValueError: if K exceeds C or C the catalog.
         """
         num_users, num_items = len(user_tokens), len(item_tokens)
-        per_row = (num_users + num_items) * 4 * 5
         super().__init__(
             user_tokens=user_tokens,
             item_tokens=item_tokens,
@@ -123,10 +119,12 @@ class CascadeModule(serving.CatalogModule):
             top_k=top_k,
             retrieval_candidates=retrieval_candidates,
             exclude_seen=exclude_seen,
-            max_request_users=max(1, min(max_request_users, REQUEST_BUDGET_BYTES // per_row)),
+            max_request_users=max_request_users,
             max_request_pairs=max_request_pairs,
             behaviors=behaviors,
             max_history_events=max_history_events,
+            # A request row's dense blocks: five [users + items] float32 arrays.
+            request_row_bytes=(num_users + num_items) * 4 * 5,
         )
         s = scorer.settings
         self.alpha, self.beta = float(s.alpha), float(s.beta)

@@ -86,6 +86,9 @@ EMPTY_ITEM_ID = ""
 MAX_REQUEST_USERS = config_lib.ExportConfig.max_request_users
 MAX_REQUEST_PAIRS = config_lib.ExportConfig.max_request_pairs
 MAX_HISTORY_EVENTS = 10000
+# The dense blocks one request may take, in bytes: modules whose requests
+# build per-row blocks over the catalog cap their row limits by it.
+REQUEST_BUDGET_BYTES = 1 << 28
 # Behaviors per (row, item) key: a bitmask of int32 holds fewer than 32.
 _BRANCHES = 32
 # A new user's MF fold-in (alpha, l2, supportive_weight): the ALS defaults.
@@ -175,6 +178,11 @@ class CatalogModule(tf.Module):
       behaviors: behavior names by branch (the target first), the names
         `recommend_from_history` events take.
       max_history_events: most events per `recommend_from_history` request.
+      request_row_bytes: the dense memory one request row takes (0: none to
+        speak of); the row limits are then capped so that a request's blocks
+        fit REQUEST_BUDGET_BYTES.
+      rows_are_pairs: a `serving_default` pair is a row too, so the pair
+        limit is capped likewise.
 
     Raises:
       ValueError: if K exceeds C or the catalog, or C exceeds the catalog.
@@ -195,8 +203,15 @@ class CatalogModule(tf.Module):
         max_request_pairs: int,
         behaviors: tuple[str, ...],
         max_history_events: int = MAX_HISTORY_EVENTS,
+        request_row_bytes: int = 0,
+        rows_are_pairs: bool = False,
     ):
         super().__init__()
+        if request_row_bytes:
+            rows = max(1, REQUEST_BUDGET_BYTES // request_row_bytes)
+            max_request_users = min(max_request_users, rows)
+            if rows_are_pairs:
+                max_request_pairs = min(max_request_pairs, rows)
         num_items = len(item_tokens)
         if not 1 <= top_k <= retrieval_candidates <= num_items:
             raise ValueError(
@@ -382,7 +397,7 @@ class ServingModule(CatalogModule):
           fold_in: (alpha, l2, supportive_weight) of a new user's MF factor
             (`_fold_in`): the ALS settings the MF part started from.
           max_request_users: most users per `recommend` / `retrieve` request
-            (capped so a request's graph blocks fit `signals.REQUEST_BUDGET_BYTES`).
+            (capped so a request's graph blocks fit REQUEST_BUDGET_BYTES).
           max_request_pairs: most pairs per `serving_default` request (capped
             likewise).
           max_history_events: most events per `recommend_from_history` request.
@@ -392,10 +407,6 @@ class ServingModule(CatalogModule):
             or the scorer has behavior features or graph signals and the
             pairs or graphs it needs are missing.
         """
-        if signals is not None:
-            rows = max(1, signals_lib.REQUEST_BUDGET_BYTES // signals.bytes_per_row)
-            max_request_users = min(max_request_users, rows)
-            max_request_pairs = min(max_request_pairs, rows)
         super().__init__(
             user_tokens=user_tokens,
             item_tokens=item_tokens,
@@ -409,6 +420,8 @@ class ServingModule(CatalogModule):
             max_request_pairs=max_request_pairs,
             behaviors=behaviors,
             max_history_events=max_history_events,
+            request_row_bytes=signals.bytes_per_row if signals is not None else 0,
+            rows_are_pairs=True,
         )
         num_items = self.num_items
         self.scorer = scorer

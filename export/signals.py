@@ -33,9 +33,6 @@ import tensorflow as tf
 
 from mmrec_tf.pipelines import graph_signals as graph_signals_lib
 
-# The dense blocks of one request row: [items], [users] and [items] float32.
-REQUEST_BUDGET_BYTES = 1 << 28
-
 
 def _variable(values, dtype, name: str) -> tf.Variable:
     return tf.Variable(np.asarray(values), dtype=dtype, trainable=False, name=name)
@@ -120,7 +117,9 @@ class SignalTables(tf.Module):
 
     @property
     def bytes_per_row(self) -> int:
-        """The dense floats one request row takes, in bytes (a few times over)."""
+        """The dense floats one request row takes, in bytes: [items], [users] and
+        [items] float32 blocks, a few times over (the serving module caps its
+        rows by it)."""
         return (self.num_users + 2 * self.num_items) * 4 * 2
 
     def _history(self, graph: _BehaviorGraph, users, event_rows, event_items):
