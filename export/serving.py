@@ -593,6 +593,9 @@ class ServingModule(CatalogModule):
         batch = tf.shape(users)[0]
         has_events = tf.math.unsorted_segment_sum(tf.ones_like(events[0]), events[0], batch) > 0
         merged = [tf.concat([a, b], axis=0) for a, b in zip(self._training_events(users), events)]
+        # Only the rows with events are solved: the others keep their vectors.
+        solved = tf.gather(has_events, merged[0])
+        merged = [tf.boolean_mask(part, solved) for part in merged]
         refit = tf.cast(self._fold_in(batch, merged), own[0].dtype)
         mf = tf.where(has_events[:, None], refit, own[0])
         new = [
@@ -703,8 +706,13 @@ class ServingModule(CatalogModule):
         )
         return tf.where(candidates >= 0, logits, float("-inf"))
 
-    def _recommend(self, users, events, personal) -> dict:
-        parts = self._parts(users, events)
+    def _recommend(self, users, events, personal, *, with_events: bool = True) -> dict:
+        # Without events (`recommend`) every row keeps the trained vectors;
+        # an unknown user's row gets the popular items.
+        if with_events:
+            parts = self._parts(users, events)
+        else:
+            parts = models.user_parts(self.scorer, tf.maximum(users, 0))
         candidates = self._candidates(users, parts, events)
         logits = self._rank(users, parts, candidates, events)
         k = tf.minimum(self.top_k, tf.shape(candidates)[1])
@@ -763,7 +771,7 @@ class ServingModule(CatalogModule):
     def recommend(self, user_id):
         user_id = _vector(user_id, schema.USER_ID, self.max_request_users)
         users = self._users(user_id)
-        return self._recommend(users, self._no_events(), users >= 0)
+        return self._recommend(users, self._no_events(), users >= 0, with_events=False)
 
     @tf.function(input_signature=list(HISTORY_SPEC))
     def recommend_from_history(self, user_id, history_item_id, history_behavior, history_row):
