@@ -41,7 +41,9 @@ def main() -> None:
     flagfile = os.path.join(ROOT, "mmrec_tf", "configs", f"{args.dataset}.flags")
     fv(["x", f"--flagfile={flagfile}", "--model=cascade", "--model_dir=_"])
     config = cli.config_from_flags(fv)
-    _, split = loading.load(config.data, work_dir=os.path.join(ROOT, "runs", "weighted_edges"))
+    _, split = loading.load(
+        config.data, work_dir=os.path.join(ROOT, "runs", "weighted_edges"), seed=config.train.seed
+    )
     for branch, behavior in enumerate(split.behaviors.behaviors):
         counts = graph_signals.behavior_counts(split, branch)
         print(f"{behavior}: {counts.nnz} pairs, {int((counts.data > 1).sum())} with repeats")

@@ -63,7 +63,6 @@ def synthetic_catalog() -> config_lib.DataConfig:
         synthetic_users=200_000,
         synthetic_items=900_000,
         synthetic_records_per_user=40,
-        validation=False,
     )
 
 

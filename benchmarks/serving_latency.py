@@ -149,7 +149,6 @@ def main():
             "--synthetic_users=200000",
             "--synthetic_items=900000",
             "--synthetic_records_per_user=40",
-            "--novalidation",
             f"--model_dir={synthetic_dir}",
             "--mode=train",
             "--epochs=1",

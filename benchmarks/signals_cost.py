@@ -46,7 +46,9 @@ def measure(dataset: str, data_dir: str) -> dict:
     row = {"dataset": dataset}
     cascade_scale.reset_peak()
     started = time.perf_counter()
-    _, split = loading.load(config.data, work_dir=os.path.join(ROOT, "runs", "signals_cost"))
+    _, split = loading.load(
+        config.data, work_dir=os.path.join(ROOT, "runs", "signals_cost"), seed=config.train.seed
+    )
     row["load"] = {
         "seconds": round(time.perf_counter() - started, 1),
         "peak_gib": round(cascade_scale.peak_gib(), 2),

@@ -41,7 +41,7 @@ def shift(dataset: str, data_dir: str) -> list[str]:
         ]
     )
     config = cli.config_from_flags(fv)
-    _, split = loading.load(config.data, work_dir="")
+    _, split = loading.load(config.data, work_dir="", seed=config.train.seed)
     index = training_index.TrainingIndex.from_split(split)
     buys = np.bincount(index.pos_items, minlength=split.num_items)
     rows = []

@@ -171,9 +171,7 @@ def main():
     sets = {}
     cml = os.path.join(args.data_dir, "taobao_cml", "interactions.tsv.gz")
     if os.path.exists(cml):
-        sets["taobao_cml"] = config_lib.DataConfig(
-            data_path=cml, data_format="tsv", validation=False
-        )
+        sets["taobao_cml"] = config_lib.DataConfig(data_path=cml, data_format="tsv")
     else:
         print(f"taobao_cml not found at {cml}: skipped")
     # 200k users over a declared 900k-item catalog: about 627k items occur,
@@ -182,7 +180,6 @@ def main():
         synthetic_users=200_000,
         synthetic_items=900_000,
         synthetic_records_per_user=40,
-        validation=False,
     )
 
     if args.objectives:

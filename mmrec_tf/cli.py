@@ -5,7 +5,7 @@ Every field of `DataConfig`, `ModelConfig`, `TrainConfig`, `EvalConfig`,
 default, its type, its choices (`config.CHOICES`) and its docstring entry as
 help. A field is written once, in `config.py`; adding one there adds its
 flag. Flag names are the field names, except where two sections share a
-name (`RENAMED`) and where one flag sets two fields (`--seed`).
+name (`RENAMED`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ SECTIONS = {
 
 # Fields whose flag has another name, so that every flag name is unique.
 RENAMED = {("export", "top_k"): "export_top_k"}
-# Fields set by another section's flag: one seed for the split and for training.
-SHARED = {("train", "seed"): "seed", ("data", "seed"): "seed"}
 
 # How a pair-list flag's entries are written: separator, form, example.
 _PAIR_FORMS = {
@@ -62,7 +60,7 @@ def _docs(cls) -> dict[str, str]:
 
 def flag_name(section: str, field: str) -> str:
     """The flag that sets `<section>.<field>`."""
-    return SHARED.get((section, field)) or RENAMED.get((section, field)) or field
+    return RENAMED.get((section, field), field)
 
 
 def fields_of(name: str) -> list[tuple[str, str]]:
@@ -92,17 +90,7 @@ def _fields():
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Defines one flag per config field (and the run's own flags) in `fv`."""
     f = dict(flag_values=fv)
-    helps: dict[str, list[str]] = {}
     for section, field, name, help_text in _fields():
-        helps.setdefault(name, []).append(
-            f"{section}.{field.name}: {help_text}" if (section, field.name) in SHARED else help_text
-        )
-    defined = set()
-    for section, field, name, _ in _fields():
-        if name in defined:
-            continue
-        defined.add(name)
-        help_text = " ".join(helps[name])
         default = field.default
         kind = field.type
         if field.name in config_lib.CHOICES:

@@ -73,7 +73,14 @@ RETIRED = {
     "train.row_negatives": 0,
     "train.supportive_rows": "positives",
     "train.whole_data_weight": 0.0,
+    "data.validation": True,
+    "export.exclude_seen": True,
+    "model.init_stddev": 0.01,
 }
+
+# Fields moved to another section, by old "section.field": a recorded run's
+# old field held the new field's value (one flag set both).
+MOVED = {"data.seed": "train.seed"}
 
 
 def _check(condition: bool, field: str, value: Any, valid: str) -> None:
@@ -94,6 +101,10 @@ def _check_choices(config) -> None:
 class DataConfig:
     """Where the interaction log is and how to read and split it.
 
+    The split always carves one validation case per test user from the
+    training data (`validation`, a class attribute: the protocol's); the
+    run's seed (`TrainConfig.seed`) draws them.
+
     Attributes:
       data_path: a file, a glob of shards (plain or .gz), or "" for the
         built-in synthetic log.
@@ -113,12 +124,12 @@ class DataConfig:
         (counted in the data report), e.g. `pv` to train without views.
       on_bad_record: `error` stops at the first bad record, naming file and
         line; `skip` skips and counts bad records in the data report.
-      validation: carve a validation case per test user from training data.
-      seed: seed for splits, validation cases and evaluation negatives.
       synthetic_users: users in the synthetic log.
       synthetic_items: items in the synthetic log.
       synthetic_records_per_user: mean records per synthetic user.
     """
+
+    validation: ClassVar[bool] = True
 
     data_path: str = ""
     data_format: str = "synthetic"
@@ -129,8 +140,6 @@ class DataConfig:
     supportive_behaviors: tuple[str, ...] = ()
     ignore_behaviors: tuple[str, ...] = ()
     on_bad_record: str = "error"
-    validation: bool = True
-    seed: int = 0
     synthetic_users: int = 2000
     synthetic_items: int = 3000
     synthetic_records_per_user: float = 40.0
@@ -206,6 +215,9 @@ class DataConfig:
 class ModelConfig:
     """The model's architecture.
 
+    Every weight starts from N(0, `init_stddev`), 0.01, the paper's
+    initializer (a class attribute).
+
     Attributes:
       model: `mmf` (the multi-feedback model), `ncf` (NeuMF on the target
         behavior only), `gmf` (MF part only; with the BPR loss on the target
@@ -227,7 +239,6 @@ class ModelConfig:
         the gated examples; with `softmax` it learns to rank the branch's own
         behavior over the candidates, and the fusion carries that to the
         target; each weighs `tasks.BRANCH_LOSS_WEIGHT`), `none` (ablation).
-      init_stddev: standard deviation of the N(0, s) weight initializer.
       l2: L2 penalty on the embeddings a batch looks up.
       history_length: when > 0, each part's user vector adds the mean
         embedding of up to this many of the user's training items of its
@@ -266,12 +277,13 @@ class ModelConfig:
         `cascade_alpha + cascade_beta` in (0, 1].
     """
 
+    init_stddev: ClassVar[float] = 0.01
+
     model: str = "mmf"
     mf_dim: int = 8
     mlp_dim: int = 8
     mlp_layers: int = 2
     gating: str = "gradient"
-    init_stddev: float = 0.01
     l2: float = 0.0
     history_length: int = 0
     shared_embeddings: bool = False
@@ -330,7 +342,6 @@ class ModelConfig:
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
         _check(0 <= self.mlp_layers <= 8, "mlp_layers", self.mlp_layers, "0 to 8")
-        _check(self.init_stddev > 0, "init_stddev", self.init_stddev, "> 0")
         _check(self.l2 >= 0, "l2", self.l2, ">= 0")
         _check(self.als_alpha >= 0, "als_alpha", self.als_alpha, ">= 0")
         _check(self.als_l2 >= 0, "als_l2", self.als_l2, ">= 0")
@@ -385,7 +396,8 @@ class TrainConfig:
         training positives.
       distribution_strategy: `default`, `one_device`, `mirrored` or
         `multi_worker`.
-      seed: seed for initialisation, shuffling and negative sampling.
+      seed: the run's seed: the split's validation cases (and the synthetic
+        log), initialisation, shuffling and negative sampling (`--seed`).
       mixed_precision: `float32`, or a Keras mixed policy for GPUs
         (`mixed_float16`, with loss scaling) or TPUs/recent CPUs
         (`mixed_bfloat16`); the head and the losses stay in float32.
@@ -502,9 +514,10 @@ class ExportConfig:
       top_k: K, the items `recommend` returns per user.
       retrieval_candidates: C, the items the MF retrieval stage passes to
         the full model for re-ranking.
-      exclude_seen: leave each user's training purchases out of `recommend`.
 
-    Each export is the next version; a request may hold at most
+    `recommend` leaves each user's training purchases out (`exclude_seen`,
+    a class attribute, as the full-ranking protocol does). Each export is
+    the next version; a request may hold at most
     `max_request_users` users (`recommend`, `retrieve`,
     `recommend_from_history`: memory grows with it, about 0.25 MB per user
     at 500 candidates) and `max_request_pairs` pairs (`serving_default`); a
@@ -513,11 +526,11 @@ class ExportConfig:
 
     max_request_users: ClassVar[int] = 1024
     max_request_pairs: ClassVar[int] = 65536
+    exclude_seen: ClassVar[bool] = True
 
     export_dir: str = ""
     top_k: int = 10
     retrieval_candidates: int = 500
-    exclude_seen: bool = True
 
     def __post_init__(self):
         _check_choices(self)

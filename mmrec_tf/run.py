@@ -191,7 +191,7 @@ def load(config: config_lib.ExperimentConfig, model_dir: str, name: str = ""):
        report, split, load time).
     """
     started = time.perf_counter()
-    data, split = loading.load(config.data, work_dir=model_dir)
+    data, split = loading.load(config.data, work_dir=model_dir, seed=config.train.seed)
     load_seconds = time.perf_counter() - started
     report = data.report.to_dict()
     print(f"data: {data.report.summary()}")
@@ -252,7 +252,7 @@ def build(config: config_lib.ExperimentConfig, split, strategy: tf.distribute.St
     if config.model.history_length:
         models.set_histories(
             ranker.scorer,
-            histories.build(split, length=config.model.history_length, seed=config.data.seed),
+            histories.build(split, length=config.model.history_length, seed=config.train.seed),
             target=split.behaviors.target,
         )
     index = training_index.TrainingIndex.from_split(split)

@@ -124,6 +124,9 @@ def _differences(
     for key in sorted(set(before) | set(after)):
         if any(key == m or (m.endswith(".") and key.startswith(m)) for m in may_differ):
             continue
+        if key not in after and key in config_lib.MOVED:
+            # Recorded when one flag set both fields; the new one is compared.
+            continue
         if key not in after and key in config_lib.RETIRED:
             if before[key] != config_lib.RETIRED[key]:
                 # The run used an option the library no longer has.

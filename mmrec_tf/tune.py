@@ -226,8 +226,6 @@ def run_study(
         raise ValueError(
             f"protocol={protocol!r} is unknown: use one of {config_lib.VALIDATION_PROTOCOLS}."
         )
-    if not base.data.validation:
-        raise ValueError("tuning needs validation cases: drop --novalidation.")
     os.makedirs(study_dir, exist_ok=True)
     seed = sampler_seed(seed, dataset or run_lib.dataset_name(base), family, protocol)
     database = _database(study_dir, family)

@@ -69,6 +69,12 @@ def config_key(args: list[str]) -> str:
         section, field = name.split(".")
         if name not in _NEVER_KEYED:
             resolved[section][field] = value
+    # Fields moved since, put back at their new place's value (one flag
+    # set both before), so recorded runs keep their keys.
+    for old, new in config_lib.MOVED.items():
+        section, field = old.split(".")
+        to_section, to_field = new.split(".")
+        resolved[section][field] = resolved[to_section][to_field]
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -176,7 +182,7 @@ def _validation_score(results: dict, protocol: str) -> float:
     if metrics is None:
         raise ValueError(
             f"run {results['run_dir']}: no validation {protocol} metrics to tune on; the data needs "
-            "validation cases (--validation)."
+            "validation cases (a user with two or more training buys, or a valid split)."
         )
     return metrics["HR@10"]
 

@@ -24,7 +24,7 @@ from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import training_index
 
-DATA = config_lib.DataConfig(synthetic_users=300, synthetic_items=400, seed=0)
+DATA = config_lib.DataConfig(synthetic_users=300, synthetic_items=400)
 K, C = 5, 40
 
 
@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     data, split = loading.load(DATA, work_dir=str(work))
     config = config_lib.ExperimentConfig(
         data=DATA,
-        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, init_stddev=0.1),
+        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4),
         train=config_lib.TrainConfig(
             batch_size=64, epochs=1, steps_per_epoch=20, verbose=0, supportive_negative_ratio=0
         ),
@@ -330,7 +330,6 @@ def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
             "--data_format=tsv",
             "--target_behavior=buy",
             "--supportive_behaviors=",
-            "--novalidation",
         )
     assert exported["recommend"] == pytest.approx(in_memory["recommend"], abs=1e-6)
     assert exported["retrieval"] == pytest.approx(in_memory["retrieval"], abs=1e-6)

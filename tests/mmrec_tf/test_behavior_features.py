@@ -21,7 +21,7 @@ from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import training_index
 
-DATA = config_lib.DataConfig(synthetic_users=120, synthetic_items=90, seed=0)
+DATA = config_lib.DataConfig(synthetic_users=120, synthetic_items=90)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 
 def _scorer(split, model="mmf", **kwargs):
     kwargs = {"behavior_features": True, **kwargs}
-    config = config_lib.ModelConfig(model=model, mf_dim=4, mlp_dim=4, init_stddev=0.1, **kwargs)
+    config = config_lib.ModelConfig(model=model, mf_dim=4, mlp_dim=4, **kwargs)
     return models.build_model(
         config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
     )
@@ -119,7 +119,7 @@ def test_training_learns_that_supportive_pairs_are_bought(data, tmp_path):
     _, split, index = data
     config = config_lib.ExperimentConfig(
         data=DATA,
-        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, init_stddev=0.1, behavior_features=True),
+        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, behavior_features=True),
         train=config_lib.TrainConfig(
             batch_size=64, epochs=2, verbose=0, learning_rate=0.01, supportive_negative_ratio=0
         ),

@@ -16,7 +16,7 @@ BEHAVIORS = schema.BehaviorSchema("buy", ("cart", "fav"))
 
 
 def _scorer(**kwargs):
-    config = config_lib.ModelConfig(mf_dim=4, mlp_dim=4, init_stddev=0.1, **kwargs)
+    config = config_lib.ModelConfig(mf_dim=4, mlp_dim=4, **kwargs)
     return models.build_model(config, num_users=6, num_items=8, behaviors=BEHAVIORS)
 
 

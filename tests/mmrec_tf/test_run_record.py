@@ -84,7 +84,7 @@ def test_other_data_of_the_same_size_is_an_error(tmp_path):
         for k, b in enumerate(["buy", "buy", "cart", "buy"])
     ]
     log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + "\n".join(rows) + "\n")
-    data = [f"--data_path={log}", "--data_format=tsv", "--novalidation"]
+    data = [f"--data_path={log}", "--data_format=tsv"]
     _run(tmp_path / "run", *data)
     # The same number of records and ids, other item ids.
     log.write_text(log.read_text().replace("\t5\t", "\t299\t"))
@@ -105,7 +105,7 @@ def test_permuted_data_of_the_same_ids_is_refused_by_evaluate_resume_and_export(
         log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + text + "\n")
 
     write(rows)
-    data = [f"--data_path={log}", "--data_format=tsv", "--novalidation"]
+    data = [f"--data_path={log}", "--data_format=tsv"]
     _run(tmp_path / "run", *data)
     # The item column shuffled: the same users, items and record count.
     items = [i for _, i, _, _ in rows]

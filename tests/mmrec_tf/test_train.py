@@ -16,7 +16,7 @@ from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import loading
 from mmrec_tf.pipelines import training_index
 
-DATA = config_lib.DataConfig(synthetic_users=300, synthetic_items=400, seed=0)
+DATA = config_lib.DataConfig(synthetic_users=300, synthetic_items=400)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def split(tmp_path_factory):
 def _ranker(split, strategy=None, **train_kwargs):
     config = config_lib.ExperimentConfig(
         data=DATA,
-        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, init_stddev=0.1),
+        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4),
         train=config_lib.TrainConfig(batch_size=64, verbose=0, **train_kwargs),
     )
     tf_keras.utils.set_random_seed(0)

@@ -179,13 +179,14 @@ def test_a_scorer_with_signals_ranks_grids_as_its_pairs():
 
     split = test_samplers._split(num_users=20, num_items=30)
     scorer = models.build_model(
-        config_lib.ModelConfig(
-            mf_dim=4, mlp_dim=4, mlp_layers=1, init_stddev=0.3, graph_signals=True
-        ),
+        config_lib.ModelConfig(mf_dim=4, mlp_dim=4, mlp_layers=1, graph_signals=True),
         num_users=20,
         num_items=30,
         behaviors=split.behaviors,
     )
+    # Weights of N(0, 0.3) instead of the paper's N(0, 0.01), so that the
+    # signals move the scores well beyond the comparison's tolerance.
+    scorer.set_weights([w * 30 for w in scorer.get_weights()])
     signals = graph_signals.GraphSignals(split)
     score = evaluate.Scorer(scorer, split.behaviors.num_behaviors, signals=signals)
     users, items = np.arange(0, 20, 3), np.arange(30)
