@@ -20,7 +20,7 @@ BEHAVIOR_INITS = ("zero", "touched_first")
 VALIDATION_PROTOCOLS = ("sampled", "full", "discovery")
 LOSSES = ("bpr", "logloss", "softmax")
 MF_INITS = ("random", "als", "als_fixed")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "parameter_server")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODES = ("train", "evaluate", "train_and_evaluate", "export", "evaluate_export")
 
@@ -394,8 +394,10 @@ class TrainConfig:
         `discovery` (whole catalog without the user's touched items).
       steps_per_epoch: cap on steps per epoch; 0 means one pass over the
         training positives.
-      distribution_strategy: `default`, `one_device`, `mirrored` or
-        `multi_worker`.
+      distribution_strategy: `default`, `one_device`, `mirrored`,
+        `multi_worker` (every worker a full replica), or `parameter_server`
+        (the embedding tables sharded over the `ps` tasks of TF_CONFIG, the
+        steps scheduled on its workers by the chief: `mmrec_tf.cluster`).
       seed: the run's seed: the split's validation cases (and the synthetic
         log), initialisation, shuffling and negative sampling (`--seed`).
       mixed_precision: `float32`, or a Keras mixed policy for GPUs

@@ -46,7 +46,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         config = cli.config_from_flags(flags.FLAGS)
-        cli.start_tensorflow(list_devices=config.train.distribution_strategy != "multi_worker")
+        # A cluster strategy connects before anything lists devices.
+        cli.start_tensorflow(
+            list_devices=config.train.distribution_strategy
+            not in ("multi_worker", "parameter_server")
+        )
         from mmrec_tf import run as run_lib
 
         run_lib.run(config, name=flags.FLAGS.dataset_name)

@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import baselines
+from mmrec_tf import cluster
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import locks
@@ -87,6 +88,7 @@ def run(
     *,
     name: str = "",
     on_validation: Callable[[int, dict], None] | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
     """Loads data, trains and/or evaluates, and writes results.json.
 
@@ -96,12 +98,23 @@ def run(
       on_validation: called with (epoch, validation metrics of the early
         stopping protocol) after each epoch (a tuner reports and prunes
         through it; an exception it raises ends the run).
+      strategy: the strategy to train under, instead of the one
+        `config.train.distribution_strategy` names (e.g. a
+        `cluster.local_cluster()`).
 
     Returns:
-      The results dict that was written to `<model_dir>/results.json`.
+      The results dict that was written to `<model_dir>/results.json` (empty
+      for a parameter-server cluster's worker or ps task, which serves until
+      it is stopped).
     """
+    if strategy is None and config.train.distribution_strategy == "parameter_server":
+        resolver = cluster.resolver_from_environment()
+        if cluster.is_server(resolver):
+            cluster.serve(resolver)
+            return {}
+        strategy = cluster.strategy(resolver)
     # Multi-worker collectives must be configured before any other TensorFlow op.
-    strategy = make_strategy(config.train.distribution_strategy)
+    strategy = strategy or make_strategy(config.train.distribution_strategy)
     tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
     model_dir = config.model_dir
     if not train_lib.is_chief(strategy):
@@ -141,6 +154,8 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
     if config.model.model in ("als", "popular", "cascade"):
         return _run_fitted(config, data, split, model_dir, results)
     ranker, index = build(config, split, strategy)
+    if cluster.is_parameter_server(strategy):
+        results["cluster"] = cluster.describe(ranker.scorer)
     valid_cases = (
         evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
         if len(split.valid_users)
@@ -173,6 +188,16 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         )
     else:
         _restore_for_evaluation(ranker, model_dir)
+    if cluster.is_parameter_server(strategy):
+        # The test evaluation and the export read one whole copy of the tables.
+        ranker = ranking.Ranker(_gathered(config, split, ranker, model_dir), task=ranker.task)
+        score = evaluate.Scorer(
+            ranker.scorer,
+            split.behaviors.num_behaviors,
+            config.eval.batch_size,
+            index=index,
+            signals=signals,
+        )
     if config.mode in ("evaluate", "train_and_evaluate"):
         test(config, ranker, index, split, results, score, valid_cases)
     if _will_export(config, strategy):
@@ -259,6 +284,28 @@ def build(config: config_lib.ExperimentConfig, split, strategy: tf.distribute.St
     return ranker, index
 
 
+def _gathered(config: config_lib.ExperimentConfig, split, ranker, model_dir: str):
+    """The ranker's scorer with its sharded tables gathered whole on this process."""
+    return cluster.gathered(ranker.scorer, lambda: _scorer(config, split), model_dir)
+
+
+def _scorer(config: config_lib.ExperimentConfig, split):
+    """A new scorer of `config`'s architecture for `split`, with its histories."""
+    scorer = models.build_model(
+        config.model,
+        num_users=split.num_users,
+        num_items=split.num_items,
+        behaviors=split.behaviors,
+    )
+    if config.model.history_length:
+        models.set_histories(
+            scorer,
+            histories.build(split, length=config.model.history_length, seed=config.train.seed),
+            target=split.behaviors.target,
+        )
+    return scorer
+
+
 def train(
     config,
     ranker,
@@ -285,7 +332,17 @@ def train(
     epochs_validated = [0]
 
     def validation():
-        metrics = _validation_metrics(config, score, valid_cases)
+        current = score
+        if cluster.is_parameter_server(ranker.distribute_strategy):
+            # Scoring reads one whole copy of the tables, not the shards.
+            current = evaluate.Scorer(
+                _gathered(config, split, ranker, model_dir),
+                split.behaviors.num_behaviors,
+                config.eval.batch_size,
+                index=index,
+                signals=signals,
+            )
+        metrics = _validation_metrics(config, current, valid_cases)
         epochs_validated[0] += 1
         if on_validation is not None:
             on_validation(epochs_validated[0], metrics)

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mmrec_tf import cluster
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import optimizers
@@ -350,14 +351,24 @@ def train(
             ),
             tf_keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), profile_batch=0),
         ]
-        ranker.fit(
-            dataset,
-            epochs=config.epochs,
-            initial_epoch=start,
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=config.verbose,
-        )
+        if cluster.is_parameter_server(strategy):
+            cluster.fit(
+                ranker,
+                dataset,
+                epochs=config.epochs,
+                initial_epoch=start,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+            )
+        else:
+            ranker.fit(
+                dataset,
+                epochs=config.epochs,
+                initial_epoch=start,
+                steps_per_epoch=steps,
+                callbacks=callbacks,
+                verbose=config.verbose,
+            )
     best_epoch = int(state.best_epoch.numpy())
     if validation is not None and float(state.best.numpy()) >= 0:
         print(

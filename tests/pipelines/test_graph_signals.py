@@ -196,3 +196,23 @@ def test_a_scorer_with_signals_ranks_grids_as_its_pairs():
     # Without the signals it would score something else: they are required.
     with pytest.raises(ValueError, match="graph signals"):
         evaluate.Scorer(scorer, split.behaviors.num_behaviors)
+
+
+def test_a_reach_that_is_zero_by_its_definition_is_zero_not_float_residue(tmp_path):
+    # On this synthetic log no training buy is reached from its user's other
+    # buys: the buy reach of the scale's sample is 0 by definition. Float
+    # residue of subtracting the own path once made it 1e-17 and the scale
+    # 1e16, so a single reached pair's signal was 3.8e16.
+    from mmrec_tf import config as config_lib
+    from mmrec_tf.pipelines import loading
+
+    data = config_lib.DataConfig(synthetic_users=300, synthetic_items=400)
+    _, split = loading.load(data, work_dir=str(tmp_path))
+    signals = graph_signals.GraphSignals(split)
+    assert signals.reach_scale[0] == 1.0
+    assert signals.reach_scale.max() < 1e4
+    users = np.arange(0, split.num_users, 7)
+    grid = signals.grid(users, np.arange(split.num_items))
+    assert np.isfinite(grid).all() and grid.max() < 1e4
+    # Every nonzero value is a path: no residue-sized value is left.
+    assert grid[grid > 0].min() > 1e-9
