@@ -161,3 +161,49 @@ def test_parameter_server_without_tf_config_names_what_it_needs(tmp_path, monkey
     )
     with pytest.raises(ValueError, match="no chief and no ps"):
         cluster.resolver_from_environment()
+
+
+def test_parameter_server_cluster_of_processes_from_tf_config(tmp_path):
+    """The command as BUILD.md runs it: five processes, each told its task by TF_CONFIG."""
+    ports = cluster._free_ports(5)
+    spec = {
+        "chief": [f"127.0.0.1:{ports[0]}"],
+        "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
+        "ps": [f"127.0.0.1:{p}" for p in ports[3:]],
+    }
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "mmrec_tf.main",
+        *_flags(run, "--epochs=1"),
+        "--distribution_strategy=parameter_server",
+    ]
+
+    def start(kind, index):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": spec, "task": {"type": kind, "index": index}})
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    servers = [start("worker", 0), start("worker", 1), start("ps", 0), start("ps", 1)]
+    try:
+        chief = start("chief", 0)
+        output = chief.communicate(timeout=900)[0]
+        assert chief.returncode == 0, output[-3000:]
+        # The servers serve until they are stopped; none has exited.
+        assert all(s.poll() is None for s in servers)
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+    results = _results(run)
+    assert results["train"]["epochs_completed"] == 1
+    assert results["cluster"]["parameter_servers"] == [
+        "/job:ps/replica:0/task:0",
+        "/job:ps/replica:0/task:1",
+    ]
+    assert results["test"]["sampled"]["cases"] > 0
+    # Only the chief wrote: the servers never read the data or the folder.
+    assert not (run / "workers").exists()
