@@ -288,8 +288,8 @@ def objectives(sets: dict, args) -> None:
             "Command: `python benchmarks/train_throughput.py --objectives`\n\n"
             f"Machine: {results['machine']}. Model: {results['model']}. Examples are positives; "
             "scored pairs are the (user, item) logits a step computes (BPR: the positive and 3 "
-            "negatives; softmax: the [B, B + N] grid, plus 2K + 1 full-model pairs per row in two "
-            "stages). One timed epoch of 12 steps after a warm-up epoch.\n\n"
+            "negatives; softmax: the whole [B, B + N] grid through the full model). One timed "
+            "epoch of 12 steps after a warm-up epoch.\n\n"
             "| dataset | items | objective | examples/s | vs BPR | scored pairs/s |\n"
             "|---|---|---|---|---|---|\n"
         )

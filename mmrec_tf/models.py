@@ -433,17 +433,19 @@ def score_rows(
         logits += tf.cast(mf_logits, tf.float32)
         rows = mf.embedding_dim
         parts = parts[1:]
-    branches = [tower.rows(u, items, signals) for tower, u in zip(towers, parts)]
-    raw = list(branches)
+    # The branches, fusion and head unit by unit ([units, U, I], see
+    # `FeedbackTower.planes`).
+    planes = [tower.planes(u, items, signals) for tower, u in zip(towers, parts)]
+    raw = [tf.transpose(p, [1, 2, 0]) for p in planes] if return_branches else None
     if training and scorer_gating(scorer):
         if gates is None:
             raise ValueError("training on a grid needs the pairs' gates for the gradient gates.")
-        branches = [branches[0]] + [
-            layers.gate_gradient(x, gates[..., t]) for t, x in enumerate(branches) if t > 0
+        planes = [planes[0]] + [
+            layers.gate_planes(x, gates[..., t]) for t, x in enumerate(planes) if t > 0
         ]
-    rest = fusion(branches) if fusion is not None else (branches[0] if branches else None)
+    rest = fusion.planes(planes) if fusion is not None else (planes[0] if planes else None)
     if rest is not None:
-        logits += tf.tensordot(tf.cast(rest, tf.float32), kernel[rows:], axes=1)
+        logits += tf.tensordot(kernel[rows:], tf.cast(rest, tf.float32), axes=1)
     if mf is None and rest is None:
         raise ValueError(f"model {scorer.name!r} has neither an MF part nor a branch.")
     bias = scorer.behavior_bias
