@@ -8,29 +8,45 @@ Stages, each timed, with the process's peak resident memory after it:
 4. split: leave-latest-out test cases and carved validation cases;
 5. index: the sampler's per-pair behavior masks and supportive-only lists;
 6. pipeline: examples per second of the input pipeline alone (batch 4096);
-7. train: one epoch of the multi-feedback model (paper defaults) at batch 4096.
+7. train: one epoch of the multi-feedback model (paper defaults) at batch 4096
+   (`--recipe=paper --out=benchmarks/results/scale_paper`).
+
+By default (`--recipe=shipped`) stages 6 and 7 are the shipped recipe instead
+(`--flagfile`, by default taobao_cml_mmf.flags, with `--graph_signals`): the
+multi-behavior ALS fit, the graph signals' build, the model started from the
+ALS, `--train_steps` steps of the softmax (the epoch's seconds projected from
+them), the three protocols on `--eval_cases` test cases, and the export.
 
     python benchmarks/scale.py [--users=1000000 --items=4000000 --records_per_user=100]
 
-Writes benchmarks/results/scale.{json,md}.
+Writes benchmarks/results/scale.{json,md} (`--out`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
 import time
 
 import numpy as np
+import serving_latency
 import tensorflow as tf
 import tf_keras
+from absl import flags
 
+from mmrec_tf import baselines
+from mmrec_tf import cli
 from mmrec_tf import config as config_lib
+from mmrec_tf import evaluate
 from mmrec_tf import optimizers
 from mmrec_tf import ranking
+from mmrec_tf.export import exporter
+from mmrec_tf.export import serving
 from mmrec_tf.pipelines import datasets
+from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import interactions
 from mmrec_tf.pipelines import readers
 from mmrec_tf.pipelines import splits
@@ -52,6 +68,13 @@ def main():
     parser.add_argument("--cache_dir", default=os.path.join(HERE, ".cache"))
     parser.add_argument("--batch_size", type=int, default=4096)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "scale"))
+    parser.add_argument("--recipe", choices=("paper", "shipped"), default="shipped")
+    parser.add_argument(
+        "--flagfile",
+        default=os.path.join(HERE, "..", "mmrec_tf", "configs", "taobao_cml_mmf.flags"),
+    )
+    parser.add_argument("--train_steps", type=int, default=300)
+    parser.add_argument("--eval_cases", type=int, default=1000)
     args = parser.parse_args()
 
     stages = []
@@ -101,6 +124,7 @@ def main():
     start = time.perf_counter()
     split = splits.make_split(data, validation=True, seed=0)
     n = len(data.users)
+    tokens = (data.user_vocab.tokens, data.item_vocab.tokens)
     del data
     stage(
         "split",
@@ -115,6 +139,15 @@ def main():
         "index", time.perf_counter() - start, len(split.train_users), positives=len(index.pos_users)
     )
 
+    if args.recipe == "shipped":
+        shipped(args, split, index, tokens, stage)
+    else:
+        paper(args, split, index, stage)
+    write(args, stages)
+
+
+def paper(args, split, index, stage) -> None:
+    """Stages 6 and 7: the input pipeline and one epoch of the paper's model."""
     train = config_lib.TrainConfig(batch_size=args.batch_size, epochs=1, verbose=2)
     start = time.perf_counter()
     count = 0
@@ -145,7 +178,112 @@ def main():
         parameters=int(sum(np.prod(w.shape) for w in ranker.scorer.weights)),
     )
 
+
+def shipped(args, split, index, tokens, stage) -> None:
+    """The shipped recipe's stages: ALS, signals, start, training, evaluation, export."""
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(["scale", f"--flagfile={args.flagfile}", "--graph_signals", "--model_dir=_"])
+    config = cli.config_from_flags(fv)
+
+    start = time.perf_counter()
+    x, y, _, _ = baselines.fit_factors(
+        split, baselines.als_config(config.model, config.train.seed), verbose=True
+    )
+    stage("als", time.perf_counter() - start, factors=int(x.shape[1]))
+
+    start = time.perf_counter()
+    signals = graph_signals.GraphSignals(split)
+    stage("signals", time.perf_counter() - start, columns=len(signals.names))
+
+    start = time.perf_counter()
+    tf_keras.utils.set_random_seed(0)
+    ranker = ranking.build_ranker(
+        config, num_users=split.num_users, num_items=split.num_items, behaviors=split.behaviors
+    )
+    ranker.scorer.start_from_factors(x, y, trainable=config.model.mf_init == "als")
+    del x, y
+    if config.model.behavior_init == "touched_first":
+        offset = ranker.scorer.touched_first_offset()
+        ranker.scorer.set_behavior_offsets([offset] * len(split.behaviors.supportive))
+    ranker.compile(optimizer=optimizers.build_optimizer(config.train))
+    stage(
+        "model",
+        time.perf_counter() - start,
+        parameters=int(sum(np.prod(w.shape) for w in ranker.scorer.weights)),
+    )
+
+    steps = datasets.steps_per_epoch(index, config.train)
+    timed = min(args.train_steps, steps)
+    start = time.perf_counter()
+    ranker.fit(
+        datasets.training_dataset(index, config.train, signals=signals),
+        epochs=1,
+        steps_per_epoch=timed,
+        verbose=2,
+    )
+    seconds = time.perf_counter() - start
+    examples = timed * config.train.batch_size
+    stage(
+        "train",
+        seconds,
+        examples,
+        examples=examples,
+        steps=timed,
+        epoch_steps=steps,
+        epoch_seconds_projected=round(seconds * steps / timed),
+        batch_size=config.train.batch_size,
+        shared_negatives=config.train.shared_negatives,
+    )
+
+    start = time.perf_counter()
+    picked = np.random.default_rng(0).choice(
+        len(split.test_users), min(args.eval_cases, len(split.test_users)), replace=False
+    )
+    subset = dataclasses.replace(
+        split, test_users=split.test_users[picked], test_items=split.test_items[picked]
+    )
+    cases = evaluate.EvalCases.build(subset, "test", config.eval, touched_keys=index.keys)
+    score = evaluate.Scorer(
+        ranker.scorer,
+        split.behaviors.num_behaviors,
+        config.eval.batch_size,
+        index=index,
+        signals=signals,
+    )
+    metrics = evaluate.evaluate(score, cases, config=config.eval)
+    stage(
+        "evaluate",
+        time.perf_counter() - start,
+        cases=len(picked),
+        **{f"{p}_HR@10": round(metrics[p]["HR@10"], 4) for p in ("sampled", "full", "discovery")},
+    )
+
+    start = time.perf_counter()
+    module = serving.from_training(
+        ranker.scorer,
+        split,
+        user_tokens=tokens[0],
+        item_tokens=tokens[1],
+        top_k=config.export.top_k,
+        retrieval_candidates=config.export.retrieval_candidates,
+        exclude_seen=True,
+        signals=signals,
+        fold_in=(config.model.als_alpha, config.model.als_l2, config.model.als_supportive_weight),
+    )
+    export_dir = os.path.join(args.cache_dir, "scale_export")
+    path = exporter.export(
+        module,
+        export_dir,
+        warmup_user_ids=list(tokens[0][split.test_users[:4]]),
+        warmup_item_ids=list(tokens[1][split.test_items[:4]]),
+    )
+    stage("export", time.perf_counter() - start, bytes=serving_latency.disk_bytes(path))
+
+
+def write(args, stages) -> None:
     result = {
+        "recipe": args.recipe,
         "users": args.users,
         "items": args.items,
         "records_per_user": args.records_per_user,
@@ -160,7 +298,13 @@ def main():
         f.write(
             "# Scale: full-Taobao-size synthetic log, one machine (2 cores, 24 GiB)\n\n"
             f"Command: `python benchmarks/scale.py --users={args.users} "
-            f"--items={args.items} --records_per_user={args.records_per_user:g}`\n\n"
+            f"--items={args.items} --records_per_user={args.records_per_user:g}"
+            + (
+                f" --train_steps={args.train_steps} --eval_cases={args.eval_cases}"
+                if args.recipe == "shipped"
+                else " --recipe=paper --out=benchmarks/results/scale_paper"
+            )
+            + "`\n\n"
             "| stage | seconds | records or examples / s | peak RSS GiB | notes |\n"
             "|---|---|---|---|---|\n"
         )
