@@ -692,6 +692,16 @@ class ServingModule(CatalogModule):
         )
         return tf.concat(lists, axis=1)
 
+    def candidate_items(self, users: tf.Tensor) -> tf.Tensor:
+        """[B, W] the candidates `recommend` re-ranks for known users (indices, -1 padding).
+
+        Columns: the MF stage's top C, then (with graph signals) the graph's
+        top C, then the touched items; for measuring the set's recall
+        (benchmarks/candidate_recall.py). Not a signature.
+        """
+        users = tf.convert_to_tensor(users, tf.int32)
+        return self._candidates(users, models.user_parts(self.scorer, users), self._no_events())
+
     def _rank(self, users, parts, candidates, events) -> tf.Tensor:
         """[B, W] logits of each row's candidates (-inf where a candidate is -1)."""
         signals = None
