@@ -25,7 +25,6 @@ import os
 import zlib
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 from mmrec_tf import config as config_lib
@@ -535,12 +534,26 @@ def read_interactions(config: config_lib.DataConfig) -> RawLog:
         )
     report.records = len(users)
     report.content_sha256 = content.hexdigest()
-    report.duplicate_records = int(
-        pd.DataFrame({"u": users, "i": items, "b": behaviors, "t": stamps, "s": splits})
-        .duplicated()
-        .sum()
-    )
+    report.duplicate_records = count_duplicates(users, items, behaviors, stamps, splits)
     return RawLog(users, items, behaviors, names, stamps, splits, report)
+
+
+def count_duplicates(*columns: np.ndarray) -> int:
+    """Rows equal in every column to an earlier row.
+
+    One sort of the row order and one column compared at a time: about a
+    permutation and a column of memory beside the columns (a DataFrame's
+    `duplicated` took about three times the log's own size at 100M rows).
+    """
+    if len(columns[0]) < 2:
+        return 0
+    order = np.lexsort(columns[::-1])
+    same = np.ones(len(order) - 1, bool)
+    for column in columns:
+        ordered = column[order]
+        same &= ordered[1:] == ordered[:-1]
+        del ordered
+    return int(same.sum())
 
 
 class _ContentHash:
