@@ -86,6 +86,8 @@ def main():
         row.update(extra)
         stages.append(row)
         print(row, flush=True)
+        # Written after every stage: a run stopped part way keeps what it measured.
+        write(args, stages, complete=False)
 
     path = os.path.join(
         args.cache_dir, f"scale_u{args.users}_i{args.items}_r{args.records_per_user:g}.csv"
@@ -143,7 +145,7 @@ def main():
         shipped(args, split, index, tokens, stage)
     else:
         paper(args, split, index, stage)
-    write(args, stages)
+    write(args, stages, complete=True)
 
 
 def paper(args, split, index, stage) -> None:
@@ -281,8 +283,9 @@ def shipped(args, split, index, tokens, stage) -> None:
     stage("export", time.perf_counter() - start, bytes=serving_latency.disk_bytes(path))
 
 
-def write(args, stages) -> None:
+def write(args, stages, *, complete: bool) -> None:
     result = {
+        "complete": complete,
         "recipe": args.recipe,
         "users": args.users,
         "items": args.items,
@@ -305,7 +308,13 @@ def write(args, stages) -> None:
                 else " --recipe=paper --out=benchmarks/results/scale_paper"
             )
             + "`\n\n"
-            "| stage | seconds | records or examples / s | peak RSS GiB | notes |\n"
+            + (
+                ""
+                if complete
+                else f"*The run has not finished: the stages after {stages[-1]['stage']!r} "
+                "are not measured yet.*\n\n"
+            )
+            + "| stage | seconds | records or examples / s | peak RSS GiB | notes |\n"
             "|---|---|---|---|---|\n"
         )
         for row in stages:
