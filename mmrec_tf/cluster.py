@@ -90,11 +90,19 @@ def serve(resolver) -> None:
     server.join()
 
 
-def strategy(resolver) -> tf.distribute.ParameterServerStrategy:
-    """The strategy over `resolver`'s cluster, each table sharded over the parameter servers."""
+def strategy(
+    resolver, *, min_shard_bytes: int = MIN_SHARD_BYTES
+) -> tf.distribute.ParameterServerStrategy:
+    """The strategy over `resolver`'s cluster, each table sharded over the parameter servers.
+
+    Args:
+      resolver: the cluster (its `ps` tasks hold the shards).
+      min_shard_bytes: the partitioner's smallest shard; tiny tables need a
+        smaller one than MIN_SHARD_BYTES to be sharded at all.
+    """
     num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
     partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-        min_shard_bytes=MIN_SHARD_BYTES, max_shards=max(num_ps, 1)
+        min_shard_bytes=min_shard_bytes, max_shards=max(num_ps, 1)
     )
     return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
 
@@ -119,19 +127,18 @@ def describe(scorer: tf_keras.Model) -> dict:
     }
 
 
-def local_cluster(num_workers: int = 2, num_ps: int = 2, *, min_shard_bytes: int = 0):
+def local_cluster(num_workers: int = 2, num_ps: int = 2, *, min_shard_bytes: int = MIN_SHARD_BYTES):
     """A cluster in this process on the loopback: its workers and parameter servers started.
 
     Args:
       num_workers: worker tasks.
       num_ps: parameter-server tasks.
-      min_shard_bytes: the partitioner's smallest shard (0: MIN_SHARD_BYTES);
-        tiny tables need a smaller one to be sharded at all.
+      min_shard_bytes: the partitioner's smallest shard (see `strategy`).
 
     Returns:
       A ParameterServerStrategy whose coordinator is this process.
     """
-    ports = _free_ports(num_workers + num_ps)
+    ports = free_ports(num_workers + num_ps)
     spec = tf.train.ClusterSpec(
         {
             "worker": [f"127.0.0.1:{p}" for p in ports[:num_workers]],
@@ -150,13 +157,11 @@ def local_cluster(num_workers: int = 2, num_ps: int = 2, *, min_shard_bytes: int
         for i in range(num_ps)
     )
     resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, rpc_layer="grpc")
-    partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-        min_shard_bytes=min_shard_bytes or MIN_SHARD_BYTES, max_shards=num_ps
-    )
-    return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
+    return strategy(resolver, min_shard_bytes=min_shard_bytes)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """`n` ports free on the loopback now (for a local cluster's tasks)."""
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))

@@ -166,13 +166,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         started = time.perf_counter()
         signals = graph_signals.GraphSignals(split)
         results["seconds"]["graph_signals"] = round(time.perf_counter() - started, 2)
-    score = evaluate.Scorer(
-        ranker.scorer,
-        split.behaviors.num_behaviors,
-        config.eval.batch_size,
-        index=index,
-        signals=signals,
-    )
+    score = _scoring(config, split, index, signals, ranker.scorer)
     if config.mode in ("train", "train_and_evaluate"):
         train(
             config,
@@ -191,13 +185,7 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
     if cluster.is_parameter_server(strategy):
         # The test evaluation and the export read one whole copy of the tables.
         ranker = ranking.Ranker(_gathered(config, split, ranker, model_dir), task=ranker.task)
-        score = evaluate.Scorer(
-            ranker.scorer,
-            split.behaviors.num_behaviors,
-            config.eval.batch_size,
-            index=index,
-            signals=signals,
-        )
+        score = _scoring(config, split, index, signals, ranker.scorer)
     if config.mode in ("evaluate", "train_and_evaluate"):
         test(config, ranker, index, split, results, score, valid_cases)
     if _will_export(config, strategy):
@@ -284,6 +272,17 @@ def build(config: config_lib.ExperimentConfig, split, strategy: tf.distribute.St
     return ranker, index
 
 
+def _scoring(config: config_lib.ExperimentConfig, split, index, signals, scorer):
+    """The `evaluate.Scorer` of `scorer` on this run's data (behaviors, pairs, graphs)."""
+    return evaluate.Scorer(
+        scorer,
+        split.behaviors.num_behaviors,
+        config.eval.batch_size,
+        index=index,
+        signals=signals,
+    )
+
+
 def _gathered(config: config_lib.ExperimentConfig, split, ranker, model_dir: str):
     """The ranker's scorer with its sharded tables gathered whole on this process."""
     return cluster.gathered(ranker.scorer, lambda: _scorer(config, split), model_dir)
@@ -335,12 +334,8 @@ def train(
         current = score
         if cluster.is_parameter_server(ranker.distribute_strategy):
             # Scoring reads one whole copy of the tables, not the shards.
-            current = evaluate.Scorer(
-                _gathered(config, split, ranker, model_dir),
-                split.behaviors.num_behaviors,
-                config.eval.batch_size,
-                index=index,
-                signals=signals,
+            current = _scoring(
+                config, split, index, signals, _gathered(config, split, ranker, model_dir)
             )
         metrics = _validation_metrics(config, current, valid_cases)
         epochs_validated[0] += 1

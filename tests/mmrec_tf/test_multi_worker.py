@@ -2,27 +2,17 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 from mmrec_tf import cli
+from mmrec_tf import cluster as cluster_lib
 
 QUICKSTART = os.path.join(os.path.dirname(cli.__file__), "configs", "quickstart.flags")
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path):
-    ports = _free_ports(2)
+    ports = cluster_lib.free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     model_dir = tmp_path / "run"
     export_dir = tmp_path / "serving"

@@ -49,28 +49,20 @@ def _env():
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def _main(*args):
+def _run(*command):
     done = subprocess.run(
-        [sys.executable, "-m", "mmrec_tf.main", *args],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
+        [sys.executable, *command], env=_env(), capture_output=True, text=True, timeout=900
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
+
+
+def _main(*args):
+    return _run("-m", "mmrec_tf.main", *args)
 
 
 def _on_cluster(*args):
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, *args],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+    return _run("-c", CHILD, *args)
 
 
 def _results(model_dir):
@@ -165,7 +157,7 @@ def test_parameter_server_without_tf_config_names_what_it_needs(tmp_path, monkey
 
 def test_parameter_server_cluster_of_processes_from_tf_config(tmp_path):
     """The command as BUILD.md runs it: five processes, each told its task by TF_CONFIG."""
-    ports = cluster._free_ports(5)
+    ports = cluster.free_ports(5)
     spec = {
         "chief": [f"127.0.0.1:{ports[0]}"],
         "worker": [f"127.0.0.1:{p}" for p in ports[1:3]],
