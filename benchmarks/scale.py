@@ -1,6 +1,7 @@
 """Scale: a full-Taobao-size synthetic log through preprocessing and one epoch.
 
-Stages, each timed, with the process's peak resident memory after it:
+Stages, each timed, with the process's peak resident memory so far and its
+resident memory after the stage:
 
 1. generate: the project's generator writes the UserBehavior CSV in chunks;
 2. read: the tf.data readers parse and validate every line;
@@ -60,6 +61,15 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _resident_gib() -> float:
+    """The process's resident memory now (the peak so far is `_peak_gib`)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -75,12 +85,24 @@ def main():
     )
     parser.add_argument("--train_steps", type=int, default=300)
     parser.add_argument("--eval_cases", type=int, default=1000)
+    parser.add_argument(
+        "--als_solver",
+        default="implicit_cg",
+        help="the ALS solver of the shipped recipe's start (baselines.als.SOLVERS): the exact "
+        "solver costs (users + items) x factors^3 per sweep, days at 100M records and 192 "
+        "factors on two cores; the conjugate-gradient one minimizes the same loss",
+    )
     args = parser.parse_args()
 
     stages = []
 
     def stage(name, seconds, count=None, **extra):
-        row = {"stage": name, "seconds": round(seconds, 1), "peak_rss_gib": round(_peak_gib(), 2)}
+        row = {
+            "stage": name,
+            "seconds": round(seconds, 1),
+            "peak_rss_gib": round(_peak_gib(), 2),
+            "rss_gib": round(_resident_gib(), 2),
+        }
         if count:
             row["records_per_second"] = round(count / seconds)
         row.update(extra)
@@ -189,10 +211,17 @@ def shipped(args, split, index, tokens, stage) -> None:
     config = cli.config_from_flags(fv)
 
     start = time.perf_counter()
-    x, y, _, _ = baselines.fit_factors(
-        split, baselines.als_config(config.model, config.train.seed), verbose=True
+    settings = dataclasses.replace(
+        baselines.als_config(config.model, config.train.seed), solver=args.als_solver
     )
-    stage("als", time.perf_counter() - start, factors=int(x.shape[1]))
+    x, y, _, _ = baselines.fit_factors(split, settings, verbose=True)
+    stage(
+        "als",
+        time.perf_counter() - start,
+        factors=int(x.shape[1]),
+        sweeps=settings.iterations,
+        solver=settings.solver,
+    )
 
     start = time.perf_counter()
     signals = graph_signals.GraphSignals(split)
@@ -314,18 +343,18 @@ def write(args, stages, *, complete: bool) -> None:
                 else f"*The run has not finished: the stages after {stages[-1]['stage']!r} "
                 "are not measured yet.*\n\n"
             )
-            + "| stage | seconds | records or examples / s | peak RSS GiB | notes |\n"
-            "|---|---|---|---|---|\n"
+            + "| stage | seconds | records or examples / s | peak RSS GiB | RSS after GiB | notes |\n"
+            "|---|---|---|---|---|---|\n"
         )
         for row in stages:
             notes = ", ".join(
                 f"{k} {v}"
                 for k, v in row.items()
-                if k not in ("stage", "seconds", "records_per_second", "peak_rss_gib")
+                if k not in ("stage", "seconds", "records_per_second", "peak_rss_gib", "rss_gib")
             )
             f.write(
                 f"| {row['stage']} | {row['seconds']} | {row.get('records_per_second', '')} "
-                f"| {row['peak_rss_gib']} | {notes} |\n"
+                f"| {row['peak_rss_gib']} | {row.get('rss_gib', '')} | {notes} |\n"
             )
     print("wrote", args.out)
 

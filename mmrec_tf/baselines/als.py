@@ -23,7 +23,7 @@ import numpy as np
 from mmrec_tf import config as config_lib
 from mmrec_tf.pipelines import splits as splits_lib
 
-SOLVERS = ("implicit", "numpy")
+SOLVERS = ("implicit", "numpy", "implicit_cg")
 
 # Bounds the [pairs, factors, factors] outer products of one solve chunk.
 _CHUNK_FLOATS = 1 << 25
@@ -46,6 +46,11 @@ class ALSConfig:
         multithreaded native code: about 10x faster) or `numpy` (this
         module's batched solves, the reference the tests check it against).
         Both minimize the same objective with the same initial factors.
+        `implicit_cg` is `implicit`'s conjugate-gradient solver (three steps
+        per row, warm-started from the previous sweep): the same objective,
+        solved approximately at a cost linear in the factors rather than
+        cubic. The tuned recipes use the exact solver; the 100M-record
+        benchmark uses this one (benchmarks/scale.py).
     """
 
     factors: int = 32
@@ -145,7 +150,7 @@ def fit(split: splits_lib.Split, config: ALSConfig, *, verbose: bool = True):
     rng = np.random.default_rng(config.seed)
     x = rng.normal(0, config.init_stddev, (split.num_users, config.factors))
     y = rng.normal(0, config.init_stddev, (split.num_items, config.factors))
-    if config.solver == "implicit":
+    if config.solver.startswith("implicit"):
         x, y = _fit_implicit(users, items, conf, x, y, split, config)
         return x, y, time.perf_counter() - started
     by_user = _csr(users, items, conf, split.num_users)
@@ -159,7 +164,7 @@ def fit(split: splits_lib.Split, config: ALSConfig, *, verbose: bool = True):
 
 
 def _fit_implicit(users, items, conf, x, y, split, config: ALSConfig):
-    """The same sweeps through `implicit`'s exact (Cholesky) solver.
+    """The same sweeps through `implicit`'s exact (Cholesky) or conjugate-gradient solver.
 
     `implicit` takes the observed cells' confidence as given (alpha = 1) and
     weighs every other cell by 1, as `_solve` does; the factors start from
@@ -179,7 +184,7 @@ def _fit_implicit(users, items, conf, x, y, split, config: ALSConfig):
             factors=config.factors,
             regularization=config.l2,
             alpha=1.0,
-            use_cg=False,
+            use_cg=config.solver == "implicit_cg",
             iterations=config.iterations,
             random_state=config.seed,
         )
