@@ -120,6 +120,7 @@ def _differences(
     recorded: dict, current: dict, may_differ: tuple[str, ...]
 ) -> list[tuple[str, object, object]]:
     before, after = flatten(recorded), flatten(current)
+    defaults = flatten(config_lib.ExperimentConfig().to_dict())
     out = []
     for key in sorted(set(before) | set(after)):
         if any(key == m or (m.endswith(".") and key.startswith(m)) for m in may_differ):
@@ -131,6 +132,10 @@ def _differences(
             if before[key] != config_lib.RETIRED[key]:
                 # The run used an option the library no longer has.
                 out.append((key, before[key], "(retired: see benchmarks/README.md)"))
+            continue
+        if key not in before and key in defaults and after[key] == defaults[key]:
+            # Recorded before the field existed: every option is added at the
+            # default that keeps what the library did before it.
             continue
         if before.get(key) != after.get(key):
             out.append((key, before.get(key, "(absent)"), after.get(key, "(absent)")))

@@ -68,6 +68,22 @@ def test_a_run_recorded_before_a_field_retired_resumes_unless_it_used_it(tmp_pat
         _run(tmp_path, "--epochs=3")
 
 
+def test_a_run_recorded_before_a_field_existed_resumes_at_its_default_only(tmp_path):
+    _run(tmp_path)
+    path = tmp_path / run_record.CONFIG
+    recorded = json.loads(path.read_text())
+    # As written before --history_length existed.
+    del recorded["model"]["history_length"]
+    path.write_text(json.dumps(recorded))
+    assert _run(tmp_path, "--epochs=2")["train"]["resumed_from_epoch"] == 1
+    # Asking for the new option is not what that run did.
+    with pytest.raises(
+        run_record.RunRecordError,
+        match=r"model.history_length: the run has '\(absent\)', this command 2",
+    ):
+        _run(tmp_path, "--epochs=3", "--history_length=2")
+
+
 def test_export_without_the_runs_model_flags_is_an_error(tmp_path):
     _run(tmp_path, "--behavior_features")
     with pytest.raises(run_record.RunRecordError, match="model.behavior_features"):
