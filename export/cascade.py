@@ -67,72 +67,28 @@ class _Graph(tf.Module):
         return tf.sparse.SparseTensor(self.indices, self.values, self.shape)
 
 
-class CascadeModule(serving.CatalogModule):
-    """The exported CascadingRank: graphs, vocabularies, purchases, fallbacks."""
+class Propagation(tf.Module):
+    """CascadingRank's propagation per request: the stages' graphs and settings, as variables.
 
-    def __init__(
-        self,
-        scorer: cascade.CascadeScorer,
-        *,
-        user_tokens: np.ndarray,
-        item_tokens: np.ndarray,
-        behaviors: tuple[str, ...],
-        popularity: np.ndarray,
-        seen_row_splits: np.ndarray,
-        seen_items: np.ndarray,
-        top_k: int = 10,
-        retrieval_candidates: int = 500,
-        exclude_seen: bool = True,
-        max_request_users: int = serving.MAX_REQUEST_USERS,
-        max_request_pairs: int = serving.MAX_REQUEST_PAIRS,
-        max_history_events: int = serving.MAX_HISTORY_EVENTS,
-    ):
-        """Builds the module.
+    `scores(users, events)` gives each request row's last-stage item scores,
+    exactly as `baselines.cascade.CascadeScorer` iterates them for a known
+    user without events (a row with events is one user node whose edges are
+    the user's training edges and the events).
+    """
 
-        Args:
-          scorer: the fitted CascadeScorer (its stages and settings).
-          user_tokens: [num_users] raw user ids by index.
-          item_tokens: [num_items] raw item ids by index.
-          behaviors: behavior names by branch (the target first).
-          popularity: [num_items] training target counts (unknown users).
-          seen_row_splits: [num_users + 1] row splits of `seen_items`.
-          seen_items: the users' training target items, user by user.
-          top_k: K of `recommend`.
-          retrieval_candidates: C of `retrieve`.
-          exclude_seen: leave purchases out of `recommend` and
-            `recommend_from_history`.
-          max_request_users: most rows per request; capped so that a
-            request's dense blocks fit `serving.REQUEST_BUDGET_BYTES`.
-          max_request_pairs: most pairs per `serving_default` request.
-          max_history_events: most events per `recommend_from_history` request.
-
-        Raises:
-          ValueError: if K exceeds C or C the catalog.
-        """
-        num_users, num_items = len(user_tokens), len(item_tokens)
-        super().__init__(
-            user_tokens=user_tokens,
-            item_tokens=item_tokens,
-            popularity=popularity,
-            seen_row_splits=seen_row_splits,
-            seen_items=seen_items,
-            top_k=top_k,
-            retrieval_candidates=retrieval_candidates,
-            exclude_seen=exclude_seen,
-            max_request_users=max_request_users,
-            max_request_pairs=max_request_pairs,
-            behaviors=behaviors,
-            max_history_events=max_history_events,
-            # A request row's dense blocks: five [users + items] float32 arrays.
-            request_row_bytes=(num_users + num_items) * 4 * 5,
-        )
+    def __init__(self, scorer: cascade.CascadeScorer):
+        super().__init__()
         s = scorer.settings
+        self.num_users, self.num_items = scorer.num_users, scorer.num_items
         self.alpha, self.beta = float(s.alpha), float(s.beta)
         self.tolerance, self.max_iterations = float(s.tolerance), int(s.max_iterations)
         self.order = tuple(int(b) for b in scorer.order)
-        self.graphs = [_Graph(stage, num_items) for stage in scorer.stages]
+        self.graphs = [_Graph(stage, scorer.num_items) for stage in scorer.stages]
 
-    # -- the propagation --------------------------------------------------
+    @staticmethod
+    def row_bytes(num_users: int, num_items: int) -> int:
+        """A request row's dense blocks: five [users + items] float32 arrays."""
+        return (num_users + num_items) * 4 * 5
 
     def _edges(self, graph: _Graph, users, event_rows, event_items):
         """Each row's distinct items of one behavior: the user's training ones and the events.
@@ -140,7 +96,7 @@ class CascadeModule(serving.CatalogModule):
         Returns:
           (rows [E] int32, items [E] int32) with no repeated pair.
         """
-        train_rows, train_items = self._rows(graph.items, graph.row_splits, users)
+        train_rows, train_items = serving.listed(graph.items, graph.row_splits, users)
         rows = tf.concat([train_rows, event_rows], axis=0)
         items = tf.concat([train_items, event_items], axis=0)
         keys, _ = tf.unique(tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64))
@@ -199,7 +155,7 @@ class CascadeModule(serving.CatalogModule):
         )
         return r_u, r_v, r_i
 
-    def _scores(self, users, event_rows, event_items, event_branches) -> tf.Tensor:
+    def scores(self, users, event_rows, event_items, event_branches) -> tf.Tensor:
         """[rows, items] the cascade's item scores of each request row."""
         previous = None
         for branch, graph in zip(self.order, self.graphs):
@@ -212,6 +168,67 @@ class CascadeModule(serving.CatalogModule):
             )
             previous = self._stage(graph, users, rows, items, previous)
         return tf.transpose(previous[2])
+
+
+class CascadeModule(serving.CatalogModule):
+    """The exported CascadingRank: graphs, vocabularies, purchases, fallbacks."""
+
+    def __init__(
+        self,
+        scorer: cascade.CascadeScorer,
+        *,
+        user_tokens: np.ndarray,
+        item_tokens: np.ndarray,
+        behaviors: tuple[str, ...],
+        popularity: np.ndarray,
+        seen_row_splits: np.ndarray,
+        seen_items: np.ndarray,
+        top_k: int = 10,
+        retrieval_candidates: int = 500,
+        exclude_seen: bool = True,
+        max_request_users: int = serving.MAX_REQUEST_USERS,
+        max_request_pairs: int = serving.MAX_REQUEST_PAIRS,
+        max_history_events: int = serving.MAX_HISTORY_EVENTS,
+    ):
+        """Builds the module.
+
+        Args:
+          scorer: the fitted CascadeScorer (its stages and settings).
+          user_tokens: [num_users] raw user ids by index.
+          item_tokens: [num_items] raw item ids by index.
+          behaviors: behavior names by branch (the target first).
+          popularity: [num_items] training target counts (unknown users).
+          seen_row_splits: [num_users + 1] row splits of `seen_items`.
+          seen_items: the users' training target items, user by user.
+          top_k: K of `recommend`.
+          retrieval_candidates: C of `retrieve`.
+          exclude_seen: leave purchases out of `recommend` and
+            `recommend_from_history`.
+          max_request_users: most rows per request; capped so that a
+            request's dense blocks fit `serving.REQUEST_BUDGET_BYTES`.
+          max_request_pairs: most pairs per `serving_default` request.
+          max_history_events: most events per `recommend_from_history` request.
+
+        Raises:
+          ValueError: if K exceeds C or C the catalog.
+        """
+        num_users, num_items = len(user_tokens), len(item_tokens)
+        super().__init__(
+            user_tokens=user_tokens,
+            item_tokens=item_tokens,
+            popularity=popularity,
+            seen_row_splits=seen_row_splits,
+            seen_items=seen_items,
+            top_k=top_k,
+            retrieval_candidates=retrieval_candidates,
+            exclude_seen=exclude_seen,
+            max_request_users=max_request_users,
+            max_request_pairs=max_request_pairs,
+            behaviors=behaviors,
+            max_history_events=max_history_events,
+            request_row_bytes=Propagation.row_bytes(num_users, num_items),
+        )
+        self.propagation = Propagation(scorer)
 
     def _no_events(self):
         return (tf.zeros([0], tf.int32),) * 3
@@ -248,7 +265,7 @@ class CascadeModule(serving.CatalogModule):
             message=f"at most {self.max_request_users} distinct users per request; split it",
         )
         with tf.control_dependencies([few]):
-            scores = self._scores(distinct, *self._no_events())
+            scores = self.propagation.scores(distinct, *self._no_events())
         logits = tf.gather_nd(scores, tf.stack([row, tf.maximum(items, 0)], axis=1))
         return self._pair_outputs(logits, users, items)
 
@@ -256,7 +273,7 @@ class CascadeModule(serving.CatalogModule):
     def retrieve(self, user_id):
         user_id = serving._vector(user_id, schema.USER_ID, self.max_request_users)
         users = self._users(user_id)
-        scores = self._scores(users, *self._no_events())
+        scores = self.propagation.scores(users, *self._no_events())
         top, items = tf.math.top_k(scores, k=self.retrieval_candidates)
         popular, popular_scores = self._popular(tf.shape(users)[0], self.retrieval_candidates)
         items = tf.where(users[:, None] >= 0, items, popular)
@@ -267,7 +284,7 @@ class CascadeModule(serving.CatalogModule):
     def recommend(self, user_id):
         user_id = serving._vector(user_id, schema.USER_ID, self.max_request_users)
         users = self._users(user_id)
-        scores = self._scores(users, *self._no_events())
+        scores = self.propagation.scores(users, *self._no_events())
         none = tf.zeros([0], tf.int32)
         return self._top(users, scores, none, none, users >= 0, self.top_k)
 
@@ -277,7 +294,7 @@ class CascadeModule(serving.CatalogModule):
             user_id, history_item_id, history_behavior, history_row
         )
         batch = tf.shape(users)[0]
-        scores = self._scores(users, event_rows, event_items, event_branches)
+        scores = self.propagation.scores(users, event_rows, event_items, event_branches)
         bought = event_branches == 0
         has_events = tf.math.unsorted_segment_sum(tf.ones_like(event_rows), event_rows, batch) > 0
         result = self._top(

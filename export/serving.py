@@ -72,6 +72,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from mmrec_tf import blend
 from mmrec_tf import config as config_lib
 from mmrec_tf import models
 from mmrec_tf.export import signals as signals_lib
@@ -154,6 +155,13 @@ def _lookup_table(asset: tf.saved_model.Asset) -> tf.lookup.StaticHashTable:
 def _table(values, dtype, name: str) -> tf.Variable:
     """A fixed table of the export, saved as a variable (not a graph constant)."""
     return tf.Variable(np.asarray(values), dtype=dtype, trainable=False, name=name)
+
+
+def listed(values: tf.Variable, row_splits: tf.Variable, users: tf.Tensor):
+    """(row in the batch, item) of each listed item of the known users, flat."""
+    lists = tf.RaggedTensor.from_row_splits(values, row_splits)
+    lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
+    return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
 
 
 class CatalogModule(tf.Module):
@@ -306,10 +314,7 @@ class CatalogModule(tf.Module):
         return items, tf.gather(self.popularity, items)
 
     def _rows(self, values: tf.Variable, row_splits: tf.Variable, users: tf.Tensor):
-        """(row in the batch, item) of each listed item of the known users, flat."""
-        lists = tf.RaggedTensor.from_row_splits(values, row_splits)
-        lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
-        return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
+        return listed(values, row_splits, users)
 
     def _pairs(self, user_id: tf.Tensor, item_id: tf.Tensor):
         """A `serving_default` request's (users, items) indices (-1: unknown), checked."""
@@ -370,6 +375,8 @@ class ServingModule(CatalogModule):
         pair_bits: np.ndarray | None = None,
         signals: signals_lib.SignalTables | None = None,
         fold_in: tuple[float, float, float] = FOLD_IN,
+        cascade=None,
+        cascade_weight: float = 0.0,
         max_request_users: int = MAX_REQUEST_USERS,
         max_request_pairs: int = MAX_REQUEST_PAIRS,
         max_history_events: int = MAX_HISTORY_EVENTS,
@@ -396,6 +403,11 @@ class ServingModule(CatalogModule):
             scorer built with graph signals.
           fold_in: (alpha, l2, supportive_weight) of a new user's MF factor
             (`_fold_in`): the ALS settings the MF part started from.
+          cascade: with `cascade_weight`, CascadingRank's propagation
+            (`export.cascade.Propagation`) of a `--cascade_blend` run: each
+            row's cascade scores add `cascade_weight * blend.log_scores` to
+            the logits and their top C join the candidates.
+          cascade_weight: the blend's weight chosen on validation (0: none).
           max_request_users: most users per `recommend` / `retrieve` request
             (capped so a request's graph blocks fit REQUEST_BUDGET_BYTES).
           max_request_pairs: most pairs per `serving_default` request (capped
@@ -420,7 +432,8 @@ class ServingModule(CatalogModule):
             max_request_pairs=max_request_pairs,
             behaviors=behaviors,
             max_history_events=max_history_events,
-            request_row_bytes=signals.bytes_per_row if signals is not None else 0,
+            request_row_bytes=(signals.bytes_per_row if signals is not None else 0)
+            + (cascade.row_bytes(len(user_tokens), len(item_tokens)) if cascade_weight else 0),
             rows_are_pairs=True,
         )
         num_items = self.num_items
@@ -438,6 +451,8 @@ class ServingModule(CatalogModule):
                 "the scorer takes graph signals: pass signals=SignalTables of its training graphs."
             )
         self.signals = signals if scorer.num_signals else None
+        self.cascade = cascade if cascade_weight else None
+        self.cascade_weight = float(cascade_weight)
         # Items the user touched through supportive feedback are re-ranked
         # beside the retrieved ones where the scorer reads behaviors.
         self.rerank_touched = self.behavior_features or self.signals is not None
@@ -653,10 +668,19 @@ class ServingModule(CatalogModule):
         top, items = tf.math.top_k(scores, k=k)
         return tf.where(top > float("-inf"), items, -1)
 
-    def _candidates(self, users, parts, events):
+    def _cascade_scores(self, users, events):
+        """[B, items] the blend's term, w * log(num_items * c + FLOOR), or None without it."""
+        if self.cascade is None:
+            return None
+        scores = self.cascade.scores(users, *events)
+        floor = blend.FLOOR
+        return self.cascade_weight * tf.math.log(self.num_items * tf.maximum(scores, 0.0) + floor)
+
+    def _candidates(self, users, parts, events, blended=None):
         """[B, W] each row's candidates: the MF stage's top C, with graph
-        signals the top C of the rows' summed reach and cross reach, and the
-        touched items."""
+        signals the top C of the rows' summed reach and cross reach, with a
+        cascade blend the top C by cascade score (`blended`), and the
+        touched items; no item twice in a row."""
         batch = tf.shape(users)[0]
         excluded, touched = self._excluded_and_touched(users, events)
         query = parts[0] * tf.cast(
@@ -683,6 +707,17 @@ class ServingModule(CatalogModule):
                     reach, tf.concat([masked, more], axis=0), self.retrieval_candidates
                 )
             )
+        if blended is not None:
+            listed = tf.concat(lists, axis=1)
+            rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(listed))
+            more = tf.boolean_mask(
+                self._keys(rows, listed), tf.reshape(listed >= 0, tf.shape(rows))
+            )
+            lists.append(
+                self._masked_top(
+                    blended, tf.concat([masked, more], axis=0), self.retrieval_candidates
+                )
+            )
         lists.append(
             tf.RaggedTensor.from_value_rowids(
                 tf.cast(touched % self.num_items, tf.int32),
@@ -700,10 +735,17 @@ class ServingModule(CatalogModule):
         (benchmarks/candidate_recall.py). Not a signature.
         """
         users = tf.convert_to_tensor(users, tf.int32)
-        return self._candidates(users, models.user_parts(self.scorer, users), self._no_events())
+        events = self._no_events()
+        return self._candidates(
+            users,
+            models.user_parts(self.scorer, users),
+            events,
+            self._cascade_scores(users, events),
+        )
 
-    def _rank(self, users, parts, candidates, events) -> tf.Tensor:
-        """[B, W] logits of each row's candidates (-inf where a candidate is -1)."""
+    def _rank(self, users, parts, candidates, events, blended=None) -> tf.Tensor:
+        """[B, W] logits of each row's candidates (-inf where a candidate is -1), plus
+        the blend's term `blended` [B, items] when given."""
         signals = None
         if self.signals is not None:
             signals = self.signals.grid(users, candidates, *events)
@@ -714,6 +756,8 @@ class ServingModule(CatalogModule):
             self._row_gates(users, candidates, events),
             signals=signals,
         )
+        if blended is not None:
+            logits += tf.gather(blended, tf.maximum(candidates, 0), batch_dims=1)
         return tf.where(candidates >= 0, logits, float("-inf"))
 
     def _recommend(self, users, events, personal, *, with_events: bool = True) -> dict:
@@ -723,8 +767,9 @@ class ServingModule(CatalogModule):
             parts = self._parts(users, events)
         else:
             parts = models.user_parts(self.scorer, tf.maximum(users, 0))
-        candidates = self._candidates(users, parts, events)
-        logits = self._rank(users, parts, candidates, events)
+        blended = self._cascade_scores(users, events)
+        candidates = self._candidates(users, parts, events, blended)
+        logits = self._rank(users, parts, candidates, events, blended)
         k = tf.minimum(self.top_k, tf.shape(candidates)[1])
         top_logits, position = tf.math.top_k(logits, k=k)
         items = tf.maximum(tf.gather(candidates, position, batch_dims=1), 0)
@@ -744,6 +789,24 @@ class ServingModule(CatalogModule):
     # -- the signatures ------------------------------------------------------
 
     def _logits(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+        if self.cascade is not None:
+            # One cascade per distinct user of the pairs.
+            distinct, row = tf.unique(users)
+            events = self._no_events()
+            blended = self._cascade_scores(distinct, events)
+            parts = models.user_parts(self.scorer, distinct)
+            # Each distinct user's items as one row of candidates.
+            order = tf.argsort(row, stable=True)
+            candidates = tf.RaggedTensor.from_value_rowids(
+                tf.gather(items, order),
+                tf.cast(tf.gather(row, order), tf.int64),
+                nrows=tf.cast(tf.size(distinct), tf.int64),
+            )
+            logits = self._rank(
+                distinct, parts, candidates.to_tensor(default_value=-1), events, blended
+            )
+            flat = tf.RaggedTensor.from_tensor(logits, lengths=candidates.row_lengths()).values
+            return tf.scatter_nd(order[:, None], flat, tf.shape(items))
         if self.signals is not None:
             events = self._no_events()
             parts = models.user_parts(self.scorer, users)
@@ -814,6 +877,8 @@ def from_training(
     exclude_seen: bool,
     signals=None,
     fold_in: tuple[float, float, float] = FOLD_IN,
+    cascade=None,
+    cascade_weight: float = 0.0,
     max_request_users: int = MAX_REQUEST_USERS,
     max_request_pairs: int = MAX_REQUEST_PAIRS,
 ) -> ServingModule:
@@ -830,6 +895,8 @@ def from_training(
       signals: the run's `graph_signals.GraphSignals` (built here when the
         scorer takes signals and none is given).
       fold_in: (alpha, l2, supportive_weight) of a new user's MF factor.
+      cascade: a `--cascade_blend` run's `export.cascade.Propagation`.
+      cascade_weight: the blend's weight (0: no blend).
       max_request_users: most users per `recommend` / `retrieve` request.
       max_request_pairs: most pairs per `serving_default` request.
     """
@@ -848,6 +915,8 @@ def from_training(
         retrieval_candidates=min(retrieval_candidates, split.num_items),
         exclude_seen=exclude_seen,
         fold_in=fold_in,
+        cascade=cascade,
+        cascade_weight=cascade_weight,
         max_request_users=max_request_users,
         max_request_pairs=max_request_pairs,
         **extra,

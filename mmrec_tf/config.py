@@ -76,6 +76,7 @@ RETIRED = {
     "data.validation": True,
     "export.exclude_seen": True,
     "model.init_stddev": 0.01,
+    "model.als_iterations": 15,
 }
 
 # Fields moved to another section, by old "section.field": a recorded run's
@@ -262,7 +263,6 @@ class ModelConfig:
       als_alpha: ALS confidence slope, c = 1 + alpha * r (factors: `mf_dim`).
       als_l2: ALS ridge penalty.
       als_supportive_weight: what each supportive behavior adds to r (0: WMF).
-      als_iterations: ALS sweeps.
       mf_init: where the neural models' MF part starts: `random`; `als`
         (the multi-behavior ALS fitted with the `als_*` fields and `mf_dim`
         factors, the head's MF weights at 1 and its other weights at 0, so
@@ -275,9 +275,17 @@ class ModelConfig:
         the user's items of the stage's behavior).
       cascade_beta: CascadingRank's pull toward the previous stage's scores;
         `cascade_alpha + cascade_beta` in (0, 1].
+      cascade_blend: a trained model ranks by its logit plus w times the
+        log of CascadingRank's score (`cascade_alpha`, `cascade_beta`) on
+        the training graph, w chosen on validation after training from
+        `blend.WEIGHTS` and kept only when it beats w = 0 as an epoch must
+        beat the kept one (`early_stopping_margin`); evaluation and export
+        rank by the blend (`mmrec_tf/blend.py`).
     """
 
     init_stddev: ClassVar[float] = 0.01
+    # ALS sweeps: every shipped recipe fits 15 (a constant since).
+    als_iterations: ClassVar[int] = 15
 
     model: str = "mmf"
     mf_dim: int = 8
@@ -293,10 +301,10 @@ class ModelConfig:
     als_alpha: float = 10.0
     als_l2: float = 0.1
     als_supportive_weight: float = 0.0
-    als_iterations: int = 15
     mf_init: str = "random"
     cascade_alpha: float = 0.7
     cascade_beta: float = 0.2
+    cascade_blend: bool = False
 
     def __post_init__(self):
         _check_choices(self)
@@ -339,6 +347,13 @@ class ModelConfig:
             "false unless the model has branches with layers (--model=mmf|ncf|mlp, "
             "--mlp_layers >= 1): the branches take the signals",
         )
+        _check(
+            not self.cascade_blend or self.model not in ("als", "popular", "cascade"),
+            "cascade_blend",
+            self.cascade_blend,
+            "false with a fitted baseline (--model=als|popular|cascade): the blend's weight is "
+            "chosen after a trained model's epochs",
+        )
         _check(self.mf_dim >= 1, "mf_dim", self.mf_dim, ">= 1")
         _check(self.mlp_dim >= 1, "mlp_dim", self.mlp_dim, ">= 1")
         _check(0 <= self.mlp_layers <= 8, "mlp_layers", self.mlp_layers, "0 to 8")
@@ -351,7 +366,6 @@ class ModelConfig:
             self.als_supportive_weight,
             ">= 0",
         )
-        _check(self.als_iterations >= 1, "als_iterations", self.als_iterations, ">= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,6 +134,11 @@ class Scorer:
 
         self._logits = logits
 
+    @property
+    def pairs_from_grid(self) -> bool:
+        """Whether pairs cost about as much as their users' whole grid (graph signals)."""
+        return self.signals is not None
+
     def _gates(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         if not self.behavior_features:
             return np.ones((len(users), self.num_behaviors), np.float32)
@@ -374,13 +379,14 @@ def evaluate(
     ranking = "full" in protocols or discovery
     limit = config.full_ranking_cases if case_limit is None else case_limit
     ranked = full_ranking_subset(len(cases.users), limit, config.seed)
-    # A scorer with graph signals computes them for its users' whole catalog
-    # in full ranking: the sampled candidates' scores are read from the same
-    # grid when every case is ranked, not computed again pair by pair.
+    # A scorer whose pairs cost as much as its grid (graph signals, a
+    # cascade) scores its users' whole catalog in full ranking: the sampled
+    # candidates' scores are read from the same grid when every case is
+    # ranked, not computed again pair by pair.
     from_grid = (
         "sampled" in protocols
         and ranking
-        and getattr(score, "signals", None) is not None
+        and getattr(score, "pairs_from_grid", False)
         and len(ranked) == len(cases.users)
     )
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import baselines
+from mmrec_tf import blend
 from mmrec_tf import cluster
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
@@ -186,10 +187,20 @@ def _run_locked(config, strategy, model_dir: str, name: str, on_validation) -> d
         # The test evaluation and the export read one whole copy of the tables.
         ranker = ranking.Ranker(_gathered(config, split, ranker, model_dir), task=ranker.task)
         score = _scoring(config, split, index, signals, ranker.scorer)
+    if config.model.cascade_blend:
+        score = _blended(config, split, score, valid_cases, model_dir, results)
     if config.mode in ("evaluate", "train_and_evaluate"):
         test(config, ranker, index, split, results, score, valid_cases)
     if _will_export(config, strategy):
-        _export(config, ranker.scorer, data, split, results, signals=signals)
+        _export(
+            config,
+            ranker.scorer,
+            data,
+            split,
+            results,
+            signals=signals,
+            blended=score if config.model.cascade_blend else None,
+        )
     # An evaluation or an export leaves the training run's results.json as it was.
     name = {"export": "export.json", "evaluate": "evaluation.json"}.get(config.mode, "results.json")
     run_record.write_json(os.path.join(model_dir, name), results)
@@ -384,6 +395,34 @@ def test(config, ranker, index, split, results, score, valid_cases) -> None:
     _print_metrics(results)
 
 
+def _blended(config, split, score, valid_cases, model_dir: str, results: dict):
+    """--cascade_blend: the blend of `score` and CascadingRank, its weight chosen on validation.
+
+    A training run chooses the weight and records it (`blend.RECORD`); an
+    evaluation or an export reads it.
+    """
+    started = time.perf_counter()
+    ranker = baselines.cascade.CascadeScorer(split, blend.cascade_settings(config.model))
+    if config.mode in ("train", "train_and_evaluate"):
+        if valid_cases is None:
+            raise ValueError(
+                "--cascade_blend chooses its weight on the validation cases, and this split has "
+                "none (no test user has two or more target records): drop --cascade_blend."
+            )
+        record = blend.choose(score, ranker, valid_cases, config)
+        blend.save(model_dir, record)
+        print(
+            f"blend with CascadingRank: validation {record['protocol']} HR@10 by weight "
+            f"{record['HR@10']}; kept weight {record['weight']:g}",
+            flush=True,
+        )
+    else:
+        record = blend.load(model_dir)
+    results["cascade_blend"] = record
+    results["seconds"]["blend"] = round(time.perf_counter() - started, 2)
+    return blend.Blended(score, ranker, record["weight"])
+
+
 def _validation_metrics(config: config_lib.ExperimentConfig, score, valid_cases) -> dict:
     """The early-stopping protocol's metrics on the (seeded sample of the) validation cases."""
     protocol = config.train.early_stopping_protocol
@@ -427,8 +466,12 @@ def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> dict:
     return record
 
 
-def _export(config, scorer, data, split, results: dict, signals=None) -> None:
-    """Exports `scorer` (a Keras scorer, or a fitted CascadeScorer) as a new SavedModel version."""
+def _export(config, scorer, data, split, results: dict, signals=None, blended=None) -> None:
+    """Exports `scorer` (a Keras scorer, or a fitted CascadeScorer) as a new SavedModel version.
+
+    `blended`: a `blend.Blended` of `scorer`'s logits (--cascade_blend), whose
+    cascade and weight the export computes per request.
+    """
     started = time.perf_counter()
     if isinstance(scorer, baselines.cascade.CascadeScorer):
         build = cascade_export.from_training
@@ -438,6 +481,8 @@ def _export(config, scorer, data, split, results: dict, signals=None) -> None:
             serving.from_training,
             signals=signals,
             fold_in=(m.als_alpha, m.als_l2, m.als_supportive_weight),
+            cascade=cascade_export.Propagation(blended.cascade) if blended else None,
+            cascade_weight=blended.weight if blended else 0.0,
         )
     module = build(
         scorer,

@@ -40,6 +40,7 @@ ADDED_AT_DEFAULT = (
     ("model", "cascade_alpha", 0.7),
     ("model", "cascade_beta", 0.2),
     ("model", "graph_signals", False),
+    ("model", "cascade_blend", False),
     ("train", "early_stopping_margin", 0.0),
 )
 

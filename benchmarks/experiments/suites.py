@@ -243,7 +243,7 @@ def _suite_smoke(behaviors):
         ),
         Arm(
             "ALS multi-behavior",
-            {"model": "als", "als_supportive_weight": 0.5, "als_iterations": 3},
+            {"model": "als", "als_supportive_weight": 0.5},
         ),
     ]
 

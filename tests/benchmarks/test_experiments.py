@@ -12,7 +12,6 @@ TINY = [
     "--synthetic_users=200",
     "--synthetic_items=150",
     "--synthetic_records_per_user=20",
-    "--als_iterations=2",
 ]
 
 

@@ -5,10 +5,13 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from mmrec_tf import blend
 from mmrec_tf import config as config_lib
 from mmrec_tf import evaluate
 from mmrec_tf import ranking
 from mmrec_tf import train as train_lib
+from mmrec_tf.baselines import cascade
+from mmrec_tf.export import cascade as cascade_export
 from mmrec_tf.export import exporter
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import graph_signals
@@ -21,7 +24,7 @@ K, C = 5, 8
 USERS, ITEMS = test_cascade_export.USERS, test_cascade_export.ITEMS
 
 
-def _train(tmp_path, signals: bool):
+def _train(tmp_path, signals: bool, blend_weight: float = 0.0):
     split = test_cascade_export._communities()
     config = config_lib.ExperimentConfig(
         model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, mlp_layers=1, graph_signals=signals),
@@ -48,6 +51,17 @@ def _train(tmp_path, signals: bool):
     train_lib.train(
         ranker=ranker, index=index, config=config.train, model_dir=str(tmp_path), signals=graph
     )
+    score = evaluate.Scorer(
+        ranker.scorer, split.behaviors.num_behaviors, index=index, signals=graph
+    )
+    extra = {}
+    if blend_weight:
+        ranker_c = cascade.CascadeScorer(split, cascade.CascadeConfig(alpha=0.5, beta=0.3))
+        score = blend.Blended(score, ranker_c, blend_weight)
+        extra = {
+            "cascade": cascade_export.Propagation(ranker_c),
+            "cascade_weight": blend_weight,
+        }
     module = serving.from_training(
         ranker.scorer,
         split,
@@ -58,13 +72,18 @@ def _train(tmp_path, signals: bool):
         exclude_seen=True,
         signals=graph,
         fold_in=(10.0, 0.1, 1.0),
+        **extra,
     )
-    return {"split": split, "ranker": ranker, "module": module, "signals": graph, "index": index}
+    return {"split": split, "module": module, "score": score}
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["signals", "ids_only"])
+@pytest.fixture(
+    scope="module",
+    params=[(True, 0.0), (False, 0.0), (False, 0.5)],
+    ids=["signals", "ids_only", "cascade_blend"],
+)
 def trained(request, tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("history"), request.param)
+    return _train(tmp_path_factory.mktemp("history"), *request.param)
 
 
 def _history(module, user_ids, events):
@@ -72,13 +91,7 @@ def _history(module, user_ids, events):
 
 
 def test_recommend_ranks_with_the_evaluated_logits(trained):
-    split, module = trained["split"], trained["module"]
-    score = evaluate.Scorer(
-        trained["ranker"].scorer,
-        split.behaviors.num_behaviors,
-        index=trained["index"],
-        signals=trained["signals"],
-    )
+    module, score = trained["module"], trained["score"]
     rec = module.recommend(tf.constant(USERS[:6]))
     for u, (ids, scores) in enumerate(zip(rec["item_ids"].numpy(), rec["scores"].numpy())):
         items = np.array([int(i.decode()[1:]) for i in ids])
