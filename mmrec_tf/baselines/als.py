@@ -148,8 +148,11 @@ def fit(split: splits_lib.Split, config: ALSConfig, *, verbose: bool = True):
     users, items, r = confidence_matrix(split, config.supportive_weight)
     conf = 1.0 + config.alpha * r
     rng = np.random.default_rng(config.seed)
-    x = rng.normal(0, config.init_stddev, (split.num_users, config.factors))
-    y = rng.normal(0, config.init_stddev, (split.num_items, config.factors))
+    # `implicit` solves in float32: its factors start there, drawn in chunks
+    # (the same numbers as one float64 draw, without its 8 bytes per entry).
+    dtype = np.float32 if config.solver.startswith("implicit") else np.float64
+    x = _initial(rng, split.num_users, config, dtype)
+    y = _initial(rng, split.num_items, config, dtype)
     if config.solver.startswith("implicit"):
         x, y = _fit_implicit(users, items, conf, x, y, split, config)
         return x, y, time.perf_counter() - started
@@ -161,6 +164,15 @@ def fit(split: splits_lib.Split, config: ALSConfig, *, verbose: bool = True):
         if verbose:
             print(f"als sweep {sweep + 1}/{config.iterations}", flush=True)
     return x.astype(np.float32), y.astype(np.float32), time.perf_counter() - started
+
+
+def _initial(rng: np.random.Generator, rows: int, config: ALSConfig, dtype) -> np.ndarray:
+    """[rows, factors] N(0, init_stddev) factors in `dtype`, drawn 2^18 rows at a time."""
+    out = np.empty((rows, config.factors), dtype)
+    for start in range(0, rows, 1 << 18):
+        stop = min(rows, start + (1 << 18))
+        out[start:stop] = rng.normal(0, config.init_stddev, (stop - start, config.factors))
+    return out
 
 
 def _fit_implicit(users, items, conf, x, y, split, config: ALSConfig):
@@ -189,10 +201,10 @@ def _fit_implicit(users, items, conf, x, y, split, config: ALSConfig):
             random_state=config.seed,
         )
         # implicit solves users, then items, each sweep, from factors it finds set.
-        model.user_factors = x.astype(np.float32)
-        model.item_factors = y.astype(np.float32)
+        model.user_factors = x
+        model.item_factors = y
         model.fit(matrix, show_progress=False)
-    return np.asarray(model.user_factors, np.float64), np.asarray(model.item_factors, np.float64)
+    return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
 
 class FactorScorer:
@@ -205,10 +217,14 @@ class FactorScorer:
         norms = [np.linalg.norm(f, axis=1).max(initial=0.0) for f in (user_factors, item_factors)]
         self.bound = 1.01 * float(norms[0]) * float(norms[1]) + 1e-6
 
+    # Scores in float64 whatever the factors' type (the reported figures were).
+
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[n] scores of the pairs (users[k], items[k])."""
-        return np.einsum("nf,nf->n", self.user_factors[users], self.item_factors[items])
+        u = self.user_factors[users].astype(np.float64)
+        return np.einsum("nf,nf->n", u, self.item_factors[items].astype(np.float64))
 
     def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[len(users), len(items)] scores of every pair."""
-        return self.user_factors[users] @ self.item_factors[items].T
+        u = self.user_factors[users].astype(np.float64)
+        return u @ self.item_factors[items].astype(np.float64).T
