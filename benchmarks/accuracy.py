@@ -67,6 +67,50 @@ def flagfile_overrides(path: str) -> dict:
 
 RESIDUAL = flagfile_overrides(os.path.join(experiments.CONFIGS, "residual.flags"))
 
+
+def _resolved(args: list[str]) -> dict:
+    """{(section, field): value} of the config `python -m mmrec_tf.main <args>` runs."""
+    from absl import flags
+
+    from mmrec_tf import cli
+
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(["accuracy", *args, "--model_dir=_"])
+    resolved = cli.config_from_flags(fv).to_dict()
+    return {
+        (section, field): value
+        for section, fields in resolved.items()
+        if isinstance(fields, dict)
+        for field, value in fields.items()
+    }
+
+
+def shipped_overrides(dataset: str) -> dict | None:
+    """The flags by which `<dataset>_mmf.flags` differs from `<dataset>.flags` (None: no file).
+
+    So the runner, which starts every run from the dataset's flagfile, runs
+    exactly the shipped configuration.
+    """
+    path = os.path.join(experiments.CONFIGS, f"{dataset}_mmf.flags")
+    if not os.path.exists(path):
+        return None
+    from mmrec_tf import cli
+
+    base = _resolved([f"--flagfile={os.path.join(experiments.CONFIGS, f'{dataset}.flags')}"])
+    shipped = _resolved([f"--flagfile={path}"])
+    return {
+        cli.flag_name(*key): ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        for key, value in shipped.items()
+        if base.get(key) != value
+    }
+
+
+# The shipped recipe and the two rows that answer what its parts bring.
+SHIPPED = "ours: the shipped flagfile (<dataset>_mmf.flags)"
+WITHOUT_SIGNALS = "ours without graph signals and without the cascade blend"
+ONE_BRANCH = "one branch (NCF) with the same signals and blend"
+
 # Our model: the recipe from the start whose seed-0 run ends higher on
 # validation (`choose_start`), run for every seed.
 OURS = "MMF on the tuned ALS (residual, whole-catalog softmax; start chosen on validation)"
@@ -136,7 +180,14 @@ def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
         fitted = {k: v for k, v in fit.items() if k not in ("model", "behavior_features")}
         return {**fitted, **RESIDUAL, **extra}
 
+    shipped = shipped_overrides(dataset)
+    plain = None
+    if shipped is not None and (shipped.get("graph_signals") or shipped.get("cascade_blend")):
+        plain = {**shipped, "graph_signals": False, "cascade_blend": False}
     return [
+        (SHIPPED, shipped),
+        (WITHOUT_SIGNALS, plain),
+        (ONE_BRANCH, None if shipped is None else {**shipped, "model": "ncf"}),
         (OURS, on_als({})),
         *((label, on_als(start)) for label, start in STARTS),
         *((label, on_als(extra)) for label, extra in ABLATIONS),
@@ -225,7 +276,11 @@ def main():
         chosen, start = {}, {}
         for label, overrides in arms(args.tune_dir, dataset):
             if overrides is None:
-                rows.append({"arm": label, "missing": "no tuning study yet"})
+                missing = {
+                    SHIPPED: "no shipped flagfile",
+                    WITHOUT_SIGNALS: "the shipped flagfile has neither: the first row",
+                }.get(label, "no tuning study yet")
+                rows.append({"arm": label, "missing": missing})
                 continue
             trials = overrides.pop("trials", None)
             selected = not args.arms or any(
