@@ -100,7 +100,9 @@ def shipped_overrides(dataset: str) -> dict | None:
     base = _resolved([f"--flagfile={os.path.join(experiments.CONFIGS, f'{dataset}.flags')}"])
     shipped = _resolved([f"--flagfile={path}"])
     return {
-        cli.flag_name(*key): ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        cli.flag_name(*key): ",".join(map(str, value))
+        if isinstance(value, (list, tuple))
+        else value
         for key, value in shipped.items()
         if base.get(key) != value
     }
@@ -270,6 +272,7 @@ def main():
             dataset=dataset,
             data_dir=args.data_dir,
             runs_dir=args.runs_dir,
+            extra_flags=[],
             report_only=args.report_only,
         )
         rows = []

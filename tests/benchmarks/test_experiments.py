@@ -295,3 +295,27 @@ def test_the_start_of_a_carried_row_is_read_back_from_its_flags(monkeypatch):
     assert accuracy.earlier_start(row, recipe) == touched
     assert accuracy.earlier_start({"flags": experiments.flag_args(recipe)}, recipe) == {}
     assert accuracy.earlier_start({"flags": ["--mf_init=random"]}, recipe) is None
+
+
+@pytest.mark.parametrize(
+    "dataset", ["tmall_mbcgcn", "jd_vcgae", "beibei_ehcf", "taobao_ehcf", "taobao_cml"]
+)
+def test_the_accuracy_reports_shipped_row_runs_the_shipped_flagfile(dataset):
+    import sys
+
+    sys.path.insert(0, os.path.dirname(experiments.__file__) + "/..")
+    import accuracy
+
+    overrides = accuracy.shipped_overrides(dataset)
+    runner_args = [
+        "--flagfile=" + os.path.join(experiments.CONFIGS, f"{dataset}.flags"),
+        *experiments.flag_args(overrides),
+    ]
+    shipped = ["--flagfile=" + os.path.join(experiments.CONFIGS, f"{dataset}_mmf.flags")]
+    assert experiments.config_key(runner_args) == experiments.config_key(shipped)
+    arms = dict(accuracy.arms("no_tune_dir", dataset))
+    assert arms[accuracy.SHIPPED] == overrides
+    assert arms[accuracy.ONE_BRANCH]["model"] == "ncf"
+    if overrides.get("cascade_blend") or overrides.get("graph_signals"):
+        plain = arms[accuracy.WITHOUT_SIGNALS]
+        assert not plain["cascade_blend"] and not plain["graph_signals"]
