@@ -103,11 +103,7 @@ def reset_peak() -> None:
 
 
 def peak_gib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
+    return serving_latency.process_gib("VmHWM")
 
 
 def main() -> None:

@@ -61,15 +61,6 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _resident_gib() -> float:
-    """The process's resident memory now (the peak so far is `_peak_gib`)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=1_000_000)
@@ -101,7 +92,7 @@ def main():
             "stage": name,
             "seconds": round(seconds, 1),
             "peak_rss_gib": round(_peak_gib(), 2),
-            "rss_gib": round(_resident_gib(), 2),
+            "rss_gib": round(serving_latency.process_gib("VmRSS"), 2),
         }
         if count:
             row["records_per_second"] = round(count / seconds)

@@ -72,6 +72,15 @@ TIMER = textwrap.dedent(
 )
 
 
+def process_gib(field: str) -> float:
+    """A memory line of /proc/self/status in GiB: `VmRSS` (resident now), `VmHWM` (its peak)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def disk_bytes(path: str) -> int:
     """Bytes of every file below `path`."""
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)

@@ -10,20 +10,11 @@ from mmrec_tf import blend
 from mmrec_tf import cli
 from mmrec_tf import run as run_lib
 from mmrec_tf.baselines import cascade
+from tests.mmrec_tf import test_run_record
 from tests.mmrec_tf.test_main import _flags
 from tests.pipelines import test_samplers
 
-TINY = [
-    "--synthetic_users=150",
-    "--synthetic_items=200",
-    "--mf_dim=4",
-    "--mlp_dim=4",
-    "--epochs=1",
-    "--steps_per_epoch=5",
-    "--verbose=0",
-    "--full_ranking_cases=80",
-    "--cascade_blend",
-]
+TINY = [*test_run_record.TINY, "--full_ranking_cases=80", "--cascade_blend"]
 
 
 class _Hashed:
