@@ -130,7 +130,8 @@ class SoftmaxTask:
         self.temperature = temperature
         self.positive_bits = positive_bits
         self.branch_loss_weight = branch_loss_weight
-        self._remove_hits = tfrs.layers.loss.RemoveAccidentalHits()
+        # float32 whatever the global policy: the loss is computed in float32.
+        self._remove_hits = tfrs.layers.loss.RemoveAccidentalHits(dtype="float32")
 
     def check(self, scorer) -> None:
         """Raises ValueError for a scorer this objective cannot train."""
