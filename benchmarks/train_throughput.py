@@ -72,7 +72,51 @@ OBJECTIVES = (
         {"loss": "softmax", "shared_negatives": 1024, "graph_signals": True},
         lambda b: b + 1024,
     ),
+    # Not shipped: the same step compiled with XLA (`train.train(compile_options=...)`),
+    # which fuses the passes over the grid's [units, B, B + N] planes.
+    (
+        "softmax, 1024 shared, full model, step compiled with XLA",
+        {"loss": "softmax", "shared_negatives": 1024, "jit_compile": True},
+        lambda b: b + 1024,
+    ),
 )
+
+
+def fusion_floor(
+    batch_size: int, candidates: int, model: dict, branches: int, repeats: int = 10
+) -> dict:
+    """Seconds a training step's fusion layer alone takes on the softmax grid.
+
+    The fusion layer is the one per-pair product no exact rewrite removes:
+    its input is the `branches` ReLU outputs, different for every (user,
+    item) pair. Per step it is one [units, in] x [in, B * C] product
+    forward and two backward (the input's gradient and the kernel's), timed
+    here as the step computes them, on random planes of the grid's shape.
+    """
+    width = model["mlp_dim"]  # each branch's last layer (mlp_layers=1) and the fusion's units
+    inputs = branches * width
+    pairs = batch_size * (batch_size + candidates)
+    kernel = tf.random.normal([inputs, width])
+    planes = tf.random.normal([inputs, pairs])
+    upstream = tf.random.normal([width, pairs])
+
+    @tf.function
+    def step(kernel, planes, upstream):
+        forward = tf.matmul(kernel, planes, transpose_a=True)
+        return forward, tf.matmul(kernel, upstream), tf.matmul(planes, upstream, transpose_b=True)
+
+    step(kernel, planes, upstream)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        out = step(kernel, planes, upstream)
+    float(out[0][0, 0])
+    seconds = (time.perf_counter() - started) / repeats
+    return {
+        "pairs_per_step": pairs,
+        "multiply_adds_per_step": 3 * inputs * width * pairs,
+        "seconds_per_step": round(seconds, 4),
+        "examples_per_second_at_most": round(batch_size / seconds, 1),
+    }
 
 
 def measure(
@@ -84,8 +128,10 @@ def measure(
     seed: int = 0,
     objective: dict | None = None,
     model: dict | None = None,
+    compile_options: dict | None = None,
 ) -> dict:
-    """Examples per second of one timed epoch of `steps` steps."""
+    """Examples per second of one timed epoch of `steps` steps (`compile_options`:
+    extra Keras `compile` arguments, such as `jit_compile`)."""
     index = training_index.TrainingIndex.from_split(split)
     rng = np.random.default_rng(seed)
     take = rng.choice(
@@ -115,7 +161,7 @@ def measure(
         if optimizer == "lazy_adam"
         else tf_keras.optimizers.Adam(learning_rate=config.train.learning_rate)
     )
-    ranker.compile(optimizer=opt)
+    ranker.compile(optimizer=opt, **(compile_options or {}))
     timer = EpochTimer()
     actual_steps = datasets.steps_per_epoch(index, config.train)
     # The signals' graphs are built before the clock: their build is a
@@ -257,6 +303,8 @@ def objectives(sets: dict, args) -> None:
         _, split = loading.load(data_config, work_dir=args.cache_dir)
         base = None
         for label, objective, pairs in OBJECTIVES:
+            objective = dict(objective)
+            jit = objective.pop("jit_compile", False)
             m = measure(
                 split,
                 batch_size=1024,
@@ -264,6 +312,7 @@ def objectives(sets: dict, args) -> None:
                 steps=12,
                 objective=objective,
                 model=model,
+                compile_options={"jit_compile": True} if jit else None,
             )
             m.update(
                 dataset=name,
@@ -279,6 +328,13 @@ def objectives(sets: dict, args) -> None:
                 f"{m['scored_pairs_per_second']:.0f} pairs/s",
                 flush=True,
             )
+        floor = fusion_floor(1024, 1024, model, split.behaviors.num_behaviors)
+        floor.update(
+            dataset=name,
+            examples_per_second_vs_bpr=round(floor["examples_per_second_at_most"] / base, 3),
+        )
+        results.setdefault("fusion_floor", []).append(floor)
+        print(f"{name}: the fusion layer alone: {floor}", flush=True)
     out = os.path.join(os.path.dirname(args.out), "train_objectives")
     with open(out + ".json", "w") as f:
         json.dump(results, f, indent=2)
@@ -298,6 +354,20 @@ def objectives(sets: dict, args) -> None:
                 f"| {r['dataset']} | {r['num_items']} | {r['objective']} | "
                 f"{r['examples_per_second']:.0f} | {r['examples_per_second_vs_bpr']:.2f}x | "
                 f"{r['scored_pairs_per_second']:.3g} |\n"
+            )
+        f.write(
+            "\nThe softmax grid's floor: the fusion layer's products alone (one forward, two "
+            "backward, on random [units, B x (B + N)] planes; `fusion_floor`), in the same "
+            "run. No exact rewrite removes them: the fusion layer reads the branches' ReLU "
+            "outputs, which differ for every pair.\n\n"
+            "| dataset | pairs a step | multiply-adds a step | seconds a step | examples/s at "
+            "most | vs BPR |\n|---|---|---|---|---|---|\n"
+        )
+        for r in results.get("fusion_floor", []):
+            f.write(
+                f"| {r['dataset']} | {r['pairs_per_step']} | {r['multiply_adds_per_step']:.3g} | "
+                f"{r['seconds_per_step']} | {r['examples_per_second_at_most']:.0f} | "
+                f"{r['examples_per_second_vs_bpr']:.2f}x |\n"
             )
     print(f"wrote {out}.json and .md")
 
