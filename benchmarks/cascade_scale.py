@@ -152,7 +152,8 @@ def main() -> None:
     reset_peak()
     started = time.perf_counter()
     settings = cascade.CascadeConfig(alpha=args.alpha, beta=args.beta)
-    scorer = cascade.CascadeScorer(split, settings)
+    # Without the cache of computed users: the memory measured is the batch's.
+    scorer = cascade.CascadeScorer(split, settings, cache_bytes=0)
     edges = {split.behaviors.behaviors[s.branch]: int(s.query.nnz) for s in scorer.stages}
     stage(
         "graphs", started, edges=edges, order=[split.behaviors.behaviors[b] for b in scorer.order]

@@ -212,6 +212,11 @@ def main():
         help="compare the training objectives (BPR, softmax variants) instead of the "
         "optimizers; writes results/train_objectives.{json,md}",
     )
+    parser.add_argument(
+        "--sets",
+        default="taobao_cml,synthetic_630k_items",
+        help="the datasets to measure, of taobao_cml and synthetic_630k_items",
+    )
     args = parser.parse_args()
 
     sets = {}
@@ -228,6 +233,7 @@ def main():
         synthetic_records_per_user=40,
     )
 
+    sets = {name: sets[name] for name in args.sets.split(",") if name in sets}
     if args.objectives:
         return objectives(sets, args)
     results = {

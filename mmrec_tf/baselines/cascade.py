@@ -19,7 +19,10 @@ scores rank.
 
 Memory is bounded by the batch: a batch holds a few dense
 [users + items, batch] blocks, and `batch_users` is chosen from a budget
-(`MEMORY_BUDGET_BYTES`) when not given.
+(`MEMORY_BUDGET_BYTES`) when not given. The item scores of the users
+computed so far are kept up to another budget (`CACHE_BUDGET_BYTES`), so a
+run that ranks its users for validation and then for test propagates each
+of them once.
 
 `CascadeScorer` exposes it through the fitted-scorer protocol of
 `mmrec_tf.baselines` (`__call__`, `grid`, `bound`), so every protocol ranks it
@@ -43,6 +46,10 @@ from mmrec_tf.pipelines import splits as splits_lib
 # arrays (query, previous stage, iterate, its update, their difference).
 MEMORY_BUDGET_BYTES = 1 << 30
 _BLOCKS = 5
+# What the users' item scores kept for later calls may take (float32 rows):
+# a run ranks the same users for validation, then for test, and a blend
+# scores them again; each user's cascade runs once while this lasts.
+CACHE_BUDGET_BYTES = 2 << 30
 # scipy's sparse-dense product runs on one core: row blocks go to threads.
 _THREADS = max(1, min(4, os.cpu_count() or 1))
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -184,7 +191,15 @@ class CascadeScorer:
     # below sqrt(2) (+ the tolerance).
     bound = 2.0
 
-    def __init__(self, split: splits_lib.Split, settings: CascadeConfig):
+    def __init__(
+        self,
+        split: splits_lib.Split,
+        settings: CascadeConfig,
+        *,
+        cache_bytes: int = CACHE_BUDGET_BYTES,
+    ):
+        """Args: split, the training data; settings, the cascade's; cache_bytes,
+        most bytes of computed users' item scores kept for later calls (0: none)."""
         self.settings = settings
         self.order = settings.order or cascade_order(split)
         if sorted(self.order) != list(range(split.behaviors.num_behaviors)):
@@ -198,15 +213,43 @@ class CascadeScorer:
         rows = (self.num_users + self.num_items) * 4 * _BLOCKS
         self.batch_users = settings.batch_users or max(1, MEMORY_BUDGET_BYTES // rows)
         self.iterations: list[int] = []  # sweeps per stage of the last batch
+        # Computed users' scores: blocks of rows, and each user's block and row.
+        self._cache_rows = cache_bytes // (4 * max(self.num_items, 1))
+        self._blocks: list[np.ndarray] = []
+        self._block_of = np.full(self.num_users, -1, np.int32)
+        self._row_of = np.zeros(self.num_users, np.int32)
 
     def item_scores(self, users: np.ndarray) -> np.ndarray:
-        """[len(users), items] float32 last-stage item scores, batch by batch."""
+        """[len(users), items] float32 last-stage item scores.
+
+        A user whose scores an earlier call computed reads them from the
+        cache; the others are propagated once each, `batch_users` distinct
+        users at a time.
+        """
         users = np.asarray(users, np.int64)
         out = np.empty((len(users), self.num_items), np.float32)
-        for start in range(0, len(users), self.batch_users):
-            batch = users[start : start + self.batch_users]
-            out[start : start + len(batch)] = self._propagate(batch).T
+        block = self._block_of[users]
+        for b in np.unique(block[block >= 0]):
+            rows = np.flatnonzero(block == b)
+            out[rows] = self._blocks[b][self._row_of[users[rows]]]
+        missing = np.flatnonzero(block < 0)
+        todo, inverse = np.unique(users[missing], return_inverse=True)
+        for start in range(0, len(todo), self.batch_users):
+            batch = todo[start : start + self.batch_users]
+            scores = np.ascontiguousarray(self._propagate(batch).T)
+            mine = (inverse >= start) & (inverse < start + len(batch))
+            out[missing[mine]] = scores[inverse[mine] - start]
+            self._keep(batch, scores)
         return out
+
+    def _keep(self, users: np.ndarray, scores: np.ndarray) -> None:
+        """Caches a batch's [len(users), items] scores while the budget lasts."""
+        held = sum(len(b) for b in self._blocks)
+        if held + len(users) > self._cache_rows:
+            return
+        self._block_of[users] = len(self._blocks)
+        self._row_of[users] = np.arange(len(users))
+        self._blocks.append(scores)
 
     def _propagate(self, users: np.ndarray) -> np.ndarray:
         """[items, len(users)] the cascade's item scores for one batch."""
@@ -253,7 +296,7 @@ class CascadeScorer:
         bounds = np.searchsorted(row[order], np.arange(0, len(unique) + 1, self.batch_users))
         bounds = np.append(bounds, len(users))
         for b, start in enumerate(range(0, len(unique), self.batch_users)):
-            scores = self._propagate(unique[start : start + self.batch_users]).T
+            scores = self.item_scores(unique[start : start + self.batch_users])
             pairs = order[bounds[b] : bounds[b + 1]]
             out[pairs] = scores[row[pairs] - start, items[pairs]]
         return out

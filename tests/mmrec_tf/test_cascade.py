@@ -66,6 +66,33 @@ def test_pairs_grids_and_batches_agree():
     np.testing.assert_allclose(small.grid(users[:9], items[:5]), grid[users[:9]][:, items[:5]])
 
 
+def test_computed_users_are_read_from_the_cache_within_its_budget():
+    split = test_samplers._split(num_users=30, num_items=40)
+    settings = cascade.CascadeConfig(alpha=0.5, beta=0.3, tolerance=1e-8, batch_users=7)
+    uncached = cascade.CascadeScorer(split, settings, cache_bytes=0)
+    want = uncached.grid(np.arange(30), np.arange(40))
+    # Room for two batches of 7 users' rows (40 items of 4 bytes each).
+    scorer = cascade.CascadeScorer(split, settings, cache_bytes=14 * 40 * 4)
+    users = np.array([3, 3, 11, 0, 29, 3, 17, 5, 8, 21, 2, 14, 6, 9, 25, 27])
+    np.testing.assert_allclose(scorer.item_scores(users), want[users], atol=1e-6)
+    assert sum(len(b) for b in scorer._blocks) == 14
+    cached = np.flatnonzero(scorer._block_of >= 0)
+    assert set(cached) <= set(users) and len(cached) == 14
+    # A cached user is not propagated again: its row is the one kept.
+    scorer._blocks[scorer._block_of[cached[0]]][scorer._row_of[cached[0]]] = -1.0
+    assert np.all(scorer.item_scores(cached[:1]) == -1.0)
+    assert np.all(scorer.grid(cached[:1], np.arange(5)) == -1.0)
+    # Pairs and grids of cached and new users still agree with the uncached scores.
+    rng = np.random.default_rng(1)
+    pairs_u, pairs_i = rng.integers(0, 30, 100), rng.integers(0, 40, 100)
+    fresh = cascade.CascadeScorer(split, settings, cache_bytes=14 * 40 * 4)
+    fresh.item_scores(users)
+    np.testing.assert_allclose(fresh(pairs_u, pairs_i), want[pairs_u, pairs_i], atol=1e-6)
+    # Nothing is kept without a budget.
+    uncached.item_scores(users)
+    assert not uncached._blocks and np.all(uncached._block_of < 0)
+
+
 def test_the_cascade_runs_from_the_most_frequent_behavior_to_the_target():
     split = test_samplers._split()
     # 4 buys, 6 carts and 4 favs per user: carts first, then favs, then buys.
