@@ -24,8 +24,10 @@ def tower_units(embedding_dim: int, num_layers: int) -> list[int]:
 def dense_planes(layer: tf_keras.layers.Dense, x: tf.Tensor) -> tf.Tensor:
     """A Dense layer on unit-major planes: [in, U, I] to [out, U, I]."""
     shape = tf.shape(x)
-    flat = tf.matmul(layer.kernel, tf.reshape(x, [shape[0], -1]), transpose_a=True)
-    flat = layer.activation(flat + layer.bias[:, None])
+    # The variables in the planes' dtype (a mixed-precision policy's compute dtype).
+    kernel, bias = tf.cast(layer.kernel, x.dtype), tf.cast(layer.bias, x.dtype)
+    flat = tf.matmul(kernel, tf.reshape(x, [shape[0], -1]), transpose_a=True)
+    flat = layer.activation(flat + bias[:, None])
     return tf.reshape(flat, tf.concat([[layer.units], shape[1:]], 0))
 
 
@@ -273,15 +275,17 @@ class FeedbackTower(_EmbeddingPair):
             )
         first = self.dense_layers[0]
         d = self.embedding_dim
-        user_half = tf.matmul(first.kernel[:d], u, transpose_a=True, transpose_b=True)
-        user_half += first.bias[:, None]  # [units, U]
-        item_half = tf.tensordot(first.kernel[d : 2 * d], i, axes=[[0], [2]])  # [units, U|1, I]
+        # The variables in the vectors' dtype (a mixed-precision policy's compute dtype).
+        kernel, bias = tf.cast(first.kernel, u.dtype), tf.cast(first.bias, u.dtype)
+        user_half = tf.matmul(kernel[:d], u, transpose_a=True, transpose_b=True)
+        user_half += bias[:, None]  # [units, U]
+        item_half = tf.tensordot(kernel[d : 2 * d], i, axes=[[0], [2]])  # [units, U|1, I]
         x = user_half[:, :, None] + item_half
         if self.signal_columns:
             if signals is None:
                 raise ValueError(f"branch {self.name!r} takes graph signals: pass the grid's.")
             s = tf.cast(tf.gather(signals, self.signal_columns, axis=-1), x.dtype)
-            x += tf.tensordot(first.kernel[2 * d :], s, axes=[[0], [2]])
+            x += tf.tensordot(kernel[2 * d :], s, axes=[[0], [2]])
         x = tf.nn.relu(x)
         for layer in self.dense_layers[1:]:
             x = dense_planes(layer, x)

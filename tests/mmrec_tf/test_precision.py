@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 from mmrec_tf import config as config_lib
+from mmrec_tf import models
 from mmrec_tf import ranking
 from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import loading
@@ -20,18 +21,18 @@ def split(tmp_path_factory):
     return loading.load(DATA, work_dir=str(tmp_path_factory.mktemp("data")), seed=1)[1]
 
 
-def _train(split, model_dir, compile_options=None, **train_kwargs):
+def _train(split, model_dir, compile_options=None, history_length=3, **train_kwargs):
+    train = dict(
+        batch_size=64,
+        epochs=1,
+        steps_per_epoch=4,
+        verbose=0,
+        loss="logloss",
+        supportive_negative_ratio=0.5,
+    )
     config = config_lib.ExperimentConfig(
-        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, history_length=3),
-        train=config_lib.TrainConfig(
-            batch_size=64,
-            epochs=1,
-            steps_per_epoch=4,
-            verbose=0,
-            loss="logloss",
-            supportive_negative_ratio=0.5,
-            **train_kwargs,
-        ),
+        model=config_lib.ModelConfig(mf_dim=4, mlp_dim=4, history_length=history_length),
+        train=config_lib.TrainConfig(**{**train, **train_kwargs}),
     )
     tf_keras.mixed_precision.set_global_policy(config.train.mixed_precision)
     try:
@@ -99,3 +100,22 @@ def test_mixed_precision_trains_in_low_precision_and_scores_in_float32(split, tm
     # Low-precision arithmetic moves the logits a little, not their order.
     correlation = np.corrcoef(low.numpy(), high.numpy())[0, 1]
     assert correlation > 0.95
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_the_softmax_objective_trains_under_mixed_precision(split, tmp_path, policy):
+    # Its loss, the accidental-hit mask included, is computed in float32.
+    plain, _ = _train(split, tmp_path / "plain", history_length=0, loss="softmax")
+    mixed, result = _train(
+        split, tmp_path / policy, history_length=0, loss="softmax", mixed_precision=policy
+    )
+    assert np.isfinite(result.history[-1]["loss"])
+    correlation = np.corrcoef(_logits(mixed, split).numpy(), _logits(plain, split).numpy())[0, 1]
+    assert correlation > 0.95
+    # The grid (full ranking's scoring) runs in the policy's dtype too, and
+    # ranks as the plain model's grid does.
+    users, items = tf.constant(split.test_users[:5]), tf.range(split.num_items)
+    low = models.score_grid(mixed.scorer, users, items)
+    high = models.score_grid(plain.scorer, users, items)
+    assert low.dtype == tf.float32 and np.all(np.isfinite(low.numpy()))
+    assert np.corrcoef(low.numpy().ravel(), high.numpy().ravel())[0, 1] > 0.95
