@@ -13,6 +13,24 @@ def _normal(stddev: float, seed: int | None):
     return tf_keras.initializers.RandomNormal(mean=0.0, stddev=stddev, seed=seed)
 
 
+class _Overwritten(tf_keras.initializers.Initializer):
+    """Zeros for a table that fitted factors overwrite (`--mf_init=als|als_fixed`).
+
+    A random table of N entries held about three times its size in memory
+    (the draw's temporaries stay with the process), which fitted factors then
+    replace. This one allocates zeros, and first draws what the normal
+    initializer would from the global seed's stream (one op seed, whatever
+    the shape), so every weight built after it starts where it did.
+    """
+
+    def __init__(self, normal: tf_keras.initializers.Initializer):
+        self.normal = normal
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        self.normal([1, 1], dtype=dtype, **kwargs)
+        return tf.zeros(shape, dtype)
+
+
 def tower_units(embedding_dim: int, num_layers: int) -> list[int]:
     """Units of a branch's ReLU layers: a tower halving down to `embedding_dim`.
 
@@ -57,6 +75,7 @@ class _EmbeddingPair(tf_keras.layers.Layer):
         seed: int | None = None,
         history_length: int = 0,
         exclude_self: bool = False,
+        overwritten: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -68,17 +87,15 @@ class _EmbeddingPair(tf_keras.layers.Layer):
         self.seed = seed
         self.history_length = history_length
         self.exclude_self = exclude_self
+        user_init = _normal(init_stddev, seed)
+        item_init = _normal(init_stddev, None if seed is None else seed + 1)
+        if overwritten:
+            user_init, item_init = _Overwritten(user_init), _Overwritten(item_init)
         self.user_embedding = tf_keras.layers.Embedding(
-            num_users,
-            embedding_dim,
-            embeddings_initializer=_normal(init_stddev, seed),
-            name="user_embedding",
+            num_users, embedding_dim, embeddings_initializer=user_init, name="user_embedding"
         )
         self.item_embedding = tf_keras.layers.Embedding(
-            num_items,
-            embedding_dim,
-            embeddings_initializer=_normal(init_stddev, None if seed is None else seed + 1),
-            name="item_embedding",
+            num_items, embedding_dim, embeddings_initializer=item_init, name="item_embedding"
         )
 
     def build(self, input_shape):

@@ -27,6 +27,8 @@ from mmrec_tf import layers
 from mmrec_tf.pipelines import schema
 
 BEHAVIOR_BIAS = "behavior_bias"
+# Rows of fitted factors assigned to an MF table at a time (`start_from_factors`).
+FACTOR_ROWS = 1 << 18
 
 _PARTS = {
     "mmf": (True, "all"),
@@ -104,7 +106,12 @@ class Scorer(tf_keras.Model):
         parts, mf, fusion, bias_layer, branch_scores = [], None, None, None, None
         if use_mf:
             mf = layers.MatrixFactorization(
-                embedding_dim=config.mf_dim, name="mf", exclude_self=True, **common
+                embedding_dim=config.mf_dim,
+                name="mf",
+                exclude_self=True,
+                # The ALS factors replace the tables (`start_from_factors`).
+                overwritten=config.mf_init != "random",
+                **common,
             )
             parts.append(mf((user, item)))
         branch_outputs, towers = [], []
@@ -253,8 +260,14 @@ class Scorer(tf_keras.Model):
                 f"factors of shapes {got} cannot start an MF part of shapes {want}: fit them "
                 "with --mf_dim factors on this run's data."
             )
-        mf.user_embedding.embeddings.assign(np.asarray(user_factors, np.float32))
-        mf.item_embedding.embeddings.assign(np.asarray(item_factors, np.float32))
+        # In row blocks: one whole-table assign holds a second copy of the table.
+        for table, factors in (
+            (mf.user_embedding.embeddings, user_factors),
+            (mf.item_embedding.embeddings, item_factors),
+        ):
+            for start in range(0, len(factors), FACTOR_ROWS):
+                block = np.asarray(factors[start : start + FACTOR_ROWS], np.float32)
+                table[start : start + len(block)].assign(block)
         kernel = np.zeros(self.head.dense.kernel.shape, np.float32)
         kernel[: mf.embedding_dim] = 1.0
         self.head.dense.kernel.assign(kernel)

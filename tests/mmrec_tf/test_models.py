@@ -282,3 +282,27 @@ def test_graph_signals_refuse_what_cannot_use_them(model, train, export, message
             train=config_lib.TrainConfig(**train),
             export=config_lib.ExportConfig(**export),
         )
+
+
+def test_an_als_start_builds_zero_mf_tables_and_every_other_weight_as_before(monkeypatch):
+    def weights(mf_init):
+        tf_keras.utils.set_random_seed(5)
+        scorer = _scorer(model="mmf", mf_init=mf_init)
+        return scorer, [(w.name, w.numpy()) for w in scorer.weights]
+
+    _, drawn = weights("random")
+    scorer, started = weights("als")
+    for (name, a), (_, b) in zip(drawn, started):
+        if name.startswith("mf/"):
+            # The factors replace these: no random table is drawn for them.
+            assert not b.any() and a.any()
+        else:
+            # The same draws from the global seed: the run starts as it did.
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    # The factors go in by row blocks; every row lands.
+    monkeypatch.setattr(models, "FACTOR_ROWS", 4)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 4)), rng.standard_normal((8, 4))
+    scorer.start_from_factors(x, y, trainable=False)
+    np.testing.assert_allclose(scorer.mf.user_embedding.embeddings.numpy(), x, rtol=1e-6)
+    np.testing.assert_allclose(scorer.mf.item_embedding.embeddings.numpy(), y, rtol=1e-6)
