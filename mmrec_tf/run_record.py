@@ -116,9 +116,15 @@ def fingerprint(data, split) -> dict:
     }
 
 
-def _differences(
-    recorded: dict, current: dict, may_differ: tuple[str, ...]
+def differences(
+    recorded: dict, current: dict, may_differ: tuple[str, ...] = ()
 ) -> list[tuple[str, object, object]]:
+    """(field, recorded value, current value) of each field two configurations
+    differ in, beside those `may_differ` names (a field, or a prefix ending in
+    "."). A field the library has since retired matches when the record held
+    its constant; a field added since matches at its default (the value that
+    keeps what the library did before it); a field moved matches through the
+    new one. Also what a tuning study is resumed against (`tune`)."""
     before, after = flatten(recorded), flatten(current)
     defaults = flatten(config_lib.ExperimentConfig().to_dict())
     out = []
@@ -171,7 +177,7 @@ def check(
         "new --model_dir for a new run.",
     )
     may_differ = _MAY_DIFFER if training else _MAY_DIFFER + ("train.",)
-    problems = _differences(recorded, config.to_dict(), may_differ)
+    problems = differences(recorded, config.to_dict(), may_differ)
     fingerprint_path = os.path.join(model_dir, FINGERPRINT)
     if os.path.exists(fingerprint_path):
         before = read_json(

@@ -347,10 +347,9 @@ def _check_study_record(study, base: config_lib.ExperimentConfig) -> None:
         problems.append(
             ("data content", recorded["data_content_sha256"], current["data_content_sha256"])
         )
-    before, after = recorded["config"], current["config"]
-    for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key):
-            problems.append((key, before.get(key, "(absent)"), after.get(key, "(absent)")))
+    # As a run's record is compared: a field retired or added since the
+    # study started matches at its constant or default.
+    problems += run_record.differences(recorded["config"], current["config"])
     if problems:
         listed = "; ".join(
             f"{k}: the study has {a!r}, this command {b!r}" for k, a, b in problems[:5]

@@ -215,6 +215,22 @@ def test_a_study_resumed_with_other_flags_or_data_is_refused(tmp_path):
     other = dataclasses.replace(base, eval=config_lib.EvalConfig(valid_full_ranking_cases=30))
     with pytest.raises(ValueError, match=r"eval\.valid_full_ranking_cases: the study has 0"):
         tune.run_study(other, family="cascade", protocol="full", trials=2, study_dir=study)
+    # A study started before a field was retired or added resumes when it held
+    # the retired constant and the command holds the new field's default.
+    record = optuna.load_study(
+        study_name="cascade-full", storage=f"sqlite:///{os.path.join(study, 'cascade.db')}"
+    )
+    older = json.loads(json.dumps(record.user_attrs["record"]))
+    older["config"]["model.als_iterations"] = 15
+    del older["config"]["model.cascade_blend"]
+    record.set_user_attr("record", older)
+    tune.run_study(base, family="cascade", protocol="full", trials=1, study_dir=study)
+    older["config"]["model.als_iterations"] = 30
+    record.set_user_attr("record", older)
+    with pytest.raises(ValueError, match=r"model\.als_iterations: the study has 30"):
+        tune.run_study(base, family="cascade", protocol="full", trials=1, study_dir=study)
+    older["config"]["model.als_iterations"] = 15
+    record.set_user_attr("record", older)
     # Other records of the same size: the data's content differs.
     write(1)
     with pytest.raises(ValueError, match=r"data content.*new --study_dir"):
