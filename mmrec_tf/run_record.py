@@ -116,6 +116,11 @@ def fingerprint(data, split) -> dict:
     }
 
 
+def _plain(value):
+    """`value` as a JSON record holds it (a tuple reads back as a list)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def differences(
     recorded: dict, current: dict, may_differ: tuple[str, ...] = ()
 ) -> list[tuple[str, object, object]]:
@@ -135,11 +140,11 @@ def differences(
             # Recorded when one flag set both fields; the new one is compared.
             continue
         if key not in after and key in config_lib.RETIRED:
-            if before[key] != config_lib.RETIRED[key]:
+            if _plain(before[key]) != _plain(config_lib.RETIRED[key]):
                 # The run used an option the library no longer has.
                 out.append((key, before[key], "(retired: see benchmarks/README.md)"))
             continue
-        if key not in before and key in defaults and after[key] == defaults[key]:
+        if key not in before and key in defaults and _plain(after[key]) == _plain(defaults[key]):
             # Recorded before the field existed: every option is added at the
             # default that keeps what the library did before it.
             continue

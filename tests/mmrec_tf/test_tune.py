@@ -222,6 +222,7 @@ def test_a_study_resumed_with_other_flags_or_data_is_refused(tmp_path):
     )
     older = json.loads(json.dumps(record.user_attrs["record"]))
     older["config"]["model.als_iterations"] = 15
+    older["config"]["train.behavior_weights"] = []  # a retired tuple, as JSON holds it
     del older["config"]["model.cascade_blend"]
     record.set_user_attr("record", older)
     tune.run_study(base, family="cascade", protocol="full", trials=1, study_dir=study)
