@@ -205,13 +205,18 @@ def shipped(args, split, index, tokens, stage) -> None:
     settings = dataclasses.replace(
         baselines.als_config(config.model, config.train.seed), solver=args.als_solver
     )
-    x, y, _, _ = baselines.fit_factors(split, settings, verbose=True)
+    # Cached beside the CSV: a later run of the same log reads the factors
+    # (and says so) instead of fitting them again.
+    als_cache = os.path.join(args.cache_dir, "als")
+    cached = set(os.listdir(als_cache)) if os.path.isdir(als_cache) else set()
+    x, y, _, path = baselines.fit_factors(split, settings, cache_dir=als_cache, verbose=True)
     stage(
         "als",
         time.perf_counter() - start,
         factors=int(x.shape[1]),
         sweeps=settings.iterations,
         solver=settings.solver,
+        read_from_cache=os.path.basename(path) in cached,
     )
 
     start = time.perf_counter()
