@@ -30,6 +30,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+def render(report: dict) -> str:
+    """The markdown page of a report (`serving_blend.json`)."""
+    rows = report["rows"]
+    ratio = (
+        rows["blended"]["recommend_1_user"]["p50_ms"] / rows["alone"]["recommend_1_user"]["p50_ms"]
+    )
+    return (
+        "# Serving with the CascadingRank blend, against the same model alone\n\n"
+        f"Command: `{report['command']}` (blend weight {report['weight']}). Both exports timed "
+        'in a clean process, one after the other; "alone" is the export of a copy of the run '
+        "whose blend weight is 0.\n\n"
+        + serving_latency.TABLE_HEAD
+        + "".join(serving_latency.table_row(name, r) for name, r in rows.items())
+        + f"\nrecommend p50, blended / alone: {ratio:.1f}x.\n"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--flagfile", required=True, help="the run's flagfile")
@@ -75,24 +92,8 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "serving_blend.json"), "w") as f:
         json.dump(report, f, indent=2)
-    b, a = rows["blended"], rows["alone"]
     with open(os.path.join(args.out_dir, "serving_blend.md"), "w") as f:
-        f.write(
-            "# Serving with the CascadingRank blend, against the same model alone\n\n"
-            f"Command: `{command}` (blend weight {record['weight']}). Both exports timed in a "
-            'clean process, one after the other; "alone" is the export of a copy of the run '
-            "whose blend weight is 0.\n\n"
-            "| export | items | serving_default 1x100 p50 / p99 ms | recommend top 10 "
-            "p50 / p99 ms | export MB |\n|---|---|---|---|---|\n"
-        )
-        for name, r in rows.items():
-            s, c = r["serving_default_1x100"], r["recommend_1_user"]
-            f.write(
-                f"| {name} | {r['num_items']} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | "
-                f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['export_bytes'] / 2**20:.1f} |\n"
-            )
-        ratio = b["recommend_1_user"]["p50_ms"] / a["recommend_1_user"]["p50_ms"]
-        f.write(f"\nrecommend p50, blended / alone: {ratio:.1f}x.\n")
+        f.write(render(report))
     print("wrote", args.out_dir)
 
 

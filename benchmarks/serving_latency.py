@@ -72,6 +72,22 @@ TIMER = textwrap.dedent(
 )
 
 
+# The markdown table of `time_export` results: its head, and one row per export.
+TABLE_HEAD = (
+    "| model | items | serving_default 1x100 p50 / p99 ms | recommend top 10 "
+    "p50 / p99 ms | export size MB | load s |\n|---|---|---|---|---|---|\n"
+)
+
+
+def table_row(name: str, r: dict) -> str:
+    s, c = r["serving_default_1x100"], r["recommend_1_user"]
+    return (
+        f"| {name} | {r['num_items']} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | "
+        f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['export_bytes'] / 2**20:.1f} | "
+        f"{r.get('load_seconds', float('nan')):.1f} |\n"
+    )
+
+
 def process_gib(field: str) -> float:
     """A memory line of /proc/self/status in GiB: `VmRSS` (resident now), `VmHWM` (its peak)."""
     with open("/proc/self/status") as status:
@@ -180,16 +196,10 @@ def main():
             "of the former `benchmarks/mmf_vs_ncf.py`, now `python -m benchmarks.experiments --suite=mmf_vs_ncf`, seed 0)\n\n"
             "Up to a 10M-item catalog (vocabularies as assets, tables as variables): "
             "[serving_scale.md](serving_scale.md) (`python benchmarks/serving_scale.py`).\n\n"
-            "| model | items | serving_default 1x100 p50 / p99 ms | recommend top 10 "
-            "p50 / p99 ms | export size MB | load s |\n|---|---|---|---|---|---|\n"
+            + TABLE_HEAD
         )
         for name, r in rows.items():
-            s, c = r["serving_default_1x100"], r["recommend_1_user"]
-            f.write(
-                f"| {name} | {r['num_items']} | {s['p50_ms']:.2f} / {s['p99_ms']:.2f} | "
-                f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f} | {r['export_bytes'] / 2**20:.1f} | "
-                f"{r.get('load_seconds', float('nan')):.1f} |\n"
-            )
+            f.write(table_row(name, r))
 
     if args.tradeoff and "taobao_cml" in rows:
         base = json.load(open(os.path.join(args.taobao_model_dir, "results.json")))
