@@ -260,11 +260,16 @@ class Scorer(tf_keras.Model):
                 f"factors of shapes {got} cannot start an MF part of shapes {want}: fit them "
                 "with --mf_dim factors on this run's data."
             )
-        # In row blocks: one whole-table assign holds a second copy of the table.
         for table, factors in (
             (mf.user_embedding.embeddings, user_factors),
             (mf.item_embedding.embeddings, item_factors),
         ):
+            if not hasattr(table[:0], "assign"):
+                # A variable sharded over parameter servers reads a slice as a
+                # tensor: the whole table at once.
+                table.assign(np.asarray(factors, np.float32))
+                continue
+            # In row blocks: one whole-table assign holds a second copy of the table.
             for start in range(0, len(factors), FACTOR_ROWS):
                 block = np.asarray(factors[start : start + FACTOR_ROWS], np.float32)
                 table[start : start + len(block)].assign(block)
