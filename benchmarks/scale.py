@@ -16,7 +16,8 @@ By default (`--recipe=shipped`) stages 6 and 7 are the shipped recipe instead
 (`--flagfile`, by default taobao_cml_mmf.flags, with `--graph_signals`): the
 multi-behavior ALS fit, the graph signals' build, the model started from the
 ALS, `--train_steps` steps of the softmax (the epoch's seconds projected from
-them), the three protocols on `--eval_cases` test cases, and the export.
+them), the three protocols on `--eval_cases` test cases, the export, and the
+export's load time and latency in a clean process (`serve`).
 
     python benchmarks/scale.py [--users=1000000 --items=4000000 --records_per_user=100]
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import resource
@@ -76,6 +78,9 @@ def main():
     )
     parser.add_argument("--train_steps", type=int, default=300)
     parser.add_argument("--eval_cases", type=int, default=1000)
+    parser.add_argument(
+        "--serve_calls", type=int, default=100, help="timed requests per signature of the export"
+    )
     parser.add_argument(
         "--als_solver",
         default="implicit_cg",
@@ -155,7 +160,11 @@ def main():
     )
 
     if args.recipe == "shipped":
-        shipped(args, split, index, tokens, stage)
+        path = shipped(args, split, index, tokens, stage)
+        users = [str(t) for t in tokens[0][split.test_users[:200]]]
+        items = [str(t) for t in tokens[1][split.test_items[:100]]]
+        del split, index
+        serve(args, path, users, items, stage)
     else:
         paper(args, split, index, stage)
     write(args, stages, complete=True)
@@ -194,8 +203,9 @@ def paper(args, split, index, stage) -> None:
     )
 
 
-def shipped(args, split, index, tokens, stage) -> None:
-    """The shipped recipe's stages: ALS, signals, start, training, evaluation, export."""
+def shipped(args, split, index, tokens, stage) -> str:
+    """The shipped recipe's stages: ALS, signals, start, training, evaluation,
+    export; returns the export's path."""
     fv = flags.FlagValues()
     cli.define_flags(fv)
     fv(["scale", f"--flagfile={args.flagfile}", "--graph_signals", "--model_dir=_"])
@@ -279,10 +289,12 @@ def shipped(args, split, index, tokens, stage) -> None:
         signals=signals,
     )
     metrics = evaluate.evaluate(score, cases, config=config.eval)
+    seconds = time.perf_counter() - start
     stage(
         "evaluate",
-        time.perf_counter() - start,
+        seconds,
         cases=len(picked),
+        seconds_per_case=round(seconds / len(picked), 2),
         **{f"{p}_HR@10": round(metrics[p]["HR@10"], 4) for p in ("sampled", "full", "discovery")},
     )
 
@@ -306,6 +318,30 @@ def shipped(args, split, index, tokens, stage) -> None:
         warmup_item_ids=list(tokens[1][split.test_items[:4]]),
     )
     stage("export", time.perf_counter() - start, bytes=serving_latency.disk_bytes(path))
+
+    return path
+
+
+def serve(args, path, users, items, stage) -> None:
+    """The export loaded and timed in a clean process, as the serving benchmark
+    does (the training process has let go of its state by then)."""
+    gc.collect()
+    tf_keras.backend.clear_session()
+    before = serving_latency.process_gib("VmRSS")
+    start = time.perf_counter()
+    served = serving_latency.time_export(path, users, items, args.serve_calls)
+    stage(
+        "serve",
+        time.perf_counter() - start,
+        training_process_rss_gib=round(before, 2),
+        load_seconds=round(served["load_seconds"], 1),
+        serving_peak_rss_gib=round(served["peak_rss_mb"] / 1024, 2),
+        **{
+            f"{name}_{q}": round(served[name][q], 2)
+            for name in ("recommend_1_user", "serving_default_1x100")
+            for q in ("p50_ms", "p99_ms")
+        },
+    )
 
 
 def write(args, stages, *, complete: bool) -> None:
