@@ -125,8 +125,8 @@ def _vector(ids: tf.Tensor, name: str, limit: int) -> tf.Tensor:
         return tf.reshape(ids, [-1])
 
 
-def _vocabulary_asset(tokens: np.ndarray, folder: str, name: str) -> tf.saved_model.Asset:
-    """The tokens written one per line (line number = index) as a SavedModel asset."""
+def _vocabulary_file(tokens: np.ndarray, folder: str, name: str) -> str:
+    """The tokens written one per line (line number = index); returns the file's path."""
     path = os.path.join(folder, f"{name}.txt")
     with open(path, "w", encoding="utf-8") as f:
         for token in tokens:
@@ -137,13 +137,22 @@ def _vocabulary_asset(tokens: np.ndarray, folder: str, name: str) -> tf.saved_mo
                     "and hold no line break."
                 )
             f.write(token + "\n")
-    return tf.saved_model.Asset(path)
+    return path
 
 
-def _lookup_table(asset: tf.saved_model.Asset) -> tf.lookup.StaticHashTable:
-    """Raw id -> index (-1 when unknown), read from a vocabulary asset."""
+def _lookup_table(path: str) -> tf.lookup.StaticHashTable:
+    """Raw id -> index (-1 when unknown), read from a vocabulary file (saved as an asset).
+
+    The initializer gets the path itself, not an Asset object: a file table's
+    resource is shared by a name made of what the initializer was given, and
+    an Asset object's name is its address. Once an earlier module's Asset was
+    freed, a new one could take its address, and with it the earlier table,
+    still holding the earlier vocabulary. A path is unique to its module's
+    folder. (An anonymous table would not do: TensorFlow Serving and other
+    TF1-style loaders do not initialize it.)
+    """
     initializer = tf.lookup.TextFileInitializer(
-        asset,
+        path,
         key_dtype=tf.string,
         key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
         value_dtype=tf.int64,
@@ -235,10 +244,9 @@ class CatalogModule(tf.Module):
         # The vocabulary files live until the module is saved (then as assets).
         self._vocabulary_folder = tempfile.TemporaryDirectory(prefix="mmrec_vocab_")
         folder = self._vocabulary_folder.name
-        self.user_vocabulary = _vocabulary_asset(user_tokens, folder, "users")
-        self.item_vocabulary = _vocabulary_asset(item_tokens, folder, "items")
-        self.user_table = _lookup_table(self.user_vocabulary)
-        self.item_table = _lookup_table(self.item_vocabulary)
+        # The tables' initializers keep the files as the SavedModel's assets.
+        self.user_table = _lookup_table(_vocabulary_file(user_tokens, folder, "users"))
+        self.item_table = _lookup_table(_vocabulary_file(item_tokens, folder, "items"))
         self.item_ids = _table([str(t) for t in item_tokens], tf.string, "item_ids")
         share = np.asarray(popularity, np.float64) / (float(np.max(popularity, initial=0)) + 1.0)
         self.popularity = _table(share, tf.float32, "popularity")

@@ -512,3 +512,24 @@ def test_vocabularies_are_assets_and_no_table_is_a_graph_constant(trained):
     ]
     # Every per-user or per-item table is a variable or an asset, never a constant.
     assert max(sizes) < min(split.num_items, split.num_users)
+
+
+def test_a_vocabulary_table_never_takes_over_an_earlier_modules_table(tmp_path):
+    # A file table's resource is shared by a name made of what its
+    # initializer was given; were that an Asset object, its address, which a
+    # freed Asset gives back, and with it the earlier table and vocabulary.
+    # Tables built and dropped in turn each look up their own ids.
+    import gc
+
+    wrong = []
+    for k in range(60):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        path = serving._vocabulary_file([f"u{k}_{j}" for j in range(4)], str(folder), "users")
+        table = serving._lookup_table(path)
+        got = table.lookup(tf.constant([f"u{k}_2", "unknown"])).numpy().tolist()
+        if got != [2, -1]:
+            wrong.append((k, got))
+        del table
+        gc.collect()
+    assert not wrong
