@@ -298,9 +298,13 @@ def shipped(args, split, index, tokens, stage) -> str:
         **{f"{p}_HR@10": round(metrics[p]["HR@10"], 4) for p in ("sampled", "full", "discovery")},
     )
 
+    # The optimizer's slots and the training step are not exported.
+    scorer = ranker.scorer
+    del ranker, score
+    gc.collect()
     start = time.perf_counter()
     module = serving.from_training(
-        ranker.scorer,
+        scorer,
         split,
         user_tokens=tokens[0],
         item_tokens=tokens[1],
