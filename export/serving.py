@@ -449,10 +449,16 @@ class ServingModule(CatalogModule):
         self.num_behaviors = len(behaviors)
         self.query_tower, candidate_tower = models.retrieval_towers(scorer)
         # The retrieval index: every item's candidate vector (a brute-force
-        # index, as TFRS's BruteForce keeps it), scored by one matmul.
-        self.item_vectors = _table(
-            candidate_tower(tf.range(num_items, dtype=tf.int32)).numpy(), tf.float32, "index"
-        )
+        # index, as TFRS's BruteForce keeps it), scored by one matmul. The
+        # candidate tower is the MF item table itself, so the index is that
+        # variable, not a second copy (3.7M items x 192 factors: 2.6 GiB).
+        item_table = scorer.mf.item_embedding.embeddings
+        if isinstance(item_table, tf.Variable):
+            self.item_vectors = item_table
+        else:  # sharded over parameter servers: one table for the matmul
+            self.item_vectors = _table(
+                candidate_tower(tf.range(num_items, dtype=tf.int32)).numpy(), tf.float32, "index"
+            )
         self.behavior_features = scorer.behavior_bias is not None
         if scorer.num_signals and signals is None:
             raise ValueError(
@@ -496,17 +502,20 @@ class ServingModule(CatalogModule):
         # item factors, (Y^T Y + l2 I + sum_h (c_h - 1) y_h y_h^T) p = sum_h c_h y_h.
         # The MF part's logit is <p_u, w * q_i> (w: the head's MF weights),
         # so the solve is against the items' w * q_i.
+        # The items' rows are the index's, scaled per column by w at request
+        # time; the Gram matrix is summed over row blocks, so no scaled copy
+        # of the table (in float64: 5.2 GiB at 3.7M x 192) is ever made.
         mf_dim = scorer.mf.embedding_dim
         head_weights = scorer.head.dense.kernel.numpy()[:mf_dim, 0].astype(np.float64)
-        items = scorer.mf.item_embedding.embeddings.numpy().astype(np.float64) * head_weights
-        self.fold_in_items = _table(items.astype(np.float32), tf.float32, "fold_in_items")
+        self.fold_in_scale = _table(head_weights.astype(np.float32), tf.float32, "fold_in_scale")
         alpha, l2, weight = (float(x) for x in fold_in)
         self.fold_in_alpha, self.fold_in_weight = alpha, weight if weight > 0 else 1.0
-        self.fold_in_gram = _table(
-            (items.T @ items + l2 * np.eye(items.shape[1])).astype(np.float32),
-            tf.float32,
-            "fold_in_gram",
-        )
+        gram = l2 * np.eye(mf_dim)
+        for start in range(0, num_items, models.FACTOR_ROWS):
+            block = self.item_vectors[start : start + models.FACTOR_ROWS].numpy()
+            block = block.astype(np.float64) * head_weights
+            gram += block.T @ block
+        self.fold_in_gram = _table(gram.astype(np.float32), tf.float32, "fold_in_gram")
         # A new user's branch vectors: each branch's mean user.
         self.mean_users = [
             _table(tower.user_embedding.embeddings.numpy().mean(axis=0), tf.float32, f"mean_{t}")
@@ -579,7 +588,8 @@ class ServingModule(CatalogModule):
         r = tf.math.unsorted_segment_sum(weight, index, tf.size(pair))
         c = 1.0 + self.fold_in_alpha * r
         rows = tf.cast(pair // self.num_items, tf.int32)
-        y = tf.gather(self.fold_in_items, tf.cast(pair % self.num_items, tf.int32))
+        y = tf.gather(self.item_vectors, tf.cast(pair % self.num_items, tf.int32))
+        y = y * self.fold_in_scale
         outer = (c - 1.0)[:, None, None] * y[:, :, None] * y[:, None, :]
         lhs = self.fold_in_gram[None] + tf.math.unsorted_segment_sum(outer, rows, batch)
         rhs = tf.math.unsorted_segment_sum(c[:, None] * y, rows, batch)

@@ -125,6 +125,22 @@ def _columns(product, items: np.ndarray, num_items: int) -> np.ndarray:
     return dense[:, items] if _whole(items, num_items) else dense
 
 
+def _through_users(middle: sparse.csr_matrix, right: sparse.csc_matrix, items, num_items):
+    """[B, len(items)] dense `middle @ right[:, items]` ([B, U] by [U, I]).
+
+    Computed as the transpose of `right.T @ middle.T`: a CSC matrix's
+    transpose is CSR as stored, so the graph is neither copied nor converted
+    (`middle @ right` converts the whole of `right` to CSR, and `right[:, items]`
+    copies it for a full-ranking grid: both per call, both the size of the
+    behavior's log).
+    """
+    by_item = right.T  # [I, U] CSR, no copy
+    if not _whole(items, num_items):
+        by_item = by_item[items]
+    dense = (by_item @ middle.T.tocsr()).toarray().T  # [B, I] or [B, C]
+    return dense[:, items] if _whole(items, num_items) else dense
+
+
 class GraphSignals:
     """Per-behavior signals of (user, item) pairs from a split's training graph.
 
@@ -209,7 +225,7 @@ class GraphSignals:
             batch = np.arange(len(users))
             own_path = np.asarray(middle[batch, users]).ravel()
             middle = middle - sparse.csr_matrix((own_path, (batch, users)), shape=middle.shape)
-            z = np.asarray((middle @ target.right[:, items]).todense())
+            z = _through_users(middle, target.right, items, self.num_items)
         z[z < RESIDUE] = 0.0
         # The target degree of i without the pair's own buy.
         scale = _inverse(du, 1.0) * np.sqrt(di * _inverse(di - bought, 1.0))
@@ -234,7 +250,7 @@ class GraphSignals:
             batch = np.arange(len(users))
             own_path = np.asarray(middle[batch, users]).ravel()
             middle = middle - sparse.csr_matrix((own_path, (batch, users)), shape=middle.shape)
-            z = np.asarray((middle @ graph.right[:, items]).todense())  # [B, C]
+            z = _through_users(middle, graph.right, items, self.num_items)  # [B, C]
         # The j = i term (only where (u, i) is an edge): sum_{v != u} 1 / (d_v d_i).
         z -= own * (graph.item_self[items][None, :] - _inverse(du, 1.0)) * _inverse(di, 1.0)
         z[z < RESIDUE] = 0.0
