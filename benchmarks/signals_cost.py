@@ -36,19 +36,25 @@ ROOT = os.path.dirname(HERE)
 DATASETS = ("tmall_mbcgcn", "jd_vcgae", "beibei_ehcf", "taobao_ehcf", "taobao_cml")
 
 
-def measure(dataset: str, data_dir: str) -> dict:
+def load_split(dataset: str, data_dir: str):
+    """(config, split) of the dataset's `<dataset>_mmf.flags` run."""
     fv = flags.FlagValues()
     cli.define_flags(fv)
     flagfile = os.path.join(ROOT, "mmrec_tf", "configs", f"{dataset}_mmf.flags")
     path = os.path.join(data_dir, dataset, "interactions.tsv.gz")
     fv(["signals_cost", f"--flagfile={flagfile}", f"--data_path={path}"])
     config = cli.config_from_flags(fv)
-    row = {"dataset": dataset}
-    cascade_scale.reset_peak()
-    started = time.perf_counter()
     _, split = loading.load(
         config.data, work_dir=os.path.join(ROOT, "runs", "signals_cost"), seed=config.train.seed
     )
+    return config, split
+
+
+def measure(dataset: str, data_dir: str) -> dict:
+    row = {"dataset": dataset}
+    cascade_scale.reset_peak()
+    started = time.perf_counter()
+    config, split = load_split(dataset, data_dir)
     row["load"] = {
         "seconds": round(time.perf_counter() - started, 1),
         "peak_gib": round(cascade_scale.peak_gib(), 2),

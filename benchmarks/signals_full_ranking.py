@@ -24,27 +24,16 @@ import os
 import time
 
 import numpy as np
-from absl import flags
+import signals_cost  # beside this script: the dataset's split as a run makes it
 
-import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from mmrec_tf import cli
 from mmrec_tf.pipelines import graph_signals
-from mmrec_tf.pipelines import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
 def measure(dataset: str, data_dir: str, num_users: int) -> dict:
-    fv = flags.FlagValues()
-    cli.define_flags(fv)
-    flagfile = os.path.join(ROOT, "mmrec_tf", "configs", f"{dataset}_mmf.flags")
-    path = os.path.join(data_dir, dataset, "interactions.tsv.gz")
-    fv(["signals_full_ranking", f"--flagfile={flagfile}", f"--data_path={path}"])
-    config = cli.config_from_flags(fv)
-    _, split = loading.load(
-        config.data, work_dir=os.path.join(ROOT, "runs", "signals_cost"), seed=config.train.seed
-    )
+    _, split = signals_cost.load_split(dataset, data_dir)
     # Budget 0: every behavior through the users, as at 100M records.
     signals = graph_signals.GraphSignals(split, item_item_budget=0)
     catalog = np.arange(split.num_items)
