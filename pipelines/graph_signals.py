@@ -114,31 +114,27 @@ def _whole(items: np.ndarray, num_items: int) -> bool:
     return len(items) * 4 >= num_items
 
 
-def _select(matrix: sparse.csc_matrix, items: np.ndarray, num_items: int):
-    """The matrix's columns of `items`, or the whole matrix for a large share."""
-    return matrix if _whole(items, num_items) else matrix[:, items]
+def _product(left: sparse.csr_matrix, right: sparse.csc_matrix, items, num_items):
+    """[B, len(items)] dense `left @ right[:, items]` ([B, K] by [K, I]).
 
-
-def _columns(product, items: np.ndarray, num_items: int) -> np.ndarray:
-    """[B, len(items)] dense: the columns `items` of a product `_select` made."""
-    dense = np.asarray(product.todense())
-    return dense[:, items] if _whole(items, num_items) else dense
-
-
-def _through_users(middle: sparse.csr_matrix, right: sparse.csc_matrix, items, num_items):
-    """[B, len(items)] dense `middle @ right[:, items]` ([B, U] by [U, I]).
-
-    Computed as the transpose of `right.T @ middle.T`: a CSC matrix's
-    transpose is CSR as stored, so the graph is neither copied nor converted
-    (`middle @ right` converts the whole of `right` to CSR, and `right[:, items]`
-    copies it for a full-ranking grid: both per call, both the size of the
-    behavior's log).
+    For a full-ranking grid, the transpose of `right.T @ left.T`: a CSC
+    matrix's transpose is CSR as stored, so `right` is neither copied nor
+    converted (`left @ right` converts the whole of `right` to CSR, and
+    `right[:, items]` copies it: per call, each the size of the matrix). For
+    a few items (a training grid), their columns are selected first.
     """
-    by_item = right.T  # [I, U] CSR, no copy
     if not _whole(items, num_items):
-        by_item = by_item[items]
-    dense = (by_item @ middle.T.tocsr()).toarray().T  # [B, I] or [B, C]
-    return dense[:, items] if _whole(items, num_items) else dense
+        return (left @ right[:, items]).toarray()
+    return (right.T @ left.T.tocsr()).toarray().T[:, items]
+
+
+def _item_steps(rows: sparse.csr_matrix, item_item: sparse.csc_matrix, items, num_items):
+    """[B, len(items)] dense `rows @ item_item[:, items]` for the symmetric
+    item-item matrix: for a full-ranking grid its transpose, CSR as stored,
+    is the matrix itself, and the product reads only the rows' items' rows."""
+    if not _whole(items, num_items):
+        return (rows @ item_item[:, items]).toarray()
+    return (rows @ item_item.T).toarray()[:, items]
 
 
 class GraphSignals:
@@ -216,7 +212,7 @@ class GraphSignals:
         di = target.item_degree[items][None, :]
         cross = self.cross[b - 1]
         if cross is not None:
-            z = _columns(rows @ _select(cross, items, self.num_items), items, self.num_items)
+            z = _product(rows, cross, items, self.num_items)
             # v != u: the user's own path j -> u -> i exists where u bought i.
             own_path = np.asarray(rows @ _inverse(graph.item_degree, 0.5)).ravel()[:, None]
             z -= bought * own_path * _inverse(du, 1.0) * _inverse(di, 0.5)
@@ -225,7 +221,7 @@ class GraphSignals:
             batch = np.arange(len(users))
             own_path = np.asarray(middle[batch, users]).ravel()
             middle = middle - sparse.csr_matrix((own_path, (batch, users)), shape=middle.shape)
-            z = _through_users(middle, target.right, items, self.num_items)
+            z = _product(middle, target.right, items, self.num_items)
         z[z < RESIDUE] = 0.0
         # The target degree of i without the pair's own buy.
         scale = _inverse(du, 1.0) * np.sqrt(di * _inverse(di - bought, 1.0))
@@ -238,9 +234,7 @@ class GraphSignals:
         du = graph.user_degree[users][:, None]
         di = graph.item_degree[items][None, :]
         if graph.item_item is not None:
-            z = _columns(
-                rows @ _select(graph.item_item, items, self.num_items), items, self.num_items
-            )
+            z = _item_steps(rows, graph.item_item, items, self.num_items)
             # v != u: the user's own path j -> u -> i, where (u, i) is an edge.
             own_path = np.asarray(rows @ _inverse(graph.item_degree, 0.5)).ravel()[:, None]
             z -= own * own_path * _inverse(du, 1.0) * _inverse(di, 0.5)
@@ -250,7 +244,7 @@ class GraphSignals:
             batch = np.arange(len(users))
             own_path = np.asarray(middle[batch, users]).ravel()
             middle = middle - sparse.csr_matrix((own_path, (batch, users)), shape=middle.shape)
-            z = _through_users(middle, graph.right, items, self.num_items)  # [B, C]
+            z = _product(middle, graph.right, items, self.num_items)  # [B, C]
         # The j = i term (only where (u, i) is an edge): sum_{v != u} 1 / (d_v d_i).
         z -= own * (graph.item_self[items][None, :] - _inverse(du, 1.0)) * _inverse(di, 1.0)
         z[z < RESIDUE] = 0.0
