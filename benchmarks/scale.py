@@ -17,7 +17,11 @@ By default (`--recipe=shipped`) stages 6 and 7 are the shipped recipe instead
 multi-behavior ALS fit, the graph signals' build, the model started from the
 ALS, `--train_steps` steps of the softmax (the epoch's seconds projected from
 them), the three protocols on `--eval_cases` test cases, the export, and the
-export's load time and latency in a clean process (`serve`).
+export's load time and latency in a clean process (`serve`). For `serve` the
+run replaces itself (`os.execv`) with one that only times the export: the
+training process's allocators keep what it freed, and at 100M records the
+serving process beside it ran the machine out of memory. `--serve_only`
+runs that stage alone on the export an earlier run left in `--cache_dir`.
 
     python benchmarks/scale.py [--users=1000000 --items=4000000 --records_per_user=100]
 
@@ -32,6 +36,7 @@ import gc
 import json
 import os
 import resource
+import sys
 import time
 
 import numpy as np
@@ -82,6 +87,11 @@ def main():
         "--serve_calls", type=int, default=100, help="timed requests per signature of the export"
     )
     parser.add_argument(
+        "--serve_only",
+        action="store_true",
+        help="only the serve stage, on the export in --cache_dir, appended to --out's stages",
+    )
+    parser.add_argument(
         "--als_solver",
         default="implicit_cg",
         help="the ALS solver of the shipped recipe's start (baselines.als.SOLVERS): the exact "
@@ -90,7 +100,7 @@ def main():
     )
     args = parser.parse_args()
 
-    stages = []
+    stages = _earlier_stages(args) if args.serve_only else []
 
     def stage(name, seconds, count=None, **extra):
         row = {
@@ -106,6 +116,11 @@ def main():
         print(row, flush=True)
         # Written after every stage: a run stopped part way keeps what it measured.
         write(args, stages, complete=False)
+
+    if args.serve_only:
+        serve(args, stage)
+        write(args, stages, complete=True)
+        return
 
     path = os.path.join(
         args.cache_dir, f"scale_u{args.users}_i{args.items}_r{args.records_per_user:g}.csv"
@@ -160,14 +175,41 @@ def main():
     )
 
     if args.recipe == "shipped":
-        path = shipped(args, split, index, tokens, stage)
-        users = [str(t) for t in tokens[0][split.test_users[:200]]]
-        items = [str(t) for t in tokens[1][split.test_items[:100]]]
-        del split, index
-        serve(args, path, users, items, stage)
-    else:
-        paper(args, split, index, stage)
+        shipped(args, split, index, tokens, stage)
+        # A fresh process image for the serve stage (see the module's doc);
+        # the stages so far are in --out's JSON, which it reads.
+        sys.stdout.flush()
+        os.execv(
+            sys.executable,
+            [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--serve_only"],
+        )
+    paper(args, split, index, stage)
     write(args, stages, complete=True)
+
+
+def _export_dir(args) -> str:
+    return os.path.join(args.cache_dir, "scale_export")
+
+
+def _earlier_stages(args) -> list[dict]:
+    """The stages of the run whose export --serve_only times, from --out's JSON."""
+    path = args.out + ".json"
+    if not os.path.exists(path):
+        raise SystemExit(f"--serve_only: {path} does not exist; run the shipped recipe first")
+    with open(path) as f:
+        earlier = json.load(f)
+    stages = [row for row in earlier["stages"] if row["stage"] != "serve"]
+    if not stages or stages[-1]["stage"] != "export":
+        raise SystemExit(
+            f"--serve_only: the last stage in {path} is not 'export'; run the shipped recipe first"
+        )
+    for key in ("users", "items", "records_per_user"):
+        if earlier[key] != getattr(args, key):
+            raise SystemExit(
+                f"--serve_only: {path} was measured with --{key}={earlier[key]}, not "
+                f"{getattr(args, key)}; give the same --{key}"
+            )
+    return stages
 
 
 def paper(args, split, index, stage) -> None:
@@ -314,7 +356,7 @@ def shipped(args, split, index, tokens, stage) -> str:
         signals=signals,
         fold_in=(config.model.als_alpha, config.model.als_l2, config.model.als_supportive_weight),
     )
-    export_dir = os.path.join(args.cache_dir, "scale_export")
+    export_dir = _export_dir(args)
     path = exporter.export(
         module,
         export_dir,
@@ -326,20 +368,34 @@ def shipped(args, split, index, tokens, stage) -> str:
     return path
 
 
-def serve(args, path, users, items, stage) -> None:
-    """The export loaded and timed in a clean process, as the serving benchmark
-    does (the training process has let go of its state by then)."""
-    gc.collect()
-    tf_keras.backend.clear_session()
-    before = serving_latency.process_gib("VmRSS")
+def serve(args, stage) -> None:
+    """The newest export in --cache_dir loaded and timed in a clean process, as
+    the serving benchmark does, started from a process that holds nothing else."""
+    versions = (
+        sorted((int(v) for v in os.listdir(_export_dir(args)) if v.isdigit()), reverse=True)
+        if os.path.isdir(_export_dir(args))
+        else []
+    )
+    if not versions:
+        raise SystemExit(
+            f"--serve_only: no export in {_export_dir(args)}; run the shipped recipe first"
+        )
+    path = os.path.join(_export_dir(args), str(versions[0]))
+
+    def first(name, count):
+        with open(os.path.join(path, "assets", f"{name}.txt"), encoding="utf-8") as f:
+            return [line.rstrip("\n") for _, line in zip(range(count), f)]
+
     start = time.perf_counter()
-    served = serving_latency.time_export(path, users, items, args.serve_calls)
+    served = serving_latency.time_export(
+        path, first("users", 200), first("items", 100), args.serve_calls
+    )
     stage(
         "serve",
         time.perf_counter() - start,
-        training_process_rss_gib=round(before, 2),
         load_seconds=round(served["load_seconds"], 1),
         serving_peak_rss_gib=round(served["peak_rss_mb"] / 1024, 2),
+        serving_default_pairs=served["serving_default_1x100"]["pairs"],
         **{
             f"{name}_{q}": round(served[name][q], 2)
             for name in ("recommend_1_user", "serving_default_1x100")
