@@ -455,6 +455,11 @@ class ServingModule(CatalogModule):
         item_table = scorer.mf.item_embedding.embeddings
         if isinstance(item_table, tf.Variable):
             self.item_vectors = item_table
+            # Every lookup of the table reads it densely, so the variable never
+            # turns copy-on-read (layers.`_EmbeddingPair.item_vector`).
+            for part in [scorer.mf, *scorer.towers]:
+                if part is not None and part.item_embedding.embeddings is item_table:
+                    part.dense_item_reads = True
         else:  # sharded over parameter servers: one table for the matmul
             self.item_vectors = _table(
                 candidate_tower(tf.range(num_items, dtype=tf.int32)).numpy(), tf.float32, "index"
@@ -588,7 +593,10 @@ class ServingModule(CatalogModule):
         r = tf.math.unsorted_segment_sum(weight, index, tf.size(pair))
         c = 1.0 + self.fold_in_alpha * r
         rows = tf.cast(pair // self.num_items, tf.int32)
-        y = tf.gather(self.item_vectors, tf.cast(pair % self.num_items, tf.int32))
+        # From a dense read: a gather on the variable would make it copy-on-read.
+        y = tf.gather(
+            tf.convert_to_tensor(self.item_vectors), tf.cast(pair % self.num_items, tf.int32)
+        )
         y = y * self.fold_in_scale
         outer = (c - 1.0)[:, None, None] * y[:, :, None] * y[:, None, :]
         lhs = self.fold_in_gram[None] + tf.math.unsorted_segment_sum(outer, rows, batch)

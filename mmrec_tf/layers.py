@@ -97,6 +97,9 @@ class _EmbeddingPair(tf_keras.layers.Layer):
         self.item_embedding = tf_keras.layers.Embedding(
             num_items, embedding_dim, embeddings_initializer=item_init, name="item_embedding"
         )
+        # Set by the serving module whose retrieval index is this item table
+        # (see `item_vector`); training gathers from the variable.
+        self.dense_item_reads = False
 
     def build(self, input_shape):
         if self.history_length:
@@ -132,12 +135,27 @@ class _EmbeddingPair(tf_keras.layers.Layer):
         if self.exclude_self and item is not None:
             valid &= history != tf.cast(item, history.dtype)[:, None]
         weights = tf.cast(valid, u.dtype)[..., None]
-        pooled = tf.reduce_sum(self.item_embedding(tf.maximum(history, 0)) * weights, axis=1)
+        pooled = tf.reduce_sum(self.item_vector(tf.maximum(history, 0)) * weights, axis=1)
         return u + pooled / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+
+    def item_vector(self, item: tf.Tensor) -> tf.Tensor:
+        """The item table's rows at `item` (indices of any shape).
+
+        With `dense_item_reads`, gathered from a dense read of the table. A
+        gather on the variable itself switches TensorFlow's variable to
+        copy-on-read, after which every dense read of it copies the whole
+        table: a served index that is this table (one matmul per request)
+        would copy it per request (10M x 4 floats: 23 ms of 89 per
+        `recommend`). Training keeps the variable's gather, whose gradient
+        updates only the rows looked up.
+        """
+        if self.dense_item_reads and self.item_embedding.built:
+            return tf.gather(tf.convert_to_tensor(self.item_embedding.embeddings), item)
+        return self.item_embedding(item)
 
     def lookup(self, user: tf.Tensor, item: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         u = self.user_vector(user, item)
-        i = self.item_embedding(item)
+        i = self.item_vector(item)
         if self.l2:
             self.add_loss(
                 self.l2
@@ -179,7 +197,7 @@ class MatrixFactorization(_EmbeddingPair):
 
     def grid(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         """[U, I, embedding_dim] products for every (user, item) pair of two lists."""
-        return self.user_vector(users)[:, None, :] * self.item_embedding(items)[None, :, :]
+        return self.user_vector(users)[:, None, :] * self.item_vector(items)[None, :, :]
 
 
 @tf_keras.utils.register_keras_serializable(package="mmrec_tf")
@@ -280,7 +298,7 @@ class FeedbackTower(_EmbeddingPair):
         [U, I, units] tensor broadcast along its middle axis (about twice
         as fast on CPU, forward and backward: benchmarks/README.md).
         """
-        i = self.item_embedding(items)
+        i = self.item_vector(items)
         if not self.dense_layers:
             shape = [self.embedding_dim, tf.shape(u)[0], tf.shape(i)[1]]
             return tf.concat(

@@ -443,7 +443,7 @@ def score_rows(
     rows = 0
     if mf is not None:
         v = parts[0] * tf.cast(kernel[: mf.embedding_dim], parts[0].dtype)
-        q = mf.item_embedding(items)
+        q = mf.item_vector(items)
         if items.shape[0] == 1:
             mf_logits = tf.matmul(v, q[0], transpose_b=True)
         else:
@@ -488,7 +488,7 @@ def grid_l2(scorer: Scorer, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
         if part is None or not part.l2:
             continue
         squares = tf.reduce_sum(tf.square(part.user_vector(users))) + tf.reduce_sum(
-            tf.square(part.item_embedding(items))
+            tf.square(part.item_vector(items))
         )
         total += part.l2 * tf.cast(squares, tf.float32)
     return total / tf.cast(tf.maximum(tf.shape(users)[0], 1), tf.float32)
@@ -505,7 +505,7 @@ def factorized_grid(scorer: Scorer, users: tf.Tensor, items: tf.Tensor) -> tf.Te
     """[U, I] the MF part of the logit, <p_u * w, q_i>, for every pair (the retrieval stage)."""
     mf = scorer.mf
     v = _query_vectors(mf, scorer.head, users)
-    return tf.matmul(v, mf.item_embedding(items), transpose_b=True)
+    return tf.matmul(v, mf.item_vector(items), transpose_b=True)
 
 
 def retrieval_towers(scorer: Scorer) -> tuple[tf_keras.Model, tf_keras.Model]:

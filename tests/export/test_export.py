@@ -533,3 +533,42 @@ def test_a_vocabulary_table_never_takes_over_an_earlier_modules_table(tmp_path):
         del table
         gc.collect()
     assert not wrong
+
+
+def _ops_reading(graph, handle) -> set:
+    """Types of the ops that take `handle` (a captured variable) in `graph` and
+    in the functions those ops call (followed through their arguments)."""
+    found = set()
+
+    def walk(g, targets):
+        for op in g.get_operations():
+            reads = [k for k, x in enumerate(op.inputs) if id(x) in targets]
+            if not reads:
+                continue
+            found.add(op.type)
+            # A call's or loop's inputs are its function's arguments in order;
+            # a conditional's first input is the condition.
+            shift = 1 if op.type in ("If", "StatelessIf") else 0
+            for attr in ("f", "body", "cond", "then_branch", "else_branch"):
+                try:
+                    inner = g._get_function(op.get_attr(attr).name)
+                except (ValueError, AttributeError):
+                    continue
+                if inner is not None and hasattr(inner, "graph"):
+                    args = inner.graph.inputs
+                    walk(inner.graph, {id(args[k - shift]) for k in reads if k >= shift})
+
+    walk(graph, {id(inner) for outer, inner in graph.captures if outer is handle})
+    return found
+
+
+def test_no_signature_gathers_from_the_index_variable(trained):
+    # The retrieval index is the MF item table itself. A gather on that
+    # variable (ResourceGather) turns it copy-on-read, after which every
+    # dense read, the index's matmul in `recommend`, copies the whole table.
+    module = trained["module"]
+    assert module.item_vectors is trained["ranker"].scorer.mf.item_embedding.embeddings
+    for name, fn in module.signatures().items():
+        ops = _ops_reading(fn.graph, module.item_vectors.handle)
+        assert ops, f"{name} never reads the index?"
+        assert "ResourceGather" not in ops, f"{name} gathers from the index variable: {ops}"
