@@ -127,7 +127,7 @@ def main() -> None:
         json.dump({"cpus": os.cpu_count(), "datasets": results}, f, indent=2)
     with open(args.out + ".md", "w") as f:
         f.write(
-            "# A user's reach over the whole catalog, through the users\n\n"
+            "# A user's graph signals over the whole catalog: each sparse product, then and now\n\n"
             f"Command: `python benchmarks/signals_full_ranking.py --datasets={args.datasets} "
             f"--users={args.users}`\n\n"
             "Seconds per user of each product over the whole catalog, the mean over the "
