@@ -43,12 +43,14 @@ A scorer with graph signals gets them per request (`export.signals`): a
 known user's are exactly the evaluation's. Its candidates are the MF stage's
 top C, the top C items its behavior graphs reach from the user's histories,
 and the user's touched items, re-ranked together; a request's memory is a
-few [users + items] float blocks per row, so its row limits are capped.
+few [users + items] float blocks per row (a `serving_default` request's
+rows are its distinct users), so its row limits are capped.
 
 Every input must be a rank-1 string tensor, `user_id` and `item_id` of equal
 length, at most `max_request_users` users for `recommend` / `retrieve` and
 `max_request_pairs` pairs for `serving_default` (memory grows with the
-batch); anything else is an InvalidArgument error of that request alone, never
+batch; with graph signals or the cascade blend also at most
+`max_request_users` distinct users); anything else is an InvalidArgument error of that request alone, never
 an abort of the process. When `exclude_seen` leaves fewer than K candidates,
 `recommend` fills the remaining slots with the sentinel item id "" and score
 -inf, never with a purchased item.
@@ -195,11 +197,9 @@ class CatalogModule(tf.Module):
       behaviors: behavior names by branch (the target first), the names
         `recommend_from_history` events take.
       max_history_events: most events per `recommend_from_history` request.
-      request_row_bytes: the dense memory one request row takes (0: none to
-        speak of); the row limits are then capped so that a request's blocks
-        fit REQUEST_BUDGET_BYTES.
-      rows_are_pairs: a `serving_default` pair is a row too, so the pair
-        limit is capped likewise.
+      request_row_bytes: the dense memory one request row (a user) takes (0:
+        none to speak of); the user limit is then capped so that a request's
+        blocks fit REQUEST_BUDGET_BYTES.
 
     Raises:
       ValueError: if K exceeds C or the catalog, or C exceeds the catalog.
@@ -221,14 +221,11 @@ class CatalogModule(tf.Module):
         behaviors: tuple[str, ...],
         max_history_events: int = MAX_HISTORY_EVENTS,
         request_row_bytes: int = 0,
-        rows_are_pairs: bool = False,
     ):
         super().__init__()
         if request_row_bytes:
             rows = max(1, REQUEST_BUDGET_BYTES // request_row_bytes)
             max_request_users = min(max_request_users, rows)
-            if rows_are_pairs:
-                max_request_pairs = min(max_request_pairs, rows)
         num_items = len(item_tokens)
         if not 1 <= top_k <= retrieval_candidates <= num_items:
             raise ValueError(
@@ -416,10 +413,11 @@ class ServingModule(CatalogModule):
             row's cascade scores add `cascade_weight * blend.log_scores` to
             the logits and their top C join the candidates.
           cascade_weight: the blend's weight chosen on validation (0: none).
-          max_request_users: most users per `recommend` / `retrieve` request
-            (capped so a request's graph blocks fit REQUEST_BUDGET_BYTES).
-          max_request_pairs: most pairs per `serving_default` request (capped
-            likewise).
+          max_request_users: most users per `recommend` / `retrieve` request,
+            and distinct users per `serving_default` request with graph
+            signals or the blend (capped so a request's graph blocks fit
+            REQUEST_BUDGET_BYTES).
+          max_request_pairs: most pairs per `serving_default` request.
           max_history_events: most events per `recommend_from_history` request.
 
         Raises:
@@ -442,7 +440,6 @@ class ServingModule(CatalogModule):
             max_history_events=max_history_events,
             request_row_bytes=(signals.bytes_per_row if signals is not None else 0)
             + (cascade.row_bytes(len(user_tokens), len(item_tokens)) if cascade_weight else 0),
-            rows_are_pairs=True,
         )
         num_items = self.num_items
         self.scorer = scorer
@@ -815,9 +812,18 @@ class ServingModule(CatalogModule):
     # -- the signatures ------------------------------------------------------
 
     def _logits(self, users: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
-        if self.cascade is not None:
-            # One cascade per distinct user of the pairs.
+        if self.cascade is not None or self.signals is not None:
+            # One row (one cascade, one set of graph products) per distinct
+            # user of the pairs: a request's memory grows with its users.
             distinct, row = tf.unique(users)
+            fits = tf.debugging.assert_less_equal(
+                tf.size(distinct),
+                self.max_request_users,
+                message=f"{schema.USER_ID}: at most {self.max_request_users} distinct users "
+                "per request with graph signals; split the batch",
+            )
+            with tf.control_dependencies([fits]):
+                distinct = tf.identity(distinct)
             events = self._no_events()
             blended = self._cascade_scores(distinct, events)
             parts = models.user_parts(self.scorer, distinct)
@@ -833,10 +839,6 @@ class ServingModule(CatalogModule):
             )
             flat = tf.RaggedTensor.from_tensor(logits, lengths=candidates.row_lengths()).values
             return tf.scatter_nd(order[:, None], flat, tf.shape(items))
-        if self.signals is not None:
-            events = self._no_events()
-            parts = models.user_parts(self.scorer, users)
-            return self._rank(users, parts, items[:, None], events)[:, 0]
         gate = self._gates(users, items)
         return self.scorer(
             {schema.USER: users, schema.ITEM: items, schema.GATE: gate}, training=False

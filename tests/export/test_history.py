@@ -74,7 +74,14 @@ def _train(tmp_path, signals: bool, blend_weight: float = 0.0):
         fold_in=(10.0, 0.1, 1.0),
         **extra,
     )
-    return {"split": split, "module": module, "score": score}
+    return {
+        "split": split,
+        "module": module,
+        "score": score,
+        "scorer": ranker.scorer,
+        "graph": graph,
+        "extra": extra,
+    }
 
 
 @pytest.fixture(
@@ -102,6 +109,39 @@ def test_recommend_ranks_with_the_evaluated_logits(trained):
     users, items = rng.integers(0, 40, 30), rng.integers(0, 40, 30)
     out = module.score(tf.constant(USERS[users]), tf.constant(ITEMS[items]))
     np.testing.assert_allclose(out[schema.SCORE].numpy(), score(users, items), rtol=1e-4, atol=1e-4)
+
+
+def test_serving_default_rows_are_distinct_users(trained):
+    # With graph signals or the blend a request's memory is per distinct
+    # user: many pairs of one user pass a user limit of 2, a third user is
+    # an error of that request. Without either there is no such limit.
+    module = serving.from_training(
+        trained["scorer"],
+        trained["split"],
+        user_tokens=USERS,
+        item_tokens=ITEMS,
+        top_k=K,
+        retrieval_candidates=C,
+        exclude_seen=True,
+        signals=trained["graph"],
+        fold_in=(10.0, 0.1, 1.0),
+        max_request_users=2,
+        **trained["extra"],
+    )
+    score = trained["score"]
+    users, items = np.array([3] * 12 + [9] * 4), np.arange(16)
+    out = module.score(tf.constant(USERS[users]), tf.constant(ITEMS[items]))
+    np.testing.assert_allclose(out[schema.SCORE].numpy(), score(users, items), rtol=1e-4, atol=1e-4)
+    users = np.array([3, 9, 11])
+    request = (tf.constant(USERS[users]), tf.constant(ITEMS[:3]))
+    if module.signals is None and module.cascade is None:
+        out = module.score(*request)
+        np.testing.assert_allclose(
+            out[schema.SCORE].numpy(), score(users, np.arange(3)), rtol=1e-4, atol=1e-4
+        )
+    else:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="at most 2 distinct users"):
+            module.score(*request)
 
 
 def test_a_known_user_without_events_gets_its_recommend(trained):
