@@ -245,9 +245,8 @@ def paper(args, split, index, stage) -> None:
     )
 
 
-def shipped(args, split, index, tokens, stage) -> str:
-    """The shipped recipe's stages: ALS, signals, start, training, evaluation,
-    export; returns the export's path."""
+def shipped(args, split, index, tokens, stage) -> None:
+    """The shipped recipe's stages: ALS, signals, start, training, evaluation, export."""
     fv = flags.FlagValues()
     cli.define_flags(fv)
     fv(["scale", f"--flagfile={args.flagfile}", "--graph_signals", "--model_dir=_"])
@@ -365,22 +364,16 @@ def shipped(args, split, index, tokens, stage) -> str:
     )
     stage("export", time.perf_counter() - start, bytes=serving_latency.disk_bytes(path))
 
-    return path
-
 
 def serve(args, stage) -> None:
     """The newest export in --cache_dir loaded and timed in a clean process, as
     the serving benchmark does, started from a process that holds nothing else."""
-    versions = (
-        sorted((int(v) for v in os.listdir(_export_dir(args)) if v.isdigit()), reverse=True)
-        if os.path.isdir(_export_dir(args))
-        else []
-    )
+    versions = exporter.versions(_export_dir(args))
     if not versions:
         raise SystemExit(
             f"--serve_only: no export in {_export_dir(args)}; run the shipped recipe first"
         )
-    path = os.path.join(_export_dir(args), str(versions[0]))
+    path = os.path.join(_export_dir(args), str(versions[-1]))
 
     def first(name, count):
         with open(os.path.join(path, "assets", f"{name}.txt"), encoding="utf-8") as f:

@@ -50,8 +50,8 @@ Every input must be a rank-1 string tensor, `user_id` and `item_id` of equal
 length, at most `max_request_users` users for `recommend` / `retrieve` and
 `max_request_pairs` pairs for `serving_default` (memory grows with the
 batch; with graph signals or the cascade blend also at most
-`max_request_users` distinct users); anything else is an InvalidArgument error of that request alone, never
-an abort of the process. When `exclude_seen` leaves fewer than K candidates,
+`max_request_users` distinct users); anything else is an InvalidArgument
+error of that request alone, never an abort of the process. When `exclude_seen` leaves fewer than K candidates,
 `recommend` fills the remaining slots with the sentinel item id "" and score
 -inf, never with a purchased item.
 
