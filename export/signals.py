@@ -22,8 +22,14 @@ Per behavior b and row u with b-history N(u) (d_u = |N(u)|), candidate i:
               - [i in N(u)] (self_i - [u has b with i in training] / d_u^train) / d_i
     reach     = max(z / (d_u - [i in N(u)]) * sqrt(d_i / (d_i - [(u, i) a training edge])), 0)
 
-two sparse-dense products over the behavior's edges per request: memory is
-[users + 2 items] floats per request row, so the module caps its rows.
+Both sums walk only the edges they need: the row's history items' users,
+then those users' items, gathered from each behavior's two CSR layouts
+(user by user, item by item) in chunks of at most `CHUNK_EDGES` edges and
+added into the [B, users] and [B, items] blocks. A request's work is the
+edges within two steps of its histories, not every edge of the graph (a
+sparse-dense product over the whole graph cost the same for every request:
+1.6 s per `recommend` at 3.7M items); its memory is those two dense blocks
+per row and one chunk, so the module caps its rows as before.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ import numpy as np
 import tensorflow as tf
 
 from mmrec_tf.pipelines import graph_signals as graph_signals_lib
+
+# Most edges one step of the walk gathers at once (each about 24 bytes
+# while in flight: 24 MiB a chunk).
+CHUNK_EDGES = 1 << 20
 
 
 def _variable(values, dtype, name: str) -> tf.Variable:
@@ -53,16 +63,11 @@ class _BehaviorGraph(tf.Module):
         self.count_items = _variable(counts.indices.astype(np.int32), tf.int32, "count_items")
         self.count_values = _variable(counts.data.astype(np.float32), tf.float32, "count_values")
         self.count_splits = _variable(counts.indptr.astype(np.int64), tf.int64, "count_splits")
-        # [items, users]: entry (i, v) = A[v, i] / sqrt(d_i).
-        edges = graph.binary.T.tocoo()
-        order = np.lexsort((edges.col, edges.row))
-        rows, cols = edges.row[order], edges.col[order]
-        values = graph_signals_lib.safe_power(graph.item_degree[rows], -0.5)
-        self.indices = _variable(
-            np.stack([rows, cols], axis=1).astype(np.int64), tf.int64, "indices"
-        )
-        self.values = _variable(values.astype(np.float32), tf.float32, "values")
-        self.shape = (int(graph.binary.shape[1]), int(graph.binary.shape[0]))
+        # Item by item: the users of each item (the same edges as `counts`).
+        by_item = graph.binary.T.tocsr()
+        by_item.sort_indices()
+        self.item_users = _variable(by_item.indices.astype(np.int32), tf.int32, "item_users")
+        self.item_splits = _variable(by_item.indptr.astype(np.int64), tf.int64, "item_splits")
         self.user_degree = _variable(
             graph.user_degree.astype(np.float32), tf.float32, "user_degree"
         )
@@ -71,15 +76,47 @@ class _BehaviorGraph(tf.Module):
         )
         self.item_self = _variable(graph.item_self.astype(np.float32), tf.float32, "item_self")
 
-    def matrix(self) -> tf.sparse.SparseTensor:
-        return tf.sparse.SparseTensor(self.indices, self.values, self.shape)
+
+def _listed(splits: tf.Variable, nodes: tf.Tensor):
+    """(owner, position): every position listed under each node of a CSR's
+    `splits` (nodes < 0 list nothing), owner the node's index in `nodes`; the
+    work is the listed entries, never the whole table."""
+    nodes = tf.cast(nodes, tf.int64)
+    starts = tf.gather(splits, tf.maximum(nodes, 0))
+    limits = tf.where(nodes >= 0, tf.gather(splits, tf.maximum(nodes, 0) + 1), starts)
+    ranges = tf.ragged.range(starts, limits)
+    return tf.cast(ranges.value_rowids(), tf.int32), ranges.flat_values
 
 
 def _rows(values: tf.Variable, splits: tf.Variable, users: tf.Tensor):
     """(row, position in `values`) of every listed entry of the known users, flat."""
-    lists = tf.RaggedTensor.from_row_splits(tf.range(tf.size(values)), splits)
-    lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
-    return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
+    return _listed(splits, users)
+
+
+def _spread(splits, targets, rows, nodes, weights, shape) -> tf.Tensor:
+    """[B, W] dense: out[rows[k], t] += weights[k] for every t listed under
+    nodes[k] in the CSR (`splits`, `targets`), a chunk of at most
+    CHUNK_EDGES listed entries at a time (a node with more is a chunk alone)."""
+    nodes = tf.cast(nodes, tf.int64)
+    lengths = tf.gather(splits, nodes + 1) - tf.gather(splits, nodes)
+    ends = tf.cumsum(lengths)
+    count = tf.size(nodes)
+
+    def chunk(start, out):
+        before = tf.where(start > 0, tf.gather(ends, tf.maximum(start - 1, 0)), 0)
+        stop = tf.searchsorted(ends, [before + CHUNK_EDGES], side="right", out_type=tf.int32)[0]
+        stop = tf.minimum(tf.maximum(stop, start + 1), count)
+        owner, position = _listed(splits, nodes[start:stop])
+        index = tf.stack([tf.gather(rows[start:stop], owner), tf.gather(targets, position)], axis=1)
+        added = tf.gather(weights[start:stop], owner)
+        return stop, tf.tensor_scatter_nd_add(out, index, added)
+
+    _, out = tf.while_loop(
+        lambda start, out: start < count,
+        chunk,
+        (tf.constant(0, tf.int32), tf.zeros(shape, tf.float32)),
+    )
+    return out
 
 
 def lookup(keys: tf.Tensor, values: tf.Tensor, query: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -147,31 +184,57 @@ class SignalTables(tf.Module):
 
     def _two_steps(self, source: _BehaviorGraph, destination: _BehaviorGraph, users, keys):
         """[B, items]: sum over the row's `source` history j and other users v of
-        A_s[v, j] / (sqrt(d_j) d_v) * A_d[v, i] / sqrt(d_i); and the rows' degrees."""
+        A_s[v, j] / (sqrt(d_j) d_v) * A_d[v, i] / sqrt(d_i); and the rows' degrees.
+        Only the edges within two steps of the histories are read."""
         batch = tf.shape(users)[0]
         rows = tf.cast(keys // self.num_items, tf.int32)
         items = tf.cast(keys % self.num_items, tf.int32)
         degree = tf.math.unsorted_segment_sum(tf.ones_like(rows, tf.float32), rows, batch)
-        x = tf.scatter_nd(
-            tf.stack([items, rows], axis=1), tf.ones(tf.shape(rows)), [self.num_items, batch]
+        # [B, users]: sum_j A[v, j] / sqrt(d_j) over the row's history, then / d_v.
+        weights = _inverse(tf.sqrt(tf.gather(source.item_degree, items)))
+        middle = _spread(
+            source.item_splits, source.item_users, rows, items, weights, [batch, self.num_users]
         )
-        # [users, B]: sum_j A[v, j] / sqrt(d_j) over the row's history (the
-        # matrix holds the 1 / sqrt(d_j)), then / d_v.
-        middle = tf.sparse.sparse_dense_matmul(source.matrix(), x, adjoint_a=True)
-        middle *= _inverse(source.user_degree)[:, None]
+        middle *= _inverse(source.user_degree)[None, :]
         known = tf.where(users >= 0)[:, 0]
-        own = tf.stack([tf.gather(users, known), tf.cast(known, tf.int32)], axis=1)
+        own = tf.stack([tf.cast(known, tf.int32), tf.gather(users, known)], axis=1)
         middle = tf.tensor_scatter_nd_update(middle, own, tf.zeros(tf.shape(known)[:1]))
-        z = tf.transpose(tf.sparse.sparse_dense_matmul(destination.matrix(), middle))
+        # [B, items]: the reached users' items in the destination graph.
+        reached = tf.cast(tf.where(middle != 0), tf.int32)
+        z = _spread(
+            destination.count_splits,
+            destination.count_items,
+            reached[:, 0],
+            reached[:, 1],
+            tf.gather_nd(middle, reached),
+            [batch, self.num_items],
+        )
+        z *= _inverse(tf.sqrt(destination.item_degree))[None, :]
         return z, degree
 
-    def _query(self, users, candidates):
-        batch = tf.shape(users)[0]
+    def _member(self, keys, batch, candidates) -> tf.Tensor:
+        """[B, items] (or [B, W] at `candidates`) 1.0 where row * items + item is
+        in the sorted `keys`: for every item, the keys scattered (their count,
+        not a search per item)."""
         if candidates is None:
-            candidates = tf.tile(tf.range(self.num_items)[None, :], [batch, 1])
+            index = tf.stack(
+                [
+                    tf.cast(keys // self.num_items, tf.int32),
+                    tf.cast(keys % self.num_items, tf.int32),
+                ],
+                axis=1,
+            )
+            return tf.scatter_nd(index, tf.ones(tf.shape(keys)), [batch, self.num_items])
         row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(candidates))
         query = tf.cast(row_ids, tf.int64) * self.num_items + tf.cast(candidates, tf.int64)
-        return candidates, query
+        return tf.cast(found(keys, query), tf.float32)
+
+    @staticmethod
+    def _at(candidates, z, per_item):
+        """z and per-item values at the candidates (every item: as they are)."""
+        if candidates is None:
+            return z, [values[None, :] for values in per_item]
+        return tf.gather(z, candidates, batch_dims=1), [tf.gather(v, candidates) for v in per_item]
 
     def reach(self, branch: int, users, keys, candidates=None) -> tf.Tensor:
         """[B, items] (or [B, W] at `candidates`) the scaled reach of behavior `branch`.
@@ -183,21 +246,13 @@ class SignalTables(tf.Module):
           candidates: [B, W] item indices (>= 0), or None for every item.
         """
         graph = self.graphs[branch]
+        batch = tf.shape(users)[0]
         z, degree = self._two_steps(graph, graph, users, keys)
-        candidates, query = self._query(users, candidates)
-        z = tf.gather(z, candidates, batch_dims=1)
-        in_history = tf.cast(found(keys, query), tf.float32)
-        in_training = tf.cast(found(self._training_keys(graph, users), query), tf.float32)
+        z, (di, item_self) = self._at(candidates, z, (graph.item_degree, graph.item_self))
+        in_history = self._member(keys, batch, candidates)
+        in_training = self._member(self._training_keys(graph, users), batch, candidates)
         train_degree = tf.where(users >= 0, tf.gather(graph.user_degree, tf.maximum(users, 0)), 0.0)
-        di = tf.gather(graph.item_degree, candidates)
-        z -= (
-            in_history
-            * (
-                tf.gather(graph.item_self, candidates)
-                - in_training * _inverse(train_degree)[:, None]
-            )
-            * _inverse(di)
-        )
+        z -= in_history * (item_self - in_training * _inverse(train_degree)[:, None]) * _inverse(di)
         scale = _inverse(degree[:, None] - in_history) * tf.sqrt(di * _inverse(di - in_training))
         return tf.maximum(z * scale, 0.0) * self.reach_scale[branch]
 
@@ -205,11 +260,10 @@ class SignalTables(tf.Module):
         """[B, items] (or [B, W]) the scaled cross reach of supportive `branch`:
         the target graph from the rows' b-histories (`graph_signals`, `cross_b`)."""
         graph, target = self.graphs[branch], self.graphs[0]
+        batch = tf.shape(users)[0]
         z, degree = self._two_steps(graph, target, users, keys)
-        candidates, query = self._query(users, candidates)
-        z = tf.gather(z, candidates, batch_dims=1)
-        bought = tf.cast(found(self._training_keys(target, users), query), tf.float32)
-        di = tf.gather(target.item_degree, candidates)
+        z, (di,) = self._at(candidates, z, (target.item_degree,))
+        bought = self._member(self._training_keys(target, users), batch, candidates)
         scale = _inverse(degree)[:, None] * tf.sqrt(di * _inverse(di - bought))
         column = len(self.graphs) + branch - 1
         return tf.maximum(z * scale, 0.0) * self.reach_scale[column]

@@ -74,3 +74,41 @@ def test_a_new_users_signals_come_from_the_requests_events():
             * signals.reach_scale[1]
         )
         np.testing.assert_allclose(got[0, i, 3], want, rtol=2e-5, atol=1e-6)
+
+
+def test_the_walk_in_small_chunks_gives_the_same_signals(monkeypatch):
+    # Each step of the walk gathers at most CHUNK_EDGES edges at a time (a
+    # node with more is a chunk alone); the signals must not depend on it.
+    split = test_samplers._split(num_users=20, num_items=25, seed=5)
+    signals = graph_signals.GraphSignals(split)
+    tables = signals_lib.SignalTables(signals)
+    users = tf.constant([0, 4, 11, -1], tf.int32)
+    candidates = tf.constant(np.tile(np.arange(25, dtype=np.int32), (4, 1)))
+    events = (
+        tf.constant([3, 3, 0], tf.int32),
+        tf.constant([2, 9, 9], tf.int32),
+        tf.constant([1, 0, 1], tf.int32),
+    )
+    whole = tables.grid(users, candidates, *events).numpy()
+    monkeypatch.setattr(signals_lib, "CHUNK_EDGES", 2)
+    chunked = tables.grid(users, candidates, *events).numpy()
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
+    assert whole[3, :, 2:].max() > 0  # the new user's events reach items
+
+
+def test_every_items_reach_equals_the_reach_at_candidates():
+    # `recommend` ranks the whole catalog by reach (candidates=None: the
+    # histories scattered, no search per item); a grid reads candidates.
+    split = test_samplers._split(num_users=20, num_items=25, seed=6)
+    tables = signals_lib.SignalTables(graph_signals.GraphSignals(split))
+    users = tf.constant([1, 9, -1], tf.int32)
+    events = (tf.constant([2, 2], tf.int32), tf.constant([4, 7], tf.int32), tf.constant([1, 1]))
+    keys = tables.history_keys(users, *events)
+    every = tf.constant(np.tile(np.arange(25, dtype=np.int32), (3, 1)))
+    for b, k in enumerate(keys):
+        whole = tables.reach(b, users, k).numpy()
+        np.testing.assert_allclose(whole, tables.reach(b, users, k, every).numpy(), rtol=1e-6)
+        assert whole.max() > 0
+        if b > 0:
+            whole = tables.cross(b, users, k).numpy()
+            np.testing.assert_allclose(whole, tables.cross(b, users, k, every).numpy(), rtol=1e-6)
