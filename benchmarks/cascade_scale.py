@@ -288,7 +288,8 @@ def main() -> None:
         json.dump(record, f, indent=2)
     command = (
         f"python benchmarks/cascade_scale.py --users={args.users} --items={args.items} "
-        f"--records_per_user={args.records_per_user:g}"
+        f"--records_per_user={args.records_per_user:g} --score_users={args.score_users} "
+        f"--calls={args.calls}"
     )
     with open(args.out + ".md", "w") as f:
         f.write(

@@ -18,7 +18,9 @@ matplotlib is installed (the `bench` extra).
 
 Modules: `suites` (the arms of each suite and the published figures),
 `running` (one run per process, keyed by its resolved config; suites with
-tuning grids and seeds), `reporting` (tables and plots). Run it from the
+tuning grids and seeds), `reporting` (tables and plots);
+`matched_validation`, a research variant of the validation carve, runs on its
+own (`python -m benchmarks.experiments.matched_validation`). Run it from the
 repository root. The library never imports this package.
 """
 

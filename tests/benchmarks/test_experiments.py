@@ -4,6 +4,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from benchmarks import experiments
@@ -319,3 +320,33 @@ def test_the_accuracy_reports_shipped_row_runs_the_shipped_flagfile(dataset):
     if overrides.get("cascade_blend") or overrides.get("graph_signals"):
         plain = arms[accuracy.WITHOUT_SIGNALS]
         assert not plain["cascade_blend"] and not plain["graph_signals"]
+
+
+def test_the_matched_carve_draws_one_pair_per_user_at_the_test_popularity():
+    from benchmarks.experiments import matched_validation
+
+    rng = np.random.default_rng(0)
+    num_users, num_items = 3000, 400
+    # Popular items are bought far more often in training than on test.
+    popularity = np.arange(num_items, dtype=np.float64) + 2.0
+    users = np.repeat(np.arange(num_users), 8)
+    items = rng.choice(num_items, len(users), p=popularity / popularity.sum())
+    keys = np.unique(users.astype(np.int64) * num_items + items)
+    test_popularity = popularity[rng.integers(0, num_items, num_users)]
+    drawn = matched_validation._draw_matched(
+        keys,
+        num_items,
+        np.random.default_rng(1),
+        min_pairs=2,
+        popularity_of=popularity,
+        test_popularity=test_popularity,
+    )
+    per_user = np.bincount(drawn // num_items, minlength=num_users)
+    owners = np.bincount(keys // num_items, minlength=num_users)
+    assert (per_user == (owners >= 2)).all()  # one pair per user with two or more
+    assert np.isin(drawn, keys).all()
+    at_random = popularity[keys % num_items]
+    drawn_popularity = popularity[drawn % num_items] - 1
+    # The drawn items are as popular as the test items, the pairs are not.
+    assert abs(np.median(drawn_popularity) - np.median(test_popularity)) < 25
+    assert np.median(at_random) - np.median(test_popularity) > 60
