@@ -699,7 +699,7 @@ class ServingModule(CatalogModule):
         floor = blend.FLOOR
         return self.cascade_weight * tf.math.log(self.num_items * tf.maximum(scores, 0.0) + floor)
 
-    def _candidates(self, users, parts, events, blended=None):
+    def _candidates(self, users, parts, events, blended=None, whole=None):
         """[B, W] each row's candidates: the MF stage's top C, with graph
         signals the top C of the rows' summed reach and cross reach, with a
         cascade blend the top C by cascade score (`blended`), and the
@@ -713,11 +713,9 @@ class ServingModule(CatalogModule):
         masked = tf.concat([excluded, touched], axis=0)
         lists = [self._masked_top(scores, masked, self.retrieval_candidates)]
         if self.signals is not None:
-            keys = self.signals.history_keys(users, *events)
-            reach = tf.add_n(
-                [self.signals.reach(b, users, k) for b, k in enumerate(keys)]
-                + [self.signals.cross(b, users, k) for b, k in enumerate(keys) if b > 0]
-            )
+            if whole is None:
+                whole = self.signals.whole(users, *events)
+            reach = tf.add_n(whole["reach"] + whole["cross"])
             retrieved = lists[0]
             rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(retrieved))
             more = tf.boolean_mask(
@@ -766,12 +764,13 @@ class ServingModule(CatalogModule):
             self._cascade_scores(users, events),
         )
 
-    def _rank(self, users, parts, candidates, events, blended=None) -> tf.Tensor:
+    def _rank(self, users, parts, candidates, events, blended=None, whole=None) -> tf.Tensor:
         """[B, W] logits of each row's candidates (-inf where a candidate is -1), plus
-        the blend's term `blended` [B, items] when given."""
+        the blend's term `blended` [B, items] when given; the candidates' graph
+        signals read from `whole` (`SignalTables.whole`) when given."""
         signals = None
         if self.signals is not None:
-            signals = self.signals.grid(users, candidates, *events)
+            signals = self.signals.grid(users, candidates, *events, whole=whole)
         logits = models.score_rows(
             self.scorer,
             parts,
@@ -791,8 +790,11 @@ class ServingModule(CatalogModule):
         else:
             parts = models.user_parts(self.scorer, tf.maximum(users, 0))
         blended = self._cascade_scores(users, events)
-        candidates = self._candidates(users, parts, events, blended)
-        logits = self._rank(users, parts, candidates, events, blended)
+        # The graphs are walked once per request: the catalog's reach finds
+        # candidates, and the candidates' signals are read from it.
+        whole = self.signals.whole(users, *events) if self.signals is not None else None
+        candidates = self._candidates(users, parts, events, blended, whole)
+        logits = self._rank(users, parts, candidates, events, blended, whole)
         k = tf.minimum(self.top_k, tf.shape(candidates)[1])
         top_logits, position = tf.math.top_k(logits, k=k)
         items = tf.maximum(tf.gather(candidates, position, batch_dims=1), 0)

@@ -268,7 +268,20 @@ class SignalTables(tf.Module):
         column = len(self.graphs) + branch - 1
         return tf.maximum(z * scale, 0.0) * self.reach_scale[column]
 
-    def grid(self, users, candidates, event_rows, event_items, event_branches) -> tf.Tensor:
+    def whole(self, users, event_rows, event_items, event_branches) -> dict:
+        """Every item's scaled reach and cross reach for the rows, each walked once:
+        {"reach": [B, items] per behavior, "cross": [B, items] per supportive
+        behavior}. `recommend` ranks the catalog by their sum and reads its
+        candidates' columns from the same blocks (`grid(..., whole=...)`)."""
+        keys = self.history_keys(users, event_rows, event_items, event_branches)
+        return {
+            "reach": [self.reach(b, users, k) for b, k in enumerate(keys)],
+            "cross": [self.cross(b, users, k) for b, k in enumerate(keys) if b > 0],
+        }
+
+    def grid(
+        self, users, candidates, event_rows, event_items, event_branches, whole=None
+    ) -> tf.Tensor:
         """[B, W, num_signals] the signals of each row's candidates.
 
         Args:
@@ -277,6 +290,8 @@ class SignalTables(tf.Module):
           event_rows: [N] the row of each request event.
           event_items: [N] its item index.
           event_branches: [N] its behavior.
+          whole: `whole(...)` of the same rows and events, read at the
+            candidates instead of walking the graphs again; None walks.
         """
         valid = tf.cast(candidates >= 0, tf.float32)
         candidates = tf.maximum(candidates, 0)
@@ -292,8 +307,14 @@ class SignalTables(tf.Module):
             if branch > 0:
                 _, count = lookup(keys, counts, query)
                 touched.append(tf.math.log1p(count))
-                cross.append(self.cross(branch, users, keys, candidates))
-            reach.append(self.reach(branch, users, keys, candidates))
+                if whole is None:
+                    cross.append(self.cross(branch, users, keys, candidates))
+                else:
+                    cross.append(tf.gather(whole["cross"][branch - 1], candidates, batch_dims=1))
+            if whole is None:
+                reach.append(self.reach(branch, users, keys, candidates))
+            else:
+                reach.append(tf.gather(whole["reach"][branch], candidates, batch_dims=1))
         return tf.stack(touched + reach + cross, axis=-1) * valid[..., None]
 
     def history_keys(self, users, event_rows, event_items, event_branches) -> list:
