@@ -154,10 +154,13 @@ class SignalTables(tf.Module):
 
     @property
     def bytes_per_row(self) -> int:
-        """The dense floats one request row takes, in bytes: [items], [users] and
-        [items] float32 blocks, a few times over (the serving module caps its
-        rows by it)."""
-        return (self.num_users + 2 * self.num_items) * 4 * 2
+        """The dense float32 blocks one request row holds at once, in bytes (the
+        serving module caps its rows by it): the walk's [users] block, and
+        [items] blocks for every behavior's reach and every supportive
+        behavior's cross reach (`whole`), their sum, and three in flight (the
+        walk's, two memberships)."""
+        walks = 2 * len(self.graphs) - 1
+        return (self.num_users + (walks + 4) * self.num_items) * 4
 
     def _history(self, graph: _BehaviorGraph, users, event_rows, event_items):
         """Each row's b-history: sorted distinct keys row * items + item, and their
