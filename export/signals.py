@@ -75,6 +75,17 @@ class _BehaviorGraph(tf.Module):
             graph.item_degree.astype(np.float32), tf.float32, "item_degree"
         )
         self.item_self = _variable(graph.item_self.astype(np.float32), tf.float32, "item_self")
+        # 1 / d_v and 1 / sqrt(d_i) (0 at degree 0), read by every walk.
+        self.inverse_user_degree = _variable(
+            graph_signals_lib.safe_power(graph.user_degree, -1.0).astype(np.float32),
+            tf.float32,
+            "inverse_user_degree",
+        )
+        self.inverse_sqrt_item_degree = _variable(
+            graph_signals_lib.safe_power(graph.item_degree, -0.5).astype(np.float32),
+            tf.float32,
+            "inverse_sqrt_item_degree",
+        )
 
 
 def _listed(splits: tf.Variable, nodes: tf.Tensor):
@@ -187,57 +198,87 @@ class SignalTables(tf.Module):
 
     def _two_steps(self, source: _BehaviorGraph, destination: _BehaviorGraph, users, keys):
         """[B, items]: sum over the row's `source` history j and other users v of
-        A_s[v, j] / (sqrt(d_j) d_v) * A_d[v, i] / sqrt(d_i); and the rows' degrees.
+        A_s[v, j] / (sqrt(d_j) d_v) * A_d[v, i] (times 1 / sqrt(d_i) of the
+        destination, `_pairs_of`, gives the two steps); and the rows' degrees.
         Only the edges within two steps of the histories are read."""
         batch = tf.shape(users)[0]
         rows = tf.cast(keys // self.num_items, tf.int32)
         items = tf.cast(keys % self.num_items, tf.int32)
         degree = tf.math.unsorted_segment_sum(tf.ones_like(rows, tf.float32), rows, batch)
-        # [B, users]: sum_j A[v, j] / sqrt(d_j) over the row's history, then / d_v.
-        weights = _inverse(tf.sqrt(tf.gather(source.item_degree, items)))
+        # [B, users]: sum_j A[v, j] / sqrt(d_j) over the row's history.
+        weights = tf.gather(source.inverse_sqrt_item_degree, items)
         middle = _spread(
             source.item_splits, source.item_users, rows, items, weights, [batch, self.num_users]
         )
-        middle *= _inverse(source.user_degree)[None, :]
         known = tf.where(users >= 0)[:, 0]
         own = tf.stack([tf.cast(known, tf.int32), tf.gather(users, known)], axis=1)
         middle = tf.tensor_scatter_nd_update(middle, own, tf.zeros(tf.shape(known)[:1]))
-        # [B, items]: the reached users' items in the destination graph.
+        # [B, items]: the reached users' items in the destination graph, each
+        # user's sum / d_v.
         reached = tf.cast(tf.where(middle != 0), tf.int32)
+        values = tf.gather_nd(middle, reached) * tf.gather(
+            source.inverse_user_degree, reached[:, 1]
+        )
         z = _spread(
             destination.count_splits,
             destination.count_items,
             reached[:, 0],
             reached[:, 1],
-            tf.gather_nd(middle, reached),
+            values,
             [batch, self.num_items],
         )
-        z *= _inverse(tf.sqrt(destination.item_degree))[None, :]
         return z, degree
 
-    def _member(self, keys, batch, candidates) -> tf.Tensor:
-        """[B, items] (or [B, W] at `candidates`) 1.0 where row * items + item is
-        in the sorted `keys`: for every item, the keys scattered (their count,
-        not a search per item)."""
-        if candidates is None:
-            index = tf.stack(
-                [
-                    tf.cast(keys // self.num_items, tf.int32),
-                    tf.cast(keys % self.num_items, tf.int32),
-                ],
-                axis=1,
-            )
-            return tf.scatter_nd(index, tf.ones(tf.shape(keys)), [batch, self.num_items])
-        row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(candidates))
-        query = tf.cast(row_ids, tf.int64) * self.num_items + tf.cast(candidates, tf.int64)
-        return tf.cast(found(keys, query), tf.float32)
+    def _reach_pairs(self, branch: int, users, keys, degree, rows, items, z) -> tf.Tensor:
+        """[n] the scaled reach of the pairs (rows[k], items[k]) from their two-step
+        sums z[k]: the pair's own edge and the row's own path left out."""
+        graph = self.graphs[branch]
+        query = tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64)
+        in_history = tf.cast(found(keys, query), tf.float32)
+        in_training = tf.cast(found(self._training_keys(graph, users), query), tf.float32)
+        train_degree = tf.where(users >= 0, tf.gather(graph.user_degree, tf.maximum(users, 0)), 0.0)
+        di = tf.gather(graph.item_degree, items)
+        item_self = tf.gather(graph.item_self, items)
+        own = in_training * tf.gather(_inverse(train_degree), rows)
+        z -= in_history * (item_self - own) * _inverse(di)
+        scale = _inverse(tf.gather(degree, rows) - in_history) * tf.sqrt(
+            di * _inverse(di - in_training)
+        )
+        return tf.maximum(z * scale, 0.0) * self.reach_scale[branch]
 
-    @staticmethod
-    def _at(candidates, z, per_item):
-        """z and per-item values at the candidates (every item: as they are)."""
-        if candidates is None:
-            return z, [values[None, :] for values in per_item]
-        return tf.gather(z, candidates, batch_dims=1), [tf.gather(v, candidates) for v in per_item]
+    def _cross_pairs(self, branch: int, users, degree, rows, items, z) -> tf.Tensor:
+        """[n] the scaled cross reach of the pairs from their two-step sums z."""
+        target = self.graphs[0]
+        query = tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64)
+        bought = tf.cast(found(self._training_keys(target, users), query), tf.float32)
+        di = tf.gather(target.item_degree, items)
+        scale = tf.gather(_inverse(degree), rows) * tf.sqrt(di * _inverse(di - bought))
+        return tf.maximum(z * scale, 0.0) * self.reach_scale[len(self.graphs) + branch - 1]
+
+    def _pairs_of(self, graph, z, degree, scale, candidates, pairs_fn, exceptions):
+        """The signal of `_two_steps`'s z [B, items] into `graph` at every item
+        or at the candidates. At candidates [B, W]: `pairs_fn` of every (row,
+        candidate, two-step sum). For every item: off the `exceptions` (sorted
+        keys: the only pairs with an edge or a path of their own to leave
+        out) it is max(z / (sqrt(d_i) d_u), 0) * scale, a few dense passes;
+        on them, `pairs_fn`'s exact values are written over it."""
+        batch = tf.shape(z)[0]
+        if candidates is not None:
+            rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(candidates))
+            at = tf.gather(z, candidates, batch_dims=1) * tf.gather(
+                graph.inverse_sqrt_item_degree, candidates
+            )
+            flat = pairs_fn(
+                tf.reshape(rows, [-1]), tf.reshape(candidates, [-1]), tf.reshape(at, [-1])
+            )
+            return tf.reshape(flat, tf.shape(candidates))
+        rows = tf.cast(exceptions // self.num_items, tf.int32)
+        items = tf.cast(exceptions % self.num_items, tf.int32)
+        index = tf.stack([rows, items], axis=1)
+        at = tf.gather_nd(z, index) * tf.gather(graph.inverse_sqrt_item_degree, items)
+        exact = pairs_fn(rows, items, at)
+        plain = z * graph.inverse_sqrt_item_degree[None, :] * _inverse(degree)[:, None]
+        return tf.tensor_scatter_nd_update(tf.maximum(plain, 0.0) * scale, index, exact)
 
     def reach(self, branch: int, users, keys, candidates=None) -> tf.Tensor:
         """[B, items] (or [B, W] at `candidates`) the scaled reach of behavior `branch`.
@@ -249,27 +290,31 @@ class SignalTables(tf.Module):
           candidates: [B, W] item indices (>= 0), or None for every item.
         """
         graph = self.graphs[branch]
-        batch = tf.shape(users)[0]
         z, degree = self._two_steps(graph, graph, users, keys)
-        z, (di, item_self) = self._at(candidates, z, (graph.item_degree, graph.item_self))
-        in_history = self._member(keys, batch, candidates)
-        in_training = self._member(self._training_keys(graph, users), batch, candidates)
-        train_degree = tf.where(users >= 0, tf.gather(graph.user_degree, tf.maximum(users, 0)), 0.0)
-        z -= in_history * (item_self - in_training * _inverse(train_degree)[:, None]) * _inverse(di)
-        scale = _inverse(degree[:, None] - in_history) * tf.sqrt(di * _inverse(di - in_training))
-        return tf.maximum(z * scale, 0.0) * self.reach_scale[branch]
+        return self._pairs_of(
+            graph,
+            z,
+            degree,
+            self.reach_scale[branch],
+            candidates,
+            lambda rows, items, at: self._reach_pairs(branch, users, keys, degree, rows, items, at),
+            keys,
+        )
 
     def cross(self, branch: int, users, keys, candidates=None) -> tf.Tensor:
         """[B, items] (or [B, W]) the scaled cross reach of supportive `branch`:
         the target graph from the rows' b-histories (`graph_signals`, `cross_b`)."""
         graph, target = self.graphs[branch], self.graphs[0]
-        batch = tf.shape(users)[0]
         z, degree = self._two_steps(graph, target, users, keys)
-        z, (di,) = self._at(candidates, z, (target.item_degree,))
-        bought = self._member(self._training_keys(target, users), batch, candidates)
-        scale = _inverse(degree)[:, None] * tf.sqrt(di * _inverse(di - bought))
-        column = len(self.graphs) + branch - 1
-        return tf.maximum(z * scale, 0.0) * self.reach_scale[column]
+        return self._pairs_of(
+            target,
+            z,
+            degree,
+            self.reach_scale[len(self.graphs) + branch - 1],
+            candidates,
+            lambda rows, items, at: self._cross_pairs(branch, users, degree, rows, items, at),
+            self._training_keys(target, users),
+        )
 
     def whole(self, users, event_rows, event_items, event_branches) -> dict:
         """Every item's scaled reach and cross reach for the rows, each walked once:
