@@ -29,7 +29,10 @@ added into the [B, users] and [B, items] blocks. A request's work is the
 edges within two steps of its histories, not every edge of the graph (a
 sparse-dense product over the whole graph cost the same for every request:
 1.6 s per `recommend` at 3.7M items); its memory is those two dense blocks
-per row and one chunk, so the module caps its rows as before.
+per row and one chunk, so the module caps its rows as before. Over the
+whole catalog only a row's history items (and, for the cross reach, its
+training buys) need the corrections above; every other item's signal is
+max(z / d_u, 0), one dense pass, and the exact values are written over it.
 """
 
 from __future__ import annotations
