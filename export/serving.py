@@ -170,9 +170,8 @@ def _table(values, dtype, name: str) -> tf.Variable:
 
 def listed(values: tf.Variable, row_splits: tf.Variable, users: tf.Tensor):
     """(row in the batch, item) of each listed item of the known users, flat."""
-    lists = tf.RaggedTensor.from_row_splits(values, row_splits)
-    lists = tf.ragged.boolean_mask(tf.gather(lists, tf.maximum(users, 0)), users >= 0)
-    return tf.cast(lists.value_rowids(), tf.int32), lists.flat_values
+    rows, positions = signals_lib.listed_positions(row_splits, users)
+    return rows, tf.gather(values, positions)
 
 
 class CatalogModule(tf.Module):

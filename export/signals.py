@@ -91,7 +91,7 @@ class _BehaviorGraph(tf.Module):
         )
 
 
-def _listed(splits: tf.Variable, nodes: tf.Tensor):
+def listed_positions(splits: tf.Variable, nodes: tf.Tensor):
     """(owner, position): every position listed under each node of a CSR's
     `splits` (nodes < 0 list nothing), owner the node's index in `nodes`; the
     work is the listed entries, never the whole table."""
@@ -100,11 +100,6 @@ def _listed(splits: tf.Variable, nodes: tf.Tensor):
     limits = tf.where(nodes >= 0, tf.gather(splits, tf.maximum(nodes, 0) + 1), starts)
     ranges = tf.ragged.range(starts, limits)
     return tf.cast(ranges.value_rowids(), tf.int32), ranges.flat_values
-
-
-def _rows(values: tf.Variable, splits: tf.Variable, users: tf.Tensor):
-    """(row, position in `values`) of every listed entry of the known users, flat."""
-    return _listed(splits, users)
 
 
 def _spread(splits, targets, rows, nodes, weights, shape) -> tf.Tensor:
@@ -120,7 +115,7 @@ def _spread(splits, targets, rows, nodes, weights, shape) -> tf.Tensor:
         before = tf.where(start > 0, tf.gather(ends, tf.maximum(start - 1, 0)), 0)
         stop = tf.searchsorted(ends, [before + CHUNK_EDGES], side="right", out_type=tf.int32)[0]
         stop = tf.minimum(tf.maximum(stop, start + 1), count)
-        owner, position = _listed(splits, nodes[start:stop])
+        owner, position = listed_positions(splits, nodes[start:stop])
         index = tf.stack([tf.gather(rows[start:stop], owner), tf.gather(targets, position)], axis=1)
         added = tf.gather(weights[start:stop], owner)
         return stop, tf.tensor_scatter_nd_add(out, index, added)
@@ -172,14 +167,14 @@ class SignalTables(tf.Module):
         serving module caps its rows by it): the walk's [users] block, and
         [items] blocks for every behavior's reach and every supportive
         behavior's cross reach (`whole`), their sum, and three in flight (the
-        walk's, two memberships)."""
+        walk's, and the dense pass's temporaries)."""
         walks = 2 * len(self.graphs) - 1
         return (self.num_users + (walks + 4) * self.num_items) * 4
 
     def _history(self, graph: _BehaviorGraph, users, event_rows, event_items):
         """Each row's b-history: sorted distinct keys row * items + item, and their
         record counts (training records plus the row's events)."""
-        train_rows, position = _rows(graph.count_items, graph.count_splits, users)
+        train_rows, position = listed_positions(graph.count_splits, users)
         rows = tf.concat([train_rows, event_rows], axis=0)
         items = tf.concat([tf.gather(graph.count_items, position), event_items], axis=0)
         counts = tf.concat(
@@ -194,7 +189,7 @@ class SignalTables(tf.Module):
 
     def _training_keys(self, graph: _BehaviorGraph, users):
         """Sorted keys row * items + item of the known users' training b-edges."""
-        rows, position = _rows(graph.count_items, graph.count_splits, users)
+        rows, position = listed_positions(graph.count_splits, users)
         items = tf.gather(graph.count_items, position)
         # The CSR lists are sorted by item, rows come in order: the keys are sorted.
         return tf.cast(rows, tf.int64) * self.num_items + tf.cast(items, tf.int64)
