@@ -185,7 +185,8 @@ def fit(
     Each step's batch is drawn here, on the coordinator, and scheduled with
     the ranker's `train_step` on a free worker; the epoch ends when every
     scheduled step has run (`ClusterCoordinator.join`). The callbacks get
-    Keras's epoch hooks with the epoch's mean loss and pair accuracy.
+    Keras's epoch hooks with the epoch's mean loss and pair accuracy over all
+    of its steps, read from the ranker's metrics once the epoch has joined.
     """
     strategy_ = ranker.distribute_strategy
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy_)
@@ -201,11 +202,13 @@ def fit(
     for epoch in range(initial_epoch, epochs):
         ranker.reset_metrics()
         callback_list.on_epoch_begin(epoch)
-        result = None
         for _ in range(steps_per_epoch):
-            result = coordinator.schedule(step, args=(next(batches),))
+            coordinator.schedule(step, args=(next(batches),))
         coordinator.join()
-        logs = {name: float(value) for name, value in result.fetch().items()}
+        # Read after every step has run: a step's own return is the running
+        # mean when it finished, and the last one scheduled need not finish
+        # last, so it can miss the steps still running beside it.
+        logs = {metric.name: float(metric.result()) for metric in ranker.metrics}
         callback_list.on_epoch_end(epoch, logs)
         if ranker.stop_training:
             break
