@@ -317,12 +317,14 @@ class SignalTables(tf.Module):
     def whole(self, users, event_rows, event_items, event_branches) -> dict:
         """Every item's scaled reach and cross reach for the rows, each walked once:
         {"reach": [B, items] per behavior, "cross": [B, items] per supportive
-        behavior}. `recommend` ranks the catalog by their sum and reads its
-        candidates' columns from the same blocks (`grid(..., whole=...)`)."""
-        keys = self.history_keys(users, event_rows, event_items, event_branches)
+        behavior, "histories": `histories(...)`}. `recommend` ranks the catalog
+        by the reach and cross sums and reads its candidates' columns, and the
+        histories' touched counts, from the same result (`grid(..., whole=...)`)."""
+        histories = self.histories(users, event_rows, event_items, event_branches)
         return {
-            "reach": [self.reach(b, users, k) for b, k in enumerate(keys)],
-            "cross": [self.cross(b, users, k) for b, k in enumerate(keys) if b > 0],
+            "reach": [self.reach(b, users, k) for b, (k, _) in enumerate(histories)],
+            "cross": [self.cross(b, users, k) for b, (k, _) in enumerate(histories) if b > 0],
+            "histories": histories,
         }
 
     def grid(
@@ -345,11 +347,12 @@ class SignalTables(tf.Module):
         row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(candidates))
         query = tf.cast(row_ids, tf.int64) * self.num_items + tf.cast(candidates, tf.int64)
         touched, reach, cross = [], [], []
-        for branch, graph in enumerate(self.graphs):
-            mine = event_branches == branch
-            keys, counts = self._history(
-                graph, users, tf.boolean_mask(event_rows, mine), tf.boolean_mask(event_items, mine)
-            )
+        histories = (
+            self.histories(users, event_rows, event_items, event_branches)
+            if whole is None
+            else whole["histories"]
+        )
+        for branch, (keys, counts) in enumerate(histories):
             if branch > 0:
                 _, count = lookup(keys, counts, query)
                 touched.append(tf.math.log1p(count))
@@ -363,13 +366,18 @@ class SignalTables(tf.Module):
                 reach.append(tf.gather(whole["reach"][branch], candidates, batch_dims=1))
         return tf.stack(touched + reach + cross, axis=-1) * valid[..., None]
 
-    def history_keys(self, users, event_rows, event_items, event_branches) -> list:
-        """Per behavior, each row's sorted b-history keys (for `reach` over every item)."""
+    def histories(self, users, event_rows, event_items, event_branches) -> list:
+        """Per behavior, each row's (sorted b-history keys, their counts): the
+        user's training edges merged with the request's events."""
         out = []
         for branch, graph in enumerate(self.graphs):
             mine = event_branches == branch
-            keys, _ = self._history(
-                graph, users, tf.boolean_mask(event_rows, mine), tf.boolean_mask(event_items, mine)
+            out.append(
+                self._history(
+                    graph,
+                    users,
+                    tf.boolean_mask(event_rows, mine),
+                    tf.boolean_mask(event_items, mine),
+                )
             )
-            out.append(keys)
         return out

@@ -103,9 +103,9 @@ def test_every_items_reach_equals_the_reach_at_candidates():
     tables = signals_lib.SignalTables(graph_signals.GraphSignals(split))
     users = tf.constant([1, 9, -1], tf.int32)
     events = (tf.constant([2, 2], tf.int32), tf.constant([4, 7], tf.int32), tf.constant([1, 1]))
-    keys = tables.history_keys(users, *events)
+    histories = tables.histories(users, *events)
     every = tf.constant(np.tile(np.arange(25, dtype=np.int32), (3, 1)))
-    for b, k in enumerate(keys):
+    for b, (k, _) in enumerate(histories):
         whole = tables.reach(b, users, k).numpy()
         np.testing.assert_allclose(whole, tables.reach(b, users, k, every).numpy(), rtol=1e-6)
         assert whole.max() > 0
