@@ -313,7 +313,9 @@ def main():
                     break
             flags = experiments.flag_args(overrides)
             if carries(earlier, flags, runs):
-                rows.append({**earlier, "carried": True})
+                # The study's trials now: a resumed study that kept its best
+                # point carries the row with the budget behind the choice.
+                rows.append({**earlier, "carried": True, "trials": trials})
                 continue
             if not runs:
                 rows.append({"arm": label, "missing": "not run yet"})
