@@ -350,3 +350,25 @@ def test_the_matched_carve_draws_one_pair_per_user_at_the_test_popularity():
     # The drawn items are as popular as the test items, the pairs are not.
     assert abs(np.median(drawn_popularity) - np.median(test_popularity)) < 25
     assert np.median(at_random) - np.median(test_popularity) > 60
+
+
+def test_the_out_of_fold_split_drops_only_the_held_out_buys():
+    from benchmarks.experiments import out_of_fold_residual
+
+    from mmrec_tf.pipelines import splits
+    from tests.pipelines import test_samplers
+
+    split = test_samplers._split(num_users=30, num_items=40, seed=3)
+    buys = splits.train_target_keys(split)
+    held = out_of_fold_residual.held_out_buys(split, 0.5, seed=0)
+    assert len(held) == round(0.5 * len(buys)) and np.isin(held, buys).all()
+    assert (held == out_of_fold_residual.held_out_buys(split, 0.5, seed=0)).all()
+    assert not (held == out_of_fold_residual.held_out_buys(split, 0.5, seed=1)).all()
+    fold = out_of_fold_residual.without_buys(split, held)
+    keys = splits.pair_keys(split.train_users, split.train_items, split.num_items)
+    kept = splits.pair_keys(fold.train_users, fold.train_items, fold.num_items)
+    # The held-out pairs lose their buy and keep their carts and favorites.
+    assert set(splits.train_target_keys(fold)) == set(buys) - set(held)
+    assert len(kept) == len(keys) - len(held)
+    supportive = lambda s, k: set(k[s.train_branches > 0])  # noqa: E731
+    assert supportive(fold, kept) == supportive(split, keys)
