@@ -17,7 +17,9 @@ part at that fit's factors, so each positive is scored as a held-out buy
 would be. Every validation (the start as epoch 0, each epoch) and the test
 swap in the ALS fitted on every training buy, the one that serves. The
 in-fold arm is the shipped recipe in the same harness (every buy, the full
-ALS throughout). Both run every epoch (patience = epochs) so the validation
+ALS throughout). A third arm serves what it trained on: the residual and
+the fold's ALS together, validated and tested so (its start is the fold's
+ALS, fitted on fewer buys). Every arm runs every epoch (patience = epochs) so the validation
 curve is whole; the kept epoch is chosen as the library does (the start
 unless an epoch beats it by --early_stopping_margin standard errors).
 
@@ -47,7 +49,7 @@ from mmrec_tf.pipelines import splits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
-ARMS = ("in_fold", "out_of_fold")
+ARMS = ("in_fold", "out_of_fold", "out_of_fold_served_as_trained")
 
 
 def held_out_buys(split: splits.Split, share: float, seed: int) -> np.ndarray:
@@ -120,7 +122,7 @@ def run_arm(dataset: str, data_dir: str, seed: int, arm: str, share: float, runs
     ranker, index = run_lib.build(config, split, tf.distribute.get_strategy())
     scorer = ranker.scorer
     training, train_index = serving, index
-    if arm == "out_of_fold":
+    if arm.startswith("out_of_fold"):
         held = held_out_buys(split, share, seed)
         training = baselines.fit_factors(without_buys(split, held), settings, cache_dir=cache)[:2]
         train_index = dataclasses.replace(
@@ -128,6 +130,10 @@ def run_arm(dataset: str, data_dir: str, seed: int, arm: str, share: float, runs
             pos_users=(held // split.num_items).astype(np.int32),
             pos_items=(held % split.num_items).astype(np.int32),
         )
+        if arm == "out_of_fold_served_as_trained":
+            # Validated and tested with the fold's ALS too: no shift between
+            # the scores the residual learned on and those it corrects.
+            serving = training
     scorer.start_from_factors(*serving, trainable=False)
     if config.model.behavior_init == "touched_first":
         offset = scorer.touched_first_offset()
@@ -182,7 +188,7 @@ def report(out: dict) -> str:
     lines = [
         f"# The residual learned out of fold on {out['dataset']}",
         "",
-        f"Command: `{out['command']}`",
+        "Commands: " + ", ".join(f"`{c}`" for c in out["commands"]),
         "",
         "Validation full-ranking HR@10 (the seeded sample of validation cases) at the "
         "start (epoch 0, the ALS) and after each epoch, always scored with the ALS fitted on "
@@ -217,17 +223,28 @@ def main():
         f"--seeds={args.seeds} --held_share={args.held_share} --arms={args.arms}"
     )
     runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="out_of_fold_")
-    out = {"dataset": args.dataset, "command": command, "held_share": args.held_share, "runs": []}
+    path = os.path.join(HERE, "..", "results", f"out_of_fold_residual_{args.dataset}")
+    out = {"dataset": args.dataset, "held_share": args.held_share, "commands": [], "runs": []}
+    if os.path.exists(path + ".json"):
+        # Runs of other arms and seeds stay; a run of the same arm and seed
+        # with the same held-out share is replaced.
+        with open(path + ".json") as f:
+            out = json.load(f)
+        if out["held_share"] != args.held_share:
+            raise ValueError(
+                f"{path}.json holds runs with --held_share={out['held_share']}: give that "
+                "share, or move the file away to start a report with another."
+            )
+    out["commands"].append(command)
     for seed in (int(s) for s in args.seeds.split(",")):
         for arm in args.arms.split(","):
-            out["runs"].append(
-                run_arm(args.dataset, args.data_dir, seed, arm, args.held_share, runs_dir)
-            )
-            print(json.dumps(out["runs"][-1]), flush=True)
-    results = os.path.join(HERE, "..", "results")
-    with open(os.path.join(results, f"out_of_fold_residual_{args.dataset}.json"), "w") as f:
+            run = run_arm(args.dataset, args.data_dir, seed, arm, args.held_share, runs_dir)
+            out["runs"] = [r for r in out["runs"] if (r["arm"], r["seed"]) != (arm, seed)] + [run]
+            print(json.dumps(run), flush=True)
+    out["runs"].sort(key=lambda r: (r["seed"], ARMS.index(r["arm"])))
+    with open(path + ".json", "w") as f:
         json.dump(out, f, indent=1)
-    with open(os.path.join(results, f"out_of_fold_residual_{args.dataset}.md"), "w") as f:
+    with open(path + ".md", "w") as f:
         f.write(report(out))
     print(report(out))
 

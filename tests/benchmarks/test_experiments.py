@@ -354,7 +354,6 @@ def test_the_matched_carve_draws_one_pair_per_user_at_the_test_popularity():
 
 def test_the_out_of_fold_split_drops_only_the_held_out_buys():
     from benchmarks.experiments import out_of_fold_residual
-
     from mmrec_tf.pipelines import splits
     from tests.pipelines import test_samplers
 
