@@ -191,8 +191,9 @@ def report(out: dict) -> str:
         "Commands: " + ", ".join(f"`{c}`" for c in out["commands"]),
         "",
         "Validation full-ranking HR@10 (the seeded sample of validation cases) at the "
-        "start (epoch 0, the ALS) and after each epoch, always scored with the ALS fitted on "
-        "every training buy; the kept epoch as the library chooses it "
+        "start (epoch 0, the ALS) and after each epoch, scored with the ALS fitted on every "
+        "training buy (the arm served as trained: with the fold's ALS); the kept epoch as the "
+        "library chooses it "
         f"(--early_stopping_margin); test HR@10 of the kept weights. Out of fold: the residual "
         f"trains on {out['held_share']:.0%} of the training buys with the MF part at an ALS "
         "fitted without them.",
