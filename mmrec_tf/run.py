@@ -335,7 +335,7 @@ def train(
     scorer built with `graph_signals`.
     """
     if config.model.mf_init != "random":
-        start = _start_from_als(ranker.scorer, config, split)
+        start = start_from_als(ranker.scorer, config, split)
         results["seconds"]["mf_init"] = start.pop("seconds")
         if start:
             results["behavior_init"] = {**start, "kept": "touched_first"}
@@ -348,7 +348,7 @@ def train(
             current = _scoring(
                 config, split, index, signals, _gathered(config, split, ranker, model_dir)
             )
-        metrics = _validation_metrics(config, current, valid_cases)
+        metrics = validation_metrics(config, current, valid_cases)
         epochs_validated[0] += 1
         if on_validation is not None:
             on_validation(epochs_validated[0], metrics)
@@ -423,7 +423,7 @@ def _blended(config, split, score, valid_cases, model_dir: str, results: dict):
     return blend.Blended(score, ranker, record["weight"])
 
 
-def _validation_metrics(config: config_lib.ExperimentConfig, score, valid_cases) -> dict:
+def validation_metrics(config: config_lib.ExperimentConfig, score, valid_cases) -> dict:
     """The early-stopping protocol's metrics on the (seeded sample of the) validation cases."""
     protocol = config.train.early_stopping_protocol
     return evaluate.evaluate(
@@ -437,7 +437,7 @@ def _validation_metrics(config: config_lib.ExperimentConfig, score, valid_cases)
     )[protocol]
 
 
-def _start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> dict:
+def start_from_als(scorer, config: config_lib.ExperimentConfig, split) -> dict:
     """--mf_init=als|als_fixed: the scorer starts at the ALS (`--als_*` flags) it is fitted here.
 
     `Scorer.start_from_factors` makes the first logit the ALS score (the

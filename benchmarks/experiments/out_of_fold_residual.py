@@ -116,15 +116,22 @@ def run_arm(dataset: str, data_dir: str, seed: int, arm: str, share: float, runs
         raise ValueError(f"{dataset}_mmf.flags does not hold the MF part at the ALS factors")
     tf_keras.utils.set_random_seed(seed)
     _, split = loading.load(config.data, work_dir=model_dir, seed=seed)
-    settings = baselines.als_config(config.model, seed)
-    cache = baselines.cache_folder()
-    serving = baselines.fit_factors(split, settings, cache_dir=cache)[:2]
     ranker, index = run_lib.build(config, split, tf.distribute.get_strategy())
     scorer = ranker.scorer
+    # The shipped start: the ALS of every training buy, the offsets as
+    # --behavior_init says; its tables are what serves.
+    run_lib.start_from_als(scorer, config, split)
+    serving = tuple(
+        t.embeddings.numpy() for t in (scorer.mf.user_embedding, scorer.mf.item_embedding)
+    )
     training, train_index = serving, index
     if arm.startswith("out_of_fold"):
         held = held_out_buys(split, share, seed)
-        training = baselines.fit_factors(without_buys(split, held), settings, cache_dir=cache)[:2]
+        training = baselines.fit_factors(
+            without_buys(split, held),
+            baselines.als_config(config.model, seed),
+            cache_dir=baselines.cache_folder(),
+        )[:2]
         train_index = dataclasses.replace(
             index,
             pos_users=(held // split.num_items).astype(np.int32),
@@ -134,30 +141,18 @@ def run_arm(dataset: str, data_dir: str, seed: int, arm: str, share: float, runs
             # Validated and tested with the fold's ALS too: no shift between
             # the scores the residual learned on and those it corrects.
             serving = training
-    scorer.start_from_factors(*serving, trainable=False)
-    if config.model.behavior_init == "touched_first":
-        offset = scorer.touched_first_offset()
-        scorer.set_behavior_offsets([offset] * len(split.behaviors.supportive))
     _set_mf(scorer, training)
     signals = graph_signals.GraphSignals(split) if config.model.graph_signals else None
     score = evaluate.Scorer(
         scorer, split.behaviors.num_behaviors, config.eval.batch_size, index=index, signals=signals
     )
     valid_cases = evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
-    protocol = config.train.early_stopping_protocol
 
     def validation():
         # Validated as it serves: with the ALS of every training buy.
         _set_mf(scorer, serving)
         try:
-            return evaluate.evaluate(
-                score,
-                valid_cases,
-                config=config.eval,
-                protocols=(protocol,),
-                case_limit=config.eval.valid_full_ranking_cases,
-                case_hits=True,
-            )[protocol]
+            return run_lib.validation_metrics(config, score, valid_cases)
         finally:
             _set_mf(scorer, training)
 

@@ -358,7 +358,7 @@ def test_mf_part_starts_at_the_als_factors():
     scorer = models.build_model(
         config.model, num_users=split.num_users, num_items=split.num_items, behaviors=BEHAVIORS
     )
-    run_lib._start_from_als(scorer, config, split)
+    run_lib.start_from_als(scorer, config, split)
     x, y, _ = als.fit(split, baselines.als_config(config.model, config.train.seed), verbose=False)
     users = np.arange(split.num_users, dtype=np.int32)
     items = np.arange(split.num_items, dtype=np.int32)
@@ -375,14 +375,14 @@ def test_mf_part_starts_at_the_als_factors():
     fixed = dataclasses.replace(
         config, model=dataclasses.replace(config.model, mf_init="als_fixed")
     )
-    run_lib._start_from_als(scorer, fixed, split)
+    run_lib.start_from_als(scorer, fixed, split)
     trainable = {id(v) for v in scorer.trainable_variables}
     mf = scorer.get_layer("mf")
     assert id(mf.user_embedding.embeddings) not in trainable
     assert id(mf.item_embedding.embeddings) not in trainable
     assert id(scorer.get_layer("head").dense.kernel) in trainable
     with pytest.raises(ValueError, match="history"):
-        run_lib._start_from_als(
+        run_lib.start_from_als(
             models.build_model(
                 config_lib.ModelConfig(model="gmf", mf_dim=4, history_length=3),
                 num_users=split.num_users,
