@@ -371,3 +371,42 @@ def test_the_out_of_fold_split_drops_only_the_held_out_buys():
     assert len(kept) == len(keys) - len(held)
     supportive = lambda s, k: set(k[s.train_branches > 0])  # noqa: E731
     assert supportive(fold, kept) == supportive(split, keys)
+
+
+def test_the_order_matched_carve_follows_the_test_items_rank_by_id():
+    from benchmarks.experiments import matched_validation
+
+    rng = np.random.default_rng(0)
+    num_users, num_items = 3000, 400
+    popularity = np.full(num_items, 10.0)
+    users = np.repeat(np.arange(num_users), 8)
+    keys = np.unique(users.astype(np.int64) * num_items + rng.integers(0, num_items, len(users)))
+    raw_of = np.arange(num_items)[::-1] * 3  # raw ids need not follow the index
+    # The test items are the newest ids of their users: rank near 1.
+    test_rank = rng.uniform(0.85, 1.0, num_users)
+    drawn = matched_validation._draw_order_matched(
+        keys,
+        num_items,
+        np.random.default_rng(1),
+        min_pairs=2,
+        popularity_of=popularity,
+        test_popularity=np.full(num_users, 9.0),
+        raw_of=raw_of,
+        test_rank=test_rank,
+    )
+    per_user = np.bincount(drawn // num_items, minlength=num_users)
+    owners = np.bincount(keys // num_items, minlength=num_users)
+    assert (per_user == (owners >= 2)).all()
+    rank = matched_validation.id_rank(
+        keys, raw_of, drawn // num_items, drawn % num_items, num_items, exclude_self=True
+    )
+    at_random = matched_validation.id_rank(
+        keys, raw_of, keys // num_items, keys % num_items, num_items, exclude_self=True
+    )
+    assert abs(at_random.mean() - 0.5) < 0.05
+    assert rank.mean() > 0.85
+    # id_rank counts the lower raw ids: a user's highest raw id ranks 1.
+    one = np.array([0 * num_items + 5, 0 * num_items + 9], np.int64)
+    assert matched_validation.id_rank(
+        one, raw_of, np.array([0]), np.array([5]), num_items, exclude_self=True
+    ).tolist() == [1.0]
