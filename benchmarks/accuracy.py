@@ -242,6 +242,17 @@ def earlier_start(earlier: dict, recipe: dict) -> dict | None:
     )
 
 
+def merge_starts(figures: dict, earlier: dict, recipe: dict, picked: dict) -> tuple[dict, dict]:
+    """(start, figures) when the run store holds some starts' seed-0 runs only:
+    the previous report's figures of this recipe stand for the missing
+    starts, so a start is never chosen because the other's run was cleared."""
+    if earlier_start(earlier, recipe) is None:
+        return picked, figures
+    merged = {**earlier.get("start_validation_HR@10", {}), **figures}
+    best = max(merged, key=merged.get)
+    return dict(STARTS)[best], merged
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="jd_vcgae")
@@ -297,6 +308,8 @@ def main():
                 if picked is None and earlier is not None:
                     picked = earlier_start(earlier, overrides)
                     chosen = earlier.get("start_validation_HR@10", {})
+                elif len(chosen) < len(STARTS) and earlier is not None:
+                    picked, chosen = merge_starts(chosen, earlier, overrides, picked)
                 if picked is None:
                     rows.append({"arm": label, "missing": "no start has run yet"})
                     continue

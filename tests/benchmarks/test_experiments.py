@@ -298,6 +298,27 @@ def test_the_start_of_a_carried_row_is_read_back_from_its_flags(monkeypatch):
     assert accuracy.earlier_start({"flags": ["--mf_init=random"]}, recipe) is None
 
 
+def test_a_start_whose_run_was_cleared_keeps_its_earlier_figure(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
+    import accuracy
+
+    recipe = {"mf_init": "als_fixed"}
+    zero, touched = (label for label, _ in accuracy.STARTS)
+    earlier = {"flags": experiments.flag_args(recipe)}
+    earlier["start_validation_HR@10"] = {zero: 0.30, touched: 0.20}
+    # Only the touched-first run is in the store: offsets at 0 still win on the earlier figure.
+    picked, figures = accuracy.merge_starts(
+        {touched: 0.25}, earlier, recipe, {"behavior_init": "touched_first"}
+    )
+    assert picked == {} and figures == {zero: 0.30, touched: 0.25}
+    # A row of another recipe lends nothing.
+    other = {**earlier, "flags": ["--mf_init=random"]}
+    assert accuracy.merge_starts({touched: 0.25}, other, recipe, {"x": 1}) == (
+        {"x": 1},
+        {touched: 0.25},
+    )
+
+
 @pytest.mark.parametrize(
     "dataset", ["tmall_mbcgcn", "jd_vcgae", "beibei_ehcf", "taobao_ehcf", "taobao_cml"]
 )
