@@ -15,7 +15,12 @@ buys whose raw id is below the held-out item's (mean over cases). A random
 held-out buy gives 0.5; far above it, the held-out items are the user's
 newest ids, which is how a log that numbers items in order of appearance
 shows a test split of each user's latest buy (a time order no random carve
-can follow). Writes benchmarks/results/split_shift.md.
+can follow). The same trace as a ranking: the share of cases whose held-out
+item is among the first 10 of the user's touched, never-bought items ranked
+by raw id, newest first, beside the same items ranked by training buys (the
+"popular, touched items first" ranking's head). No model of this project
+reads raw ids; this measures what they would leak.
+Writes benchmarks/results/split_shift.md.
 """
 
 from __future__ import annotations
@@ -41,6 +46,27 @@ def id_order(index, split, raw_ids, users, items) -> float:
     first = np.searchsorted(keys, users.astype(np.int64) * num)
     below = np.searchsorted(keys, users.astype(np.int64) * num + raw_ids[items]) - first
     return float(np.mean(below / np.maximum(bought[users], 1)))
+
+
+def touched_top10(index, split, value_of, users, items) -> float:
+    """Share of cases whose item is a touched, never-bought item of its user
+    and among the first 10 of those ranked by `value_of` (descending; ties
+    count against the held-out item)."""
+    never_bought = (index.bits & 1) == 0
+    owners = (index.keys[never_bought] // split.num_items).astype(np.int64)
+    values = value_of[index.keys[never_bought] % split.num_items].astype(np.float64)
+    # Per user, values sorted ascending: the count at or above v is a search.
+    order = np.lexsort((values, owners))
+    owners, values = owners[order], values[order]
+    first = np.searchsorted(owners, users)
+    last = np.searchsorted(owners, users, side="right")
+    hits = np.zeros(len(users), bool)
+    touched = index.gates(users, items)[:, 1:].sum(-1) > 0
+    for k in np.flatnonzero(touched):
+        row = values[first[k] : last[k]]
+        above = len(row) - np.searchsorted(row, value_of[items[k]], side="left") - 1
+        hits[k] = above < 10
+    return float(hits.mean())
 
 
 def shift(dataset: str, data_dir: str) -> list[str]:
@@ -71,9 +97,11 @@ def shift(dataset: str, data_dir: str) -> list[str]:
         touched = index.gates(users, items)[:, 1:].sum(-1) > 0
         pop = buys[items]
         order = f"{id_order(index, split, raw_ids, users, items):.3f}" if numeric else "n/a"
+        by_id = f"{touched_top10(index, split, raw_ids, users, items):.3f}" if numeric else "n/a"
+        by_buys = f"{touched_top10(index, split, buys, users, items):.3f}"
         rows.append(
             f"| {dataset} | {name} ({split.info.get('validation') if name == 'validation' else split.info['method']}) "
-            f"| {len(items)} | {np.median(pop):.0f} | {pop.mean():.1f} | {touched.mean():.3f} | {order} |"
+            f"| {len(items)} | {np.median(pop):.0f} | {pop.mean():.1f} | {touched.mean():.3f} | {order} | {by_id} | {by_buys} |"
         )
     return rows
 
@@ -91,10 +119,13 @@ def main():
         "Training buys of each held-out item (median, mean) and the share of cases whose "
         "item the user touched in training through a supportive behavior; id order: the "
         "share of the user's training buys whose raw item id is below the held-out item's "
-        "(0.5 for a random held-out buy); seed 0's split.",
+        "(0.5 for a random held-out buy); touched top 10: the share of cases whose item is "
+        "among the first 10 of the user's touched, never-bought items ranked by raw id "
+        "(newest first) or by training buys; seed 0's split.",
         "",
-        "| dataset | cases | count | median buys | mean buys | touched | id order |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | cases | count | median buys | mean buys | touched | id order "
+        "| touched top 10 by id | touched top 10 by buys |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in args.datasets.split(","):
         lines += shift(dataset, args.data_dir)

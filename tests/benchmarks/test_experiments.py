@@ -431,3 +431,33 @@ def test_the_order_matched_carve_follows_the_test_items_rank_by_id():
     assert matched_validation.id_rank(
         one, raw_of, np.array([0]), np.array([5]), num_items, exclude_self=True
     ).tolist() == [1.0]
+
+
+def test_split_shift_ranks_the_touched_never_bought_items(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
+    import split_shift
+
+    from mmrec_tf.pipelines import training_index
+    from tests.pipelines import test_samplers
+
+    split = test_samplers._split(num_users=30, num_items=40, seed=3)
+    index = training_index.TrainingIndex.from_split(split)
+    users = np.arange(30, dtype=np.int32)
+    # Each user's held-out item: a carted, never-bought item (draws 4-7 carry no buy).
+    never = [
+        index.keys[(index.keys // 40 == u) & ((index.bits & 1) == 0) & ((index.bits & 2) > 0)]
+        for u in range(30)
+    ]
+    items = np.array([k[0] % 40 for k in never], np.int32)
+    raw = np.arange(40)
+    # Ten or fewer touched, never-bought items a user: every case is a hit.
+    assert split_shift.touched_top10(index, split, raw, users, items) == 1.0
+    # The id order of an item against the user's buys is a share in [0, 1].
+    order = split_shift.id_order(index, split, raw, users, items)
+    assert 0.0 <= order <= 1.0
+    # A user's highest raw id among the buys ranks above all of them.
+    buys = index.pos_items[index.pos_users == 0]
+    top = np.array([buys.max()], np.int32)
+    assert split_shift.id_order(index, split, raw, np.array([0], np.int32), top) == (
+        (len(buys) - 1) / len(buys)
+    )
