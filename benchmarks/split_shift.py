@@ -29,6 +29,7 @@ import argparse
 import os
 
 import numpy as np
+from experiments import matched_validation  # the lab beside this script
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from mmrec_tf import cli
@@ -40,12 +41,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def id_order(index, split, raw_ids, users, items) -> float:
     """Mean share of each case's user's training buys with a raw item id below the case's item."""
-    num = int(raw_ids.max()) + 1
-    keys = np.sort(index.pos_users.astype(np.int64) * num + raw_ids[index.pos_items])
-    bought = np.bincount(index.pos_users, minlength=split.num_users)
-    first = np.searchsorted(keys, users.astype(np.int64) * num)
-    below = np.searchsorted(keys, users.astype(np.int64) * num + raw_ids[items]) - first
-    return float(np.mean(below / np.maximum(bought[users], 1)))
+    buys = index.pos_users.astype(np.int64) * split.num_items + index.pos_items
+    return float(
+        matched_validation.id_rank(
+            buys, raw_ids, users, items, split.num_items, exclude_self=False
+        ).mean()
+    )
 
 
 def touched_top10(index, split, value_of, users, items) -> float:
