@@ -64,21 +64,44 @@ DECILES = 10
 _PROTOCOL_MAKE_SPLIT = splits.make_split
 
 
-def _draw_matched(keys, num_items, rng, *, min_pairs, popularity_of, test_popularity):
+def _draw_matched(
+    keys,
+    num_items,
+    rng,
+    *,
+    min_pairs,
+    popularity_of,
+    test_popularity,
+    raw_of=None,
+    test_rank=None,
+):
     """One pair per user (users with >= min_pairs pairs), drawn with a weight
     per popularity decile fitted so the drawn items' deciles follow the test
-    items'."""
+    items'. With `raw_of` (raw id of each item) and `test_rank` (each test
+    item's `id_rank`), the cells are popularity decile x id-rank decile (the
+    item's raw id among the user's training buys), so the drawn pairs follow
+    the test pairs' joint distribution of the two."""
+    items = keys % num_items
     # The carved pair leaves training: its item has one training buy fewer.
-    pop = popularity_of[keys % num_items] - 1.0
+    pop = popularity_of[items] - 1.0
     edges = np.quantile(test_popularity, np.linspace(0, 1, DECILES + 1)[1:-1])
+    cells = np.searchsorted(edges, pop, "right")
+    test_cells = np.searchsorted(edges, test_popularity, side="right")
+    num_cells = DECILES
+    if raw_of is not None:
+        rank_edges = np.linspace(0, 1, DECILES + 1)[1:-1]
+        rank = id_rank(keys, raw_of, keys // num_items, items, num_items, exclude_self=True)
+        cells = cells * DECILES + np.searchsorted(rank_edges, rank, "right")
+        test_cells = test_cells * DECILES + np.searchsorted(rank_edges, test_rank, "right")
+        num_cells = DECILES * DECILES
     return _draw_by_cells(
         keys,
         num_items,
         rng,
         min_pairs=min_pairs,
-        cells=np.searchsorted(edges, pop, "right"),
-        test_cells=np.searchsorted(edges, test_popularity, side="right"),
-        num_cells=DECILES,
+        cells=cells,
+        test_cells=test_cells,
+        num_cells=num_cells,
     )
 
 
@@ -123,34 +146,6 @@ def id_rank(user_keys, raw_of, users, items, num_items, *, exclude_self: bool) -
     return below / np.maximum(total - (1 if exclude_self else 0), 1)
 
 
-def _draw_order_matched(
-    keys, num_items, rng, *, min_pairs, popularity_of, test_popularity, raw_of, test_rank
-):
-    """As `_draw_matched`, the cells being popularity decile x id-rank decile
-    (the item's raw id among the user's training buys), so the drawn pairs
-    follow the test pairs' joint distribution of the two."""
-    items = keys % num_items
-    pop = popularity_of[items] - 1.0
-    pop_edges = np.quantile(test_popularity, np.linspace(0, 1, DECILES + 1)[1:-1])
-    rank_edges = np.linspace(0, 1, DECILES + 1)[1:-1]
-    rank = id_rank(keys, raw_of, keys // num_items, items, num_items, exclude_self=True)
-    cells = np.searchsorted(pop_edges, pop, "right") * DECILES + np.searchsorted(
-        rank_edges, rank, "right"
-    )
-    test_cells = np.searchsorted(pop_edges, test_popularity, "right") * DECILES + np.searchsorted(
-        rank_edges, test_rank, "right"
-    )
-    return _draw_by_cells(
-        keys,
-        num_items,
-        rng,
-        min_pairs=min_pairs,
-        cells=cells,
-        test_cells=test_cells,
-        num_cells=DECILES * DECILES,
-    )
-
-
 def matched_make_split(data, *, validation: bool, seed: int, order: bool = False):
     """`splits.make_split` with the validation draw matched on popularity
     (and, with `order`, on the item's raw-id rank among the user's buys)."""
@@ -162,40 +157,24 @@ def matched_make_split(data, *, validation: bool, seed: int, order: bool = False
     protocol_draw = splits._latest_per_user
     calls = []
 
-    def draw(keys, stamps, num_items, rng, *, min_pairs):
-        calls.append(1)
-        if len(calls) == 1 and not given:  # the test hold-out: the protocol's
-            return protocol_draw(keys, stamps, num_items, rng, min_pairs=min_pairs)
-        if order:
-            return _draw_order_matched(
-                keys,
-                num_items,
-                rng,
-                min_pairs=min_pairs,
-                popularity_of=pop,
-                test_popularity=pop[base.test_items],
-                raw_of=raw_of,
-                test_rank=test_rank,
-            )
-        return _draw_matched(
-            keys,
-            num_items,
-            rng,
-            min_pairs=min_pairs,
-            popularity_of=pop,
-            test_popularity=pop[base.test_items],
-        )
-
+    matched = {"popularity_of": pop, "test_popularity": pop[base.test_items]}
     if order:
-        raw_of = data.item_vocab.tokens.astype(np.int64)
-        test_rank = id_rank(
+        matched["raw_of"] = data.item_vocab.tokens.astype(np.int64)
+        matched["test_rank"] = id_rank(
             splits.train_target_keys(base),
-            raw_of,
+            matched["raw_of"],
             base.test_users,
             base.test_items,
             base.num_items,
             exclude_self=False,
         )
+
+    def draw(keys, stamps, num_items, rng, *, min_pairs):
+        calls.append(1)
+        if len(calls) == 1 and not given:  # the test hold-out: the protocol's
+            return protocol_draw(keys, stamps, num_items, rng, min_pairs=min_pairs)
+        return _draw_matched(keys, num_items, rng, min_pairs=min_pairs, **matched)
+
     with mock.patch.object(splits, "_latest_per_user", draw):
         split = make(data, validation=validation, seed=seed)
     split.info["validation"] = "carved, matched to the test items' popularity deciles" + (

@@ -343,6 +343,14 @@ def test_the_accuracy_reports_shipped_row_runs_the_shipped_flagfile(dataset):
         assert not plain["cascade_blend"] and not plain["graph_signals"]
 
 
+def _assert_one_pair_per_user(drawn, keys, num_items, num_users):
+    """A carve draws one of its own pairs for every user with two or more, none for the rest."""
+    per_user = np.bincount(drawn // num_items, minlength=num_users)
+    owners = np.bincount(keys // num_items, minlength=num_users)
+    assert (per_user == (owners >= 2)).all()
+    assert np.isin(drawn, keys).all()
+
+
 def test_the_matched_carve_draws_one_pair_per_user_at_the_test_popularity():
     from benchmarks.experiments import matched_validation
 
@@ -362,10 +370,7 @@ def test_the_matched_carve_draws_one_pair_per_user_at_the_test_popularity():
         popularity_of=popularity,
         test_popularity=test_popularity,
     )
-    per_user = np.bincount(drawn // num_items, minlength=num_users)
-    owners = np.bincount(keys // num_items, minlength=num_users)
-    assert (per_user == (owners >= 2)).all()  # one pair per user with two or more
-    assert np.isin(drawn, keys).all()
+    _assert_one_pair_per_user(drawn, keys, num_items, num_users)
     at_random = popularity[keys % num_items]
     drawn_popularity = popularity[drawn % num_items] - 1
     # The drawn items are as popular as the test items, the pairs are not.
@@ -405,7 +410,7 @@ def test_the_order_matched_carve_follows_the_test_items_rank_by_id():
     raw_of = np.arange(num_items)[::-1] * 3  # raw ids need not follow the index
     # The test items are the newest ids of their users: rank near 1.
     test_rank = rng.uniform(0.85, 1.0, num_users)
-    drawn = matched_validation._draw_order_matched(
+    drawn = matched_validation._draw_matched(
         keys,
         num_items,
         np.random.default_rng(1),
@@ -415,9 +420,7 @@ def test_the_order_matched_carve_follows_the_test_items_rank_by_id():
         raw_of=raw_of,
         test_rank=test_rank,
     )
-    per_user = np.bincount(drawn // num_items, minlength=num_users)
-    owners = np.bincount(keys // num_items, minlength=num_users)
-    assert (per_user == (owners >= 2)).all()
+    _assert_one_pair_per_user(drawn, keys, num_items, num_users)
     rank = matched_validation.id_rank(
         keys, raw_of, drawn // num_items, drawn % num_items, num_items, exclude_self=True
     )
