@@ -440,6 +440,7 @@ def test_split_shift_ranks_the_touched_never_bought_items(monkeypatch):
     monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
     import split_shift
 
+    from mmrec_tf.pipelines import schema
     from mmrec_tf.pipelines import training_index
     from tests.pipelines import test_samplers
 
@@ -455,6 +456,23 @@ def test_split_shift_ranks_the_touched_never_bought_items(monkeypatch):
     raw = np.arange(40)
     # Ten or fewer touched, never-bought items a user: every case is a hit.
     assert split_shift.touched_top10(index, split, raw, users, items) == 1.0
+    # Twenty carted, never-bought items (2 to 21) and two buys: only the ten
+    # highest ids are in the first 10; an item the user never touched never is.
+    many = test_samplers.training_split(
+        [0] * 22,
+        list(range(22)),
+        [0, 0] + [1] * 20,
+        num_users=1,
+        num_items=40,
+        behaviors=schema.BehaviorSchema("buy", ("cart", "fav")),
+    )
+    wide = training_index.TrainingIndex.from_split(many)
+    one = np.zeros(1, np.int32)
+    hit = [
+        split_shift.touched_top10(wide, many, raw, one, np.array([i], np.int32))
+        for i in (21, 12, 11, 2, 30)
+    ]
+    assert hit == [1.0, 1.0, 0.0, 0.0, 0.0]
     # The id order of an item against the user's buys is a share in [0, 1].
     order = split_shift.id_order(index, split, raw, users, items)
     assert 0.0 <= order <= 1.0
