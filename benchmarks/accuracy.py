@@ -146,8 +146,13 @@ def choose_start(runner, residual: dict) -> tuple[dict | None, dict]:
         figures[label] = run["train"]["best_validation"]["HR@10"]
     if not figures:
         return None, figures
-    best = max(figures, key=figures.get)
-    return dict(STARTS)[best], figures
+    return best_start(figures), figures
+
+
+def best_start(figures: dict) -> dict:
+    """The start (as overrides) of the highest figure, the earlier of STARTS on a tie."""
+    best = max((label for label, _ in STARTS if label in figures), key=figures.get)
+    return dict(STARTS)[best]
 
 
 # The ablations: our model (the recipe from the chosen start), one part changed. The
@@ -249,8 +254,7 @@ def merge_starts(figures: dict, earlier: dict, recipe: dict, picked: dict) -> tu
     if earlier_start(earlier, recipe) is None:
         return picked, figures
     merged = {**earlier.get("start_validation_HR@10", {}), **figures}
-    best = max(merged, key=merged.get)
-    return dict(STARTS)[best], merged
+    return best_start(merged), merged
 
 
 def main():

@@ -311,6 +311,8 @@ def test_a_start_whose_run_was_cleared_keeps_its_earlier_figure(monkeypatch):
         {touched: 0.25}, earlier, recipe, {"behavior_init": "touched_first"}
     )
     assert picked == {} and figures == {zero: 0.30, touched: 0.25}
+    # A tie keeps offsets at 0, whatever order the figures come in.
+    assert accuracy.best_start({touched: 0.25, zero: 0.25}) == {}
     # A row of another recipe lends nothing.
     other = {**earlier, "flags": ["--mf_init=random"]}
     assert accuracy.merge_starts({touched: 0.25}, other, recipe, {"x": 1}) == (
