@@ -200,6 +200,24 @@ def pipeline_only(split, *, batch_size: int, seconds: float = 5.0) -> float:
     return round(n / (time.perf_counter() - start), 1)
 
 
+def measured_sets(data_dir: str) -> dict[str, config_lib.DataConfig]:
+    """taobao_cml (when `data_dir` has it) and a synthetic catalog of the paper's size."""
+    sets = {}
+    cml = os.path.join(data_dir, "taobao_cml", "interactions.tsv.gz")
+    if os.path.exists(cml):
+        sets["taobao_cml"] = config_lib.DataConfig(data_path=cml, data_format="tsv")
+    else:
+        print(f"taobao_cml not found at {cml}: skipped")
+    # 200k users over a declared 900k-item catalog: about 627k items occur,
+    # the paper's catalog size (the long tail of the rest never does).
+    sets["synthetic_630k_items"] = config_lib.DataConfig(
+        synthetic_users=200_000,
+        synthetic_items=900_000,
+        synthetic_records_per_user=40,
+    )
+    return sets
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default=os.path.join(HERE, "..", "..", "shared", "data"))
@@ -219,20 +237,7 @@ def main():
     )
     args = parser.parse_args()
 
-    sets = {}
-    cml = os.path.join(args.data_dir, "taobao_cml", "interactions.tsv.gz")
-    if os.path.exists(cml):
-        sets["taobao_cml"] = config_lib.DataConfig(data_path=cml, data_format="tsv")
-    else:
-        print(f"taobao_cml not found at {cml}: skipped")
-    # 200k users over a declared 900k-item catalog: about 627k items occur,
-    # the paper's catalog size (the long tail of the rest never does).
-    sets["synthetic_630k_items"] = config_lib.DataConfig(
-        synthetic_users=200_000,
-        synthetic_items=900_000,
-        synthetic_records_per_user=40,
-    )
-
+    sets = measured_sets(args.data_dir)
     sets = {name: sets[name] for name in args.sets.split(",") if name in sets}
     if args.objectives:
         return objectives(sets, args)

@@ -10,9 +10,12 @@ each embedding table over the parameter servers (`strategy`), and a
 `tf.distribute.coordinator.ClusterCoordinator` schedules every training step
 on whichever worker is free (`fit`).
 
-The chief's own sampler draws each step's batch (the negatives and the
-softmax candidates are NumPy, which a worker, running TensorFlow graphs only,
-cannot execute), and the step's function carries it to the worker. Updates
+Each worker draws its own batches with the sampler in TensorFlow ops
+(`worker_input`: a dataset function the coordinator traces once and every
+worker runs). Where the batches carry graph signals (`scipy.sparse`, which a
+worker running TensorFlow graphs cannot execute) or the training index is
+too large for a graph, the chief's own sampler draws each step's batch and
+the step's function carries it to the worker. Updates
 are asynchronous, as parameter-server training is: each worker reads the
 current tables, computes its gradient and applies it on the parameter
 servers. Checkpoints, validation, evaluation and the export run on the
@@ -173,8 +176,9 @@ def free_ports(n: int) -> list[int]:
 
 def fit(
     ranker: tf_keras.Model,
-    dataset: tf.data.Dataset,
+    dataset: tf.data.Dataset | None = None,
     *,
+    dataset_fn=None,
     epochs: int,
     initial_epoch: int,
     steps_per_epoch: int,
@@ -182,12 +186,22 @@ def fit(
 ) -> None:
     """`Model.fit` for a ranker built under a ParameterServerStrategy.
 
-    Each step's batch is drawn here, on the coordinator, and scheduled with
-    the ranker's `train_step` on a free worker; the epoch ends when every
-    scheduled step has run (`ClusterCoordinator.join`). The callbacks get
-    Keras's epoch hooks with the epoch's mean loss and pair accuracy over all
-    of its steps, read from the ranker's metrics once the epoch has joined.
+    Each step is scheduled with the ranker's `train_step` on a free worker;
+    the epoch ends when every scheduled step has run
+    (`ClusterCoordinator.join`). The callbacks get Keras's epoch hooks with
+    the epoch's mean loss and pair accuracy over all of its steps, read from
+    the ranker's metrics once the epoch has joined.
+
+    Args:
+      ranker: the ranker, built under the strategy.
+      dataset: batches drawn here, on the coordinator: each is sent with its step.
+      dataset_fn: instead, a function making a dataset of TensorFlow ops
+        (`worker_input.dataset_fn`): every worker makes its own and a step
+        takes the next batch of the worker it runs on.
+      epochs, initial_epoch, steps_per_epoch, callbacks: as `Model.fit`'s.
     """
+    if (dataset is None) == (dataset_fn is None):
+        raise ValueError("cluster.fit takes either a dataset or a dataset_fn.")
     strategy_ = ranker.distribute_strategy
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy_)
 
@@ -195,15 +209,29 @@ def fit(
     def step(batch):
         return strategy_.run(ranker.train_step, args=(batch,))
 
+    @tf.function
+    def worker_step(iterator):
+        return strategy_.run(ranker.train_step, args=(next(iterator),))
+
+    if dataset_fn is not None:
+        per_worker = iter(coordinator.create_per_worker_dataset(dataset_fn))
+
+        def schedule():
+            coordinator.schedule(worker_step, args=(per_worker,))
+    else:
+        batches = iter(dataset)
+
+        def schedule():
+            coordinator.schedule(step, args=(next(batches),))
+
     callback_list = tf_keras.callbacks.CallbackList(callbacks, model=ranker)
     ranker.stop_training = False
     callback_list.on_train_begin()
-    batches = iter(dataset)
     for epoch in range(initial_epoch, epochs):
         ranker.reset_metrics()
         callback_list.on_epoch_begin(epoch)
         for _ in range(steps_per_epoch):
-            coordinator.schedule(step, args=(next(batches),))
+            schedule()
         coordinator.join()
         # Read after every step has run: a step's own return is the running
         # mean when it finished, and the last one scheduled need not finish

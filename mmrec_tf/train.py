@@ -29,6 +29,7 @@ from mmrec_tf import ranking
 from mmrec_tf import run_record
 from mmrec_tf.pipelines import datasets
 from mmrec_tf.pipelines import training_index
+from mmrec_tf.pipelines import worker_input
 
 VALIDATION_METRIC = "HR@10"
 
@@ -45,6 +46,9 @@ class TrainResult:
       stopped_early: whether early stopping ended training.
       history: one dict per epoch: loss, pair_accuracy, validation metrics,
         seconds and examples per second.
+      input_pipeline: who drew the batches: `local` (this process's
+        pipeline), or on a parameter-server cluster `per_worker` (each
+        worker, `worker_input`) or `chief` (the chief's sampler).
     """
 
     epochs_completed: int
@@ -53,6 +57,7 @@ class TrainResult:
     best_validation: dict | None
     stopped_early: bool
     history: list
+    input_pipeline: str = "local"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -329,8 +334,19 @@ def train(
         record = {"epoch": 0, "seconds": round(time.perf_counter() - started, 3)}
         history.append({**record, **_validation_fields(metrics)})
         kept.keep(metrics, 0)
+    input_pipeline, per_worker = "local", None
+    if cluster.is_parameter_server(strategy):
+        # Each worker draws its own batches where the sampler's ops allow it.
+        reason = worker_input.unsupported(index, config, signals)
+        if reason is None:
+            input_pipeline, per_worker = "per_worker", worker_input.dataset_fn(index, config)
+        else:
+            input_pipeline = "chief"
+            print(f"the chief draws every batch: {reason}", flush=True)
     if start < config.epochs and not bool(state.stopped.numpy()):
-        if config.distribution_strategy == "multi_worker":
+        if per_worker is not None:
+            dataset = None
+        elif config.distribution_strategy == "multi_worker":
             dataset = strategy.distribute_datasets_from_function(
                 lambda context: datasets.training_dataset(
                     index, config, start_epoch=start, input_context=context, signals=signals
@@ -355,6 +371,7 @@ def train(
             cluster.fit(
                 ranker,
                 dataset,
+                dataset_fn=per_worker,
                 epochs=config.epochs,
                 initial_epoch=start,
                 steps_per_epoch=steps,
@@ -397,4 +414,5 @@ def train(
         best_validation=best_validation,
         stopped_early=bool(state.stopped.numpy()),
         history=history,
+        input_pipeline=input_pipeline,
     )
