@@ -10,7 +10,9 @@ over seeds ± the standard error across seeds. The ALS arms take their flags
 from the dataset's Optuna study (`python -m mmrec_tf.tune --family=als
 --protocol=full`: `<tune_dir>/<dataset>/best_als_full.json`), CascadingRank
 from its own (`--family=cascade`, one run: it learns nothing seeded); our model and
-its ablations train on that ALS's factors with residual.flags' recipe (one
+its ablations train on the factors of the ALS the shipped `<dataset>_mmf.flags`
+fits (the study's best, unless our model validated higher on another of its
+trials: `start_als`) with residual.flags' recipe (one
 recipe, picked among four hand-run settings on jd_vcgae's validation cases),
 so they add no per-dataset search. An arm whose study is missing is left out
 and said so. One ALS cache (`MMREC_CACHE_DIR`) serves every arm.
@@ -175,19 +177,40 @@ ABLATIONS = (
 )
 
 
+# The ALS settings a start of our model is fitted with.
+ALS_SETTINGS = ("mf_dim", "als_l2", "als_alpha", "als_supportive_weight")
+
+
+def start_als(dataset: str, als: dict | None) -> dict | None:
+    """The ALS our model starts from: the one `<dataset>_mmf.flags` fits.
+
+    That is the ALS study's best unless our model validated higher on another
+    of its trials (the flagfile says which and why); the ALS rows keep the
+    study's best either way. Without a shipped flagfile, the study's best.
+    """
+    path = os.path.join(experiments.CONFIGS, f"{dataset}_mmf.flags")
+    if als is None or not os.path.exists(path):
+        return als
+    from mmrec_tf import cli
+
+    resolved = {cli.flag_name(*key): v for key, v in _resolved([f"--flagfile={path}"]).items()}
+    return {**als, **{k: resolved[k] for k in ALS_SETTINGS}}
+
+
 def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
     """(label, overrides or None when its study is missing), in report order."""
     als = _tuned(tune_dir, dataset, "als")
     als_sampled = _tuned(tune_dir, dataset, "als", "sampled")
     cascade = _tuned(tune_dir, dataset, "cascade")
+    shipped = shipped_overrides(dataset)
+    start = start_als(dataset, als)
 
-    def on_als(extra: dict, fit: dict | None = als) -> dict | None:
+    def on_als(extra: dict, fit: dict | None = start) -> dict | None:
         if fit is None:
             return None
         fitted = {k: v for k, v in fit.items() if k not in ("model", "behavior_features")}
         return {**fitted, **RESIDUAL, **extra}
 
-    shipped = shipped_overrides(dataset)
     plain = None
     if shipped is not None and (shipped.get("graph_signals") or shipped.get("cascade_blend")):
         plain = {**shipped, "graph_signals": False, "cascade_blend": False}
@@ -375,7 +398,10 @@ def main():
         "replaces the kept weights (the start first) only when it beats them on validation by "
         "more than two standard errors of the paired per-case difference "
         "(`--early_stopping_margin=2`). The ablations change one part of our model and start "
-        "where it does. Rows whose runs are no longer in the run store are carried from the "
+        "where it does. Our model's rows start from the ALS its shipped flagfile fits: the ALS "
+        "study's best, except where our model validated higher on another trial of the study "
+        "(tmall_mbcgcn: trial 2; its flagfile gives the figures), so their flags may differ "
+        "from the ALS rows'. Rows whose runs are no longer in the run store are carried from the "
         "previous report when their flags are unchanged (`carried` in the JSON).",
         "",
     ]

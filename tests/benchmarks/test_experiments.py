@@ -267,6 +267,36 @@ def test_the_sampled_protocol_has_its_own_tuned_rows(monkeypatch, tmp_path):
     assert arms[accuracy.OURS] is not None
 
 
+def test_our_model_starts_from_the_als_of_the_shipped_flagfile(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
+    import accuracy
+
+    study = tmp_path / "tune" / "toy"
+    study.mkdir(parents=True)
+    best = {"model": "als", "mf_dim": 64, "als_l2": 0.5, "als_alpha": 7.0}
+    (study / "best_als_full.json").write_text(json.dumps({"trials": 9, "best_overrides": best}))
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "toy.flags").write_text("--synthetic_users=50\n")
+    monkeypatch.setattr(accuracy.experiments, "CONFIGS", str(configs))
+    # No shipped flagfile: the study's best.
+    assert dict(accuracy.arms(str(tmp_path / "tune"), "toy"))[accuracy.OURS]["als_l2"] == 0.5
+    # A shipped flagfile that keeps another trial's ALS (validated higher as a start).
+    (configs / "toy_mmf.flags").write_text(
+        f"--flagfile={configs / 'toy.flags'}\n--mf_dim=32\n--als_l2=20.0\n--als_alpha=100.0\n"
+    )
+    arms = dict(accuracy.arms(str(tmp_path / "tune"), "toy"))
+    for label in (accuracy.OURS, *(label for label, _ in accuracy.STARTS)):
+        assert (arms[label]["mf_dim"], arms[label]["als_l2"], arms[label]["als_alpha"]) == (
+            32,
+            20.0,
+            100.0,
+        ), label
+    # The ALS rows keep the study's best.
+    assert arms["ALS multi-behavior (tuned)"] == {**best, "trials": 9}
+    assert arms[accuracy.SHIPPED]["als_l2"] == 20.0
+
+
 def test_a_previous_reports_measured_rows_are_carried(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(experiments.__file__)))
     import accuracy
