@@ -5,7 +5,8 @@ under `<model_dir>/checkpoints`: the model, the optimizer (moments included),
 the epochs done, and the early-stopping state. A run started again with the
 same `model_dir` resumes after the last completed epoch; negatives are drawn
 per (seed, epoch), so the resumed run sees the examples an uninterrupted run
-would. The weights of the best validation epoch are kept under
+would (except where parameter-server workers draw their own batches,
+`worker_input`, whose draws are not repeatable). The weights of the best validation epoch are kept under
 `<model_dir>/best` and restored when training ends.
 """
 
