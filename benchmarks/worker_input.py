@@ -66,11 +66,12 @@ def main():
         for draw, fields in DRAWS.items():
             config = config_lib.TrainConfig(epochs=1_000_000, **fields)
             chief = rate(datasets.training_dataset(index, config), args.seconds)
+            arrays = worker_input.graph_arrays(index, config)
             started = time.perf_counter()
-            dataset = worker_input.dataset_fn(index, config)()
+            dataset = worker_input.dataset_fn(index, config, arrays=arrays)()
             made = time.perf_counter() - started
             worker = rate(dataset, args.seconds)
-            size = worker_input.index_bytes(index, config)
+            size = sum(a.nbytes for a in arrays.values())
             row = {
                 "dataset": name,
                 "num_items": split.num_items,

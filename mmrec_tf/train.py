@@ -338,9 +338,9 @@ def train(
     input_pipeline, per_worker = "local", None
     if cluster.is_parameter_server(strategy):
         # Each worker draws its own batches where the sampler's ops allow it.
-        reason = worker_input.unsupported(index, config, signals)
+        per_worker, reason = worker_input.plan(index, config, signals)
         if reason is None:
-            input_pipeline, per_worker = "per_worker", worker_input.dataset_fn(index, config)
+            input_pipeline = "per_worker"
         else:
             input_pipeline = "chief"
             print(f"the chief draws every batch: {reason}", flush=True)

@@ -21,7 +21,8 @@ import numpy as np
 from mmrec_tf.pipelines import schema
 from mmrec_tf.pipelines import training_index
 
-_MAX_REDRAWS = 200
+# Redraws of a touched negative before the sampler gives up on its user.
+MAX_REDRAWS = 200
 
 
 def uniform_untouched(
@@ -51,7 +52,7 @@ def uniform_untouched(
     """
     users = users.astype(np.int64)
     items = rng.integers(0, num_items, size=users.shape, dtype=np.int64)
-    for _ in range(_MAX_REDRAWS):
+    for _ in range(MAX_REDRAWS):
         query = users * num_items + items
         if exclude_offsets is None:
             bad = training_index.contains(exclude_keys, query)

@@ -21,7 +21,7 @@ The training index travels inside the dataset's graph (its arrays are
 constants of the function), so a worker needs neither the data nor the model
 folder. A graph holds at most 2 GiB, hence `MAX_INDEX_BYTES`; a larger index,
 or a recipe whose batches carry graph signals (computed with `scipy.sparse`),
-keeps the chief's sampler (`unsupported` says why).
+keeps the chief's sampler (`plan` says why).
 
 Every worker runs the same graph. What differs is a salt each worker's
 dataset draws from the operating system when it is made, so two workers
@@ -46,11 +46,9 @@ from mmrec_tf.pipelines import training_index
 # The index arrays a worker's graph may carry (a graph is at most 2 GiB).
 MAX_INDEX_BYTES = 1 << 30
 
-_MAX_REDRAWS = 200
 
-
-def _arrays(index: training_index.TrainingIndex, config: config_lib.TrainConfig) -> dict:
-    """The NumPy arrays the graph holds as constants."""
+def graph_arrays(index: training_index.TrainingIndex, config: config_lib.TrainConfig) -> dict:
+    """The NumPy arrays a worker's dataset graph holds as constants."""
     positives = negatives.epoch_positives(
         index,
         seed=config.seed,
@@ -81,27 +79,26 @@ def _arrays(index: training_index.TrainingIndex, config: config_lib.TrainConfig)
     return arrays
 
 
-def index_bytes(index: training_index.TrainingIndex, config: config_lib.TrainConfig) -> int:
-    """Bytes of the index arrays a worker's dataset graph carries."""
-    return sum(a.nbytes for a in _arrays(index, config).values())
-
-
-def unsupported(
+def plan(
     index: training_index.TrainingIndex, config: config_lib.TrainConfig, signals=None
-) -> str | None:
-    """Why the workers cannot draw this run's batches themselves, or None if they can."""
+) -> tuple[Callable[[], tf.data.Dataset] | None, str | None]:
+    """(the workers' dataset function, None), or (None, why the chief must draw).
+
+    The index arrays are built once, for both the size check and the graph.
+    """
     if signals is not None:
-        return (
+        return None, (
             "the batches carry graph signals, which are computed with scipy.sparse, "
             "outside TensorFlow's ops"
         )
-    size = index_bytes(index, config)
+    arrays = graph_arrays(index, config)
+    size = sum(a.nbytes for a in arrays.values())
     if size > MAX_INDEX_BYTES:
-        return (
+        return None, (
             f"the training index takes {size / 2**30:.2f} GiB, more than the "
             f"{MAX_INDEX_BYTES / 2**30:.0f} GiB a worker's dataset graph may carry"
         )
-    return None
+    return dataset_fn(index, config, arrays=arrays), None
 
 
 def _fold(seed: tf.Tensor, value) -> tf.Tensor:
@@ -122,6 +119,7 @@ def dataset_fn(
     config: config_lib.TrainConfig,
     *,
     salt: tuple[int, int] | None = None,
+    arrays: dict | None = None,
 ) -> Callable[[], tf.data.Dataset]:
     """A function that makes one worker's endless stream of training batches.
 
@@ -130,13 +128,14 @@ def dataset_fn(
       config: batch size, loss, negatives, sampler ratio, shared negatives.
       salt: a fixed seed for the draws (tests); by default each dataset the
         function makes draws its own from the operating system.
+      arrays: `graph_arrays(index, config)`, when already built.
 
     Returns:
       A function of no arguments returning a dataset of dicts with the fields
       of `datasets.training_dataset`'s batches (without graph signals), each
       batch exactly `config.batch_size` positives.
     """
-    arrays = _arrays(index, config)
+    arrays = graph_arrays(index, config) if arrays is None else arrays
     num_items = index.num_items
     num_behaviors = index.num_behaviors
     batch_size = config.batch_size
@@ -221,7 +220,7 @@ def dataset_fn(
                 return k + 1, items, touched(users, items)
 
             _, items, bad = tf.while_loop(
-                lambda k, items, bad: (k <= _MAX_REDRAWS) & tf.reduce_any(bad),
+                lambda k, items, bad: (k <= negatives.MAX_REDRAWS) & tf.reduce_any(bad),
                 redraw,
                 (tf.constant(1, tf.int64), items, bad),
             )

@@ -119,7 +119,10 @@ def test_a_user_who_touched_every_item_is_named_with_the_fix():
 def test_graph_signals_and_oversized_indexes_keep_the_chiefs_sampler(monkeypatch):
     index = _index()
     config = config_lib.TrainConfig(batch_size=16, num_negatives=2)
-    assert worker_input.unsupported(index, config) is None
-    assert "graph signals" in worker_input.unsupported(index, config, signals=object())
+    make, reason = worker_input.plan(index, config)
+    assert reason is None and callable(make)
+    make, reason = worker_input.plan(index, config, signals=object())
+    assert make is None and "graph signals" in reason
     monkeypatch.setattr(worker_input, "MAX_INDEX_BYTES", 100)
-    assert "GiB" in worker_input.unsupported(index, config)
+    make, reason = worker_input.plan(index, config)
+    assert make is None and "GiB" in reason
