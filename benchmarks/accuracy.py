@@ -88,25 +88,33 @@ def _resolved(args: list[str]) -> dict:
     }
 
 
-def shipped_overrides(dataset: str) -> dict | None:
-    """The flags by which `<dataset>_mmf.flags` differs from `<dataset>.flags` (None: no file).
+def _flags_of(path: str) -> dict:
+    """{flag name: value} of the config `python -m mmrec_tf.main --flagfile=<path>` runs."""
+    from mmrec_tf import cli
+
+    return {cli.flag_name(*key): value for key, value in _resolved([f"--flagfile={path}"]).items()}
+
+
+def shipped_flags(dataset: str) -> dict | None:
+    """{flag name: value} of the config `<dataset>_mmf.flags` runs (None: no file)."""
+    path = os.path.join(experiments.CONFIGS, f"{dataset}_mmf.flags")
+    return _flags_of(path) if os.path.exists(path) else None
+
+
+def shipped_overrides(dataset: str, shipped: dict | None) -> dict | None:
+    """The flags by which `<dataset>_mmf.flags` (`shipped`, its `shipped_flags`)
+    differs from `<dataset>.flags` (None: no file).
 
     So the runner, which starts every run from the dataset's flagfile, runs
     exactly the shipped configuration.
     """
-    path = os.path.join(experiments.CONFIGS, f"{dataset}_mmf.flags")
-    if not os.path.exists(path):
+    if shipped is None:
         return None
-    from mmrec_tf import cli
-
-    base = _resolved([f"--flagfile={os.path.join(experiments.CONFIGS, f'{dataset}.flags')}"])
-    shipped = _resolved([f"--flagfile={path}"])
+    base = _flags_of(os.path.join(experiments.CONFIGS, f"{dataset}.flags"))
     return {
-        cli.flag_name(*key): ",".join(map(str, value))
-        if isinstance(value, (list, tuple))
-        else value
-        for key, value in shipped.items()
-        if base.get(key) != value
+        name: ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        for name, value in shipped.items()
+        if base.get(name) != value
     }
 
 
@@ -181,20 +189,17 @@ ABLATIONS = (
 ALS_SETTINGS = ("mf_dim", "als_l2", "als_alpha", "als_supportive_weight")
 
 
-def start_als(dataset: str, als: dict | None) -> dict | None:
-    """The ALS our model starts from: the one `<dataset>_mmf.flags` fits.
+def start_als(shipped: dict | None, als: dict | None) -> dict | None:
+    """The ALS our model starts from: the one `<dataset>_mmf.flags` fits
+    (`shipped`, its `shipped_flags`).
 
     That is the ALS study's best unless our model validated higher on another
     of its trials (the flagfile says which and why); the ALS rows keep the
     study's best either way. Without a shipped flagfile, the study's best.
     """
-    path = os.path.join(experiments.CONFIGS, f"{dataset}_mmf.flags")
-    if als is None or not os.path.exists(path):
+    if als is None or shipped is None:
         return als
-    from mmrec_tf import cli
-
-    resolved = {cli.flag_name(*key): v for key, v in _resolved([f"--flagfile={path}"]).items()}
-    return {**als, **{k: resolved[k] for k in ALS_SETTINGS}}
+    return {**als, **{k: shipped[k] for k in ALS_SETTINGS}}
 
 
 def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
@@ -202,8 +207,9 @@ def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:
     als = _tuned(tune_dir, dataset, "als")
     als_sampled = _tuned(tune_dir, dataset, "als", "sampled")
     cascade = _tuned(tune_dir, dataset, "cascade")
-    shipped = shipped_overrides(dataset)
-    start = start_als(dataset, als)
+    flags = shipped_flags(dataset)
+    shipped = shipped_overrides(dataset, flags)
+    start = start_als(flags, als)
 
     def on_als(extra: dict, fit: dict | None = start) -> dict | None:
         if fit is None:

@@ -360,7 +360,7 @@ def test_the_accuracy_reports_shipped_row_runs_the_shipped_flagfile(dataset):
     sys.path.insert(0, os.path.dirname(experiments.__file__) + "/..")
     import accuracy
 
-    overrides = accuracy.shipped_overrides(dataset)
+    overrides = accuracy.shipped_overrides(dataset, accuracy.shipped_flags(dataset))
     runner_args = [
         "--flagfile=" + os.path.join(experiments.CONFIGS, f"{dataset}.flags"),
         *experiments.flag_args(overrides),
