@@ -1,6 +1,10 @@
 """The parameter-server workers' input: the sampler's draws in TensorFlow ops."""
 
 import itertools
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -86,19 +90,47 @@ def test_softmax_batches_carry_the_shared_candidates_their_log_q_and_bits():
         )
 
 
-def test_each_dataset_draws_its_own_stream_unless_salted():
-    index = _index()
-    config = config_lib.TrainConfig(batch_size=16, num_negatives=2, seed=0)
-    # The global seed fixed, as a run fixes it: the workers still differ.
-    tf.random.set_seed(0)
+_FIRST_BATCH = """
+import numpy as np, tensorflow as tf
+from mmrec_tf import config as config_lib
+from mmrec_tf.pipelines import schema, training_index, worker_input
+from tests.pipelines import test_samplers
+index = training_index.TrainingIndex.from_split(test_samplers._split())
+config = config_lib.TrainConfig(batch_size=16, num_negatives=2, seed=0)
+tf.random.set_seed(0)  # fixed, as every worker of a run fixes it
+for salt in (None, (1, 2)):
+    batch = next(iter(worker_input.dataset_fn(index, config, salt=salt)()))
+    print(np.stack([batch[schema.USER].numpy(), batch[schema.NEG_ITEM].numpy()[:, 0]]).tolist())
+"""
 
-    def first(salt):
-        dataset = worker_input.dataset_fn(index, config, salt=salt)()
-        batch = next(iter(dataset))
-        return np.stack([batch[schema.USER].numpy(), batch[schema.NEG_ITEM].numpy()[:, 0]])
 
-    assert not np.array_equal(first(None), first(None))
-    np.testing.assert_array_equal(first((1, 2)), first((1, 2)))
+def _first_batches_in_a_new_process():
+    root = pathlib.Path(__file__).resolve().parents[2]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    )
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", _FIRST_BATCH],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
+    return out[-2], out[-1]
+
+
+def test_each_worker_process_draws_its_own_stream_unless_salted():
+    # Workers are separate processes with the same global seed: only the salt
+    # drawn from the operating system may tell their streams apart.
+    unsalted_a, salted_a = _first_batches_in_a_new_process()
+    unsalted_b, salted_b = _first_batches_in_a_new_process()
+    assert unsalted_a != unsalted_b
+    assert salted_a == salted_b
 
 
 def test_a_user_who_touched_every_item_is_named_with_the_fix():
