@@ -25,6 +25,24 @@ from mmrec_tf.pipelines import schema
 TMP_PREFIX = ".tmp-"
 # What the exported model was trained on (assets.extra/), for evaluate_export.
 TRAINING_DATA = "mmrec_training_data.json"
+# The request bounds the signatures enforce (assets.extra/), for clients that
+# split their batches: {"max_request_users": ..., "max_request_pairs": ...}.
+REQUEST_LIMITS = "mmrec_request_limits.json"
+
+
+def module_request_limits(module) -> dict:
+    """The most users (`recommend`, `retrieve`) and pairs (`serving_default`) per request."""
+    names = ("max_request_users", "max_request_pairs")
+    return {name: int(getattr(module, name)) for name in names if hasattr(module, name)}
+
+
+def request_limits(path: str) -> dict:
+    """The request limits an export version wrote ({} for a version written without them)."""
+    file = os.path.join(path, "assets.extra", REQUEST_LIMITS)
+    if not os.path.exists(file):
+        return {}
+    with open(file) as f:
+        return json.load(f)
 
 
 def versions(export_dir: str) -> list[int]:
@@ -113,5 +131,7 @@ def _export_locked(
     if training_data is not None:
         with open(os.path.join(tmp, "assets.extra", TRAINING_DATA), "w") as f:
             json.dump(training_data, f, indent=2)
+    with open(os.path.join(tmp, "assets.extra", REQUEST_LIMITS), "w") as f:
+        json.dump(module_request_limits(module), f, indent=2)
     os.rename(tmp, final)  # atomic on one file system; fails if `final` appeared meanwhile
     return final

@@ -513,11 +513,21 @@ def _export(config, scorer, data, split, results: dict, signals=None, blended=No
             config,
             data,
             split,
+            limits=exporter.module_request_limits(module),
         )
 
 
-def _signature_metrics(signatures, config, data, split) -> dict:
-    """Two-stage test metrics through `retrieve` and `recommend` (in memory or loaded)."""
+# Users per call when the two-stage metrics go through the signatures (fewer
+# where the export's request limit is lower).
+EVAL_SIGNATURE_BATCH = 1024
+
+
+def _signature_metrics(signatures, config, data, split, *, limits: dict) -> dict:
+    """Two-stage test metrics through `retrieve` and `recommend` (in memory or loaded).
+
+    `limits`: the export's request limits; the users go in batches its
+    signatures accept.
+    """
     return export_evaluation.evaluate_signatures(
         signatures,
         users=split.test_users,
@@ -526,6 +536,7 @@ def _signature_metrics(signatures, config, data, split) -> dict:
         item_tokens=data.item_vocab.tokens,
         retrieval_ks=config.eval.retrieval_ks,
         touched_keys=splits_lib.train_pair_keys(split),
+        batch_size=min(EVAL_SIGNATURE_BATCH, limits.get("max_request_users", EVAL_SIGNATURE_BATCH)),
     )
 
 
@@ -595,7 +606,9 @@ def _evaluate_export(config: config_lib.ExperimentConfig, data, split, name: str
             "The export cannot be loaded: export the run again (--mode=export writes the "
             "next version), and serve that one.",
         ) from None
-    metrics = _signature_metrics(loaded.signatures, config, data, split)
+    metrics = _signature_metrics(
+        loaded.signatures, config, data, split, limits=exporter.request_limits(path)
+    )
     results = {
         "dataset": name or dataset_name(config),
         "export": path,

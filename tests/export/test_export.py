@@ -284,11 +284,16 @@ def test_killed_export_leaves_no_version_folder(tmp_path):
     assert os.listdir(export_dir) == [locks.LOCK_FILE]
 
 
-def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
+def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path, monkeypatch):
     from absl import flags
 
     from mmrec_tf import cli
+    from mmrec_tf import config as config_lib
     from mmrec_tf import run as run_lib
+
+    # Fewer users per request than the test has: both evaluations (in memory
+    # and of the loaded export) must send batches the signatures accept.
+    monkeypatch.setattr(config_lib.ExportConfig, "max_request_users", 7)
 
     def run(*extra):
         fv = flags.FlagValues()
@@ -313,7 +318,10 @@ def test_evaluate_export_agrees_with_the_in_memory_model(tmp_path):
 
     trained = run()
     in_memory = trained["test"]["two_stage_in_memory"]
+    version = os.path.join(tmp_path, "serving", "1")
+    assert exporter.request_limits(version)["max_request_users"] == 7
     exported = run("--mode=evaluate_export")["test"]
+    assert exported["recommend"]["cases"] > 7
     # The export on another log (ids it never saw) is refused, with the share.
     other = tmp_path / "other.tsv"
     rows = [
