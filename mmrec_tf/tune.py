@@ -86,7 +86,45 @@ STARTS = {
 }
 
 
-def search_space(trial, family: str) -> dict:
+# The `mmf` study also chooses the ALS its residual starts from: the best
+# finished trial of the ALS study beside it (same protocol) in each band of
+# ridge strength (L2 below 1, 1 to 10, 10 and above). The ALS that validates
+# best alone is not always the best start: on tmall_mbcgcn our model
+# validated 0.027 higher on a strong-ridge trial (L2 21.6) than on the
+# study's best (L2 0.135), which the best few trials, all weak-ridge, miss.
+ALS_RIDGE_BANDS = (1.0, 10.0)
+_ALS_FIELDS = ("mf_dim", "als_l2", "als_alpha", "als_supportive_weight")
+
+
+def als_starts(als_study) -> list[dict]:
+    """The ALS trials an `mmf` study chooses among, best first.
+
+    Args:
+      als_study: the finished ALS study (an optuna Study), or None.
+
+    Returns:
+      [{"trial": number, "value": validation HR@10, "params": {flag: value}}],
+      the best complete trial per band of `ALS_RIDGE_BANDS`; [] without one.
+    """
+    import optuna
+
+    if als_study is None:
+        return []
+    best = {}
+    for t in als_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.value is None or not set(_ALS_FIELDS) <= set(t.params):
+            continue
+        band = sum(t.params["als_l2"] >= edge for edge in ALS_RIDGE_BANDS)
+        if band not in best or t.value > best[band].value:
+            best[band] = t
+    chosen = sorted(best.values(), key=lambda t: -t.value)
+    return [
+        {"trial": t.number, "value": t.value, "params": {k: t.params[k] for k in _ALS_FIELDS}}
+        for t in chosen
+    ]
+
+
+def search_space(trial, family: str, als_choices: list[dict] = ()) -> dict:
     """The overrides of one trial: flag name -> value.
 
     Args:
@@ -103,6 +141,9 @@ def search_space(trial, family: str) -> dict:
         share of the rest, alpha / (alpha + beta); a larger kept share
         converges slowly: 0.78 took 4x a published setting's time on
         tmall_mbcgcn and validated at half its HR@10).
+      als_choices: for `mmf`, the ALS trials to start from (`als_starts`):
+        the trial draws one (`als_trial`) and takes its settings; empty: the
+        base flags' ALS.
     """
     if family == "cascade":
         keep = trial.suggest_float("cascade_keep", 0.02, 0.5, log=True)
@@ -140,7 +181,12 @@ def search_space(trial, family: str) -> dict:
     # mf_dim and the ALS settings are not searched; the branches (with or
     # without graph signals), fusion, head and behavior offsets learn a
     # residual with the softmax.
+    start = {}
+    if als_choices:
+        number = trial.suggest_categorical("als_trial", [c["trial"] for c in als_choices])
+        start = next(c["params"] for c in als_choices if c["trial"] == number)
     return {
+        **start,
         "model": "mmf",
         "mf_init": "als_fixed",
         "behavior_features": True,
@@ -257,6 +303,7 @@ def run_study(
         if not alive and fail_stale_trials:
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     _check_study_record(study, base)
+    als_choices = _frozen_als_choices(study, study_dir, family, protocol)
     # A resumed study must not replay the sampler's first draws (its random
     # start-up trials would repeat the finished ones): the seed moves on with
     # the trials the study already holds.
@@ -267,13 +314,13 @@ def run_study(
     # The known good points come first; one whose trial failed (a killed
     # process) is queued again, and those beyond the study's trials wait in
     # the database for a resumed study with more.
-    for start in _starts_to_queue(study, family):
+    for start in _starts_to_queue(study, family, als_choices):
         study.enqueue_trial(start)
 
     def objective(trial):
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
-        overrides = search_space(trial, family)
+        overrides = search_space(trial, family, als_choices)
         if family not in FITTED:
             overrides["early_stopping_protocol"] = protocol
         # Trial folders per protocol: a full and a sampled study share a database.
@@ -360,8 +407,44 @@ def _check_study_record(study, base: config_lib.ExperimentConfig) -> None:
         )
 
 
-def _starts_to_queue(study, family: str) -> list[dict]:
-    """The family's STARTS that no finished, running or queued trial of the study holds."""
+def _frozen_als_choices(study, study_dir: str, family: str, protocol: str) -> list[dict]:
+    """The ALS trials an `mmf` study chooses among, fixed when the study starts.
+
+    They are read from `<study_dir>/als.db` (the study `als-<protocol>`) once
+    and kept in the study, so a resumed study draws from the same choices
+    even after the ALS study has grown.
+    """
+    import optuna
+
+    if family != "mmf":
+        return []
+    if "als_choices" in study.user_attrs:
+        return study.user_attrs["als_choices"]
+    path = _database(study_dir, "als")
+    als_study = None
+    if os.path.exists(path):
+        try:
+            als_study = optuna.load_study(study_name=f"als-{protocol}", storage=_storage(path))
+        except KeyError:  # the database holds no study of this protocol
+            pass
+    choices = als_starts(als_study)
+    if study.get_trials(deepcopy=False) and choices:
+        # A study begun on the base flags' ALS keeps it: its trials draw no ALS.
+        choices = []
+    study.set_user_attr("als_choices", choices)
+    if choices:
+        shown = ", ".join(f"trial {c['trial']} ({c['value']:.4f})" for c in choices)
+        print(f"the ALS start is chosen among the ALS study's {shown}")
+    else:
+        print("the ALS start is the base flags' (no ALS study beside this one)")
+    return choices
+
+
+def _starts_to_queue(study, family: str, als_choices: list[dict] = ()) -> list[dict]:
+    """The family's STARTS that no finished, running or queued trial of the study holds.
+
+    With `als_choices`, our model's known good points start from the best ALS.
+    """
     import optuna
 
     held = []
@@ -377,7 +460,10 @@ def _starts_to_queue(study, family: str) -> list[dict]:
             for k in a
         )
 
-    return [s for s in STARTS.get(family, ()) if not any(same(s, h) for h in held)]
+    starts = STARTS.get(family, ())
+    if als_choices:
+        starts = tuple({**start, "als_trial": als_choices[0]["trial"]} for start in starts)
+    return [s for s in starts if not any(same(s, h) for h in held)]
 
 
 def sampler_seed(seed: int, dataset: str, family: str, protocol: str) -> int:

@@ -236,3 +236,68 @@ def test_a_study_resumed_with_other_flags_or_data_is_refused(tmp_path):
     write(1)
     with pytest.raises(ValueError, match=r"data content.*new --study_dir"):
         tune.run_study(base, family="cascade", protocol="full", trials=2, study_dir=study)
+
+
+def _als_trial(study, value, l2):
+    dists = {
+        "mf_dim": optuna.distributions.CategoricalDistribution([8, 16]),
+        "als_l2": optuna.distributions.FloatDistribution(0.1, 100.0, log=True),
+        "als_alpha": optuna.distributions.FloatDistribution(1.0, 200.0, log=True),
+        "als_supportive_weight": optuna.distributions.FloatDistribution(0.0, 4.0),
+    }
+    params = {"mf_dim": 8, "als_l2": l2, "als_alpha": 10.0, "als_supportive_weight": 1.0}
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+
+
+def test_the_als_starts_are_the_best_als_trial_of_each_ridge_band():
+    study = optuna.create_study(direction="maximize")
+    for value, l2 in [(0.30, 0.2), (0.31, 0.5), (0.25, 2.0), (0.28, 30.0), (0.20, 50.0)]:
+        _als_trial(study, value, l2)
+    choices = tune.als_starts(study)
+    assert [c["trial"] for c in choices] == [1, 3, 2]
+    assert choices[1]["params"]["als_l2"] == 30.0 and choices[1]["value"] == 0.28
+    assert tune.als_starts(None) == []
+
+
+def test_the_mmf_study_draws_its_als_start_and_keeps_the_choices_on_resume(tmp_path):
+    log = tmp_path / "log.tsv"
+    rows = [
+        f"{u}\t{(u * 7 + k) % 300}\t{b}\t\t{'test' if k == 0 else 'train'}"
+        for u in range(80)
+        for k, b in enumerate(["buy", "buy", "cart", "buy", "buy", "cart"])
+    ]
+    log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + "\n".join(rows) + "\n")
+    base = config_lib.ExperimentConfig(
+        data=config_lib.DataConfig(data_path=str(log), data_format="tsv"),
+        model=config_lib.ModelConfig(mf_dim=8),
+        train=config_lib.TrainConfig(epochs=1, steps_per_epoch=2, batch_size=32, verbose=0),
+        model_dir=str(tmp_path / "m"),
+    )
+    study_dir = str(tmp_path / "study")
+    os.makedirs(study_dir)
+    als = optuna.create_study(
+        study_name="als-full",
+        storage=f"sqlite:///{os.path.join(study_dir, 'als.db')}",
+        direction="maximize",
+    )
+    for value, l2 in [(0.30, 0.5), (0.20, 2.0), (0.25, 30.0)]:
+        _als_trial(als, value, l2)
+    study = tune.run_study(base, family="mmf", protocol="full", trials=2, study_dir=study_dir)
+    assert [c["trial"] for c in study.user_attrs["als_choices"]] == [0, 2, 1]
+    trials = study.get_trials()
+    # The known good point starts from the best ALS trial; every trial takes
+    # the settings of the ALS it drew, and its run fits that ALS.
+    assert trials[0].params["als_trial"] == 0
+    for t in trials:
+        drawn = als.trials[t.params["als_trial"]].params
+        overrides = json.loads(t.user_attrs["overrides"])
+        assert {k: overrides[k] for k in drawn} == drawn
+        run = json.load(
+            open(os.path.join(study_dir, f"mmf_full_trial_{t.number:04d}", "config.json"))
+        )
+        assert run["model"]["als_l2"] == drawn["als_l2"]
+    # The ALS study grows a better trial: the resumed study keeps its choices.
+    _als_trial(als, 0.40, 5.0)
+    resumed = tune.run_study(base, family="mmf", protocol="full", trials=3, study_dir=study_dir)
+    assert [c["trial"] for c in resumed.user_attrs["als_choices"]] == [0, 2, 1]
+    assert all(t.params["als_trial"] in (0, 1, 2) for t in resumed.get_trials())
