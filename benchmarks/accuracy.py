@@ -406,7 +406,8 @@ def main():
         "(`--early_stopping_margin=2`). The ablations change one part of our model and start "
         "where it does. Our model's rows start from the ALS its shipped flagfile fits: the ALS "
         "study's best, except where our model validated higher on another trial of the study "
-        "(tmall_mbcgcn: trial 2; its flagfile gives the figures), so their flags may differ "
+        "(tmall_mbcgcn: trial 2; jd_vcgae: trial 25; its flagfile gives the figures), so their "
+        "flags may differ "
         "from the ALS rows'. Rows whose runs are no longer in the run store are carried from the "
         "previous report when their flags are unchanged (`carried` in the JSON).",
         "",
