@@ -177,10 +177,10 @@ def search_space(trial, family: str, als_choices: list[dict] = ()) -> dict:
             "supportive_negative_ratio": 0.0,
         }
     # mmf: the shipped recipe (residual.flags) on the ALS that the base flags
-    # set (a <dataset>_als.flags): the MF part held at the ALS factors, so
-    # mf_dim and the ALS settings are not searched; the branches (with or
-    # without graph signals), fusion, head and behavior offsets learn a
-    # residual with the softmax.
+    # set (a <dataset>_als.flags) or that the trial draws from `als_choices`:
+    # the MF part held at the ALS factors; the branches (with or without
+    # graph signals), fusion, head and behavior offsets learn a residual
+    # with the softmax.
     start = {}
     if als_choices:
         number = trial.suggest_categorical("als_trial", [c["trial"] for c in als_choices])
@@ -428,15 +428,16 @@ def _frozen_als_choices(study, study_dir: str, family: str, protocol: str) -> li
         except KeyError:  # the database holds no study of this protocol
             pass
     choices = als_starts(als_study)
-    if study.get_trials(deepcopy=False) and choices:
+    if not choices:
+        print(f"the ALS start is the base flags': no als-{protocol} study in {path}")
+    elif study.get_trials(deepcopy=False):
         # A study begun on the base flags' ALS keeps it: its trials draw no ALS.
         choices = []
-    study.set_user_attr("als_choices", choices)
-    if choices:
+        print("the ALS start is the base flags': this study began on them before it chose")
+    else:
         shown = ", ".join(f"trial {c['trial']} ({c['value']:.4f})" for c in choices)
         print(f"the ALS start is chosen among the ALS study's {shown}")
-    else:
-        print("the ALS start is the base flags' (no ALS study beside this one)")
+    study.set_user_attr("als_choices", choices)
     return choices
 
 
