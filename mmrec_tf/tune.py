@@ -444,7 +444,8 @@ def _frozen_als_choices(study, study_dir: str, family: str, protocol: str) -> li
 def _starts_to_queue(study, family: str, als_choices: list[dict] = ()) -> list[dict]:
     """The family's STARTS that no finished, running or queued trial of the study holds.
 
-    With `als_choices`, our model's known good points start from the best ALS.
+    With `als_choices`, the shipped recipe is tried on each choice and the
+    other known good points on the best ALS.
     """
     import optuna
 
@@ -463,7 +464,12 @@ def _starts_to_queue(study, family: str, als_choices: list[dict] = ()) -> list[d
 
     starts = STARTS.get(family, ())
     if als_choices:
-        starts = tuple({**start, "als_trial": als_choices[0]["trial"]} for start in starts)
+        # The shipped recipe on every ALS choice, then the other points on the best.
+        first, *others = starts
+        starts = (
+            *({**first, "als_trial": choice["trial"]} for choice in als_choices),
+            *({**start, "als_trial": als_choices[0]["trial"]} for start in others),
+        )
     return [s for s in starts if not any(same(s, h) for h in held)]
 
 
