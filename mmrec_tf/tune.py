@@ -357,9 +357,9 @@ def run_study(
     return study
 
 
-# What may differ between the commands of one study: where runs go and how
-# much they print.
-_STUDY_MAY_DIFFER = ("model_dir", "mode", "train.verbose", "export.")
+# What may differ between the commands of one study: where runs go, how much
+# they print, and where the data lies (its content is compared instead).
+_STUDY_MAY_DIFFER = ("model_dir", "mode", "train.verbose", "export.", "data.data_path")
 
 
 def _study_record(base: config_lib.ExperimentConfig) -> dict:
@@ -396,7 +396,7 @@ def _check_study_record(study, base: config_lib.ExperimentConfig) -> None:
         )
     # As a run's record is compared: a field retired or added since the
     # study started matches at its constant or default.
-    problems += run_record.differences(recorded["config"], current["config"])
+    problems += run_record.differences(recorded["config"], current["config"], _STUDY_MAY_DIFFER)
     if problems:
         listed = "; ".join(
             f"{k}: the study has {a!r}, this command {b!r}" for k, a, b in problems[:5]

@@ -209,9 +209,23 @@ def test_a_study_resumed_with_other_flags_or_data_is_refused(tmp_path):
     )
     study = str(tmp_path / "study")
     tune.run_study(base, family="cascade", protocol="full", trials=1, study_dir=study)
-    # The same settings resume (where the runs go changes nothing).
+    # The same settings resume (where the runs go changes nothing), and so
+    # does the same data at another path; the record holds no path.
     elsewhere = dataclasses.replace(base, model_dir=str(tmp_path / "elsewhere"))
     tune.run_study(elsewhere, family="cascade", protocol="full", trials=1, study_dir=study)
+    moved = tmp_path / "moved.tsv"
+    moved.write_text(log.read_text())
+    tune.run_study(
+        dataclasses.replace(base, data=dataclasses.replace(base.data, data_path=str(moved))),
+        family="cascade",
+        protocol="full",
+        trials=1,
+        study_dir=study,
+    )
+    stored = optuna.load_study(
+        study_name="cascade-full", storage=f"sqlite:///{os.path.join(study, 'cascade.db')}"
+    )
+    assert "data.data_path" not in stored.user_attrs["record"]["config"]
     other = dataclasses.replace(base, eval=config_lib.EvalConfig(valid_full_ranking_cases=30))
     with pytest.raises(ValueError, match=r"eval\.valid_full_ranking_cases: the study has 0"):
         tune.run_study(other, family="cascade", protocol="full", trials=2, study_dir=study)
