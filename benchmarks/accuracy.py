@@ -30,6 +30,7 @@ import os
 import experiments  # the lab beside this script (benchmarks/experiments)
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
+from mmrec_tf import tune
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTOCOLS = ("full", "discovery", "sampled")
@@ -185,10 +186,6 @@ ABLATIONS = (
 )
 
 
-# The ALS settings a start of our model is fitted with.
-ALS_SETTINGS = ("mf_dim", "als_l2", "als_alpha", "als_supportive_weight")
-
-
 def start_als(shipped: dict | None, als: dict | None) -> dict | None:
     """The ALS our model starts from: the one `<dataset>_mmf.flags` fits
     (`shipped`, its `shipped_flags`).
@@ -199,7 +196,7 @@ def start_als(shipped: dict | None, als: dict | None) -> dict | None:
     """
     if als is None or shipped is None:
         return als
-    return {**als, **{k: shipped[k] for k in ALS_SETTINGS}}
+    return {**als, **{k: shipped[k] for k in tune.ALS_SETTINGS}}
 
 
 def arms(tune_dir: str, dataset: str) -> list[tuple[str, dict | None]]:

@@ -71,7 +71,7 @@ def main():
             dataset = worker_input.dataset_fn(index, config, arrays=arrays)()
             made = time.perf_counter() - started
             worker = rate(dataset, args.seconds)
-            size = sum(a.nbytes for a in arrays.values())
+            size = worker_input.index_bytes(arrays)
             row = {
                 "dataset": name,
                 "num_items": split.num_items,

@@ -93,7 +93,8 @@ STARTS = {
 # validated 0.027 higher on a strong-ridge trial (L2 21.6) than on the
 # study's best (L2 0.135), which the best few trials, all weak-ridge, miss.
 ALS_RIDGE_BANDS = (1.0, 10.0)
-_ALS_FIELDS = ("mf_dim", "als_l2", "als_alpha", "als_supportive_weight")
+# The ALS settings a trial of the `als` study draws (and an `mmf` trial takes).
+ALS_SETTINGS = ("mf_dim", "als_l2", "als_alpha", "als_supportive_weight")
 
 
 def als_starts(als_study) -> list[dict]:
@@ -112,14 +113,14 @@ def als_starts(als_study) -> list[dict]:
         return []
     best = {}
     for t in als_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.value is None or not set(_ALS_FIELDS) <= set(t.params):
+        if t.value is None or not set(ALS_SETTINGS) <= set(t.params):
             continue
         band = sum(t.params["als_l2"] >= edge for edge in ALS_RIDGE_BANDS)
         if band not in best or t.value > best[band].value:
             best[band] = t
     chosen = sorted(best.values(), key=lambda t: -t.value)
     return [
-        {"trial": t.number, "value": t.value, "params": {k: t.params[k] for k in _ALS_FIELDS}}
+        {"trial": t.number, "value": t.value, "params": {k: t.params[k] for k in ALS_SETTINGS}}
         for t in chosen
     ]
 

@@ -79,6 +79,11 @@ def graph_arrays(index: training_index.TrainingIndex, config: config_lib.TrainCo
     return arrays
 
 
+def index_bytes(arrays: dict) -> int:
+    """Bytes of the index arrays (`graph_arrays`) a worker's dataset graph carries."""
+    return sum(a.nbytes for a in arrays.values())
+
+
 def plan(
     index: training_index.TrainingIndex, config: config_lib.TrainConfig, signals=None
 ) -> tuple[Callable[[], tf.data.Dataset] | None, str | None]:
@@ -92,7 +97,7 @@ def plan(
             "outside TensorFlow's ops"
         )
     arrays = graph_arrays(index, config)
-    size = sum(a.nbytes for a in arrays.values())
+    size = index_bytes(arrays)
     if size > MAX_INDEX_BYTES:
         return None, (
             f"the training index takes {size / 2**30:.2f} GiB, more than the "

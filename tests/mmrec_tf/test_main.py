@@ -8,6 +8,7 @@ from absl import flags
 
 from mmrec_tf import cli
 from mmrec_tf import run as run_lib
+from mmrec_tf import tune
 
 QUICKSTART = os.path.join(os.path.dirname(cli.__file__), "configs", "quickstart.flags")
 
@@ -104,9 +105,6 @@ FLAGFILES = sorted(
 )
 
 
-ALS_SETTINGS = ("mf_dim", "als_l2", "als_alpha", "als_supportive_weight")
-
-
 def _finished_als_trials(dataset: str) -> list[dict]:
     """The ALS settings of every finished trial of the dataset's full-ranking ALS study."""
     import optuna
@@ -114,7 +112,7 @@ def _finished_als_trials(dataset: str) -> list[dict]:
     path = os.path.join("benchmarks", "results", "tune", dataset, "als.db")
     study = optuna.load_study(study_name="als-full", storage=f"sqlite:///{path}")
     return [
-        {k: t.params[k] for k in ALS_SETTINGS}
+        {k: t.params[k] for k in tune.ALS_SETTINGS}
         for t in study.trials
         if t.state == optuna.trial.TrialState.COMPLETE
     ]
@@ -146,8 +144,8 @@ def test_every_flagfile_parses_into_a_valid_config(name, monkeypatch):
         assert config.train.loss == "softmax" and config.model.behavior_features
         # The start is kept unless an epoch beats it beyond the validation noise.
         assert config.train.early_stopping_margin == 2
-        start = {k: getattr(config.model, k) for k in ALS_SETTINGS}
-        if start != {k: getattr(als.model, k) for k in ALS_SETTINGS}:
+        start = {k: getattr(config.model, k) for k in tune.ALS_SETTINGS}
+        if start != {k: getattr(als.model, k) for k in tune.ALS_SETTINGS}:
             assert start in _finished_als_trials(name[: -len("_mmf")]), start
     if name == "paper":
         assert config.model.mf_dim == 4 and config.train.supportive_negative_ratio == 1
