@@ -7,7 +7,8 @@ Each trial trains (or fits) one configuration drawn from the family's search
 space on top of the flagfile, with `--mode=train`: only the validation cases
 are ranked, never the test split. The objective is validation HR@10 under
 `--protocol` (for the neural families, of the epoch early stopping keeps,
-early stopping following the same protocol). A median pruner stops a trial
+early stopping following the same protocol, blended with CascadingRank when
+the base flags blend: `objective_value`). A median pruner stops a trial
 whose per-epoch validation falls below the median of earlier trials at the
 same epoch.
 
@@ -349,13 +350,27 @@ def run_study(
                 f"trial {trial.number} has no validation figures: the data gave no validation "
                 "cases (every test user needs a second training buy to hold out)."
             )
-        if family in FITTED:
-            return results["validation"][protocol]["HR@10"]
-        best = results["train"]["best_validation"]
-        return best["HR@10"] if best else 0.0
+        return objective_value(results, family, protocol)
 
     study.optimize(objective, n_trials=missing, catch=())
     return study
+
+
+def objective_value(results: dict, family: str, protocol: str) -> float:
+    """A trial's validation HR@10 under `protocol`, of what its run would ship.
+
+    A fitted family's validation figure; for a trained one, the epoch early
+    stopping kept, and, when the run blends it with CascadingRank
+    (`--cascade_blend` in the base flags, as the shipped `_mmf.flags` do),
+    the blend at the weight the run kept on the same validation cases.
+    """
+    if family in FITTED:
+        return results["validation"][protocol]["HR@10"]
+    blend = results.get("cascade_blend")
+    if blend:
+        return blend["HR@10"][str(blend["weight"])]
+    best = results["train"]["best_validation"]
+    return best["HR@10"] if best else 0.0
 
 
 # What may differ between the commands of one study: where runs go, how much

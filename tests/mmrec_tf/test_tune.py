@@ -283,8 +283,11 @@ def test_the_mmf_study_draws_its_als_start_and_keeps_the_choices_on_resume(tmp_p
     log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + "\n".join(rows) + "\n")
     base = config_lib.ExperimentConfig(
         data=config_lib.DataConfig(data_path=str(log), data_format="tsv"),
-        model=config_lib.ModelConfig(mf_dim=8),
-        train=config_lib.TrainConfig(epochs=1, steps_per_epoch=2, batch_size=32, verbose=0),
+        # The base blends with CascadingRank, as the shipped `_mmf.flags` do.
+        model=config_lib.ModelConfig(mf_dim=8, cascade_blend=True),
+        train=config_lib.TrainConfig(
+            epochs=1, steps_per_epoch=2, batch_size=32, verbose=0, early_stopping_margin=0.0
+        ),
         model_dir=str(tmp_path / "m"),
     )
     study_dir = str(tmp_path / "study")
@@ -303,6 +306,7 @@ def test_the_mmf_study_draws_its_als_start_and_keeps_the_choices_on_resume(tmp_p
     # trial takes the settings of the ALS it drew, and its run fits that ALS.
     assert [t.params["als_trial"] for t in trials] == [0, 2]
     assert trials[0].params["graph_signals"] and trials[1].params["graph_signals"]
+    blended = []
     for t in trials:
         drawn = als.trials[t.params["als_trial"]].params
         overrides = json.loads(t.user_attrs["overrides"])
@@ -311,6 +315,16 @@ def test_the_mmf_study_draws_its_als_start_and_keeps_the_choices_on_resume(tmp_p
             open(os.path.join(study_dir, f"mmf_full_trial_{t.number:04d}", "config.json"))
         )
         assert run["model"]["als_l2"] == drawn["als_l2"]
+        # The trial's value is what its run would ship: the blend at the
+        # weight the run kept, on the validation cases.
+        results = json.load(
+            open(os.path.join(study_dir, f"mmf_full_trial_{t.number:04d}", "results.json"))
+        )
+        record = results["cascade_blend"]
+        assert t.value == record["HR@10"][str(record["weight"])]
+        blended.append(t.value - results["train"]["best_validation"]["HR@10"])
+    # On this log the blend moves the figure: a value of the model alone would differ.
+    assert any(gain > 0 for gain in blended), blended
     # The ALS study grows a better trial: the resumed study keeps its choices.
     _als_trial(als, 0.40, 5.0)
     resumed = tune.run_study(base, family="mmf", protocol="full", trials=3, study_dir=study_dir)
