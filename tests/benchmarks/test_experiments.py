@@ -514,3 +514,15 @@ def test_split_shift_ranks_the_touched_never_bought_items(monkeypatch):
     assert split_shift.id_order(index, split, raw, np.array([0], np.int32), top) == (
         (len(buys) - 1) / len(buys)
     )
+
+
+def test_the_grid_cut_into_user_blocks_has_the_whole_grids_gradients():
+    from benchmarks.experiments import grid_rewrites
+
+    grid = grid_rewrites.Grid(batch=8, candidates=12)
+    whole = grid.step("materialized")()
+    blocked = grid.step("user_blocks_3")()
+    assert len(whole) == len(blocked) == len(grid.variables) + 2 * grid_rewrites.BRANCHES
+    for a, b in zip(blocked, whole):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    assert any(float(np.abs(g.numpy()).max()) > 0 for g in whole)
