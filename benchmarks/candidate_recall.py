@@ -25,10 +25,13 @@ from absl import app
 from absl import flags
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
+from mmrec_tf import blend
 from mmrec_tf import cli
 from mmrec_tf import models
 from mmrec_tf import run as run_lib
 from mmrec_tf import train as train_lib
+from mmrec_tf.baselines import cascade as cascade_lib
+from mmrec_tf.export import cascade as cascade_export
 from mmrec_tf.export import serving
 from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import loading
@@ -53,6 +56,14 @@ def main(argv):
     )
     train_lib.load_best(scorer, os.path.join(config.model_dir, "best", "weights"), partial=True)
     signals = graph_signals.GraphSignals(split) if config.model.graph_signals else None
+    # The module as the run exports it: with a --cascade_blend run's
+    # CascadingRank and the weight its training kept.
+    weight, propagation = 0.0, None
+    if config.model.cascade_blend:
+        weight = blend.load(config.model_dir)["weight"]
+        propagation = cascade_export.Propagation(
+            cascade_lib.CascadeScorer(split, blend.cascade_settings(config.model))
+        )
     module = serving.from_training(
         scorer,
         split,
@@ -63,24 +74,27 @@ def main(argv):
         exclude_seen=True,
         signals=signals,
         fold_in=(config.model.als_alpha, config.model.als_l2, config.model.als_supportive_weight),
+        cascade=propagation,
+        cascade_weight=weight,
     )
     rng = np.random.default_rng(0)
     picked = rng.choice(len(split.test_users), min(fv.cases, len(split.test_users)), replace=False)
     users, items = split.test_users[picked], split.test_items[picked]
     c = config.export.retrieval_candidates
-    parts = {"mf": 0, "graph": 0, "touched": 0, "any": 0, "top10": 0}
+    parts = {"mf": 0, "graph": 0, "cascade": 0, "touched": 0, "any": 0, "top10": 0}
+    # The candidates' columns: the MF stage's top C, then the graph's top C
+    # (with graph signals), the cascade's top C (with a kept blend weight),
+    # then the touched items.
+    sources = ["mf"] + ["graph"] * (signals is not None) + ["cascade"] * bool(weight)
     size = 0
     started = time.perf_counter()
     for start in range(0, len(users), fv.batch):
         u, i = users[start : start + fv.batch], items[start : start + fv.batch]
         candidates = module.candidate_items(u).numpy()
         hit = candidates == i[:, None]
-        parts["mf"] += int(hit[:, :c].any(axis=1).sum())
-        if signals is not None:
-            parts["graph"] += int(hit[:, c : 2 * c].any(axis=1).sum())
-            parts["touched"] += int(hit[:, 2 * c :].any(axis=1).sum())
-        else:
-            parts["touched"] += int(hit[:, c:].any(axis=1).sum())
+        for k, source in enumerate(sources):
+            parts[source] += int(hit[:, k * c : (k + 1) * c].any(axis=1).sum())
+        parts["touched"] += int(hit[:, len(sources) * c :].any(axis=1).sum())
         parts["any"] += int(hit.any(axis=1).sum())
         size += int((candidates >= 0).sum())
         top = module.recommend(data.user_vocab.tokens[u])["item_ids"].numpy()
@@ -93,6 +107,7 @@ def main(argv):
         "model_dir": config.model_dir,
         "cases": n,
         "retrieval_candidates": c,
+        "cascade_blend_weight": weight,
         "mean_candidates": round(size / n, 1),
         "recall": {k: round(v / n, 4) for k, v in parts.items() if k != "top10"},
         "two_stage_HR@10": round(parts["top10"] / n, 4),
@@ -111,6 +126,7 @@ def main(argv):
             f"{result['mean_candidates']} items per user on average.\n\n"
             "| part | recall (held-out item in it) |\n|---|---|\n"
             f"| MF top C | {r['mf']} |\n| graph top C (beyond the MF's) | {r['graph']} |\n"
+            f"| CascadingRank top C (beyond those; blend weight {weight:g}) | {r['cascade']} |\n"
             f"| touched items | {r['touched']} |\n| the whole set | {r['any']} |\n"
             f"| the final top 10 (two-stage HR@10) | {result['two_stage_HR@10']} |\n"
         )
