@@ -38,14 +38,20 @@ from mmrec_tf.pipelines import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-flags.DEFINE_integer("cases", 5000, "Test cases sampled (seeded).")
-flags.DEFINE_integer("batch", 256, "Users per call.")
 
 
-def main(argv):
-    del argv
-    fv = flags.FLAGS
-    config = cli.config_from_flags(fv)
+def measure(config, *, cases: int = 5000, batch: int = 256) -> dict:
+    """Recall of each candidate source and the two-stage HR@10 of a trained run.
+
+    Args:
+      config: the run's configuration (its `model_dir` holds the trained run).
+      cases: test cases sampled (seeded).
+      batch: users per call.
+
+    Returns:
+      {"recall": {source: share of cases whose held-out item it holds, beyond
+       the sources before it; "any": the whole set}, "two_stage_HR@10", ...}.
+    """
     name = run_lib.dataset_name(config)
     data, split = loading.load(config.data, work_dir=config.model_dir, seed=config.train.seed)
     scorer = models.build_model(
@@ -78,9 +84,9 @@ def main(argv):
         cascade_weight=weight,
     )
     rng = np.random.default_rng(0)
-    picked = rng.choice(len(split.test_users), min(fv.cases, len(split.test_users)), replace=False)
+    picked = rng.choice(len(split.test_users), min(cases, len(split.test_users)), replace=False)
     users, items = split.test_users[picked], split.test_items[picked]
-    c = config.export.retrieval_candidates
+    c = module.retrieval_candidates
     parts = {"mf": 0, "graph": 0, "cascade": 0, "touched": 0, "any": 0, "top10": 0}
     # The candidates' columns: the MF stage's top C, then the graph's top C
     # (with graph signals), the cascade's top C (with a kept blend weight),
@@ -88,8 +94,8 @@ def main(argv):
     sources = ["mf"] + ["graph"] * (signals is not None) + ["cascade"] * bool(weight)
     size = 0
     started = time.perf_counter()
-    for start in range(0, len(users), fv.batch):
-        u, i = users[start : start + fv.batch], items[start : start + fv.batch]
+    for start in range(0, len(users), batch):
+        u, i = users[start : start + batch], items[start : start + batch]
         candidates = module.candidate_items(u).numpy()
         hit = candidates == i[:, None]
         for k, source in enumerate(sources):
@@ -102,7 +108,7 @@ def main(argv):
             (top == data.item_vocab.tokens[i][:, None].astype(bytes)).any(1).sum()
         )
     n = len(users)
-    result = {
+    return {
         "dataset": name,
         "model_dir": config.model_dir,
         "cases": n,
@@ -112,8 +118,20 @@ def main(argv):
         "recall": {k: round(v / n, 4) for k, v in parts.items() if k != "top10"},
         "two_stage_HR@10": round(parts["top10"] / n, 4),
         "seconds": round(time.perf_counter() - started, 1),
-        "command": "python benchmarks/candidate_recall.py " + " ".join(sys.argv[1:]),
     }
+
+
+def main(argv):
+    del argv
+    fv = flags.FLAGS
+    result = measure(cli.config_from_flags(fv), cases=fv.cases, batch=fv.batch)
+    result["command"] = "python benchmarks/candidate_recall.py " + " ".join(sys.argv[1:])
+    name, n, c, weight = (
+        result["dataset"],
+        result["cases"],
+        result["retrieval_candidates"],
+        result["cascade_blend_weight"],
+    )
     print(json.dumps(result, indent=1))
     out = os.path.join(HERE, "results", f"candidate_recall_{name}")
     with open(out + ".json", "w") as f:
@@ -133,5 +151,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.DEFINE_integer("cases", 5000, "Test cases sampled (seeded).")
+    flags.DEFINE_integer("batch", 256, "Users per call.")
     cli.define_flags(flags.FLAGS)
     app.run(main)

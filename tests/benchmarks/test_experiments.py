@@ -548,3 +548,52 @@ def test_the_blend_margin_halvings_tell_a_real_gain_from_noise():
     assert lost[0.0]["held_out_gain"] < 0.002
     # The rule on a half is blend.choose's: no gain, nothing kept.
     assert blend_margin.choose({w: base for w in (0.0, *hits)}, np.arange(100), 0.0) == 0.0
+
+
+def test_candidate_recall_counts_each_source_of_a_blended_export(tmp_path):
+    from benchmarks import candidate_recall
+
+    from mmrec_tf import blend
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
+    from tests.mmrec_tf.test_main import _flags
+
+    # Each user buys a run of neighbouring items and carts two more; the
+    # even users' test buy is a new item, the odd users' one they carted.
+    rows = []
+    for u in range(120):
+        base = 3 * u
+        rows += [f"{u}\t{(base + k) % 200}\tbuy\t\ttrain" for k in range(1, 5)]
+        rows += [f"{u}\t{(base + k) % 200}\tcart\t\ttrain" for k in (5, 6)]
+        rows.append(f"{u}\t{(base + (7 if u % 2 == 0 else 5)) % 200}\tbuy\t\ttest")
+    log = tmp_path / "log.tsv"
+    log.write_text("user\titem\tbehavior\ttimestamp\tsplit\n" + "\n".join(rows) + "\n")
+    flags = [
+        f"--model_dir={tmp_path / 'run'}",
+        f"--data_path={log}",
+        "--data_format=tsv",
+        "--mf_dim=4",
+        "--mlp_dim=4",
+        "--epochs=1",
+        "--steps_per_epoch=5",
+        "--verbose=0",
+        "--full_ranking_cases=50",
+        "--cascade_blend",
+        "--retrieval_candidates=10",
+        # Behavior features: the export re-ranks the user's touched items, as shipped.
+        "--behavior_features",
+        "--mode=train",
+    ]
+    config = cli.config_from_flags(_flags(flags))
+    run_lib.run(config)
+    # The run's recorded weight, set so that the export blends.
+    run = str(tmp_path / "run")
+    blend.save(run, {**blend.load(run), "weight": 0.5})
+    result = candidate_recall.measure(config, cases=120, batch=16)
+    r = result["recall"]
+    assert result["cascade_blend_weight"] == 0.5 and result["retrieval_candidates"] == 10
+    # The sources are disjoint: together they are the whole set.
+    assert r["mf"] + r["graph"] + r["cascade"] + r["touched"] == pytest.approx(r["any"])
+    # The touched part is the odd users' cases, whose test item they carted.
+    assert r["touched"] == pytest.approx(0.5)
+    assert r["cascade"] > 0
