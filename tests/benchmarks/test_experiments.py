@@ -552,7 +552,6 @@ def test_the_blend_margin_halvings_tell_a_real_gain_from_noise():
 
 def test_candidate_recall_counts_each_source_of_a_blended_export(tmp_path):
     from benchmarks import candidate_recall
-
     from mmrec_tf import blend
     from mmrec_tf import cli
     from mmrec_tf import run as run_lib
