@@ -39,7 +39,6 @@ from mmrec_tf.pipelines import loading
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-
 def measure(config, *, cases: int = 5000, batch: int = 256) -> dict:
     """Recall of each candidate source and the two-stage HR@10 of a trained run.
 
