@@ -147,21 +147,32 @@ def choose(
         len(valid_cases.users), config.eval.valid_full_ranking_cases, config.eval.seed
     )
     hits = _hits(model, ranker, valid_cases, protocol, ranked)
-    base = hits[0.0]
-    best = max(WEIGHTS, key=lambda w: (hits[w].mean(), -w))
-    diff = hits[best] - base
-    se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
     margin = config.train.early_stopping_margin
-    kept = best if diff.mean() > 0 and diff.mean() > margin * se else 0.0
+    kept, gain, se = keep(hits, margin)
     return {
         "weight": kept,
         "protocol": protocol,
-        "cases": len(base),
+        "cases": len(hits[0.0]),
         "HR@10": {str(w): round(float(h.mean()), 4) for w, h in hits.items()},
-        "best_minus_model": round(float(diff.mean()), 4),
-        "best_minus_model_se": round(float(se), 4),
+        "best_minus_model": round(gain, 4),
+        "best_minus_model_se": round(se, 4),
         "margin": margin,
     }
+
+
+def keep(hits: dict[float, np.ndarray], margin: float) -> tuple[float, float, float]:
+    """The rule of `choose` on per-case hits by weight (w = 0 included).
+
+    Returns:
+      (the kept weight: the best of `WEIGHTS` when it beats w = 0 by more
+       than `margin` standard errors of the paired per-case difference, else
+       0; the best weight's mean gain over w = 0; that gain's standard error).
+    """
+    best = max(WEIGHTS, key=lambda w: (hits[w].mean(), -w))
+    diff = hits[best] - hits[0.0]
+    se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    kept = best if diff.mean() > 0 and diff.mean() > margin * se else 0.0
+    return kept, float(diff.mean()), float(se)
 
 
 def save(model_dir: str, record: dict) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 import numpy as np
@@ -87,11 +86,7 @@ def case_hits(model_dir: str, data_path: str = "") -> tuple[dict, dict]:
 
 def choose(hits: dict, rows: np.ndarray, margin: float) -> float:
     """The weight `blend.choose` keeps on the cases `rows` under `margin`."""
-    base = hits[0.0][rows]
-    best = max(blend.WEIGHTS, key=lambda w: (hits[w][rows].mean(), -w))
-    diff = hits[best][rows] - base
-    se = diff.std(ddof=1) / math.sqrt(len(diff))
-    return best if diff.mean() > 0 and diff.mean() > margin * se else 0.0
+    return blend.keep({w: h[rows] for w, h in hits.items()}, margin)[0]
 
 
 def held_out(hits: dict, splits: int, seed: int = 0) -> dict:
