@@ -555,6 +555,7 @@ def test_candidate_recall_counts_each_source_of_a_blended_export(tmp_path):
     from mmrec_tf import blend
     from mmrec_tf import cli
     from mmrec_tf import run as run_lib
+    from tests.mmrec_tf import test_run_record
     from tests.mmrec_tf.test_main import _flags
 
     # Each user buys a run of neighbouring items and carts two more; the
@@ -571,12 +572,7 @@ def test_candidate_recall_counts_each_source_of_a_blended_export(tmp_path):
         f"--model_dir={tmp_path / 'run'}",
         f"--data_path={log}",
         "--data_format=tsv",
-        "--mf_dim=4",
-        "--mlp_dim=4",
-        "--epochs=1",
-        "--steps_per_epoch=5",
-        "--verbose=0",
-        "--full_ranking_cases=50",
+        *test_run_record.TINY_RUN,
         "--cascade_blend",
         "--retrieval_candidates=10",
         # Behavior features: the export re-ranks the user's touched items, as shipped.

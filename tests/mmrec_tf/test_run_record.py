@@ -15,9 +15,8 @@ from mmrec_tf import run as run_lib
 from mmrec_tf import run_record
 from tests.mmrec_tf.test_main import _flags
 
-TINY = [
-    "--synthetic_users=150",
-    "--synthetic_items=200",
+# A tiny model and a short run, on any data.
+TINY_RUN = [
     "--mf_dim=4",
     "--mlp_dim=4",
     "--epochs=1",
@@ -25,6 +24,7 @@ TINY = [
     "--verbose=0",
     "--full_ranking_cases=50",
 ]
+TINY = ["--synthetic_users=150", "--synthetic_items=200", *TINY_RUN]
 
 
 def exporter_versions(folder) -> list:

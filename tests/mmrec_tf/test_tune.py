@@ -311,15 +311,12 @@ def test_the_mmf_study_draws_its_als_start_and_keeps_the_choices_on_resume(tmp_p
         drawn = als.trials[t.params["als_trial"]].params
         overrides = json.loads(t.user_attrs["overrides"])
         assert {k: overrides[k] for k in drawn} == drawn
-        run = json.load(
-            open(os.path.join(study_dir, f"mmf_full_trial_{t.number:04d}", "config.json"))
-        )
+        run_dir = os.path.join(study_dir, f"mmf_full_trial_{t.number:04d}")
+        run = json.load(open(os.path.join(run_dir, "config.json")))
         assert run["model"]["als_l2"] == drawn["als_l2"]
         # The trial's value is what its run would ship: the blend at the
         # weight the run kept, on the validation cases.
-        results = json.load(
-            open(os.path.join(study_dir, f"mmf_full_trial_{t.number:04d}", "results.json"))
-        )
+        results = json.load(open(os.path.join(run_dir, "results.json")))
         record = results["cascade_blend"]
         assert t.value == record["HR@10"][str(record["weight"])]
         blended.append(t.value - results["train"]["best_validation"]["HR@10"])
