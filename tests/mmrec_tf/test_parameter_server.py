@@ -88,7 +88,11 @@ def _same_losses(history, single, input_pipeline):
     "recipe, input_pipeline",
     [
         # Each worker draws its own batches (the sampler in TensorFlow ops).
-        pytest.param([], "per_worker", id="pairwise"),
+        # 32 steps an epoch: at 8, the model of 16 steps is still near chance
+        # (sampled HR@10 0.08 to 0.16 over seeds 0 to 2), so its figures
+        # move with the draw of batches more than the cases' standard error
+        # says; at 32 they are 0.29 to 0.34 against chance's 0.10.
+        pytest.param(["--steps_per_epoch=32"], "per_worker", id="pairwise"),
         # The shipped recipe: the ALS start with the touched-first offsets, the
         # softmax, the graph signals.
         pytest.param(
@@ -138,14 +142,19 @@ def test_parameter_server_training_shards_resumes_exports_and_learns_as_one_proc
     # Asynchronous updates from two workers are not one process's sequence,
     # but the model learns as much on this log: the same loss within a few
     # percent each epoch, and test figures within three standard errors of
-    # their difference (153 cases of a model trained 16 steps: the figures
-    # themselves are noisy, and the workers' order of updates moves them).
+    # their difference (153 cases: the figures themselves are noisy, and the
+    # workers' order of updates moves them).
     history = json.load(open(run / "history.json"))
     _same_losses(history, json.load(open(single / "history.json")), input_pipeline)
     for protocol in ("sampled", "full"):
         got, want = results["test"][protocol], reference["test"][protocol]
         se = (got["HR@10_se"] ** 2 + want["HR@10_se"] ** 2) ** 0.5
         assert abs(got["HR@10"] - want["HR@10"]) <= 3 * se, (protocol, got, want)
+    # Both learned: sampled HR@10 above chance (10 of 100 candidates) by two
+    # standard errors (3 runs of each: 0.23 to 0.33 on the cluster).
+    for learned in (results, reference):
+        sampled = learned["test"]["sampled"]
+        assert sampled["HR@10"] > 0.10 + 2 * sampled["HR@10_se"], sampled
 
     # The export gathered the shards: a plain process serving the SavedModel
     # scores exactly as the chief's gathered model did.
