@@ -89,15 +89,25 @@ class _Fixed:
         return self.logits
 
 
-def _hits(
-    model, ranker: cascade.CascadeScorer, cases: evaluate.EvalCases, protocol: str, ranked
+def cascade_term(ranker: cascade.CascadeScorer):
+    """The blend's term at weight 1: (users, items) -> log(num_items * c + FLOOR) grid."""
+    return lambda users, items: log_scores(ranker.grid(users, items), ranker.num_items)
+
+
+def weight_hits(
+    model, term, cases: evaluate.EvalCases, protocol: str, ranked, weights=WEIGHTS
 ) -> dict[float, np.ndarray]:
     """Each weight's per-case hits at 10 under `protocol` on the cases `ranked`.
 
-    The model's and the cascade's grids are computed once per batch of users
+    Args:
+      model: a scorer (its `grid`).
+      term: (users, items) -> the grid added at weight 1 (`cascade_term`).
+      weights: tried besides 0 (the model alone).
+
+    The model's and the term's grids are computed once per batch of users
     and blended for every weight.
     """
-    weights = (0.0, *WEIGHTS)
+    weights = (0.0, *weights)
     users, items = cases.users[ranked], cases.items[ranked]
     hits = {w: [] for w in weights}
     rows = max(1, evaluate.Scorer.GRID_PAIRS // cases.num_items)
@@ -109,7 +119,7 @@ def _hits(
     for start in range(0, len(users), rows):
         u, i = users[start : start + rows], items[start : start + rows]
         logits = model.grid(u, catalog)
-        extra = log_scores(ranker.grid(u, catalog), cases.num_items)
+        extra = term(u, catalog)
         for w in weights:
             ranks = evaluate.full_ranks(
                 _Fixed(logits + w * extra if w else logits),
@@ -146,7 +156,7 @@ def choose(
     ranked = evaluate.full_ranking_subset(
         len(valid_cases.users), config.eval.valid_full_ranking_cases, config.eval.seed
     )
-    hits = _hits(model, ranker, valid_cases, protocol, ranked)
+    hits = weight_hits(model, cascade_term(ranker), valid_cases, protocol, ranked)
     margin = config.train.early_stopping_margin
     kept, gain, se = keep(hits, margin)
     return {

@@ -61,18 +61,26 @@ def read_config(model_dir: str, data_path: str = "") -> config_lib.ExperimentCon
     return config_lib.ExperimentConfig(**parts, model_dir=model_dir, mode="evaluate")
 
 
-def case_hits(model_dir: str, data_path: str = "") -> tuple[dict, dict]:
-    """{protocol: {weight: per-case hits at 10}} on every validation case, and the run's facts."""
+def trained(model_dir: str, data_path: str = ""):
+    """A trained run as it was trained: (config, split, training index, the
+    model's scorer (graph signals included), its CascadingRank)."""
     config = read_config(model_dir, data_path)
     _, split, _ = run_lib.load(config, model_dir)
     ranker, index = run_lib.build(config, split, tf.distribute.get_strategy())
     run_lib._restore_for_evaluation(ranker, model_dir)
-    valid = evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
     signals = graph_signals.GraphSignals(split) if config.model.graph_signals else None
     score = run_lib._scoring(config, split, index, signals, ranker.scorer)
-    ranked = np.arange(len(valid.users))
     ranker_cascade = cascade.CascadeScorer(split, blend.cascade_settings(config.model))
-    hits = {p: blend._hits(score, ranker_cascade, valid, p, ranked) for p in PROTOCOLS}
+    return config, split, index, score, ranker_cascade
+
+
+def case_hits(model_dir: str, data_path: str = "") -> tuple[dict, dict]:
+    """{protocol: {weight: per-case hits at 10}} on every validation case, and the run's facts."""
+    config, split, index, score, ranker_cascade = trained(model_dir, data_path)
+    valid = evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
+    ranked = np.arange(len(valid.users))
+    term = blend.cascade_term(ranker_cascade)
+    hits = {p: blend.weight_hits(score, term, valid, p, ranked) for p in PROTOCOLS}
     facts = {
         "dataset": run_lib.dataset_name(config),
         "seed": config.train.seed,

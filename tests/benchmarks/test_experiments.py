@@ -592,3 +592,28 @@ def test_candidate_recall_counts_each_source_of_a_blended_export(tmp_path):
     # The touched part is the odd users' cases, whose test item they carted.
     assert r["touched"] == pytest.approx(0.5)
     assert r["cascade"] > 0
+
+
+def test_ease_solves_each_items_ridge_regression_on_the_others_and_scores_pairs_as_grids():
+    from scipy import sparse
+
+    from benchmarks.experiments import ease
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random((60, 12)) < 0.3) * rng.choice([1.0, 0.3], size=(60, 12))
+    x = sparse.csr_matrix(dense.astype(np.float32))
+    b = ease.fit(x, 5.0)
+    assert np.all(np.diag(b) == 0.0)
+    # Column j is the ridge regression of item j on the other items.
+    for j in range(12):
+        others = np.delete(np.arange(12), j)
+        a = dense[:, others]
+        want = np.linalg.solve(a.T @ a + 5.0 * np.eye(11), a.T @ dense[:, j])
+        np.testing.assert_allclose(b[others, j], want, rtol=1e-3, atol=1e-5)
+    score = ease.EaseScorer(x, b)
+    users = np.array([3, 3, 7, 0, 59])
+    items = np.array([1, 11, 4, 0, 6])
+    grid = score.grid(np.arange(60), np.arange(12))
+    np.testing.assert_allclose(score(users, items), grid[users, items], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grid, dense @ b, rtol=1e-4, atol=1e-5)
+    assert np.abs(grid).max() < score.bound
