@@ -617,3 +617,30 @@ def test_ease_solves_each_items_ridge_regression_on_the_others_and_scores_pairs_
     np.testing.assert_allclose(score(users, items), grid[users, items], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grid, dense @ b, rtol=1e-4, atol=1e-5)
     assert np.abs(grid).max() < score.bound
+
+
+def test_the_ease_blend_rebuilds_a_shipped_run_as_it_was_evaluated(tmp_path, monkeypatch):
+    from benchmarks.experiments import ease
+    from mmrec_tf import blend
+    from mmrec_tf import cli
+    from mmrec_tf import run as run_lib
+    from tests.mmrec_tf import test_run_record
+    from tests.mmrec_tf.test_main import _flags
+
+    run = str(tmp_path / "run")
+    flags = [f"--model_dir={run}", *test_run_record.TINY, "--cascade_blend", "--export_dir="]
+    run_lib.run(cli.config_from_flags(_flags(flags)))
+    # A kept CascadingRank weight (whatever this tiny run chose), and the
+    # run's test figures evaluated with it.
+    record = {**blend.load(run), "weight": 0.5}
+    blend.save(run, record)
+    run_lib.run(cli.config_from_flags(_flags([*flags, "--mode=evaluate"])))
+    # With no EASE weight kept, the blend is the run as it ships: its
+    # validation figure at weight 0 is the run's blend at its kept weight, and
+    # its test figures are the run's own.
+    monkeypatch.setattr(blend, "keep", lambda hits, margin: (0.0, 0.0, 0.0))
+    got = ease.blend_run(run, "", {"EASE": (0.0, 10.0)})
+    assert got["cascade_weight"] == record["weight"]
+    assert got["valid_HR@10"]["0, 10"]["0.0"] == record["HR@10"][str(record["weight"])]
+    for protocol in ("full", "discovery", "sampled"):
+        assert got["test"][protocol]["blend"] == pytest.approx(got["test"][protocol]["run"])
