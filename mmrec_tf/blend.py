@@ -174,11 +174,12 @@ def keep(hits: dict[float, np.ndarray], margin: float) -> tuple[float, float, fl
     """The rule of `choose` on per-case hits by weight (w = 0 included).
 
     Returns:
-      (the kept weight: the best of `WEIGHTS` when it beats w = 0 by more
-       than `margin` standard errors of the paired per-case difference, else
-       0; the best weight's mean gain over w = 0; that gain's standard error).
+      (the kept weight: the best of the weights tried (`WEIGHTS` in `choose`)
+       when it beats w = 0 by more than `margin` standard errors of the
+       paired per-case difference, else 0; the best weight's mean gain over
+       w = 0; that gain's standard error).
     """
-    best = max(WEIGHTS, key=lambda w: (hits[w].mean(), -w))
+    best = max((w for w in hits if w), key=lambda w: (hits[w].mean(), -w))
     diff = hits[best] - hits[0.0]
     se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
     kept = best if diff.mean() > 0 and diff.mean() > margin * se else 0.0
