@@ -449,7 +449,7 @@ def main(argv=None) -> None:
             print(rows[-1], flush=True)
         command = (
             "python -m benchmarks.experiments.ease --data_dir=../shared/data "
-            "--blend_runs=<trained runs of <dataset>_mmf.flags, seeds 0, 1, 2>"
+            "--blend_runs=<trained runs of <dataset>_mmf.flags>"
         )
         with open(args.out + "_blend.json", "w") as f:
             json.dump({"command": command, "runs": rows}, f, indent=1)
