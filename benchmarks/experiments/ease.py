@@ -77,21 +77,34 @@ def input_matrix(split: splits.Split, supportive_weight: float) -> sparse.csr_ma
     return sparse.csr_matrix((r.astype(np.float32), (users, items)), shape=shape)
 
 
-def fit(x: sparse.csr_matrix, l2: float) -> np.ndarray:
-    """[items, items] EASE weights B (float32, zero diagonal)."""
+def fit(x: sparse.csr_matrix, l2: float, block: int = 2048) -> np.ndarray:
+    """[items, items] EASE weights B (float32, zero diagonal).
+
+    One items x items buffer holds the Gram matrix, its inverse and B in
+    turn (at 31k items: 3.8 GB, not three times that).
+    """
     gram = (x.T @ x).toarray().astype(np.float32)
     gram[np.diag_indices_from(gram)] += l2
     # Cholesky inverse: the Gram matrix plus lambda I is positive definite.
-    factor, info = lapack.spotrf(gram, lower=1, overwrite_a=1)
+    # It is symmetric, so its transpose (a Fortran-order view) is itself and
+    # LAPACK works in place.
+    factor, info = lapack.spotrf(gram.T, lower=1, overwrite_a=1)
     if info:
         raise np.linalg.LinAlgError(f"Cholesky failed ({info}) at lambda {l2}")
     p, info = lapack.spotri(factor, lower=1, overwrite_c=1)
     if info:
         raise np.linalg.LinAlgError(f"inverse failed ({info}) at lambda {l2}")
-    p = np.tril(p) + np.tril(p, -1).T
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return b
+    # The lower triangle holds the inverse: mirror it, a block of rows at a time.
+    n = p.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        p[start:stop, stop:] = p[stop:, start:stop].T
+        square = p[start:stop, start:stop]
+        square[...] = np.tril(square) + np.tril(square, -1).T
+    diagonal = np.diag(p).copy()
+    p /= -diagonal[None, :]
+    p[np.diag_indices_from(p)] = 0.0
+    return p
 
 
 class EaseScorer:
