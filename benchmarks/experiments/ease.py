@@ -57,6 +57,9 @@ OUT = os.path.join(ROOT, "benchmarks", "results")
 
 L2_GRID = (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0)
 SUPPORTIVE_GRID = (0.0, 0.3, 1.0)
+# scipy's LAPACK indexes with 32-bit integers; the Cholesky of a 31,024-item
+# Gram matrix (3.6 GiB) crashed it, so larger matrices are refused.
+LAPACK_BYTES = 2**31
 # The blend's weights of the rank term besides 0 (a rank's log spans about
 # 9 on these catalogs, so smaller ones than the CascadingRank blend's).
 BLEND_WEIGHTS = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -83,12 +86,18 @@ def fit(x: sparse.csr_matrix, l2: float, block: int = 2048) -> np.ndarray:
     One items x items buffer holds the Gram matrix, its inverse and B in
     turn (at 31k items: 3.8 GB, not three times that).
     """
-    gram = (x.T @ x).toarray().astype(np.float32)
+    n = x.shape[1]
+    if n * n * 4 > LAPACK_BYTES:
+        raise ValueError(
+            f"{n} items: the {n * n * 4 / 2**30:.1f} GiB items x items matrix is past what "
+            "scipy's LAPACK factors here (at 31,024 items its Cholesky crashed the process); "
+            "this experiment runs catalogs of up to 23,000 items."
+        )
+    gram = (x.T @ x).astype(np.float32).toarray(order="F")
     gram[np.diag_indices_from(gram)] += l2
-    # Cholesky inverse: the Gram matrix plus lambda I is positive definite.
-    # It is symmetric, so its transpose (a Fortran-order view) is itself and
-    # LAPACK works in place.
-    factor, info = lapack.spotrf(gram.T, lower=1, overwrite_a=1)
+    # Cholesky inverse: the Gram matrix plus lambda I is positive definite;
+    # in Fortran order, LAPACK works in place.
+    factor, info = lapack.spotrf(gram, lower=1, overwrite_a=1)
     if info:
         raise np.linalg.LinAlgError(f"Cholesky failed ({info}) at lambda {l2}")
     p, info = lapack.spotri(factor, lower=1, overwrite_c=1)
