@@ -212,12 +212,16 @@ def run_seed(
     *,
     l2_grid=L2_GRID,
     supportive_grid=SUPPORTIVE_GRID,
+    carve: str = "protocol",
 ) -> dict:
     """The grid on the seed's validation (or each arm's `chosen` (w, lambda)),
     then each arm's best setting on test."""
     config = _config(dataset, data_dir, seed)
     data = interactions.encode(readers.read_interactions(config.data), config.data)
-    split = splits.make_split(data, validation=True, seed=seed)
+    from benchmarks.experiments import matched_validation
+
+    # The validation carve: the protocol's, or one of matched_validation's.
+    split = matched_validation.CARVES[carve](data, validation=True, seed=seed)
     index = training_index.TrainingIndex.from_split(split)
     valid = evaluate.EvalCases.build(split, "valid", config.eval, touched_keys=index.keys)
     test = evaluate.EvalCases.build(split, "test", config.eval, touched_keys=index.keys)
@@ -448,6 +452,12 @@ def main(argv=None) -> None:
     parser.add_argument("--supportive_grid", default=",".join(f"{v:g}" for v in SUPPORTIVE_GRID))
     parser.add_argument("--out", default=os.path.join(OUT, "ease"))
     parser.add_argument(
+        "--carve",
+        default="protocol",
+        choices=("protocol", "matched", "matched_order"),
+        help="the validation carve (matched_validation.py's); the test cases are the data's",
+    )
+    parser.add_argument(
         "--blend_runs",
         default="",
         help="comma-separated trained runs of <dataset>_mmf.flags: blend each with EASE at "
@@ -480,7 +490,11 @@ def main(argv=None) -> None:
         print("wrote", args.out + "_blend.md", flush=True)
         return
     seeds = [int(s) for s in args.seeds.split(",")]
-    grids = {"l2_grid": _floats(args.l2_grid), "supportive_grid": _floats(args.supportive_grid)}
+    grids = {
+        "l2_grid": _floats(args.l2_grid),
+        "supportive_grid": _floats(args.supportive_grid),
+        "carve": args.carve,
+    }
     # Datasets run before (their own commands) stay; a dataset run again is replaced.
     results, commands = {}, {}
     if os.path.exists(args.out + ".json"):
@@ -488,22 +502,24 @@ def main(argv=None) -> None:
             earlier = json.load(f)
         results = earlier["datasets"]
         commands = earlier.get("commands") or dict.fromkeys(results, earlier.get("command", ""))
-    for dataset in args.datasets.split(","):
+    for name in args.datasets.split(","):
+        dataset = name if args.carve == "protocol" else f"{name} ({args.carve} carve)"
         if dataset in results:
             print(f"{dataset}: its earlier results are replaced", flush=True)
         # The grid on the first seed's validation, as the ALS studies tune on
         # one seed; the other seeds run each arm's choice.
-        first = run_seed(dataset, args.data_dir, seeds[0], **grids)
+        first = run_seed(name, args.data_dir, seeds[0], **grids)
         chosen = {
             arm: (row["chosen"]["supportive_weight"], row["chosen"]["l2"])
             for arm, row in first["arms"].items()
         }
         results[dataset] = [first] + [
-            run_seed(dataset, args.data_dir, seed, chosen, **grids) for seed in seeds[1:]
+            run_seed(name, args.data_dir, seed, chosen, **grids) for seed in seeds[1:]
         ]
         commands[dataset] = (
-            f"python -m benchmarks.experiments.ease --datasets={dataset} "
+            f"python -m benchmarks.experiments.ease --datasets={name} "
             f"--data_dir=../shared/data --seeds={args.seeds}"
+            + (f" --carve={args.carve}" if args.carve != "protocol" else "")
             + (f" --l2_grid={args.l2_grid}" if grids["l2_grid"] != L2_GRID else "")
             + (
                 f" --supportive_grid={args.supportive_grid}"
