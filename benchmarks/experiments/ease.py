@@ -150,18 +150,27 @@ def pairs_from_rows(rows_of, users: np.ndarray, items: np.ndarray, chunk: int) -
     return out
 
 
-def rank_term(score: EaseScorer):
+def rank_term(score: EaseScorer, index: training_index.TrainingIndex | None = None):
     """The blend's term at weight 1: -log(1 + the item's rank in the user's EASE row).
 
     A rank, not the score, so the weights mean the same on every log: like
     the CascadingRank blend's log-score, a log-probability under a Zipf law.
+    With `index`, only the items the user did not touch are ranked (from 1)
+    and every touched item gets rank 0: the term reorders the untouched
+    items and leaves the touched ones where the model put them.
     """
 
     def term(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         rows = score._rows(users)
+        touched = None
+        if index is not None:
+            touched = index.gate_grid(users, np.arange(rows.shape[1])).any(axis=-1)
+            rows = np.where(touched, np.inf, rows)
         order = np.argsort(-rows, axis=1, kind="stable")
         ranks = np.empty_like(order)
         np.put_along_axis(ranks, order, np.arange(rows.shape[1])[None, :], axis=1)
+        if touched is not None:
+            ranks = np.where(touched, 0, ranks - touched.sum(axis=1, keepdims=True) + 1)
         return -np.log1p(ranks[:, items]).astype(np.float32)
 
     return term
@@ -342,7 +351,7 @@ def report(results: dict, commands: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def blend_run(model_dir: str, data_path: str, settings: dict) -> dict:
+def blend_run(model_dir: str, data_path: str, settings: dict, untouched: bool = False) -> dict:
     """A trained run (`<dataset>_mmf.flags`) blended with EASE's rank term.
 
     The run is scored as it ships (its CascadingRank blend at its kept
@@ -353,7 +362,8 @@ def blend_run(model_dir: str, data_path: str, settings: dict) -> dict:
     highest is taken, and its weight is kept by `blend.keep` (more than the
     run's `early_stopping_margin` standard errors above the run alone).
     Test figures of the kept blend are read once; the run's own test figures
-    are its results.json's.
+    are its results.json's. `untouched`: the term ranks only the items the
+    user did not touch (`rank_term`).
     """
     from benchmarks.experiments import blend_margin
     from mmrec_tf import blend
@@ -372,7 +382,7 @@ def blend_run(model_dir: str, data_path: str, settings: dict) -> dict:
     tried = {}
     for w, l2 in sorted(set(settings.values())):
         x = input_matrix(split, w)
-        term = rank_term(EaseScorer(x, fit(x, l2)))
+        term = rank_term(EaseScorer(x, fit(x, l2)), index if untouched else None)
         hits = blend.weight_hits(base, term, valid, protocol, ranked, BLEND_WEIGHTS)
         tried[(w, l2)] = (hits, term)
         print(model_dir, (w, l2), {k: round(float(v.mean()), 4) for k, v in hits.items()})
@@ -389,6 +399,7 @@ def blend_run(model_dir: str, data_path: str, settings: dict) -> dict:
         "dataset": run_lib.dataset_name(config),
         "seed": config.train.seed,
         "cascade_weight": cascade_weight,
+        "term": "untouched items ranked" if untouched else "every item ranked",
         "setting": {"supportive_weight": setting[0], "l2": setting[1]},
         "valid_HR@10": {
             f"{k[0]:g}, {k[1]:g}": {str(v): round(float(h.mean()), 4) for v, h in t[0].items()}
@@ -418,7 +429,8 @@ def blend_report(rows: list[dict], command: str) -> str:
         "included) plus w x -log(1 + the item's rank in the user's EASE row); the EASE "
         "setting and w chosen on the run's validation cases, w kept only above the run "
         "alone by more than 2 standard errors of the paired difference (`blend.keep`, the "
-        "rule of the CascadingRank blend). Test HR@10 ± the standard error over cases.",
+        "rule of the CascadingRank blend). Test HR@10 ± the standard error over cases. "
+        f"The term's ranks: {rows[0]['term'] if rows else ''}.",
         "",
         "| dataset | seed | EASE setting (w, lambda) | validation HR@10 by weight | kept "
         "| full: run | full: blend | discovery: run | discovery: blend | sampled: run "
@@ -463,6 +475,11 @@ def main(argv=None) -> None:
         help="comma-separated trained runs of <dataset>_mmf.flags: blend each with EASE at "
         "the settings the --out JSON chose for its dataset, instead of the grid",
     )
+    parser.add_argument(
+        "--untouched_term",
+        action="store_true",
+        help="with --blend_runs: the EASE term ranks only the items the user did not touch",
+    )
     args = parser.parse_args(argv)
     if args.blend_runs:
         from benchmarks.experiments import blend_margin
@@ -477,17 +494,19 @@ def main(argv=None) -> None:
                 for arm, row in chosen[dataset][0]["arms"].items()
             }
             data_path = os.path.join(args.data_dir, dataset, "interactions.tsv.gz")
-            rows.append(blend_run(model_dir, data_path, settings))
+            rows.append(blend_run(model_dir, data_path, settings, args.untouched_term))
             print(rows[-1], flush=True)
         command = (
             "python -m benchmarks.experiments.ease --data_dir=../shared/data "
             "--blend_runs=<trained runs of <dataset>_mmf.flags>"
+            + (" --untouched_term" if args.untouched_term else "")
         )
-        with open(args.out + "_blend.json", "w") as f:
+        suffix = "_blend_untouched" if args.untouched_term else "_blend"
+        with open(args.out + suffix + ".json", "w") as f:
             json.dump({"command": command, "runs": rows}, f, indent=1)
-        with open(args.out + "_blend.md", "w") as f:
+        with open(args.out + suffix + ".md", "w") as f:
             f.write(blend_report(rows, command))
-        print("wrote", args.out + "_blend.md", flush=True)
+        print("wrote", args.out + suffix + ".md", flush=True)
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     grids = {

@@ -644,3 +644,22 @@ def test_the_ease_blend_rebuilds_a_shipped_run_as_it_was_evaluated(tmp_path, mon
     assert got["valid_HR@10"]["0, 10"]["0.0"] == record["HR@10"][str(record["weight"])]
     for protocol in ("full", "discovery", "sampled"):
         assert got["test"][protocol]["blend"] == pytest.approx(got["test"][protocol]["run"])
+
+
+def test_the_ease_rank_term_can_leave_the_touched_items_first():
+    from scipy import sparse
+
+    from benchmarks.experiments import ease
+
+    score = ease.EaseScorer(sparse.csr_matrix(np.ones((1, 1), np.float32)), np.zeros((1, 1)))
+    score._rows = lambda users: np.array([[0.9, 0.1, 0.5, 0.7, 0.3]])
+
+    class Touched:  # user 0 touched items 1 and 3
+        def gate_grid(self, users, items):
+            return np.array([[[0, 0], [0, 1], [0, 0], [1, 0], [0, 0]]])[:, items]
+
+    every = ease.rank_term(score)(np.array([0]), np.arange(5))
+    np.testing.assert_allclose(every, -np.log1p([[0, 4, 2, 1, 3]]), rtol=1e-6)
+    untouched = ease.rank_term(score, Touched())(np.array([0]), np.arange(5))
+    # Touched items all rank 0; the others 1, 2, 3 in EASE's order.
+    np.testing.assert_allclose(untouched, -np.log1p([[1, 0, 2, 0, 3]]), rtol=1e-6)
