@@ -663,3 +663,24 @@ def test_the_ease_rank_term_can_leave_the_touched_items_first():
     untouched = ease.rank_term(score, Touched())(np.array([0]), np.arange(5))
     # Touched items all rank 0; the others 1, 2, 3 in EASE's order.
     np.testing.assert_allclose(untouched, -np.log1p([[1, 0, 2, 0, 3]]), rtol=1e-6)
+
+
+def test_ease_on_the_most_active_items_ranks_the_others_last():
+    from scipy import sparse
+
+    from benchmarks.experiments import ease
+
+    rng = np.random.default_rng(1)
+    dense = (rng.random((40, 10)) < 0.4).astype(np.float32)
+    dense[:, 7] = 0.0  # item 7: no pairs, the least active
+    x = sparse.csr_matrix(dense)
+    columns = ease.active_items(x, 9)
+    assert 7 not in columns and len(columns) == 9
+    assert ease.active_items(x, 10) is None
+    score = ease.EaseScorer(x, ease.fit(x[:, columns], 5.0), columns)
+    grid = score.grid(np.arange(40), np.arange(10))
+    np.testing.assert_allclose(
+        grid[:, columns], dense[:, columns] @ ease.fit(x[:, columns], 5.0), atol=1e-5
+    )
+    assert np.all(grid[:, 7] < grid[:, columns].min(axis=1))
+    assert np.abs(grid).max() < score.bound
