@@ -84,7 +84,7 @@ def fit(x: sparse.csr_matrix, l2: float, block: int = 2048) -> np.ndarray:
     """[items, items] EASE weights B (float32, zero diagonal).
 
     One items x items buffer holds the Gram matrix, its inverse and B in
-    turn (at 31k items: 3.8 GB, not three times that).
+    turn, and B is copied once into C order at the end.
     """
     n = x.shape[1]
     if n * n * 4 > LAPACK_BYTES:
@@ -114,7 +114,8 @@ def fit(x: sparse.csr_matrix, l2: float, block: int = 2048) -> np.ndarray:
     diagonal = np.diag(p).copy()
     p /= -diagonal[None, :]
     p[np.diag_indices_from(p)] = 0.0
-    return p
+    # In C order: a sparse matrix times a Fortran-order one copies it each time.
+    return np.ascontiguousarray(p)
 
 
 class EaseScorer:
