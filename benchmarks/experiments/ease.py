@@ -41,7 +41,10 @@ from scipy import sparse
 from scipy.linalg import lapack
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from mmrec_tf import cli
+from benchmarks.experiments import blend_margin
+from benchmarks.experiments import matched_validation
+from benchmarks.experiments import running
+from mmrec_tf import blend
 from mmrec_tf import evaluate
 from mmrec_tf import run as run_lib
 from mmrec_tf.baselines import als
@@ -216,22 +219,6 @@ class Added:
         return pairs_from_rows(lambda u: self.grid(u, self.catalog), users, items, self.chunk)
 
 
-def _config(dataset: str, data_dir: str, seed: int):
-    from absl import flags
-
-    fv = flags.FlagValues()
-    cli.define_flags(fv)
-    fv(
-        [
-            "ease",
-            f"--flagfile={os.path.join(ROOT, 'mmrec_tf', 'configs', f'{dataset}_mmf.flags')}",
-            f"--data_path={os.path.join(data_dir, dataset, 'interactions.tsv.gz')}",
-            f"--seed={seed}",
-        ]
-    )
-    return cli.config_from_flags(fv)
-
-
 def arms(score: EaseScorer, index: training_index.TrainingIndex) -> dict:
     return {"EASE": score, "EASE, touched items first": popularity.TouchedFirst(score, index)}
 
@@ -249,10 +236,8 @@ def run_seed(
 ) -> dict:
     """The grid on the seed's validation (or each arm's `chosen` (w, lambda)),
     then each arm's best setting on test."""
-    config = _config(dataset, data_dir, seed)
+    config = running.dataset_config(dataset, data_dir, f"{dataset}_mmf.flags", seed)
     data = interactions.encode(readers.read_interactions(config.data), config.data)
-    from benchmarks.experiments import matched_validation
-
     # The validation carve: the protocol's, or one of matched_validation's.
     split = matched_validation.CARVES[carve](data, validation=True, seed=seed)
     index = training_index.TrainingIndex.from_split(split)
@@ -390,9 +375,6 @@ def blend_run(model_dir: str, data_path: str, settings: dict, untouched: bool = 
     are its results.json's. `untouched`: the term ranks only the items the
     user did not touch (`rank_term`).
     """
-    from benchmarks.experiments import blend_margin
-    from mmrec_tf import blend
-
     config, split, index, score, cascade_ranker = blend_margin.trained(model_dir, data_path)
     base = score
     cascade_weight = 0.0
@@ -513,8 +495,6 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     if args.blend_runs:
-        from benchmarks.experiments import blend_margin
-
         with open(args.out + ".json") as f:
             chosen = json.load(f)["datasets"]
         rows = []

@@ -46,8 +46,8 @@ from unittest import mock
 import numpy as np
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
+from benchmarks.experiments import running
 from mmrec_tf import baselines
-from mmrec_tf import cli
 from mmrec_tf import evaluate
 from mmrec_tf.baselines import als
 from mmrec_tf.baselines import popularity
@@ -195,23 +195,6 @@ CARVES = {
 }
 
 
-def _flags(dataset: str, data_dir: str, flagfile: str, seed: int, extra=()):
-    from absl import flags
-
-    fv = flags.FlagValues()
-    cli.define_flags(fv)
-    fv(
-        [
-            "matched_validation",
-            f"--flagfile={os.path.join(ROOT, 'mmrec_tf', 'configs', flagfile)}",
-            f"--data_path={os.path.join(data_dir, dataset, 'interactions.tsv.gz')}",
-            f"--seed={seed}",
-            *extra,
-        ]
-    )
-    return cli.config_from_flags(fv)
-
-
 def _hr(score, split, users, items, *, valid_excluded=False) -> tuple[float, float]:
     """Full-ranking HR@10 ± its standard error; `valid_excluded`: the
     validation buys are left out of the ranking too (they are the user's
@@ -229,7 +212,7 @@ def _hr(score, split, users, items, *, valid_excluded=False) -> tuple[float, flo
 def rankers(dataset: str, data_dir: str, carves) -> list[dict]:
     """Validation and test full HR@10 of the training-free rankers and the
     tuned ALS under each carve (seed 0)."""
-    config = _flags(dataset, data_dir, f"{dataset}_als.flags", 0)
+    config = running.dataset_config(dataset, data_dir, f"{dataset}_als.flags", 0)
     data = interactions.encode(readers.read_interactions(config.data), config.data)
     rows = []
     raw_of = data.item_vocab.tokens.astype(np.int64)
@@ -297,7 +280,7 @@ def shipped(dataset: str, data_dir: str, seed: int, carve: str, runs_dir: str) -
     model_dir = os.path.join(runs_dir, f"{dataset}_{carve}_s{seed}")
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)
-    config = _flags(
+    config = running.dataset_config(
         dataset,
         data_dir,
         f"{dataset}_mmf.flags",

@@ -39,8 +39,8 @@ import tempfile
 import numpy as np
 
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
+from benchmarks.experiments import running
 from mmrec_tf import baselines
-from mmrec_tf import cli
 from mmrec_tf import evaluate
 from mmrec_tf import train as train_lib
 from mmrec_tf.pipelines import graph_signals
@@ -75,21 +75,13 @@ def without_buys(split: splits.Split, held: np.ndarray) -> splits.Split:
 
 
 def _config(dataset: str, data_dir: str, seed: int, model_dir: str):
-    from absl import flags
-
-    fv = flags.FlagValues()
-    cli.define_flags(fv)
-    fv(
-        [
-            "out_of_fold_residual",
-            f"--flagfile={os.path.join(ROOT, 'mmrec_tf', 'configs', f'{dataset}_mmf.flags')}",
-            f"--data_path={os.path.join(data_dir, dataset, 'interactions.tsv.gz')}",
-            f"--seed={seed}",
-            f"--model_dir={model_dir}",
-            "--export_dir=",
-        ]
+    config = running.dataset_config(
+        dataset,
+        data_dir,
+        f"{dataset}_mmf.flags",
+        seed,
+        (f"--model_dir={model_dir}", "--export_dir="),
     )
-    config = cli.config_from_flags(fv)
     # The whole validation curve: every epoch runs.
     train = dataclasses.replace(config.train, early_stopping_patience=config.train.epochs)
     return dataclasses.replace(config, train=train)

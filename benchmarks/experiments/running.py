@@ -22,6 +22,25 @@ from . import suites
 CONFIGS = os.path.join(os.path.dirname(mmrec_tf.__file__), "configs")
 
 
+def dataset_config(
+    dataset: str, data_dir: str, flagfile: str, seed: int, extra=()
+) -> config_lib.ExperimentConfig:
+    """The config of a shipped flagfile (`mmrec_tf/configs/<flagfile>`) on
+    `<data_dir>/<dataset>/interactions.tsv.gz` at `seed`, with `extra` flags."""
+    fv = flags.FlagValues()
+    cli.define_flags(fv)
+    fv(
+        [
+            "mmrec_tf",
+            f"--flagfile={os.path.join(CONFIGS, flagfile)}",
+            f"--data_path={os.path.join(data_dir, dataset, 'interactions.tsv.gz')}",
+            f"--seed={seed}",
+            *extra,
+        ]
+    )
+    return cli.config_from_flags(fv)
+
+
 def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
 
