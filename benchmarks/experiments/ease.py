@@ -48,6 +48,7 @@ from mmrec_tf import blend
 from mmrec_tf import evaluate
 from mmrec_tf import run as run_lib
 from mmrec_tf.baselines import als
+from mmrec_tf.baselines import cascade
 from mmrec_tf.baselines import popularity
 from mmrec_tf.pipelines import interactions
 from mmrec_tf.pipelines import readers
@@ -151,7 +152,7 @@ class EaseScorer:
         return self._rows(users)[:, items]
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return pairs_from_rows(self._rows, users, items, self.chunk)
+        return cascade.pair_scores(self._rows, users, items, self.chunk)
 
 
 def active_items(x: sparse.csr_matrix, limit: int) -> np.ndarray | None:
@@ -162,18 +163,6 @@ def active_items(x: sparse.csr_matrix, limit: int) -> np.ndarray | None:
         return None
     pairs = np.diff(x.tocsc().indptr)
     return np.sort(np.argsort(-pairs, kind="stable")[:limit])
-
-
-def pairs_from_rows(rows_of, users: np.ndarray, items: np.ndarray, chunk: int) -> np.ndarray:
-    """Scores of the pairs (users[k], items[k]) read from `rows_of(distinct users)`,
-    [users, catalog] rows computed once per distinct user, `chunk` users at a time."""
-    distinct, where = np.unique(users, return_inverse=True)
-    out = np.empty(len(users), np.float32)
-    for start in range(0, len(distinct), chunk):
-        mine = (where >= start) & (where < start + chunk)
-        rows = rows_of(distinct[start : start + chunk])
-        out[mine] = rows[where[mine] - start, items[mine]]
-    return out
 
 
 def rank_term(score: EaseScorer, index: training_index.TrainingIndex | None = None):
@@ -216,7 +205,7 @@ class Added:
         return self.base.grid(users, items) + self.weight * self.term(users, items)
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return pairs_from_rows(lambda u: self.grid(u, self.catalog), users, items, self.chunk)
+        return cascade.pair_scores(lambda u: self.grid(u, self.catalog), users, items, self.chunk)
 
 
 def arms(score: EaseScorer, index: training_index.TrainingIndex) -> dict:

@@ -176,6 +176,25 @@ def build_stages(split: splits_lib.Split, order: tuple[int, ...]) -> list[Stage]
     return stages
 
 
+def pair_scores(rows_of, users: np.ndarray, items: np.ndarray, batch: int) -> np.ndarray:
+    """[n] scores of the pairs (users[k], items[k]) read from whole-catalog rows.
+
+    `rows_of(distinct users)` -> [len(users), catalog] scores; each distinct
+    user's row is computed once, `batch` distinct users at a time.
+    """
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    unique, row = np.unique(users, return_inverse=True)
+    out = np.empty(len(users), np.float32)
+    order = np.argsort(row, kind="stable")
+    bounds = np.searchsorted(row[order], np.arange(0, len(unique) + 1, batch))
+    bounds = np.append(bounds, len(users))
+    for b, start in enumerate(range(0, len(unique), batch)):
+        scores = rows_of(unique[start : start + batch])
+        pairs = order[bounds[b] : bounds[b + 1]]
+        out[pairs] = scores[row[pairs] - start, items[pairs]]
+    return out
+
+
 class CascadeScorer:
     """CascadingRank's item scores, through the fitted-scorer protocol.
 
@@ -289,17 +308,7 @@ class CascadeScorer:
 
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[n] scores of the pairs (users[k], items[k]), a batch of distinct users at a time."""
-        users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
-        unique, row = np.unique(users, return_inverse=True)
-        out = np.empty(len(users), np.float32)
-        order = np.argsort(row, kind="stable")
-        bounds = np.searchsorted(row[order], np.arange(0, len(unique) + 1, self.batch_users))
-        bounds = np.append(bounds, len(users))
-        for b, start in enumerate(range(0, len(unique), self.batch_users)):
-            scores = self.item_scores(unique[start : start + self.batch_users])
-            pairs = order[bounds[b] : bounds[b + 1]]
-            out[pairs] = scores[row[pairs] - start, items[pairs]]
-        return out
+        return pair_scores(self.item_scores, users, items, self.batch_users)
 
     def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """[len(users), len(items)] scores of every pair."""
