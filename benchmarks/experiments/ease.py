@@ -43,6 +43,7 @@ from scipy.linalg import lapack
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from benchmarks.experiments import blend_margin
 from benchmarks.experiments import matched_validation
+from benchmarks.experiments import reporting
 from benchmarks.experiments import running
 from mmrec_tf import blend
 from mmrec_tf import evaluate
@@ -275,27 +276,28 @@ def run_seed(
     return {"seed": seed, "grid": grid, "arms": rows}
 
 
-def _mean_se(values) -> tuple[float, float]:
-    values = np.asarray(values, np.float64)
-    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return float(values.mean()), float(se)
-
-
 def summary(runs: list[dict]) -> dict:
-    """Per arm and protocol: mean and standard error across seeds."""
+    """Per arm: {protocol: mean over seeds and standard error across seeds
+    (`running.summarize`)}, and the mean validation HR@10."""
     out = {}
     for arm in runs[0]["arms"]:
-        out[arm] = {"valid_HR@10": _mean_se([r["arms"][arm]["valid_HR@10"] for r in runs])[0]}
-        for protocol in ("full", "discovery", "sampled"):
-            for metric in ("HR@10", "NDCG@10"):
-                mean, se = _mean_se([r["arms"][arm][protocol][metric] for r in runs])
-                out[arm][f"{protocol}_{metric}"] = (mean, se)
+        rows = [{"seed": r["seed"], "test": r["arms"][arm]} for r in runs]
+        out[arm] = {p: running.summarize(rows, p) for p in ("full", "discovery", "sampled")}
+        out[arm]["valid_HR@10"] = float(np.mean([r["arms"][arm]["valid_HR@10"] for r in runs]))
     return out
 
 
-def _cell(pair) -> str:
-    mean, se = pair
-    return f"{mean:.4f} ± {se:.4f}" if not np.isnan(se) else f"{mean:.4f}"
+def _cells(row: dict) -> str:
+    """full HR@10 | full NDCG@10 | discovery HR@10 | sampled HR@10, each ± its SE."""
+    return " | ".join(
+        reporting.format_metric(row[p], m)
+        for p, m in (
+            ("full", "HR@10"),
+            ("full", "NDCG@10"),
+            ("discovery", "HR@10"),
+            ("sampled", "HR@10"),
+        )
+    )
 
 
 def report(results: dict, commands: dict) -> str:
@@ -322,22 +324,14 @@ def report(results: dict, commands: dict) -> str:
                 for r in runs
             )
             lines.append(
-                f"| {dataset} | {arm} | {_cell(row['full_HR@10'])} | {_cell(row['full_NDCG@10'])} "
-                f"| {_cell(row['discovery_HR@10'])} | {_cell(row['sampled_HR@10'])} "
-                f"| {row['valid_HR@10']:.4f} | {chosen} |"
+                f"| {dataset} | {arm} | {_cells(row)} | {row['valid_HR@10']:.4f} | {chosen} |"
             )
         for other in accuracy.get(dataset, []):
-            if other["arm"] not in COMPARED:
-                continue
-            cells = [
-                _cell((other[p]["HR@10"], other[p]["HR@10_se"]))
-                for p in ("full", "discovery", "sampled")
-            ]
-            ndcg = _cell((other["full"]["NDCG@10"], other["full"]["NDCG@10_se"]))
-            lines.append(
-                f"| {dataset} | {other['arm']} (accuracy.md) | {cells[0]} | {ndcg} | {cells[1]} "
-                f"| {cells[2]} | {other['valid_full_HR@10']:.4f} | |"
-            )
+            if other["arm"] in COMPARED:
+                lines.append(
+                    f"| {dataset} | {other['arm']} (accuracy.md) | {_cells(other)} "
+                    f"| {other['valid_full_HR@10']:.4f} | |"
+                )
     lines += ["", "Grids (the first seed's validation) and commands:", ""]
     for dataset, runs in results.items():
         points = runs[0]["grid"]
