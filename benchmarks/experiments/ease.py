@@ -110,7 +110,6 @@ def fit(x: sparse.csr_matrix, l2: float, block: int = 2048) -> np.ndarray:
     if info:
         raise np.linalg.LinAlgError(f"inverse failed ({info}) at lambda {l2}")
     # The lower triangle holds the inverse: mirror it, a block of rows at a time.
-    n = p.shape[0]
     for start in range(0, n, block):
         stop = min(start + block, n)
         p[start:stop, stop:] = p[stop:, start:stop].T
