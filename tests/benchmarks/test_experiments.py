@@ -1,5 +1,6 @@
 """The experiment runner: validation-only tuning, seeds, resume, reports."""
 
+import dataclasses
 import json
 import math
 import os
@@ -684,3 +685,54 @@ def test_ease_on_the_most_active_items_ranks_the_others_last():
     )
     assert np.all(grid[:, 7] < grid[:, columns].min(axis=1))
     assert np.abs(grid).max() < score.bound
+
+
+def test_the_ease_signal_of_a_training_buy_does_not_see_the_buy_and_replaces_only_the_reach():
+    from benchmarks.experiments import ease
+    from benchmarks.experiments import ease_signal
+    from benchmarks.experiments import out_of_fold_residual
+    from mmrec_tf.pipelines import graph_signals
+    from mmrec_tf.pipelines import splits
+    from tests.pipelines import test_samplers
+
+    split = test_samplers._split(num_users=30, num_items=40, seed=3)
+    settings = dict(supportive_weight=0.3, l2=2.0, folds=3, seed=0)
+    signals = ease_signal.EaseSignals(split, **settings)
+    fold = signals.fold
+    assert sorted(np.bincount(fold)) == [10, 10, 10]
+    buys = splits.train_target_keys(split)
+    users, items = buys // split.num_items, buys % split.num_items
+    base = graph_signals.GraphSignals(split)
+    got = signals.pairs(users, items)
+    column = signals.column
+    assert signals.names[column] == "reach_buy"
+    # Every other column is the library's.
+    others = [c for c in range(signals.num_signals) if c != column]
+    np.testing.assert_allclose(got[:, others], base.pairs(users, items)[:, others], rtol=1e-6)
+    # The EASE column is X_u B_{fold(u)}, scaled to a mean of 1 on training buys.
+    x = ease.input_matrix(split, 0.3)
+    for k in range(3):
+        held = buys[fold[users] == k]
+        b = ease.fit(ease.input_matrix(out_of_fold_residual.without_buys(split, held), 0.3), 2.0)
+        mine = fold[users] == k
+        want = np.asarray(x[users[mine]] @ b)[np.arange(mine.sum()), items[mine]]
+        np.testing.assert_allclose(
+            got[mine, column], want * signals.reach_scale[0], rtol=1e-4, atol=1e-6
+        )
+    # No leak: with one user's buy of an item removed from the log, that
+    # pair's signal is unchanged; the whole-log EASE would see it.
+    u, i = int(users[5]), int(items[5])
+    drop = ~((split.train_users == u) & (split.train_items == i) & (split.train_branches == 0))
+    fewer = dataclasses.replace(
+        split,
+        train_users=split.train_users[drop],
+        train_items=split.train_items[drop],
+        train_branches=split.train_branches[drop],
+    )
+    without = ease_signal.EaseSignals(fewer, **settings)
+    unscaled = lambda s: s.ease(np.array([u]), np.array([i]))[0, 0]  # noqa: E731
+    np.testing.assert_allclose(unscaled(without), unscaled(signals), rtol=1e-4, atol=1e-6)
+    whole = ease.EaseScorer(x, ease.fit(x, 2.0))
+    fewer_x = ease.input_matrix(fewer, 0.3)
+    fewer_whole = ease.EaseScorer(fewer_x, ease.fit(fewer_x, 2.0))
+    assert abs(whole.grid([u], [i])[0, 0] - fewer_whole.grid([u], [i])[0, 0]) > 1e-3
