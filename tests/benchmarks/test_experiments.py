@@ -736,3 +736,41 @@ def test_the_ease_signal_of_a_training_buy_does_not_see_the_buy_and_replaces_onl
     fewer_x = ease.input_matrix(fewer, 0.3)
     fewer_whole = ease.EaseScorer(fewer_x, ease.fit(fewer_x, 2.0))
     assert abs(whole.grid([u], [i])[0, 0] - fewer_whole.grid([u], [i])[0, 0]) > 1e-3
+
+
+def test_the_ease_signal_report_keeps_earlier_runs_and_each_datasets_command(tmp_path, monkeypatch):
+    from benchmarks.experiments import ease_signal
+
+    def fake(dataset, data_dir, seed, arm, runs_dir, folds):
+        hr = {"shipped": 0.10, "signals": 0.11, "ease": 0.12}[arm] + seed / 100
+        test = {
+            p: {"HR@10": hr, "HR@10_se": 0.01, "NDCG@10": hr / 2, "NDCG@10_se": 0.005, "cases": 9}
+            for p in ("full", "discovery", "sampled")
+        }
+        return {
+            "arm": arm,
+            "seed": seed,
+            "setting": {},
+            "valid_HR@10_by_epoch": [0.1, hr],
+            "kept_epoch": 1,
+            "blend_weight": 0.0,
+            "valid_full_HR@10": hr,
+            "seconds": {},
+            "test": test,
+        }
+
+    monkeypatch.setattr(ease_signal, "run_arm", fake)
+    out = str(tmp_path / "ease_signal")
+    common = [f"--out={out}", "--data_dir=d", "--runs_dir=r"]
+    ease_signal.main(["--datasets=a", "--arms=shipped,ease", "--seeds=0,1", *common])
+    ease_signal.main(["--datasets=b", "--arms=ease", *common])
+    with open(out + ".json") as f:
+        stored = json.load(f)
+    assert [r["arm"] for r in stored["datasets"]["a"]] == ["shipped", "shipped", "ease", "ease"]
+    assert "--datasets=b" in stored["commands"]["b"] and "--datasets=a" in stored["commands"]["a"]
+    assert all("runs_dir" not in c for c in stored["commands"].values())
+    with open(out + ".md") as f:
+        text = f.read()
+    # Two seeds: their mean and the SE across them; one seed: the SE over cases.
+    assert "| a | ease | 0.1250 ± 0.0050 |" in text
+    assert "| b | ease | 0.1200 ± 0.0100 |" in text
