@@ -286,7 +286,7 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
-def _cells(row: dict) -> str:
+def metric_cells(row: dict) -> str:
     """full HR@10 | full NDCG@10 | discovery HR@10 | sampled HR@10, each ± its SE."""
     return " | ".join(
         reporting.format_metric(row[p], m)
@@ -323,12 +323,12 @@ def report(results: dict, commands: dict) -> str:
                 for r in runs
             )
             lines.append(
-                f"| {dataset} | {arm} | {_cells(row)} | {row['valid_HR@10']:.4f} | {chosen} |"
+                f"| {dataset} | {arm} | {metric_cells(row)} | {row['valid_HR@10']:.4f} | {chosen} |"
             )
         for other in accuracy.get(dataset, []):
             if other["arm"] in COMPARED:
                 lines.append(
-                    f"| {dataset} | {other['arm']} (accuracy.md) | {_cells(other)} "
+                    f"| {dataset} | {other['arm']} (accuracy.md) | {metric_cells(other)} "
                     f"| {other['valid_full_HR@10']:.4f} | |"
                 )
     lines += ["", "Grids (the first seed's validation) and commands:", ""]

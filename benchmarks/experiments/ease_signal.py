@@ -46,7 +46,6 @@ import numpy as np
 import mmrec_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from benchmarks.experiments import ease
 from benchmarks.experiments import out_of_fold_residual
-from benchmarks.experiments import reporting
 from benchmarks.experiments import running
 from mmrec_tf.pipelines import graph_signals
 from mmrec_tf.pipelines import splits
@@ -207,15 +206,10 @@ def report(results: dict, commands: dict) -> str:
                 for r in runs
                 if r["arm"] == arm
             )
-            cells = [
-                reporting.format_metric(row["full"], "HR@10"),
-                reporting.format_metric(row["full"], "NDCG@10"),
-                reporting.format_metric(row["discovery"], "HR@10"),
-                reporting.format_metric(row["sampled"], "HR@10"),
-                f"{row['valid_full_HR@10']:.4f}",
-                per_seed,
-            ]
-            lines.append(f"| {dataset} | {arm} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {dataset} | {arm} | {ease.metric_cells(row)} "
+                f"| {row['valid_full_HR@10']:.4f} | {per_seed} |"
+            )
     lines += ["", "Commands:", ""]
     lines += [f"- {dataset}: `{commands[dataset]}`" for dataset in results]
     lines.append("")
