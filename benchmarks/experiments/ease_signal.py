@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 from unittest import mock
@@ -125,12 +124,8 @@ def run_arm(dataset: str, data_dir: str, seed: int, arm: str, runs_dir: str, fol
     from mmrec_tf import run as run_lib
 
     model_dir = os.path.join(runs_dir, f"{dataset}_{arm}_s{seed}")
-    if os.path.exists(model_dir):
-        shutil.rmtree(model_dir)
-    extra = (f"--model_dir={model_dir}", "--export_dir=")
-    if arm != "shipped":
-        extra += ("--graph_signals",)
-    config = running.dataset_config(dataset, data_dir, f"{dataset}_mmf.flags", seed, extra)
+    extra = () if arm == "shipped" else ("--graph_signals",)
+    config = running.fresh_shipped_config(dataset, data_dir, seed, model_dir, extra)
     setting = {}
     curve = []
 

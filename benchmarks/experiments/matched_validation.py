@@ -278,15 +278,7 @@ def shipped(dataset: str, data_dir: str, seed: int, carve: str, runs_dir: str) -
     from mmrec_tf import run as run_lib
 
     model_dir = os.path.join(runs_dir, f"{dataset}_{carve}_s{seed}")
-    if os.path.exists(model_dir):
-        shutil.rmtree(model_dir)
-    config = running.dataset_config(
-        dataset,
-        data_dir,
-        f"{dataset}_mmf.flags",
-        seed,
-        (f"--model_dir={model_dir}", "--export_dir="),
-    )
+    config = running.fresh_shipped_config(dataset, data_dir, seed, model_dir)
     patch = (
         mock.patch.object(splits, "make_split", CARVES[carve])
         if carve != "protocol"

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 
 import numpy as np
@@ -75,13 +74,7 @@ def without_buys(split: splits.Split, held: np.ndarray) -> splits.Split:
 
 
 def _config(dataset: str, data_dir: str, seed: int, model_dir: str):
-    config = running.dataset_config(
-        dataset,
-        data_dir,
-        f"{dataset}_mmf.flags",
-        seed,
-        (f"--model_dir={model_dir}", "--export_dir="),
-    )
+    config = running.fresh_shipped_config(dataset, data_dir, seed, model_dir)
     # The whole validation curve: every epoch runs.
     train = dataclasses.replace(config.train, early_stopping_patience=config.train.epochs)
     return dataclasses.replace(config, train=train)
@@ -101,8 +94,6 @@ def run_arm(dataset: str, data_dir: str, seed: int, arm: str, share: float, runs
     from mmrec_tf import run as run_lib
 
     model_dir = os.path.join(runs_dir, f"{dataset}_{arm}_s{seed}")
-    if os.path.exists(model_dir):
-        shutil.rmtree(model_dir)
     config = _config(dataset, data_dir, seed, model_dir)
     if config.model.mf_init != "als_fixed":
         raise ValueError(f"{dataset}_mmf.flags does not hold the MF part at the ALS factors")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,23 @@ def dataset_config(
         ]
     )
     return cli.config_from_flags(fv)
+
+
+def fresh_shipped_config(
+    dataset: str, data_dir: str, seed: int, model_dir: str, extra=()
+) -> config_lib.ExperimentConfig:
+    """`<dataset>_mmf.flags` at `seed` (`dataset_config`), run into `model_dir`
+    without an export, `extra` flags last; an earlier run in `model_dir` is
+    removed first (an experiment's arm starts from nothing)."""
+    if os.path.exists(model_dir):
+        shutil.rmtree(model_dir)
+    return dataset_config(
+        dataset,
+        data_dir,
+        f"{dataset}_mmf.flags",
+        seed,
+        (f"--model_dir={model_dir}", "--export_dir=", *extra),
+    )
 
 
 def slug(text: str) -> str:

@@ -774,3 +774,23 @@ def test_the_ease_signal_report_keeps_earlier_runs_and_each_datasets_command(tmp
     # Two seeds: their mean and the SE across them; one seed: the SE over cases.
     assert "| a | ease | 0.1250 ± 0.0050 |" in text
     assert "| b | ease | 0.1200 ± 0.0100 |" in text
+
+
+def test_an_experiments_arm_starts_from_the_shipped_flagfile_in_an_emptied_folder(tmp_path):
+    from benchmarks.experiments import running
+
+    model_dir = tmp_path / "arm"
+    model_dir.mkdir()
+    (model_dir / "results.json").write_text("{}")
+    config = running.fresh_shipped_config(
+        "tmall_mbcgcn", "data", 3, str(model_dir), ("--graph_signals",)
+    )
+    assert not model_dir.exists()
+    assert config.model_dir == str(model_dir) and config.export.export_dir == ""
+    assert config.train.seed == 3 and config.model.graph_signals
+    assert config.data.data_path == os.path.join("data", "tmall_mbcgcn", "interactions.tsv.gz")
+    # The dataset's own flagfile: tmall_mbcgcn's blends with CascadingRank at beta 0.9.
+    assert config.model.cascade_blend and config.model.cascade_beta == 0.9
+    assert not running.fresh_shipped_config(
+        "tmall_mbcgcn", "data", 3, str(model_dir)
+    ).model.graph_signals
