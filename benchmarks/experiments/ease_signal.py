@@ -87,8 +87,6 @@ class EaseSignals(graph_signals.GraphSignals):
         self.x = ease.input_matrix(split, supportive_weight)
         self.fold = user_folds(split.num_users, folds, seed)
         self.weights = cross_fitted(split, supportive_weight, l2, self.fold)
-        # The target's reach column (after the supportive behaviors' touched ones).
-        self.column = len(split.behaviors.behaviors) - 1
         # The base measures every column's scale on training buys, this one's too.
         super().__init__(split)
 
@@ -96,19 +94,19 @@ class EaseSignals(graph_signals.GraphSignals):
         """[len(users), len(items)] X_u B_{fold(u)}[:, items]."""
         out = np.empty((len(users), len(items)), np.float32)
         folds = self.fold[users]
-        whole = len(items) * 4 >= self.num_items
+        whole = graph_signals._whole(items, self.num_items)
         for k in np.unique(folds):
             rows = np.flatnonzero(folds == k)
             x, b = self.x[users[rows]], self.weights[k]
             out[rows] = (x @ b)[:, items] if whole else x @ b[:, items]
         return out
 
-    def grid(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        users = np.asarray(users, np.int64)
-        items = np.asarray(items, np.int64)
-        out = super().grid(users, items)
-        out[..., self.column] = self.ease(users, items) * self.reach_scale[0]
-        return out
+    def _reach(self, graph, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        # The target's reach is EASE's score (the base scales it as the column);
+        # the two steps are not computed for it.
+        if graph is self.graphs[0]:
+            return self.ease(users, items)
+        return super()._reach(graph, users, items)
 
 
 def chosen_setting(dataset: str) -> tuple[float, float]:

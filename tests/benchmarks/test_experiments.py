@@ -704,8 +704,7 @@ def test_the_ease_signal_of_a_training_buy_does_not_see_the_buy_and_replaces_onl
     users, items = buys // split.num_items, buys % split.num_items
     base = graph_signals.GraphSignals(split)
     got = signals.pairs(users, items)
-    column = signals.column
-    assert signals.names[column] == "reach_buy"
+    column = signals.names.index("reach_buy")
     # Every other column is the library's.
     others = [c for c in range(signals.num_signals) if c != column]
     np.testing.assert_allclose(got[:, others], base.pairs(users, items)[:, others], rtol=1e-6)
